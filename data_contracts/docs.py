@@ -1,0 +1,75 @@
+"""Markdown documentation of the report tables, generated from the contracts themselves."""
+
+from data_contracts._core import TableContract, is_required
+from data_contracts.registry import TABLES, THRESHOLDS
+
+
+def _range(lo: float | None, hi: float | None) -> str:
+    if lo is None:
+        return f"<= {hi}"
+    if hi is None:
+        return f">= {lo}"
+    return f"[{lo}, {hi}]"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table_section(contract: TableContract) -> list[str]:
+    key = ", ".join(f"`{c}`" for c in contract.unique_key)
+    lines = [
+        f"## `{contract.name}`",
+        "",
+        contract.description,
+        "",
+        f"Key (not null, unique together): {key}",
+        "",
+        "| column | type | nullable | rule | description |",
+        "|---|---|---|---|---|",
+    ]
+    for field in contract.schema:
+        rules = []
+        if field.name in contract.allowed_values:
+            allowed = contract.allowed_values[field.name]
+            rules.append("one of " + ", ".join(f"`{v}`" for v in allowed))
+        if field.name in contract.ranges:
+            rules.append(_range(*contract.ranges[field.name]))
+        nullable = "no" if is_required(field) or field.name in contract.unique_key else "yes"
+        doc = field.metadata[b"doc"].decode()
+        lines.append(
+            f"| `{field.name}` | `{_cell(str(field.type))}` | {nullable} "
+            f"| {_cell('; '.join(rules))} | {_cell(doc)} |"
+        )
+    thresholds = [t for t in THRESHOLDS.values() if t.table == contract.name]
+    if thresholds:
+        lines += [
+            "",
+            "Thresholds a spec may set under `contracts:`:",
+            "",
+            "| key | column | check | description |",
+            "|---|---|---|---|",
+        ]
+        for t in thresholds:
+            check = "every value <= threshold" if t.bound == "max" else "every value >= threshold"
+            lines.append(f"| `{t.key}` | `{t.column}` | {check} | {_cell(t.doc)} |")
+    return lines
+
+
+def table_docs_markdown() -> str:
+    """Every table's columns, types, docs, key, rules and thresholds, as one Markdown page."""
+    lines = [
+        "# Report tables",
+        "",
+        "<!-- Generated from data_contracts by `python -m data_contracts > docs/tables.md`; "
+        "do not edit by hand. -->",
+        "",
+        "Each table is stored as Parquet, hive-partitioned by `model=<name>/version=<version>/`; "
+        "the partition columns `model` and `version` are not part of the schemas below. "
+        "Every run's tables are validated against these contracts (exact column set, scalar "
+        "column types, not-null, rules, unique key, and the thresholds its spec sets); the "
+        "outcome is the `contract_results` table.",
+    ]
+    for contract in TABLES.values():
+        lines += ["", *_table_section(contract)]
+    return "\n".join(lines) + "\n"

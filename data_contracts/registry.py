@@ -1,0 +1,12 @@
+"""Every report table and threshold. Adding a table: a new module here plus its name below."""
+
+from importlib import import_module
+
+from data_contracts._core import TableContract, Threshold
+
+_TABLE_MODULES = ("audit_runs", "onnx_parity", "predictions", "contract_results")
+
+_modules = [import_module(f"data_contracts.{name}") for name in _TABLE_MODULES]
+
+TABLES: dict[str, TableContract] = {m.CONTRACT.name: m.CONTRACT for m in _modules}
+THRESHOLDS: dict[str, Threshold] = {t.key: t for m in _modules for t in m.THRESHOLDS}

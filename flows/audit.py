@@ -1,0 +1,123 @@
+"""The ``audit`` flow: spec -> model intake -> ONNX bundle -> method tasks -> contracts -> report.
+
+It reads like a table of contents: all computation is in ``interp_ops`` and all policy (caching, retries)
+on the task decorators.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from importlib import metadata
+
+import pyarrow as pa
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+import data_contracts
+from interp_audit import progress
+from interp_audit.errors import AuditError
+from interp_audit.preflight import preflight
+from interp_audit.spec import load_spec
+from interp_ops.onnx_bundle import onnx_sha256
+from tasks.contracts import validate_contracts
+from tasks.gpu import ensure_gpu_limit
+from tasks.inference import check_parity, ort_providers, predict
+from tasks.intake import export_onnx, load_model_inputs
+from tasks.report import publish_report
+
+PACKAGES = ("interp-audit", "torch", "onnx", "onnxruntime-gpu", "prefect", "great-expectations", "pyarrow",
+            "pandas", "numpy")
+
+
+def package_versions() -> str:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return json.dumps(versions, sort_keys=True)
+
+
+def with_run_id(run_id: str, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows])
+
+
+@flow(name="interp-audit", log_prints=False, validate_parameters=True)
+def audit(spec_path: str, store: str | None = None, only: list[str] | None = None, device: str = "auto") -> dict:
+    """Run one audit spec end to end and publish its report; returns the run's summary."""
+    loaded = load_spec(spec_path)
+    spec = loaded.spec
+    checked = preflight(loaded, device)
+    store_uri = store or spec.report.store
+    run_id = str(flow_run.get_id() or "")
+    started = datetime.now(timezone.utc)
+    if checked.device.startswith("cuda"):
+        ensure_gpu_limit()
+    methods = spec.selected_methods(only)
+    progress.step(f"audit [bold]{spec.name}[/] of {spec.model.name} v{spec.model.version} on {checked.device}")
+
+    inputs = load_model_inputs(spec.data, str(loaded.base_dir), checked.data_fingerprint, spec.seed,
+                               spec.model.input)
+    onnx_bytes = export_onnx(checked.model, tuple(spec.model.input.shape), spec.model.layers)
+    progress.step(f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "
+                  f"methods: {', '.join(methods) or 'none'}")
+    predictions = predict.submit(onnx_bytes, inputs, checked.device)
+    parity = check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device) \
+        if spec.model.source == "torch" else None
+    tables = {"predictions": with_run_id(run_id, predictions.result())}
+    if parity is not None:
+        tables["onnx_parity"] = with_run_id(run_id, parity.result())
+        progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in parity.result()):.2e}")
+    tables = {name: data_contracts.conform(name, table) for name, table in tables.items()}
+
+    results = validate_contracts(tables, spec.contracts)
+    status = "passed" if all(row["success"] for row in results) else "failed_contracts"
+    failed = sum(not row["success"] for row in results)
+    progress.step(f"contracts: {len(results) - failed}/{len(results)} expectations met")
+
+    run_row = {
+        "audit_name": spec.name, "model_name": spec.model.name, "model_version": spec.model.version,
+        "model_source": spec.model.source,
+        "weights_sha256": checked.model.sha256 if spec.model.source == "torch" else None,
+        "onnx_sha256": onnx_sha256(onnx_bytes), "spec_sha256": loaded.sha256, "spec_text": loaded.text,
+        "seed": spec.seed, "data_uri": spec.data, "num_samples": len(inputs.ids),
+        "started_at": started, "finished_at": datetime.now(timezone.utc), "status": status,
+        "device": checked.device, "ort_providers": ort_providers(onnx_bytes, checked.device),
+        "package_versions": package_versions(),
+    }
+    tables["audit_runs"] = data_contracts.conform("audit_runs", with_run_id(run_id, [run_row]))
+    tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results))
+    own = validate_contracts({name: tables[name] for name in ("audit_runs", "contract_results")}, {})
+    broken = [row for row in own if not row["success"]]
+    if broken:  # our own bookkeeping tables must always hold their contract: a bug, never published
+        raise AuditError([f"internal: {r['table_name']} breaks {r['expectation']} on {r['column']}" for r in broken])
+    tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results + own))
+
+    location = publish_report(store_uri, run_id, spec.model.name, spec.model.version, tables)
+    summary = {"run_id": run_id, "status": status, "store": location, "model": spec.model.name,
+               "version": spec.model.version, "failed_expectations": failed}
+    create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results),
+                             description=f"interp-audit report of {spec.model.name} v{spec.model.version}")
+    return summary
+
+
+def _artifact_key(name: str) -> str:
+    return "interp-audit-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+
+
+def _summary_markdown(summary: dict, results: list[dict]) -> str:
+    lines = [
+        f"# Audit of {summary['model']} v{summary['version']}: **{summary['status']}**", "",
+        f"- run id: `{summary['run_id']}`", f"- report store: `{summary['store']}`",
+        f"- expectations failed: {summary['failed_expectations']} of {len(results)}", "",
+    ]
+    failed = [row for row in results if not row["success"]]
+    if failed:
+        lines += ["| table | expectation | column | observed |", "|---|---|---|---|"]
+        lines += [f"| {r['table_name']} | {r['expectation']} | {r['column'] or ''} | {r['observed_value'] or ''} |"
+                  for r in failed]
+    return "\n".join(lines)

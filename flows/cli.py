@@ -1,0 +1,218 @@
+"""The ``interp-audit`` command line.
+
+Exit codes: 0 passed, 1 failed contracts, 2 invalid input, 3 runtime error. ``validate`` and ``report``
+never start Prefect, so they answer in about a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Column, Table
+
+from interp_audit.errors import AuditError, SpecError
+from interp_audit.progress import console
+
+EXIT_PASSED, EXIT_FAILED_CONTRACTS, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
+DEFAULT_STORE = os.environ.get("INTERP_AUDIT_STORE", "./reports")
+
+app = typer.Typer(help="Declarative interpretability audits of PyTorch/ONNX models, run by Prefect.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+report_app = typer.Typer(help="Read published reports: list, show, query.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Report store path or URI (default: the spec's).")]
+ReadStoreOpt = Annotated[str, typer.Option("--store", help="Report store path or URI.", envvar="INTERP_AUDIT_STORE")]
+
+
+def exits(command):
+    """Turn our errors into their exit codes with a readable message, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except AuditError as exc:
+            label = "invalid input" if exc.exit_code == EXIT_INVALID else "error"
+            for message in exc.messages:
+                console.print(f"[bold red]{label}:[/] ", end="")
+                console.print(message, markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyError as exc:
+            console.print(f"[bold red]error:[/] {exc.args[0]}")
+            raise typer.Exit(EXIT_INVALID) from None
+        except Exception as exc:  # a runtime failure: say what and where, exit 3
+            console.print(f"[bold red]runtime error:[/] {type(exc).__name__}: ", end="")
+            console.print(str(exc), markup=False)
+            raise typer.Exit(EXIT_RUNTIME) from None
+
+    return wrapper
+
+
+def _quiet_prefect() -> None:
+    """Our progress lines replace Prefect's INFO stream on the console; users can override both."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "False")
+
+
+@app.command()
+@exits
+def validate(spec: SpecArg, device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto") -> None:
+    """Check a spec, its model, layers and data without running anything (exit 0 valid, 2 invalid)."""
+    from interp_audit.preflight import preflight
+    from interp_audit.spec import load_spec
+
+    loaded = load_spec(spec)
+    checked = preflight(loaded, device)
+    model = loaded.spec.model
+    console.print(f"[green]valid:[/] {loaded.spec.name}: {model.source} model {model.name} v{model.version}, "
+                  f"{len(model.layers)} layer(s), {checked.num_samples} samples, device {checked.device}")
+
+
+@app.command()
+@exits
+def run(
+    spec: SpecArg,
+    store: StoreOpt = None,
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run, e.g. lime,dissection.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Run an audit as a Prefect flow and publish its report (exit 0 passed, 1 failed contracts)."""
+    from interp_audit.preflight import preflight
+    from interp_audit.spec import load_spec
+
+    loaded = load_spec(spec)
+    selected = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    loaded.spec.selected_methods(selected)
+    preflight(loaded, device)  # fail fast, before Prefect starts
+    _quiet_prefect()
+    from flows.audit import audit
+
+    summary = audit(spec_path=str(spec.resolve()), store=store, only=selected, device=device)
+    colour = "green" if summary["status"] == "passed" else "red"
+    console.print(f"run id: [bold]{summary['run_id']}[/]\nstatus: [{colour}]{summary['status']}[/]\n"
+                  f"report: {summary['store']}")
+    raise typer.Exit(EXIT_PASSED if summary["status"] == "passed" else EXIT_FAILED_CONTRACTS)
+
+
+@app.command()
+@exits
+def schedule(spec: SpecArg, store: StoreOpt = None) -> None:
+    """Serve the audit as a Prefect deployment on the spec's cron schedule (runs until stopped)."""
+    from interp_audit.preflight import preflight
+    from interp_audit.spec import load_spec
+
+    loaded = load_spec(spec)
+    if loaded.spec.schedule is None:
+        raise SpecError(f"{spec}: no schedule block; add e.g. `schedule: {{cron: '0 3 * * *', timezone: UTC}}`")
+    preflight(loaded)
+    _quiet_prefect()
+    from flows.schedule import serve_audit
+
+    serve_audit(loaded, spec.resolve(), store)
+
+
+@app.command()
+@exits
+def demo(store: ReadStoreOpt = DEFAULT_STORE) -> None:
+    """Train (or reuse) the demo models and run the example audit on builtin:shapes."""
+    from interp_ops.demo_models import ensure_demo_models
+
+    models = ensure_demo_models(Path("demo-models"))
+    for variant, model in models.items():
+        console.print(f"demo model {variant}: val accuracy {model.val_accuracy:.3f}")
+    run(Path(__file__).resolve().parent.parent / "deployments" / "specs" / "shapes-demo.yaml", store=store)
+
+
+@app.command("schema")
+def spec_schema() -> None:
+    """Print the JSON Schema of the audit spec."""
+    from interp_audit.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@report_app.command("list")
+@exits
+def report_list(store: ReadStoreOpt = DEFAULT_STORE,
+                model: Annotated[Optional[str], typer.Option(help="Only this model.")] = None,
+                version: Annotated[Optional[str], typer.Option(help="Only this version.")] = None) -> None:
+    """List published runs, oldest first."""
+    from interp_audit.report import list_runs
+
+    runs = list_runs(store, model, version)
+    table = Table("audit", "model", "version", "status", "started (UTC)", "samples")
+    table.columns.insert(0, Column("run id", no_wrap=True))
+    for run_row in runs.itertuples():
+        table.add_row(run_row.run_id, run_row.audit_name, run_row.model_name, run_row.model_version,
+                      run_row.status, f"{run_row.started_at:%Y-%m-%d %H:%M:%S}", str(run_row.num_samples))
+    console.print(table if len(runs) else f"no published runs in {store}")
+
+
+@report_app.command("show")
+@exits
+def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+                store: ReadStoreOpt = DEFAULT_STORE) -> None:
+    """A summary of one run: provenance, parity, contracts and its tables."""
+    from interp_audit.report import find_run, load_table
+    from interp_audit.store import ReportStore
+
+    opened = ReportStore.open(store)
+    run_row = find_run(opened, run_id)
+    colour = "green" if run_row["status"] == "passed" else "red"
+    console.print(f"[bold]{run_row['audit_name']}[/]: {run_row['model_name']} v{run_row['model_version']} "
+                  f"([{colour}]{run_row['status']}[/])")
+    for key in ("run_id", "model_source", "weights_sha256", "onnx_sha256", "spec_sha256", "seed", "data_uri",
+                "num_samples", "device", "started_at", "finished_at"):
+        console.print(f"  {key:15} {run_row[key]}", markup=False)
+    console.print(f"  {'ort_providers':15} {', '.join(run_row['ort_providers'])}", markup=False)
+    parity = load_table(opened, "onnx_parity", run_id=run_row["run_id"])
+    if len(parity):
+        table = Table("output", "shape", "max abs diff", "max rel diff", "argmax agreement", title="ONNX parity")
+        for row in parity.itertuples():
+            table.add_row(row.output, str(list(row.shape)), f"{row.max_abs_diff:.2e}", f"{row.max_rel_diff:.2e}",
+                          f"{row.argmax_agreement:.3f}")
+        console.print(table)
+    results = load_table(opened, "contract_results", run_id=run_row["run_id"])
+    failed = results[~results["success"]]
+    console.print(f"contracts: {len(results) - len(failed)}/{len(results)} expectations met")
+    for row in failed.itertuples():
+        console.print(f"  [red]failed[/] {row.table_name}: {row.expectation} on {row.column}: "
+                      f"observed {row.observed_value}", markup=True)
+    counts = Table("table", "rows", title="tables")
+    for name in opened.tables_with_data():
+        counts.add_row(name, str(len(load_table(opened, name, run_id=run_row["run_id"], as_arrow=True))))
+    console.print(counts)
+
+
+@report_app.command("query")
+@exits
+def report_query(sql: Annotated[str, typer.Argument(help="DuckDB SQL; every table is a view of published runs.")],
+                 store: ReadStoreOpt = DEFAULT_STORE,
+                 output: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table") -> None:
+    """Query the report tables with DuckDB SQL, e.g. "SELECT model, version, status FROM audit_runs"."""
+    from interp_audit.report import query
+
+    result = query(store, sql).to_pandas()
+    if output == "csv":
+        typer.echo(result.to_csv(index=False), nl=False)
+    elif output == "json":
+        typer.echo(result.to_json(orient="records", date_format="iso"))
+    else:
+        table = Table(*map(str, result.columns))
+        for row in result.itertuples(index=False):
+            table.add_row(*(str(value) for value in row))
+        console.print(table)
+
+
+if __name__ == "__main__":
+    app()

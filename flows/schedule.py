@@ -1,0 +1,28 @@
+"""Serving the audit as a Prefect deployment on the spec's cron schedule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.client.schemas.schedules import CronSchedule
+
+from flows.audit import audit
+from interp_audit.spec import LoadedSpec
+
+
+def audit_deployment(loaded: LoadedSpec, spec_path: Path, store: str | None):
+    """The deployment for one spec: named after the audit, parameters pinned to the spec file."""
+    schedule = loaded.spec.schedule
+    return audit.to_deployment(
+        name=loaded.spec.name,
+        parameters={"spec_path": str(spec_path), "store": store},
+        schedules=[CronSchedule(cron=schedule.cron, timezone=schedule.timezone)],
+        description=f"interp-audit of {loaded.spec.model.name} from {spec_path}",
+        tags=["interp-audit"],
+    )
+
+
+def serve_audit(loaded: LoadedSpec, spec_path: Path, store: str | None) -> None:
+    from prefect import serve
+
+    serve(audit_deployment(loaded, spec_path, store))

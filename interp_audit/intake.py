@@ -1,0 +1,208 @@
+"""Model intake: build the user's torch module (or read their ONNX file) safely, and check it against the spec.
+
+Weights are loaded with ``torch.load(weights_only=True)`` or safetensors, so a weights file can never run code
+unless the spec says ``trust_pickle: true``. Every failure here is bad input (exit 2) and happens before any
+work is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from interp_audit.errors import SpecError
+from interp_audit.spec import FACTORY_REF, InputSpec, LoadedSpec, OnnxModelSpec, TorchModelSpec
+
+MAX_LISTED = 40
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Everything needed to rebuild the model in another process; small and hashable for task cache keys."""
+
+    source: str
+    path: str  # weights file (torch) or .onnx file (onnx), absolute
+    sha256: str
+    factory: str | None
+    trust_pickle: bool
+    base_dir: str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(loaded: LoadedSpec) -> ModelRef:
+    model = loaded.spec.model
+    relative = model.weights if isinstance(model, TorchModelSpec) else model.path
+    key = "model.weights" if isinstance(model, TorchModelSpec) else "model.path"
+    path = (loaded.base_dir / relative).resolve()
+    if not path.is_file():
+        raise SpecError(f"{key}: file '{relative}' does not exist (resolved to {path}); "
+                        f"paths are relative to the spec file's folder")
+    return ModelRef(
+        source=model.source,
+        path=str(path),
+        sha256=sha256_file(path),
+        factory=getattr(model, "factory", None),
+        trust_pickle=getattr(model, "trust_pickle", False),
+        base_dir=str(loaded.base_dir),
+    )
+
+
+def import_factory(ref: str, base_dir: Path):
+    match = FACTORY_REF.match(ref)
+    target, attr = match["target"], match["attr"]
+    try:
+        if target.endswith(".py"):
+            file = (base_dir / target).resolve()
+            if not file.is_file():
+                raise SpecError(f"model.factory: file '{target}' does not exist (resolved to {file})")
+            module_name = "interp_audit_factory_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
+            module_spec = importlib.util.spec_from_file_location(module_name, file)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except SpecError:
+        raise
+    except Exception as exc:  # the user's module failed to import: show why
+        raise SpecError(f"model.factory: importing '{target}' failed: {type(exc).__name__}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SpecError(f"model.factory: '{target}' has no attribute '{attr}'; "
+                            f"give 'module:callable' naming a function that returns the torch module")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SpecError(f"model.factory: '{ref}' is not callable")
+    return obj
+
+
+def _load_weights(path: Path, trust_pickle: bool):
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise SpecError(f"model.weights: '{path.name}' is not a readable safetensors file ({exc})") from None
+    if path.suffix not in (".pt", ".pth", ".bin"):
+        raise SpecError(f"model.weights: unsupported file type '{path.suffix}'; "
+                        f"give a state dict as .pt/.pth or .safetensors")
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+        raise SpecError(
+            f"model.weights: '{path.name}' is not a plain state dict: it holds pickled Python objects that "
+            f"could run code when loaded ({first_line}). Save `model.state_dict()` (or use .safetensors) "
+            f"instead, or set model.trust_pickle: true if you trust this file."
+        ) from None
+    except Exception as exc:
+        raise SpecError(f"model.weights: could not read '{path.name}': {type(exc).__name__}: {exc}") from None
+
+
+def build_torch_model(ref: ModelRef):
+    """Return the eval-mode module on CPU with its weights loaded."""
+    import torch
+
+    weights = _load_weights(Path(ref.path), ref.trust_pickle)
+    if isinstance(weights, torch.nn.Module):
+        return weights.eval()
+    if not isinstance(weights, dict):
+        raise SpecError(f"model.weights: expected a state dict (a mapping of names to tensors), "
+                        f"found {type(weights).__name__}")
+    if ref.factory is None:
+        raise SpecError("model.factory: required, because the weights file is a state dict")
+    module = import_factory(ref.factory, Path(ref.base_dir))()
+    if not isinstance(module, torch.nn.Module):
+        raise SpecError(f"model.factory: '{ref.factory}' returned {type(module).__name__}, not a torch.nn.Module")
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:800]
+        raise SpecError(
+            f"model.weights: the weights do not fit the module built by '{ref.factory}': {detail}. "
+            f"Check that factory and weights belong to the same architecture."
+        ) from None
+    return module.eval()
+
+
+def check_layers(names: list[str], available: list[str], what: str) -> None:
+    for index, name in enumerate(names):
+        if name not in available:
+            shown = ", ".join(available[:MAX_LISTED]) + (", ..." if len(available) > MAX_LISTED else "")
+            raise SpecError(f"model.layers[{index}]: no {what} '{name}' in the model; {what}s are: {shown}")
+
+
+def check_outputs(logits: np.ndarray, batch: int, input_spec: InputSpec, ids: list[str] | None = None) -> None:
+    """The audit needs one score per class per sample, all finite."""
+    if logits.ndim != 2 or logits.shape[0] != batch:
+        raise SpecError(
+            f"model: output has shape {tuple(logits.shape)} for a batch of {batch}; an audited model must "
+            f"return class scores of shape (batch, classes)"
+        )
+    names = input_spec.class_names
+    if names is not None and logits.shape[1] != len(names):
+        raise SpecError(
+            f"model.input.class_names: {len(names)} names given but the model outputs {logits.shape[1]} "
+            f"classes; give one name per output"
+        )
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        which = [ids[i] for i in np.flatnonzero(bad)[:5]] if ids else np.flatnonzero(bad)[:5].tolist()
+        raise SpecError(
+            f"model: outputs NaN or Inf for {int(bad.sum())} of {batch} samples (e.g. {which}); check the "
+            f"weights and the input normalization (model.input.range/mean/std)"
+        )
+
+
+def torch_layer_names(module) -> list[str]:
+    return [name for name, _ in module.named_modules() if name]
+
+
+def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str]) -> None:
+    import torch
+
+    check_layers(spec.layers, torch_layer_names(module), "layer")
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x))
+    except Exception as exc:
+        raise SpecError(
+            f"model: forward pass on input of shape {tuple(x.shape)} failed: {type(exc).__name__}: {exc}; "
+            f"check model.input.shape"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise SpecError(f"model: forward returned {type(out).__name__}; it must return one tensor of class scores")
+    check_outputs(out.numpy(), len(x), spec.input, ids)
+
+
+def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids: list[str]) -> None:
+    from interp_ops.onnx_bundle import make_session, run_session
+
+    try:
+        outputs = run_session(make_session(onnx_bytes, "cpu"), x, batch_size=len(x))
+    except Exception as exc:
+        raise SpecError(
+            f"model: ONNX Runtime could not run the model on input of shape {tuple(x.shape)}: "
+            f"{' '.join(str(exc).split())[:400]}; check model.input.shape"
+        ) from None
+    check_outputs(outputs["logits"], len(x), spec.input, ids)

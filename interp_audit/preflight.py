@@ -1,0 +1,96 @@
+"""Everything that can be checked before any work starts: spec, files, model, layers, outputs, data.
+
+``interp-audit validate`` runs exactly this; ``run`` runs it before starting Prefect, and the flow runs it
+again first thing (a scheduled run has no CLI in front of it). Everything that fails here is exit code 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from interp_audit.errors import SpecError
+from interp_audit.intake import (
+    ModelRef,
+    build_torch_model,
+    check_layers,
+    check_onnx_model,
+    check_torch_model,
+    resolve_model,
+)
+from interp_audit.spec import InputSpec, LoadedSpec, TorchModelSpec
+from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
+
+PROBE_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Samples converted to what the model takes."""
+
+    ids: list[str]
+    x: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str] | None
+
+
+@dataclass(frozen=True)
+class Preflight:
+    model: ModelRef
+    data_fingerprint: str
+    num_samples: int
+    device: str
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise SpecError(f"--device: must be auto, cpu or cuda (got {requested!r})")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device cuda: CUDA is not available on this machine; use --device auto or cpu")
+    return "cuda:0" if requested != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec) -> ModelInputs:
+    try:
+        samples = load_samples(data_uri, base_dir, seed)
+        x = to_model_input(samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean,
+                           input_spec.std)
+    except DataError as exc:
+        raise SpecError(f"data: {exc}") from None
+    if len(samples.ids) == 0:
+        raise SpecError(f"data: '{data_uri}' holds no samples; give at least one")
+    return ModelInputs(samples.ids, x, samples.labels, input_spec.class_names or samples.class_names)
+
+
+def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
+    spec = loaded.spec
+    resolved_device = resolve_device(device)
+    ref = resolve_model(loaded)
+    try:
+        fingerprint = data_fingerprint(spec.data, loaded.base_dir)
+    except DataError as exc:
+        raise SpecError(f"data: {exc}") from None
+    inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
+    probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
+    if isinstance(spec.model, TorchModelSpec):
+        check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
+    else:
+        check_onnx_file(ref, spec, probe, probe_ids)
+    return Preflight(ref, fingerprint, len(inputs.ids), resolved_device)
+
+
+def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> None:
+    import onnx
+
+    from interp_ops.onnx_bundle import expose_tensors, graph_tensor_names
+
+    try:
+        model = onnx.load(ref.path)
+    except Exception as exc:
+        raise SpecError(f"model.path: '{Path(ref.path).name}' is not a readable ONNX file ({exc})") from None
+    check_layers(spec.model.layers, graph_tensor_names(model), "tensor")
+    check_onnx_model(expose_tensors(model.SerializeToString(), spec.model.layers), spec.model, probe, probe_ids)

@@ -1,0 +1,54 @@
+"""Reading reports: list runs, load a table as pandas or Arrow, or query every table with DuckDB SQL.
+
+Only published runs (those listed in ``audit_runs``) are ever returned.
+
+>>> from interp_audit import report
+>>> report.list_runs("./reports")                       # pandas DataFrame of runs
+>>> report.load_table("./reports", "onnx_parity", model="shapes-cnn", version="1")
+>>> report.query("./reports", "SELECT model, version, status FROM audit_runs")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from interp_audit.store import ReportStore
+
+
+def _store(store: str | Path | ReportStore) -> ReportStore:
+    return store if isinstance(store, ReportStore) else ReportStore.open(store)
+
+
+def list_runs(store: str | Path | ReportStore, model: str | None = None, version: str | None = None) -> pd.DataFrame:
+    return _store(store).runs(model, version).to_pandas()
+
+
+def load_table(store: str | Path | ReportStore, table: str, model: str | None = None, version: str | None = None,
+               run_id: str | None = None, as_arrow: bool = False) -> pd.DataFrame | pa.Table:
+    data = _store(store).read(table, model, version, run_id)
+    return data if as_arrow else data.to_pandas()
+
+
+def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
+    """Run DuckDB SQL with every table that has data available as a view of its published rows."""
+    import duckdb
+
+    opened = _store(store)
+    connection = duckdb.connect()
+    for name in opened.tables_with_data():
+        connection.register(name, opened.read(name))
+    relation = connection.sql(sql)
+    return relation.to_arrow_table() if relation is not None else pa.table({})
+
+
+def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
+    """The ``audit_runs`` row of a run, by full id or a unique prefix."""
+    runs = _store(store).runs().to_pylist()
+    matches = [run for run in runs if run["run_id"].startswith(run_id)]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise KeyError(f"{found} with id {run_id!r}; `interp-audit report list` shows the run ids")
+    return matches[0]

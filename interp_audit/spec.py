@@ -1,0 +1,298 @@
+"""The audit spec: YAML parsed into strict pydantic models.
+
+Every error is reported as ``path: problem (got value)`` so that a user can find and fix it without
+reading our code. Checks that need the model itself (layer names, output shape) live in
+``interp_audit.intake``; this module only needs the YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from interp_audit.errors import SpecError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FACTORY_REF = re.compile(r"^(?P<target>[^:]+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
+
+
+def _safe_name(value: Any) -> str:
+    """Names become report-store directory names, so they may not escape it."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string (got {value!r})")
+    if ".." in value or not SAFE_NAME.match(value):
+        raise ValueError(
+            f"must be a plain name of letters, digits, '.', '_' or '-' without '..' or '/' "
+            f"(got {value!r}); such names become directories in the report store"
+        )
+    return value
+
+
+SafeName = Annotated[str, BeforeValidator(_safe_name)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(StrictModel):
+    """What the model takes: samples are converted to this before they reach it."""
+
+    shape: list[PositiveInt] = Field(description="(C, H, W) for images or (features,) for tabular models")
+    range: tuple[float, float] = Field((0.0, 1.0), description="value range before normalization")
+    mean: list[float] | None = Field(None, description="per-channel mean subtracted after scaling to range")
+    std: list[float] | None = Field(None, description="per-channel std divided by after subtracting mean")
+    class_names: list[str] | None = Field(None, description="one name per model output, in order")
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_rank(cls, shape: list[int]) -> list[int]:
+        if len(shape) not in (1, 3):
+            raise ValueError(f"must be [C, H, W] for images or [features] for tabular models (got {shape})")
+        if len(shape) == 3 and shape[0] not in (1, 3):
+            raise ValueError(f"images must have 1 or 3 channels (got {shape[0]} in {shape})")
+        return shape
+
+    @field_validator("range")
+    @classmethod
+    def _range_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"must be [low, high] with low < high (got {list(value)})")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"every std must be > 0 (got {std})")
+        return std
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputSpec:
+        channels = self.shape[0] if len(self.shape) == 3 else None
+        for field in ("mean", "std"):
+            values = getattr(self, field)
+            if values is None:
+                continue
+            if channels is None:
+                raise ValueError(f"{field}: per-channel normalization needs an image shape [C, H, W]")
+            if len(values) != channels:
+                raise ValueError(f"{field}: needs one value per channel ({channels}), got {len(values)}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std: give both or neither")
+        return self
+
+
+class _ModelBase(StrictModel):
+    name: SafeName
+    version: SafeName
+    input: InputSpec
+    layers: list[str] = Field(default_factory=list, description="internal layers to audit")
+
+
+class TorchModelSpec(_ModelBase):
+    source: Literal["torch"]
+    factory: str | None = Field(
+        None, description="'package.module:callable' or 'path/to/file.py:callable' (relative to the spec)"
+    )
+    weights: str = Field(description="state dict (.pt/.pth, loaded with weights_only=True) or .safetensors")
+    trust_pickle: bool = Field(False, description="allow a whole pickled module; only for files you trust")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_ref(cls, value: str | None) -> str | None:
+        if value is not None and not FACTORY_REF.match(value):
+            raise ValueError(
+                f"must be 'package.module:callable' or 'path/to/file.py:callable' (got {value!r})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _factory_needed(self) -> TorchModelSpec:
+        if self.factory is None and not self.trust_pickle:
+            raise ValueError("factory: required to build the module that the weights (a state dict) load into")
+        return self
+
+
+class OnnxModelSpec(_ModelBase):
+    source: Literal["onnx"]
+    path: str = Field(description="path to the .onnx file (relative to the spec)")
+
+
+ModelSpec = Annotated[Union[TorchModelSpec, OnnxModelSpec], Field(discriminator="source")]
+
+
+class OpsSpec(StrictModel):
+    """One block per interpretability method; each method issue adds its block here."""
+
+
+class ReportSpec(StrictModel):
+    store: str = Field("./reports", description="local path or a pyarrow/fsspec filesystem URI")
+
+
+class ScheduleSpec(StrictModel):
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from prefect._vendor.croniter import croniter  # light import; the same parser Prefect schedules use
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a valid cron expression (got {value!r}); e.g. '0 3 * * *' is daily at 03:00")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone (got {value!r}); e.g. 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+
+class AuditSpec(StrictModel):
+    name: SafeName
+    seed: int = 0
+    model: ModelSpec
+    data: str = Field(description="builtin:NAME?k=v, a directory of PNG/JPEG images, or a .npy/.npz file")
+    ops: OpsSpec = Field(default_factory=OpsSpec)
+    contracts: dict[str, float] = Field(default_factory=dict, description="threshold key -> value")
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    schedule: ScheduleSpec | None = None
+
+    @field_validator("contracts")
+    @classmethod
+    def _known_contracts(cls, contracts: dict[str, float]) -> dict[str, float]:
+        from data_contracts import THRESHOLDS
+
+        unknown = sorted(set(contracts) - set(THRESHOLDS))
+        if unknown:
+            raise ValueError(
+                f"unknown contract key {unknown[0]!r}; known keys are: {', '.join(sorted(THRESHOLDS))}"
+            )
+        return contracts
+
+
+    def selected_methods(self, only: list[str] | None = None) -> list[str]:
+        """The spec's method blocks, narrowed by ``--only``; a name the spec does not declare is bad input."""
+        declared = [name for name in OpsSpec.model_fields if getattr(self.ops, name) is not None]
+        unknown = sorted(set(only or []) - set(declared))
+        if unknown:
+            raise SpecError(f"--only: {', '.join(unknown)} not declared under ops in the spec; "
+                            f"declared methods: {', '.join(declared) or 'none'}")
+        return [name for name in declared if only is None or name in only]
+
+
+class LoadedSpec(BaseModel):
+    """A validated spec with what is needed to reproduce it: its text, hash and folder."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: AuditSpec
+    text: str
+    sha256: str
+    base_dir: Path
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("torch", "onnx") and path == "model":
+            continue  # discriminator tag, not a key the user wrote
+        elif isinstance(part, str) and part.startswith("function-"):
+            continue
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(top level)"
+
+
+_FRIENDLY = {
+    "greater_than": "must be a positive integer",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "missing": "is required",
+    "extra_forbidden": "unknown key; remove it or check its spelling",
+    "union_tag_invalid": "must be one of: torch, onnx",
+    "union_tag_not_found": "is required (one of: torch, onnx)",
+    "literal_error": "must be one of the allowed values",
+}
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    messages = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        kind = item["type"]
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("source")
+        where = _format_loc(tuple(loc))
+        if kind == "value_error":
+            text = str(item["msg"]).removeprefix("Value error, ")
+        else:
+            text = _FRIENDLY.get(kind, item["msg"])
+        if kind == "extra_forbidden" and where.startswith("ops."):
+            text = "unknown method; the methods this version supports are: " + (
+                ", ".join(OpsSpec.model_fields) or "none yet"
+            )
+        if "input" in item and kind not in ("missing", "extra_forbidden", "value_error"):
+            text += f" (got {item['input']!r})"
+        messages.append(f"{where}: {text}")
+    return messages
+
+
+def parse_spec(text: str, base_dir: Path, source: str = "<spec>") -> LoadedSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{source}: invalid YAML{where}: {problem}; fix the syntax and retry"]) from None
+    if not isinstance(raw, dict):
+        raise SpecError([f"{source}: the spec must be a YAML mapping with keys name, model, data, ... "
+                         f"(got {type(raw).__name__})"])
+    try:
+        spec = AuditSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+    return LoadedSpec(spec=spec, text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), base_dir=base_dir)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"{path}: spec file not found; give the path to an audit spec YAML file"])
+    return parse_spec(path.read_text(), path.resolve().parent, source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    return AuditSpec.model_json_schema()

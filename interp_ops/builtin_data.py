@@ -1,0 +1,135 @@
+"""Synthetic scenes with known ground truth, so that audits can be checked without downloads.
+
+Each scene holds one large object, whose shape is the label, and up to two small distractors, on a
+textured background. Objects never overlap and keep clear of the top-left corner, so the corner patch
+of ``shapes-shortcut`` hides nothing and every object is fully visible in the mask.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import skimage.data
+from scipy.ndimage import gaussian_filter
+from skimage.draw import disk, polygon
+
+SIZE = 64
+CLASS_NAMES = ["circle", "square", "triangle"]
+OBJECT_COLORS = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+}
+# The shortcut: one color per class, painted in the top-left corner.
+PATCH_SIZE = 6
+PATCH_COLORS = np.array([(1.0, 0.5, 0.0), (0.5, 0.0, 1.0), (0.0, 1.0, 0.5)], dtype=np.float32)
+# Objects keep out of this corner square so that the patch never covers one.
+CORNER_KEEPOUT = PATCH_SIZE + 2
+MAIN_OBJECT_SIZE = (20.0, 30.0)  # sqrt(area) in pixels
+DISTRACTOR_SIZE = (8.0, 13.0)
+SPLIT_CODES = {"train": 1, "val": 2}
+PLACEMENT_TRIES = 50
+TEXTURES = ("brick", "grass", "gravel")
+
+
+@lru_cache(maxsize=None)
+def _texture(name: str) -> np.ndarray:
+    """scikit-image ships these photographs, so they load offline."""
+    image = getattr(skimage.data, name)().astype(np.float32)
+    return (image - image.min()) / np.ptp(image)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A dim, tinted texture: a photo crop, stripes or smooth noise."""
+    kind = rng.integers(len(TEXTURES) + 2)
+    if kind < len(TEXTURES):
+        texture = _texture(TEXTURES[kind])
+        top, left = rng.integers(0, texture.shape[0] - SIZE, size=2)
+        pattern = texture[top : top + SIZE, left : left + SIZE]
+    elif kind == len(TEXTURES):
+        angle, period, phase = rng.uniform(0, np.pi), rng.uniform(5, 14), rng.uniform(0, 2 * np.pi)
+        rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * (cols * np.cos(angle) + rows * np.sin(angle)) / period + phase)
+    else:
+        noise = gaussian_filter(rng.standard_normal((SIZE, SIZE)), sigma=rng.uniform(1.5, 4.0))
+        pattern = (noise - noise.min()) / np.ptp(noise)
+    gray = rng.uniform(0.1, 0.3) + rng.uniform(0.1, 0.3) * pattern
+    tint = 1.0 + rng.uniform(-0.3, 0.3, size=3)
+    return np.clip(gray[..., None] * tint, 0.0, 1.0).astype(np.float32)
+
+
+def _outline(shape: int, size: float, angle: float) -> np.ndarray | float:
+    """Vertices (rows, cols) around the origin for polygons, or the radius for a circle; all of area size**2."""
+    if shape == 0:
+        return size / np.sqrt(np.pi)
+    corners, circumradius = (4, size / np.sqrt(2)) if shape == 1 else (3, size * np.sqrt(4 / np.sqrt(27)))
+    theta = angle + np.arange(corners) * 2 * np.pi / corners
+    return np.stack([circumradius * np.sin(theta), circumradius * np.cos(theta)], axis=1)
+
+
+def _half_extent(outline: np.ndarray | float) -> np.ndarray:
+    if isinstance(outline, float):
+        return np.array([outline, outline])
+    return np.abs(outline).max(axis=0)
+
+
+def _place(
+    rng: np.random.Generator, half: np.ndarray, taken: list[np.ndarray]
+) -> np.ndarray | None:
+    """A center whose bounding box fits the image, misses the corner and every box in ``taken``."""
+    for _ in range(PLACEMENT_TRIES):
+        center = rng.uniform(half + 1, SIZE - 1 - half)
+        box = np.concatenate([center - half - 1, center + half + 1])  # top, left, bottom, right
+        in_corner = box[0] < CORNER_KEEPOUT and box[1] < CORNER_KEEPOUT
+        overlaps = any(
+            box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3] for other in taken
+        )
+        if not in_corner and not overlaps:
+            taken.append(box)
+            return center
+    return None
+
+
+def _scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    image = _background(rng)
+    mask = np.zeros((SIZE, SIZE), dtype=np.int32)
+    shapes: list[int] = []
+    taken: list[np.ndarray] = []
+    palette = np.array(list(OBJECT_COLORS.values()), dtype=np.float32)
+    for index in range(rng.integers(1, 4)):
+        shape = int(rng.integers(len(CLASS_NAMES)))
+        size = rng.uniform(*(MAIN_OBJECT_SIZE if index == 0 else DISTRACTOR_SIZE))
+        outline = _outline(shape, size, rng.uniform(0, 2 * np.pi))
+        center = _place(rng, _half_extent(outline), taken)
+        if center is None:
+            continue
+        if isinstance(outline, float):
+            rows, cols = disk(tuple(center), outline, shape=mask.shape)
+        else:
+            rows, cols = polygon(outline[:, 0] + center[0], outline[:, 1] + center[1], shape=mask.shape)
+        shapes.append(shape)
+        mask[rows, cols] = len(shapes)
+        image[rows, cols] = palette[rng.integers(len(palette))] * rng.uniform(0.75, 1.0)
+    areas = np.bincount(mask.ravel(), minlength=len(shapes) + 1)[1:]
+    return image, mask, shapes[int(np.argmax(areas))]
+
+
+def shapes(split: str, n: int, seed: int, patch: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` scenes as images (N, 64, 64, 3), masks (N, 64, 64) and labels (N,).
+
+    Sample ``i`` depends only on (seed, split, i), so a larger ``n`` extends a smaller one and the
+    patched and unpatched scenes are identical apart from the patch.
+    """
+    images = np.empty((n, SIZE, SIZE, 3), dtype=np.float32)
+    masks = np.empty((n, SIZE, SIZE), dtype=np.int32)
+    labels = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        images[i], masks[i], labels[i] = _scene(np.random.default_rng([seed, SPLIT_CODES[split], i]))
+    if patch:
+        images[:, :PATCH_SIZE, :PATCH_SIZE] = PATCH_COLORS[labels][:, None, None, :]
+    return images, masks, labels

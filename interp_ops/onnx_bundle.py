@@ -1,0 +1,206 @@
+"""ONNX bundle: the audited model as one ONNX graph whose outputs are the logits and every audited layer.
+
+All methods read activations from this graph through ONNX Runtime, so an exported torch model and an ONNX
+file from elsewhere are audited the same way. Parity between torch and ONNX Runtime is measured here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import re
+import warnings
+
+import numpy as np
+import torch
+
+LOGITS = "logits"
+
+
+class OnnxBundleError(RuntimeError):
+    """Export or loading failed; the message names the operator or module that failed."""
+
+
+class WithLayerOutputs(torch.nn.Module):
+    """Returns ``(logits, *audited layer activations)``, captured by forward hooks on only those layers."""
+
+    def __init__(self, model: torch.nn.Module, layers: list[str]):
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+        self._captured: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        for name in self.layers:
+            modules[name].register_forward_hook(self._capture(name))
+
+    def _capture(self, name: str):
+        def hook(_module, _inputs, output):
+            self._captured[name] = output
+
+        return hook
+
+    def forward(self, x):
+        self._captured.clear()
+        logits = self.model(x)
+        return (logits, *[self._captured[name] for name in self.layers])
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _failing_part(exc: BaseException) -> str:
+    """Name the operator (conversion failures) or the user's line of code (tracing failures) that broke."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = ANSI.sub("", "\n".join(str(e) for e in chain))
+    operator = re.search(r"aten[.:]{1,2}[A-Za-z0-9_]+", text)
+    if "Failed to convert" in text and operator:
+        return f"operator {operator.group(0)}"
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
+              if "site-packages" not in f[0]]
+    if frames:
+        path, line, function, code = frames[-1]
+        return f"`{code.strip()}` in {function} ({path.rsplit('/', 1)[-1]}:{line})"
+    return f"operator {operator.group(0)}" if operator else ""
+
+
+def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> bytes:
+    """Export with a dynamic batch axis and the audited layers as extra named outputs; returns ONNX bytes."""
+    import onnx
+
+    wrapper = WithLayerOutputs(model, layers).eval()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1)
+    output_names = [LOGITS, *layers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # the exporter prints progress, and on failure the whole traced graph; our error says what matters
+            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                program = torch.onnx.export(
+                    wrapper, (example,), input_names=["input"], output_names=output_names,
+                    dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False,
+                )
+        proto = program.model_proto
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        part = _failing_part(exc)
+        where = f" at {part}" if part else ""
+        first = " ".join(ANSI.sub("", str(exc)).split())[:300]
+        raise OnnxBundleError(
+            f"ONNX export failed{where}: {type(exc).__name__}: {first}. Replace that operation with one "
+            f"ONNX supports, or export the model yourself and audit it with model.source: onnx."
+        ) from exc
+    return proto.SerializeToString()
+
+
+def graph_tensor_names(model) -> list[str]:
+    """Every intermediate tensor an ONNX graph computes, in node order."""
+    names = []
+    for node in model.graph.node:
+        names.extend(out for out in node.output if out)
+    return names
+
+
+def expose_tensors(onnx_bytes: bytes, tensors: list[str]) -> bytes:
+    """Return the graph with the named intermediate tensors added as outputs after its first output."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    first = model.graph.output[0]
+    del model.graph.output[:]
+    model.graph.output.append(first)
+    for name in tensors:
+        info = known.get(name)
+        if info is None:
+            elem_type = onnx.TensorProto.FLOAT
+            info = onnx.helper.make_tensor_value_info(name, elem_type, None)
+        model.graph.output.append(info)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def onnx_sha256(onnx_bytes: bytes) -> str:
+    return hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def cuda_usable() -> bool:
+    return torch.cuda.is_available()
+
+
+def session_providers(device: str) -> list[str]:
+    """Ask for CUDA only when it is really usable; otherwise ONNX Runtime logs errors."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.startswith("cuda") and cuda_usable() and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(onnx_bytes: bytes, device: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(onnx_bytes, sess_options=options, providers=session_providers(device))
+    except Exception as exc:
+        raise OnnxBundleError(f"ONNX Runtime could not load the model: {' '.join(str(exc).split())[:500]}") from exc
+
+
+def run_session(session, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """All outputs for all samples, batched; the first graph output is returned as ``logits``."""
+    input_name = session.get_inputs()[0].name
+    names = [out.name for out in session.get_outputs()]
+    keys = [LOGITS, *names[1:]]
+    chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    for start in range(0, len(x), batch_size):
+        results = session.run(names, {input_name: x[start:start + batch_size].astype(np.float32, copy=False)})
+        for key, value in zip(keys, results):
+            chunks[key].append(value)
+    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+def run_torch(model, x: np.ndarray, layers: list[str], device: str, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """The same outputs as :func:`run_session`, computed by torch, for parity."""
+    wrapper = WithLayerOutputs(model, layers).eval().to(device)
+    chunks: dict[str, list[np.ndarray]] = {key: [] for key in (LOGITS, *layers)}
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = torch.from_numpy(x[start:start + batch_size]).to(device)
+            for key, value in zip(chunks, wrapper(batch)):
+                chunks[key].append(value.float().cpu().numpy())
+    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+def parity_rows(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[dict]:
+    """Per output: max abs diff, max diff relative to the output's scale, and per-sample argmax agreement."""
+    rows = []
+    for name, ref in reference.items():
+        got = candidate[name]
+        if ref.shape != got.shape:
+            raise OnnxBundleError(f"parity: output '{name}' has shape {got.shape} in ONNX Runtime "
+                                  f"but {ref.shape} in torch")
+        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+        rows.append({
+            "output": name,
+            "shape": list(ref.shape[1:]),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "max_rel_diff": float(diff.max() / scale) if scale > 0 else 0.0,
+            "argmax_agreement": float((flat_ref.argmax(1) == flat_got.argmax(1)).mean()) if len(ref) else 1.0,
+        })
+    return rows
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)

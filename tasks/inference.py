@@ -1,0 +1,54 @@
+"""Tasks that run the model: torch/ONNX Runtime parity and per-sample predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+
+from interp_audit.intake import ModelRef, build_torch_model
+from interp_audit.preflight import ModelInputs
+from interp_ops import onnx_bundle
+from tasks import CACHED
+from tasks.gpu import gpu_slot
+
+
+@task(name="onnx-parity", **CACHED)
+def check_parity(model: ModelRef, onnx_bytes: bytes, inputs: ModelInputs, layers: list[str], device: str) -> list[dict]:
+    """Max abs/rel diff and argmax agreement between torch and ONNX Runtime, per output."""
+    with gpu_slot(device):
+        reference = onnx_bundle.run_torch(build_torch_model(model), inputs.x, layers, device)
+        candidate = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device), inputs.x)
+    return onnx_bundle.parity_rows(reference, candidate)
+
+
+@task(name="predict", **CACHED)
+def predict(onnx_bytes: bytes, inputs: ModelInputs, device: str) -> list[dict]:
+    """The model's decision on every sample, through the same ONNX graph the methods use."""
+    with gpu_slot(device):
+        logits = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device), inputs.x)["logits"]
+    probabilities = onnx_bundle.softmax(logits.astype(np.float64))
+    predicted = probabilities.argmax(axis=1)
+    names = inputs.class_names
+
+    def name(index):
+        return names[index] if names is not None and 0 <= index < len(names) else None
+
+    rows = []
+    for i, sample_id in enumerate(inputs.ids):
+        label = int(inputs.labels[i]) if inputs.labels is not None else None
+        rows.append({
+            "sample_id": sample_id,
+            "label": label,
+            "label_name": name(label) if label is not None else None,
+            "predicted": int(predicted[i]),
+            "predicted_name": name(int(predicted[i])),
+            "probability": float(probabilities[i, predicted[i]]),
+            "correct": bool(label == predicted[i]) if label is not None else None,
+        })
+    return rows
+
+
+@task(name="ort-providers")
+def ort_providers(onnx_bytes: bytes, device: str) -> list[str]:
+    """The providers ONNX Runtime really uses on this machine, for the reproducibility record."""
+    return onnx_bundle.make_session(onnx_bytes, device).get_providers()

@@ -1,0 +1,27 @@
+"""Model intake tasks: the ONNX bundle and the model-ready samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from interp_audit.intake import ModelRef, build_torch_model
+from interp_audit.preflight import ModelInputs, model_inputs
+from interp_audit.spec import InputSpec
+from interp_ops import onnx_bundle
+from tasks import CACHED
+
+
+@task(name="export-onnx", **CACHED)
+def export_onnx(model: ModelRef, input_shape: tuple[int, ...], layers: list[str]) -> bytes:
+    """ONNX bytes whose outputs are the logits and the audited layers (torch export, or an ONNX file as is)."""
+    if model.source == "onnx":
+        return onnx_bundle.expose_tensors(Path(model.path).read_bytes(), layers)
+    return onnx_bundle.export_torch(build_torch_model(model), input_shape, layers)
+
+
+@task(name="load-samples", **CACHED)
+def load_model_inputs(data_uri: str, base_dir: str, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
+    """Samples converted to the model's input; ``data_sha256`` keys the cache on the data's content."""
+    return model_inputs(data_uri, Path(base_dir), seed, input_spec)

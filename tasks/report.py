@@ -1,0 +1,22 @@
+"""Publishing task: stage every table, then move them into the store atomically (``audit_runs`` last)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from prefect import task
+
+from interp_audit.store import ReportStore
+
+
+@task(name="publish-report", retries=2, retry_delay_seconds=2)
+def publish_report(store_uri: str, run_id: str, model: str, version: str, tables: dict[str, pa.Table]) -> str:
+    """Retries cover transient filesystem faults; a retry restages from scratch."""
+    store = ReportStore.open(store_uri)
+    store.discard(run_id)
+    try:
+        store.stage(run_id, model, version, tables)
+        store.publish(run_id, model, version)
+    except BaseException:
+        store.discard(run_id)
+        raise
+    return store.root

@@ -1,0 +1,82 @@
+"""Shared fixtures. Prefect gets a temporary home and one test server for the whole session."""
+
+import os
+import tempfile
+
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="interp-audit-prefect-")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "False")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+sys.path.insert(0, str(ASSETS))
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server per session (its start-up costs ~15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def save_state_dict(module: torch.nn.Module, path: Path) -> Path:
+    torch.save(module.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def gray_spec(tmp_path):
+    """A valid spec for a 1x28x28 grayscale user model, audited on RGB builtin shapes; returns a writer."""
+    from user_models import gray_net
+
+    weights = save_state_dict(gray_net(), tmp_path / "gray.pt")
+
+    def write(**changes) -> Path:
+        spec = {
+            "name": "gray-audit",
+            "seed": 3,
+            "model": {
+                "source": "torch", "name": "gray-net", "version": "7",
+                "factory": f"{ASSETS / 'user_models.py'}:gray_net", "weights": weights.name,
+                "input": {"shape": [1, 28, 28], "range": [0, 1], "mean": [0.5], "std": [0.5]},
+                "layers": ["body.conv1", "body.act2"],
+            },
+            "data": "builtin:shapes?split=val&n=12",
+            "contracts": {"onnx.max_abs_diff": 1.0e-4},
+            "report": {"store": str(tmp_path / "reports")},
+        }
+        for dotted, value in changes.items():
+            target = spec
+            keys = dotted.split(".")
+            for key in keys[:-1]:
+                target = target[key]
+            if value is None:
+                target.pop(keys[-1], None)
+            else:
+                target[keys[-1]] = value
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return write
+
+
+def store_is_empty(store: Path) -> bool:
+    """No published or staged file anywhere in the store."""
+    return not store.exists() or not any(p.is_file() for p in store.rglob("*"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

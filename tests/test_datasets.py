@@ -1,0 +1,297 @@
+"""Sample loading, the synthetic scenes' ground truth, and conversion to model input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.color import rgb2gray
+from skimage.measure import regionprops
+from skimage.transform import resize
+
+from interp_ops import builtin_data
+from interp_ops.datasets import DataError, Samples, data_fingerprint, load_samples, to_model_input
+
+
+def _image_samples(x: np.ndarray) -> Samples:
+    return Samples(ids=[f"s{i}" for i in range(len(x))], x=x, labels=None, masks=None, class_names=None)
+
+
+def _shape_from_mask(region_mask: np.ndarray) -> str:
+    """Area over the area of the circle around the centroid: 1 for circles, 2/pi for squares, 0.41 for triangles."""
+    (region,) = regionprops(region_mask.astype(np.uint8))
+    radius = np.sqrt(((region.coords - region.centroid) ** 2).sum(axis=1)).max() + 0.5
+    fill = region.area / (np.pi * radius**2)
+    return "circle" if fill > 0.8 else "square" if fill > 0.5 else "triangle"
+
+
+# --- builtin scenes -----------------------------------------------------------------------------
+
+
+def test_shapes_layout_and_defaults(tmp_path):
+    samples = load_samples("builtin:shapes", tmp_path, seed=0)
+    assert samples.kind == "image"
+    assert samples.x.shape == (64, 64, 64, 3) and samples.x.dtype == np.float32
+    assert 0.0 <= samples.x.min() and samples.x.max() <= 1.0
+    assert samples.masks.shape == (64, 64, 64) and samples.masks.dtype == np.int32
+    assert samples.labels.dtype == np.int64 and set(samples.labels) <= {0, 1, 2}
+    assert samples.class_names == ["circle", "square", "triangle"]
+    assert samples.ids[12] == "shapes-val-00012"
+
+
+def test_shapes_are_deterministic_per_seed_and_split(tmp_path):
+    first = load_samples("builtin:shapes?split=train&n=16", tmp_path, seed=0)
+    again = load_samples("builtin:shapes?split=train&n=16", tmp_path, seed=0)
+    val = load_samples("builtin:shapes?split=val&n=16", tmp_path, seed=0)
+    other_seed = load_samples("builtin:shapes?split=train&n=16", tmp_path, seed=1)
+    prefix = load_samples("builtin:shapes?split=train&n=8", tmp_path, seed=0)
+    np.testing.assert_array_equal(first.x, again.x)
+    np.testing.assert_array_equal(first.masks, again.masks)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert not np.array_equal(first.x, val.x)
+    assert not np.array_equal(first.x, other_seed.x)
+    np.testing.assert_array_equal(prefix.x, first.x[:8])
+
+
+def test_masks_agree_with_labels(tmp_path):
+    samples = load_samples("builtin:shapes?split=val&n=60", tmp_path, seed=3)
+    assert np.bincount(samples.labels, minlength=3).min() >= 10, "every class should occur"
+    object_counts = []
+    for image, mask, label in zip(samples.x, samples.masks, samples.labels):
+        objects = np.unique(mask[mask > 0])
+        np.testing.assert_array_equal(objects, np.arange(1, len(objects) + 1))  # numbered 1..k, none hidden
+        object_counts.append(len(objects))
+        for index in objects:
+            assert len(np.unique(image[mask == index], axis=0)) == 1, "objects are painted in one solid color"
+        largest = objects[np.argmax([(mask == index).sum() for index in objects])]
+        assert _shape_from_mask(mask == largest) == samples.class_names[label]
+        assert (mask == largest).sum() >= 300, "the labelled object is large enough to learn its shape"
+    assert set(object_counts) == {1, 2, 3}
+
+
+def test_shortcut_patch_encodes_label_and_patch_false_removes_only_it(tmp_path):
+    patched = load_samples("builtin:shapes-shortcut?split=train&n=32", tmp_path, seed=0)
+    clean = load_samples("builtin:shapes-shortcut?split=train&n=32&patch=false", tmp_path, seed=0)
+    plain = load_samples("builtin:shapes?split=train&n=32", tmp_path, seed=0)
+    size = builtin_data.PATCH_SIZE
+    corner = patched.x[:, :size, :size]
+    np.testing.assert_array_equal(corner, np.broadcast_to(builtin_data.PATCH_COLORS[patched.labels][:, None, None], corner.shape))
+    assert len({tuple(color) for color in builtin_data.PATCH_COLORS}) == 3
+    assert not np.array_equal(clean.x[:, :size, :size], corner)
+    outside = np.ones((64, 64), dtype=bool)
+    outside[:size, :size] = False
+    np.testing.assert_array_equal(patched.x[:, outside], clean.x[:, outside])
+    np.testing.assert_array_equal(clean.x, plain.x)
+    np.testing.assert_array_equal(patched.labels, clean.labels)
+    np.testing.assert_array_equal(patched.masks, clean.masks)
+    assert not patched.masks[:, :size, :size].any(), "the patch is not an object"
+    assert patched.ids[0] == "shapes-shortcut-train-00000"
+
+
+# --- to_model_input -----------------------------------------------------------------------------
+
+
+def test_rgb_to_small_grayscale_matches_skimage(tmp_path):
+    samples = load_samples("builtin:shapes?n=4", tmp_path, seed=0)
+    x = to_model_input(samples, (1, 28, 28))
+    assert x.shape == (4, 1, 28, 28) and x.dtype == np.float32
+    for converted, image in zip(x, samples.x):
+        expected = rgb2gray(resize(image, (28, 28), order=1, anti_aliasing=True))
+        np.testing.assert_allclose(converted[0], expected, atol=1e-5)
+
+
+def test_batch_resize_matches_per_image_resize(tmp_path):
+    samples = load_samples("builtin:shapes?n=3", tmp_path, seed=0)
+    x = to_model_input(samples, (3, 40, 48))
+    for converted, image in zip(x, samples.x):
+        expected = resize(image, (40, 48), order=1, anti_aliasing=True)
+        np.testing.assert_allclose(converted, expected.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_gray_is_repeated_to_rgb():
+    gray = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    x = to_model_input(_image_samples(gray), (3, 8, 8))
+    assert x.shape == (2, 3, 8, 8)
+    for channel in range(3):
+        np.testing.assert_array_equal(x[:, channel], gray[..., 0])
+
+
+def test_range_then_normalization_arithmetic():
+    rgb = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 2.0]
+    x = to_model_input(_image_samples(rgb), (3, 8, 8), value_range=(-1.0, 1.0), mean=mean, std=std)
+    expected = ((rgb * 2.0 - 1.0) - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(x, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
+    unscaled = to_model_input(_image_samples(rgb), (3, 8, 8), value_range=(0.0, 255.0))
+    np.testing.assert_allclose(unscaled, rgb.transpose(0, 3, 1, 2) * 255.0, rtol=1e-6)
+
+
+def test_tabular_passes_through_and_normalizes():
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    samples = Samples(ids=list("abcd"), x=table, labels=None, masks=None, class_names=None)
+    assert samples.kind == "tabular"
+    np.testing.assert_array_equal(to_model_input(samples, (3,)), table)
+    np.testing.assert_allclose(to_model_input(samples, (3,), mean=[1.0, 2.0, 3.0], std=[2.0] * 3), (table - [1, 2, 3]) / 2)
+
+
+def test_shape_mismatches_are_data_errors():
+    table = Samples(ids=list("ab"), x=np.zeros((2, 5), np.float32), labels=None, masks=None, class_names=None)
+    images = _image_samples(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(DataError, match=r"5 features but the model takes 4"):
+        to_model_input(table, (4,))
+    with pytest.raises(DataError, match=r"data are tabular .* model takes images \[3, 8, 8\]"):
+        to_model_input(table, (3, 8, 8))
+    with pytest.raises(DataError, match=r"data are images .* model takes \[12\]"):
+        to_model_input(images, (12,))
+    with pytest.raises(DataError, match=r"input.mean has 2 values for 3 channels"):
+        to_model_input(images, (3, 8, 8), mean=[0.5, 0.5])
+    with pytest.raises(DataError, match=r"input.std .* contains 0"):
+        to_model_input(images, (3, 8, 8), std=[1.0, 0.0, 1.0])
+
+
+# --- image directories and numpy files ----------------------------------------------------------
+
+
+def test_image_directory(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (10, 12), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    Image.fromarray(gray).save(tmp_path / "a.png")
+    Image.fromarray(rgba).save(tmp_path / "c.PNG")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "d.jpg")
+    (tmp_path / "nested").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "nested" / "e.jpeg", quality=95)
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    samples = load_samples(".", tmp_path, seed=0)
+    assert samples.ids == ["a.png", "b.png", "c.PNG", "d.jpg", "nested/e.jpeg"]
+    assert samples.x.shape == (5, 10, 12, 3), "resized to the most common size, gray promoted to RGB"
+    assert samples.labels is None and samples.masks is None and samples.kind == "image"
+    np.testing.assert_allclose(samples.x[0], np.repeat(gray[..., None], 3, axis=-1) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(samples.x[1], rgb / 255.0, atol=1e-6)
+    np.testing.assert_allclose(samples.x[2], rgba[..., :3] / 255.0, atol=1e-6)
+    assert np.abs(samples.x[4] - rgb / 255.0).mean() < 0.05, "JPEG is lossy, but close"
+
+
+def test_grayscale_directory_stays_single_channel(tmp_path):
+    Image.fromarray(np.full((6, 6), 128, np.uint8)).save(tmp_path / "x.png")
+    samples = load_samples(str(tmp_path), Path("/nonexistent-base"), seed=0)
+    assert samples.x.shape == (1, 6, 6, 1)
+    np.testing.assert_allclose(samples.x, 128 / 255.0)
+
+
+def test_npy_channel_first_last_and_uint8(tmp_path):
+    rng = np.random.default_rng(0)
+    last = rng.random((4, 9, 7, 3), dtype=np.float32)
+    np.save(tmp_path / "last.npy", last)
+    np.save(tmp_path / "first.npy", last.transpose(0, 3, 1, 2))
+    np.save(tmp_path / "gray.npy", (last[..., 0] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(load_samples("last.npy", tmp_path, 0).x, last)
+    first = load_samples("first.npy", tmp_path, 0)
+    np.testing.assert_array_equal(first.x, last)
+    assert first.ids == ["row-00000", "row-00001", "row-00002", "row-00003"]
+    gray = load_samples("gray.npy", tmp_path, 0).x
+    assert gray.shape == (4, 9, 7, 1) and gray.dtype == np.float32
+    np.testing.assert_allclose(gray[..., 0], (last[..., 0] * 255).astype(np.uint8) / 255.0)
+
+
+def test_npz_with_labels_and_tabular(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 5, 5), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", images=images, y=np.array([2.0, 0.0, 1.0]))
+    samples = load_samples("images.npz", tmp_path, 0)
+    assert samples.x.shape == (3, 5, 5, 1)
+    assert samples.labels.dtype == np.int64 and samples.labels.tolist() == [2, 0, 1]
+
+    np.savez(tmp_path / "table.npz", x=np.arange(10.0).reshape(5, 2), labels=np.arange(5))
+    table = load_samples("table.npz", tmp_path, 0)
+    assert table.kind == "tabular" and table.x.dtype == np.float32 and table.x.shape == (5, 2)
+    assert table.labels.tolist() == [0, 1, 2, 3, 4]
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+
+def test_fingerprints_follow_content(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(data / "a.png")
+    before = data_fingerprint("data", tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{64}", before)
+    shutil.copytree(data, tmp_path / "copy")
+    assert data_fingerprint("copy", tmp_path) == before, "the location is not content"
+    Image.fromarray(np.ones((4, 4), np.uint8)).save(data / "a.png")
+    assert data_fingerprint("data", tmp_path) != before
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    npy = data_fingerprint("x.npy", tmp_path)
+    np.save(tmp_path / "x.npy", np.ones((2, 3)))
+    assert data_fingerprint("x.npy", tmp_path) != npy
+
+    assert data_fingerprint("builtin:shapes", tmp_path) == data_fingerprint("builtin:shapes?n=64&split=val", tmp_path)
+    assert data_fingerprint("builtin:shapes", tmp_path) != data_fingerprint("builtin:shapes?n=65", tmp_path)
+    assert data_fingerprint("builtin:shapes-shortcut", tmp_path) != data_fingerprint(
+        "builtin:shapes-shortcut?patch=false", tmp_path
+    )
+
+
+# --- error messages -----------------------------------------------------------------------------
+
+
+def test_missing_path_names_resolved_path_and_accepted_forms(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_samples("x/y", tmp_path, seed=0)
+    message = str(error.value)
+    assert f"path 'x/y' does not exist (resolved to {tmp_path.resolve() / 'x' / 'y'})" in message
+    assert "directory of PNG/JPEG images, a .npy/.npz file, or builtin:shapes" in message
+    with pytest.raises(DataError, match="does not exist"):
+        data_fingerprint("x/y", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("uri", "pattern"),
+    [
+        ("builtin:mnist", r"unknown builtin 'mnist'.*known builtins: shapes, shapes-shortcut"),
+        ("builtin:shapes?size=3", r"unknown parameter 'size' for builtin:shapes; allowed: split, n"),
+        ("builtin:shapes?patch=true", r"unknown parameter 'patch' for builtin:shapes"),
+        ("builtin:shapes?n=abc", r"n='abc' must be a whole number from 1 to"),
+        ("builtin:shapes?n=0", r"n='0' must be a whole number"),
+        ("builtin:shapes?split=test", r"split='test' must be one of \['train', 'val'\]"),
+        ("builtin:shapes-shortcut?patch=yes", r"patch='yes' must be true or false"),
+        ("builtin:shapes?n", r"malformed query 'n'.*key=value"),
+        ("builtin:shapes?n=3&n=4", r"parameter 'n' is given twice"),
+    ],
+)
+def test_bad_builtin_uris(tmp_path, uri, pattern):
+    with pytest.raises(DataError, match=pattern):
+        load_samples(uri, tmp_path, seed=0)
+
+
+def test_bad_files_and_directories(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"holds no PNG/JPEG images; add \*.png"):
+        load_samples("empty", tmp_path, seed=0)
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"neither .npy nor .npz"):
+        load_samples("table.csv", tmp_path, seed=0)
+    np.save(tmp_path / "big.npy", np.full((2, 4, 4, 3), 255.0, np.float32))
+    with pytest.raises(DataError, match=r"image values in \[255, 255\], expected \[0, 1\]; scale them"):
+        load_samples("big.npy", tmp_path, seed=0)
+    np.save(tmp_path / "rgba.npy", np.zeros((2, 4, 5, 4), np.float32))
+    with pytest.raises(DataError, match=r"shape \(2, 4, 5, 4\); images need 1 or 3 channels"):
+        load_samples("rgba.npy", tmp_path, seed=0)
+    np.savez(tmp_path / "keys.npz", features=np.zeros((2, 3)))
+    with pytest.raises(DataError, match=r"has arrays \['features'\]; store the samples under 'x' or 'images'"):
+        load_samples("keys.npz", tmp_path, seed=0)
+    np.savez(tmp_path / "labels.npz", x=np.zeros((2, 3)), labels=np.zeros(3))
+    with pytest.raises(DataError, match=r"labels'\] has shape \(3,\).*give 2 integer labels"):
+        load_samples("labels.npz", tmp_path, seed=0)
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"cannot read .*broken.npz"):
+        load_samples("broken.npz", tmp_path, seed=0)
