@@ -252,8 +252,10 @@ def format_validation_error(error: ValidationError) -> list[str]:
     for item in error.errors():
         loc = list(item["loc"])
         kind = item["type"]
+        got = item.get("input")
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("source")
+            got = (item.get("ctx") or {}).get("tag")
         where = _format_loc(tuple(loc))
         if kind == "value_error":
             text = str(item["msg"]).removeprefix("Value error, ")
@@ -263,8 +265,8 @@ def format_validation_error(error: ValidationError) -> list[str]:
             text = "unknown method; the methods this version supports are: " + (
                 ", ".join(OpsSpec.model_fields) or "none yet"
             )
-        if "input" in item and kind not in ("missing", "extra_forbidden", "value_error"):
-            text += f" (got {item['input']!r})"
+        if got is not None and kind not in ("missing", "extra_forbidden", "value_error", "union_tag_not_found"):
+            text += f" (got {got!r})"
         messages.append(f"{where}: {text}")
     return messages
 
