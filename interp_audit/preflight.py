@@ -60,7 +60,7 @@ def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec
         x = to_model_input(samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean,
                            input_spec.std)
     except DataError as exc:
-        raise SpecError(f"data: {exc}") from None
+        raise SpecError(str(exc)) from None
     if len(samples.ids) == 0:
         raise SpecError(f"data: '{data_uri}' holds no samples; give at least one")
     return ModelInputs(samples.ids, x, samples.labels, input_spec.class_names or samples.class_names)
@@ -73,7 +73,7 @@ def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
     try:
         fingerprint = data_fingerprint(spec.data, loaded.base_dir)
     except DataError as exc:
-        raise SpecError(f"data: {exc}") from None
+        raise SpecError(str(exc)) from None
     inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
     probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
     if isinstance(spec.model, TorchModelSpec):

@@ -50,7 +50,9 @@ class Samples:
         if self.labels is not None and self.labels.shape != (n,):
             raise DataError(f"data: labels have shape {self.labels.shape}, expected ({n},); give one label per sample")
         if self.masks is not None and self.masks.shape != self.x.shape[:3]:
-            raise DataError(f"data: masks have shape {self.masks.shape}, expected {self.x.shape[:3]}; give one per image")
+            raise DataError(
+                f"data: masks have shape {self.masks.shape}, expected {self.x.shape[:3]}; give one mask per image"
+            )
 
     @property
     def kind(self) -> str:
@@ -135,7 +137,9 @@ def _image_files(directory: Path) -> list[Path]:
         and not any(part.startswith(".") for part in path.relative_to(directory).parts)
     )
     if not files:
-        raise DataError(f"data: directory {directory} holds no PNG/JPEG images; add *.png or *.jpg files, or {DATA_FORMS}")
+        raise DataError(
+            f"data: directory {directory} holds no PNG/JPEG images; add *.png or *.jpg files, or {DATA_FORMS}"
+        )
     return files
 
 
@@ -143,8 +147,11 @@ def _read_image(path: Path) -> np.ndarray:
     """Any PNG/JPEG as float32 (H, W, C) in [0, 1] with C in {1, 3}; alpha is composited on white."""
     try:
         image = imread(path)
-    except Exception as error:  # imageio raises many types for corrupt files
-        raise DataError(f"data: cannot read image {path}: {error}; replace or remove the file") from None
+    except Exception as error:  # imageio raises many types, with multi-line advice about plugins we don't need
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"data: cannot read image {path}, it is not a valid PNG/JPEG ({reason}); replace or remove the file"
+        ) from None
     if image.ndim == 3 and image.shape[-1] == 4:
         image = rgba2rgb(image)
     elif image.ndim == 3 and image.shape[-1] == 2:  # gray + alpha

@@ -28,7 +28,7 @@ DEMO_LAYERS = ["features.4", "features.8", "features.12"]
 TRAIN_DATA = {"honest": "builtin:shapes?split=train", "shortcut": "builtin:shapes-shortcut?split=train"}
 # The shortcut model gets one epoch: enough to learn the patch, too little to learn the shapes as well.
 HYPERPARAMETERS = {
-    "honest": dict(train_samples=3000, epochs=8, batch_size=64, max_learning_rate=3e-3, val_samples=300),
+    "honest": dict(train_samples=3000, epochs=5, batch_size=64, max_learning_rate=3e-3, val_samples=300),
     "shortcut": dict(train_samples=3000, epochs=1, batch_size=64, max_learning_rate=3e-3, val_samples=300),
 }
 MAX_THREADS = 2
@@ -57,6 +57,8 @@ def shapes_cnn(num_classes: int = 3) -> nn.Module:
 
 @dataclass(frozen=True)
 class DemoModel:
+    """Where a trained demo model's weights are, and what it scored on fresh validation scenes."""
+
     weights_path: Path
     val_accuracy: float
     val_accuracy_without_patch: float | None
@@ -72,9 +74,8 @@ def _paths(variant: str, out_dir: Path) -> tuple[Path, Path]:
 def _cache_key(variant: str, seed: int) -> str:
     """Changes whenever the data, the model, the training code or its settings change."""
     digest = hashlib.sha256()
-    for module in (builtin_data, datasets):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    for source in (builtin_data.__file__, datasets.__file__, __file__):
+        digest.update(Path(source).read_bytes())
     settings = dict(variant=variant, seed=seed, hyperparameters=HYPERPARAMETERS[variant], torch=torch.__version__)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()

@@ -79,7 +79,8 @@ def test_shortcut_patch_encodes_label_and_patch_false_removes_only_it(tmp_path):
     plain = load_samples("builtin:shapes?split=train&n=32", tmp_path, seed=0)
     size = builtin_data.PATCH_SIZE
     corner = patched.x[:, :size, :size]
-    np.testing.assert_array_equal(corner, np.broadcast_to(builtin_data.PATCH_COLORS[patched.labels][:, None, None], corner.shape))
+    label_colors = builtin_data.PATCH_COLORS[patched.labels][:, None, None]
+    np.testing.assert_array_equal(corner, np.broadcast_to(label_colors, corner.shape))
     assert len({tuple(color) for color in builtin_data.PATCH_COLORS}) == 3
     assert not np.array_equal(clean.x[:, :size, :size], corner)
     outside = np.ones((64, 64), dtype=bool)
@@ -135,7 +136,8 @@ def test_tabular_passes_through_and_normalizes():
     samples = Samples(ids=list("abcd"), x=table, labels=None, masks=None, class_names=None)
     assert samples.kind == "tabular"
     np.testing.assert_array_equal(to_model_input(samples, (3,)), table)
-    np.testing.assert_allclose(to_model_input(samples, (3,), mean=[1.0, 2.0, 3.0], std=[2.0] * 3), (table - [1, 2, 3]) / 2)
+    normalized = to_model_input(samples, (3,), mean=[1.0, 2.0, 3.0], std=[2.0] * 3)
+    np.testing.assert_allclose(normalized, (table - [1, 2, 3]) / 2)
 
 
 def test_shape_mismatches_are_data_errors():
@@ -274,6 +276,7 @@ def test_bad_builtin_uris(tmp_path, uri, pattern):
         load_samples(uri, tmp_path, seed=0)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio, while it tries plugins on the bad PNG
 def test_bad_files_and_directories(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no PNG/JPEG images; add \*.png"):
@@ -293,6 +296,10 @@ def test_bad_files_and_directories(tmp_path):
     np.savez(tmp_path / "labels.npz", x=np.zeros((2, 3)), labels=np.zeros(3))
     with pytest.raises(DataError, match=r"labels'\] has shape \(3,\).*give 2 integer labels"):
         load_samples("labels.npz", tmp_path, seed=0)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"cannot read image .*x.png.*replace or remove the file"):
+        load_samples("broken", tmp_path, seed=0)
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"cannot read .*broken.npz"):
         load_samples("broken.npz", tmp_path, seed=0)
