@@ -15,8 +15,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Column, Table
 
-from interp_audit.errors import AuditError, SpecError
-from interp_audit.progress import console
+# Our progress lines replace Prefect's INFO stream on the console; set before anything imports Prefect,
+# and users can still override each one.
+for _name, _value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
+                      ("PREFECT_SERVER_ANALYTICS_ENABLED", "False"), ("GX_ANALYTICS_ENABLED", "False")):
+    os.environ.setdefault(_name, _value)
+
+from interp_audit.errors import AuditError, SpecError  # noqa: E402
+from interp_audit.progress import console  # noqa: E402
 
 EXIT_PASSED, EXIT_FAILED_CONTRACTS, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
 DEFAULT_STORE = os.environ.get("INTERP_AUDIT_STORE", "./reports")
@@ -57,13 +63,6 @@ def exits(command):
     return wrapper
 
 
-def _quiet_prefect() -> None:
-    """Our progress lines replace Prefect's INFO stream on the console; users can override both."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "False")
-
-
 @app.command()
 @exits
 def validate(spec: SpecArg, device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto") -> None:
@@ -99,7 +98,6 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
     loaded = load_spec(spec)
     loaded.spec.selected_methods(only)
     preflight(loaded, device)  # fail fast, before Prefect starts
-    _quiet_prefect()
     from flows.audit import audit
 
     summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
@@ -120,7 +118,6 @@ def schedule(spec: SpecArg, store: StoreOpt = None) -> None:
     if loaded.spec.schedule is None:
         raise SpecError(f"{spec}: no schedule block; add e.g. `schedule: {{cron: '0 3 * * *', timezone: UTC}}`")
     preflight(loaded)
-    _quiet_prefect()
     from flows.schedule import serve_audit
 
     serve_audit(loaded, spec.resolve(), store)
@@ -190,7 +187,7 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     if len(parity):
         table = Table("output", "shape", "max abs diff", "max rel diff", "argmax agreement", title="ONNX parity")
         for row in parity.itertuples():
-            table.add_row(row.output, str(list(row.shape)), f"{row.max_abs_diff:.2e}", f"{row.max_rel_diff:.2e}",
+            table.add_row(row.output, "x".join(map(str, row.shape)), f"{row.max_abs_diff:.2e}", f"{row.max_rel_diff:.2e}",
                           f"{row.argmax_agreement:.3f}")
         console.print(table)
     results = load_table(opened, "contract_results", run_id=run_row["run_id"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+# wide when not a terminal, so that logs and captured output keep whole ids and paths
+console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 _started = time.monotonic()
 
 

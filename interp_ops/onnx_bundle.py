@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import re
 import warnings
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 LOGITS = "logits"
+# the exporter warns, once per process, about every torchvision operator it cannot register; we never use them
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 class OnnxBundleError(RuntimeError):
