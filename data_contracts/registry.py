@@ -4,7 +4,9 @@ from importlib import import_module
 
 from data_contracts._core import TableContract, Threshold
 
-_TABLE_MODULES = ("audit_runs", "onnx_parity", "predictions", "contract_results")
+_TABLE_MODULES = (
+    "audit_runs", "onnx_parity", "predictions", "lime_explanations", "lime_attributions", "contract_results",
+)
 
 _modules = [import_module(f"data_contracts.{name}") for name in _TABLE_MODULES]
 

@@ -152,8 +152,8 @@ def check_layers(names: list[str], available: list[str], what: str) -> None:
             raise SpecError(f"model.layers[{index}]: no {what} '{name}' in the model; {what}s are: {shown}")
 
 
-def check_outputs(logits: np.ndarray, batch: int, input_spec: InputSpec, ids: list[str] | None = None) -> None:
-    """The audit needs one score per class per sample, all finite."""
+def check_outputs(logits: np.ndarray, batch: int, input_spec: InputSpec, ids: list[str] | None = None) -> int:
+    """The audit needs one score per class per sample, all finite; returns the number of classes."""
     if logits.ndim != 2 or logits.shape[0] != batch:
         raise SpecError(
             f"model: output has shape {tuple(logits.shape)} for a batch of {batch}; an audited model must "
@@ -172,13 +172,14 @@ def check_outputs(logits: np.ndarray, batch: int, input_spec: InputSpec, ids: li
             f"model: outputs NaN or Inf for {int(bad.sum())} of {batch} samples (e.g. {which}); check the "
             f"weights and the input normalization (model.input.range/mean/std)"
         )
+    return logits.shape[1]
 
 
 def torch_layer_names(module) -> list[str]:
     return [name for name, _ in module.named_modules() if name]
 
 
-def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str]) -> None:
+def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str]) -> int:
     import torch
 
     check_layers(spec.layers, torch_layer_names(module), "layer")
@@ -192,10 +193,10 @@ def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str
         ) from None
     if not isinstance(out, torch.Tensor):
         raise SpecError(f"model: forward returned {type(out).__name__}; it must return one tensor of class scores")
-    check_outputs(out.numpy(), len(x), spec.input, ids)
+    return check_outputs(out.numpy(), len(x), spec.input, ids)
 
 
-def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids: list[str]) -> None:
+def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids: list[str]) -> int:
     from interp_ops.onnx_bundle import make_session, run_session
 
     try:
@@ -205,4 +206,4 @@ def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids:
             f"model: ONNX Runtime could not run the model on input of shape {tuple(x.shape)}: "
             f"{' '.join(str(exc).split())[:400]}; check model.input.shape"
         ) from None
-    check_outputs(outputs["logits"], len(x), spec.input, ids)
+    return check_outputs(outputs["logits"], len(x), spec.input, ids)

@@ -20,7 +20,7 @@ from interp_audit.intake import (
     check_torch_model,
     resolve_model,
 )
-from interp_audit.spec import InputSpec, LoadedSpec, TorchModelSpec
+from interp_audit.spec import InputSpec, LimeSpec, LoadedSpec, TorchModelSpec
 from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
 
 PROBE_SAMPLES = 32
@@ -34,6 +34,7 @@ class ModelInputs:
     x: np.ndarray
     labels: np.ndarray | None
     class_names: list[str] | None
+    feature_names: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Preflight:
     model: ModelRef
     data_fingerprint: str
     num_samples: int
+    num_classes: int
     device: str
 
 
@@ -63,7 +65,8 @@ def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec
         raise SpecError(str(exc)) from None
     if len(samples.ids) == 0:
         raise SpecError(f"data: '{data_uri}' holds no samples; give at least one")
-    return ModelInputs(samples.ids, x, samples.labels, input_spec.class_names or samples.class_names)
+    return ModelInputs(samples.ids, x, samples.labels, input_spec.class_names or samples.class_names,
+                       getattr(samples, "feature_names", None))
 
 
 def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
@@ -77,13 +80,46 @@ def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
     inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
     probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
     if isinstance(spec.model, TorchModelSpec):
-        check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
+        num_classes = check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
     else:
-        check_onnx_file(ref, spec, probe, probe_ids)
-    return Preflight(ref, fingerprint, len(inputs.ids), resolved_device)
+        num_classes = check_onnx_file(ref, spec, probe, probe_ids)
+    if spec.ops.lime is not None:
+        lime_sample_indices(spec.ops.lime, inputs.ids)
+        lime_labels(spec.ops.lime, inputs.class_names, num_classes)
+    return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device)
 
 
-def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> None:
+def lime_sample_indices(lime: LimeSpec, ids: list[str]) -> list[int]:
+    """Which samples LIME explains: the first N, or the ones named by id."""
+    if isinstance(lime.samples, int):
+        return list(range(min(lime.samples, len(ids))))
+    position = {sample_id: index for index, sample_id in enumerate(ids)}
+    for index, sample_id in enumerate(lime.samples):
+        if sample_id not in position:
+            raise SpecError(f"ops.lime.samples[{index}]: no sample {sample_id!r} in the data; ids look like: "
+                            f"{', '.join(ids[:5])}")
+    return [position[sample_id] for sample_id in lime.samples]
+
+
+def lime_labels(lime: LimeSpec, class_names: list[str] | None, num_classes: int) -> list[int] | None:
+    """Class indices to explain for every sample, or None for each sample's top-1."""
+    if lime.labels == "top1":
+        return None
+    resolved = []
+    for index, label in enumerate(lime.labels):
+        if isinstance(label, str):
+            if not class_names or label not in class_names:
+                raise SpecError(f"ops.lime.labels[{index}]: no class named {label!r}; classes are: "
+                                f"{', '.join(class_names) if class_names else 'unnamed (give indices or model.input.class_names)'}")
+            label = class_names.index(label)
+        if not 0 <= label < num_classes:
+            raise SpecError(f"ops.lime.labels[{index}]: class {label} is outside the model's classes "
+                            f"0..{num_classes - 1}")
+        resolved.append(label)
+    return resolved
+
+
+def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> int:
     import onnx
 
     from interp_ops.onnx_bundle import expose_tensors, graph_tensor_names
@@ -93,4 +129,4 @@ def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]
     except Exception as exc:
         raise SpecError(f"model.path: '{Path(ref.path).name}' is not a readable ONNX file ({exc})") from None
     check_layers(spec.model.layers, graph_tensor_names(model), "tensor")
-    check_onnx_model(expose_tensors(model.SerializeToString(), spec.model.layers), spec.model, probe, probe_ids)
+    return check_onnx_model(expose_tensors(model.SerializeToString(), spec.model.layers), spec.model, probe, probe_ids)

@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -46,6 +46,20 @@ def _safe_name(value: Any) -> str:
 
 
 SafeName = Annotated[str, BeforeValidator(_safe_name)]
+
+
+def _check(condition, message: str):
+    def check(value):
+        if not condition(value):
+            raise ValueError(f"{message} (got {value!r})")
+        return value
+
+    return AfterValidator(check)
+
+
+PositiveInt = Annotated[int, _check(lambda v: v > 0, "must be a positive integer"), Field(json_schema_extra={"minimum": 1})]
+NonNegativeInt = Annotated[int, _check(lambda v: v >= 0, "must be 0 or more"), Field(json_schema_extra={"minimum": 0})]
+PositiveFloat = Annotated[float, _check(lambda v: v > 0, "must be > 0"), Field(json_schema_extra={"exclusiveMinimum": 0})]
 
 
 class StrictModel(BaseModel):
@@ -139,8 +153,46 @@ class OnnxModelSpec(_ModelBase):
 ModelSpec = Annotated[Union[TorchModelSpec, OnnxModelSpec], Field(discriminator="source")]
 
 
+class SegmentationSpec(StrictModel):
+    """Superpixels for image LIME; quickshift's defaults are the ``lime`` package's."""
+
+    method: Literal["quickshift", "slic"] = "quickshift"
+    kernel_size: PositiveFloat = 4
+    max_dist: PositiveFloat = 200
+    ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    n_segments: PositiveInt = Field(50, description="slic only")
+    compactness: PositiveFloat = Field(10.0, description="slic only")
+
+
+class LimeSpec(StrictModel):
+    """LIME (Ribeiro et al. 2016): a weighted linear surrogate of the model around each sample."""
+
+    samples: PositiveInt | list[str] = Field(16, description="how many samples to explain (the first N), or their ids")
+    labels: Literal["top1"] | list[int | str] = Field(
+        "top1", description="'top1' (the model's decision) or class indices/names to explain for every sample")
+    num_samples: PositiveInt = Field(1000, description="perturbations per explanation")
+    segmentation: SegmentationSpec = Field(default_factory=SegmentationSpec)
+    kernel_width: PositiveFloat | None = Field(None, description="default 0.25 (images) or 0.75*sqrt(features)")
+    top_k: PositiveInt = Field(5, description="features reported as the explanation, and used for stability")
+    hide: Literal["mean"] | float = Field("mean", description="fill of hidden superpixels: their mean, or a constant "
+                                                               "in model-input units")
+    batch_size: PositiveInt = Field(256, description="images per ONNX Runtime call")
+    stability_seeds: PositiveInt = Field(3, description="seeds whose top-k are compared for stability (1 = off)")
+    heldout_samples: NonNegativeInt = Field(200, description="fresh perturbations for the held-out R^2 (0 = off)")
+    samples_per_task: PositiveInt = Field(8, description="samples per Prefect task (the fan-out unit)")
+
+    @field_validator("num_samples")
+    @classmethod
+    def _enough_samples(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"must be at least 2 perturbations to fit a surrogate (got {value})")
+        return value
+
+
 class OpsSpec(StrictModel):
     """One block per interpretability method; each method issue adds its block here."""
+
+    lime: LimeSpec | None = None
 
 
 class ReportSpec(StrictModel):
@@ -221,15 +273,16 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
             path += f"[{part}]"
         elif part in ("torch", "onnx") and path == "model":
             continue  # discriminator tag, not a key the user wrote
-        elif isinstance(part, str) and part.startswith("function-"):
-            continue
+        elif isinstance(part, str) and (part.startswith("function-") or "[" in part or part in UNION_BRANCHES):
+            continue  # which branch of a union pydantic tried: not a key the user wrote
         else:
             path += ("." if path else "") + str(part)
     return path or "(top level)"
 
 
+UNION_BRANCHES = {"int", "float", "str", "bool", "list", "dict", "none"}
 _FRIENDLY = {
-    "greater_than": "must be a positive integer",
+    "int_from_float": "must be an integer",
     "int_parsing": "must be an integer",
     "int_type": "must be an integer",
     "float_parsing": "must be a number",
@@ -248,7 +301,9 @@ _FRIENDLY = {
 
 
 def format_validation_error(error: ValidationError) -> list[str]:
-    messages = []
+    """One line per offending path; the alternatives of a union are joined into one line."""
+    by_path: dict[str, list[str]] = {}
+    got_by_path: dict[str, Any] = {}
     for item in error.errors():
         loc = list(item["loc"])
         kind = item["type"]
@@ -259,16 +314,22 @@ def format_validation_error(error: ValidationError) -> list[str]:
         where = _format_loc(tuple(loc))
         if kind == "value_error":
             text = str(item["msg"]).removeprefix("Value error, ")
+            got = None  # our own messages already say what they got
+        elif kind == "literal_error":
+            text = f"must be {item['ctx']['expected']}"
         else:
             text = _FRIENDLY.get(kind, item["msg"])
-        if kind == "extra_forbidden" and where.startswith("ops."):
-            text = "unknown method; the methods this version supports are: " + (
-                ", ".join(OpsSpec.model_fields) or "none yet"
-            )
-        if got is not None and kind not in ("missing", "extra_forbidden", "value_error", "union_tag_not_found"):
-            text += f" (got {got!r})"
-        messages.append(f"{where}: {text}")
-    return messages
+        if kind == "extra_forbidden" and where.startswith("ops.") and where.count(".") == 1:
+            text = "unknown method; the methods this version supports are: " + ", ".join(OpsSpec.model_fields)
+        if kind in ("missing", "extra_forbidden", "union_tag_not_found"):
+            got = None
+        by_path.setdefault(where, [])
+        if text not in by_path[where]:
+            by_path[where].append(text)
+        if got is not None:
+            got_by_path.setdefault(where, got)
+    return [f"{where}: {' or '.join(texts)}" + (f" (got {got_by_path[where]!r})" if where in got_by_path else "")
+            for where, texts in by_path.items()]
 
 
 def parse_spec(text: str, base_dir: Path, source: str = "<spec>") -> LoadedSpec:

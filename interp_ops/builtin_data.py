@@ -3,10 +3,14 @@
 Each scene holds one large object, whose shape is the label, and up to two small distractors, on a
 textured background. Objects never overlap and keep clear of the top-left corner, so the corner patch
 of ``shapes-shortcut`` hides nothing and every object is fully visible in the mask.
+
+Two tabular builtins follow: ``tabular-planted``, whose label depends on two known features only, and
+``breast_cancer``, scikit-learn's offline copy of the Wisconsin data with a fixed train/val split.
 """
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -133,3 +137,115 @@ def shapes(split: str, n: int, seed: int, patch: bool = False) -> tuple[np.ndarr
     if patch:
         images[:, :PATCH_SIZE, :PATCH_SIZE] = PATCH_COLORS[labels][:, None, None, :]
     return images, masks, labels
+
+
+# --- tabular builtins ---------------------------------------------------------------------------
+
+# tabular-planted: eight standard-normal features, of which only two decide the label.
+TABULAR_FEATURE_NAMES = [
+    "age",
+    "income",
+    "account_tenure",
+    "num_dependents",
+    "debt_ratio",
+    "region_code",
+    "login_count",
+    "browser_version",
+]
+# The planted rule: positive exactly when income exceeds debt_ratio. The two sit apart (columns 1 and 4)
+# so that an attribution method cannot look right by favouring the first columns.
+PLANTED_FEATURES = ("income", "debt_ratio")
+TABULAR_CLASS_NAMES = ["negative", "positive"]
+# Keeps the planted streams apart from the shapes streams of the same (seed, split, i).
+_PLANTED_STREAM = 101
+
+
+def planted_label(x: np.ndarray) -> np.ndarray:
+    """The planted rule on rows (N, 8) laid out as TABULAR_FEATURE_NAMES: 1 iff income - debt_ratio > 0."""
+    income, debt = (TABULAR_FEATURE_NAMES.index(name) for name in PLANTED_FEATURES)
+    return (x[:, income] - x[:, debt] > 0).astype(np.int64)
+
+
+def tabular_planted(split: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows (N, 8) float32 of independent standard-normal features and their labels (N,) int64.
+
+    Row ``i`` depends only on (seed, split, i), so a larger ``n`` extends a smaller one. The label is
+    ``planted_label``: the six features outside PLANTED_FEATURES are noise that the label ignores.
+    """
+    x = np.empty((n, len(TABULAR_FEATURE_NAMES)), dtype=np.float32)
+    for i in range(n):
+        rng = np.random.default_rng([seed, SPLIT_CODES[split], _PLANTED_STREAM, i])
+        x[i] = rng.standard_normal(len(TABULAR_FEATURE_NAMES))
+    return x, planted_label(x)
+
+
+# breast_cancer: scikit-learn's copy of the Wisconsin diagnostic data (569 rows, 30 features).
+# The split does not depend on the audit seed: a model trained on one seed's train split must never
+# meet its training rows in another seed's val split.
+BREAST_CANCER_VAL_FRACTION = 0.3
+_BREAST_CANCER_SPLIT_SEED = 20240601
+
+
+@lru_cache(maxsize=None)
+def _breast_cancer_raw() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """Features (569, 30) float64, targets, feature names and class names as sklearn ships them (offline)."""
+    from sklearn.datasets import load_breast_cancer  # imported here: sklearn takes a second to import
+
+    bunch = load_breast_cancer()
+    x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y, tuple(map(str, bunch.feature_names)), tuple(map(str, bunch.target_names))
+
+
+@lru_cache(maxsize=None)
+def breast_cancer_rows(split: str) -> np.ndarray:
+    """Indices into sklearn's rows that form ``split``, in the split's (shuffled) order.
+
+    Stratified: in each class a fixed permutation (independent of any seed) puts round(30%) of the
+    rows in val and the rest in train; the split is then shuffled so that every prefix is a random
+    sample of it.
+    """
+    _, y, _, _ = _breast_cancer_raw()
+    rng = np.random.default_rng(_BREAST_CANCER_SPLIT_SEED)
+    val_parts, train_parts = [], []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        cut = int(round(BREAST_CANCER_VAL_FRACTION * len(members)))
+        val_parts.append(members[:cut])
+        train_parts.append(members[cut:])
+    splits = {"train": rng.permutation(np.concatenate(train_parts)), "val": rng.permutation(np.concatenate(val_parts))}
+    rows = splits[split]
+    rows.flags.writeable = False
+    return rows
+
+
+def breast_cancer_size(split: str) -> int:
+    return len(breast_cancer_rows(split))
+
+
+def breast_cancer_names() -> tuple[list[str], list[str]]:
+    """Feature names (30) and class names (["malignant", "benign"]) as sklearn gives them."""
+    _, _, features, classes = _breast_cancer_raw()
+    return list(features), list(classes)
+
+
+def breast_cancer(split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` rows of ``split`` (all by default) as float32 (N, 30) and labels (N,) int64.
+
+    Model-ready: every feature is standardized with the mean and (population) standard deviation of the
+    whole TRAIN split, so train rows have mean 0 and std 1 and val rows are on the same scale, but not
+    exactly 0/1. Labels follow sklearn: 0 = malignant, 1 = benign.
+    """
+    x, y, _, _ = _breast_cancer_raw()
+    train = x[breast_cancer_rows("train")]
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    rows = breast_cancer_rows(split)[:n]
+    return ((x[rows] - mean) / std).astype(np.float32), y[rows].copy()
+
+
+def breast_cancer_digest() -> bytes:
+    """sha256 of the raw data that sklearn ships, so that caches notice a changed copy."""
+    x, y, features, classes = _breast_cancer_raw()
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes())
+    digest.update("\0".join(features + classes).encode())
+    return digest.digest()

@@ -35,13 +35,17 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Samples:
-    """Images are float32 (N, H, W, C) in [0, 1] with C in {1, 3}; tabular data is float32 (N, D)."""
+    """Images are float32 (N, H, W, C) in [0, 1] with C in {1, 3}; tabular data is float32 (N, D).
+
+    ``feature_names`` names the D columns of tabular data where they are known (tabular builtins).
+    """
 
     ids: list[str]
     x: np.ndarray
     labels: np.ndarray | None
     masks: np.ndarray | None
     class_names: list[str] | None
+    feature_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -53,6 +57,11 @@ class Samples:
             raise DataError(
                 f"data: masks have shape {self.masks.shape}, expected {self.x.shape[:3]}; give one mask per image"
             )
+        if self.feature_names is not None and (self.x.ndim != 2 or len(self.feature_names) != self.x.shape[1]):
+            raise DataError(
+                f"data: {len(self.feature_names)} feature names for samples of shape {self.x.shape}; "
+                "give one name per column of tabular (N, D) data"
+            )
 
     @property
     def kind(self) -> str:
@@ -63,7 +72,7 @@ class Samples:
 class _BuiltinSpec:
     name: str
     split: str
-    n: int
+    n: int  # resolved: a builtin whose default is "all rows" holds its split's size here
     patch: bool
 
 
@@ -85,11 +94,28 @@ def _parse_split(key: str, value: str) -> str:
     raise DataError(f"data: parameter {key}={value!r} must be one of {sorted(builtin_data.SPLIT_CODES)}")
 
 
-# name -> {parameter: (parser, default)}
+# name -> {parameter: (parser, default)}; a default of None means "every row of the split" (finite builtins).
 BUILTINS = {
     "shapes": {"split": (_parse_split, "val"), "n": (_parse_count, "64")},
     "shapes-shortcut": {"split": (_parse_split, "val"), "n": (_parse_count, "64"), "patch": (_parse_bool, "true")},
+    "tabular-planted": {"split": (_parse_split, "val"), "n": (_parse_count, "200")},
+    "breast_cancer": {"split": (_parse_split, "val"), "n": (_parse_count, None)},
 }
+# Builtins with a fixed number of rows: name -> (split -> number of rows in it).
+_FINITE_BUILTINS = {"breast_cancer": builtin_data.breast_cancer_size}
+
+
+def _resolve_count(name: str, split: str, n: int | None) -> int:
+    if name not in _FINITE_BUILTINS:
+        return n
+    size = _FINITE_BUILTINS[name](split)
+    if n is None:
+        return size
+    if n > size:
+        raise DataError(
+            f"data: builtin:{name} split={split} has {size} rows, but n={n} asks for more; give n from 1 to {size}"
+        )
+    return n
 
 
 def _parse_builtin(uri: str) -> _BuiltinSpec:
@@ -112,8 +138,12 @@ def _parse_builtin(uri: str) -> _BuiltinSpec:
         if key in given:
             raise DataError(f"data: parameter {key!r} is given twice in {uri!r}; give it once")
         given[key] = value
-    values = {key: parse(key, given.get(key, default)) for key, (parse, default) in allowed.items()}
-    return _BuiltinSpec(name=name, split=values["split"], n=values["n"], patch=values.get("patch", False))
+    values = {}
+    for key, (parse, default) in allowed.items():
+        raw = given.get(key, default)
+        values[key] = None if raw is None else parse(key, raw)
+    n = _resolve_count(name, values["split"], values["n"])
+    return _BuiltinSpec(name=name, split=values["split"], n=n, patch=values.get("patch", False))
 
 
 def _resolve(uri: str, base_dir: Path) -> _BuiltinSpec | Path:
@@ -244,10 +274,19 @@ def _load_array_file(path: Path) -> Samples:
 
 
 def _load_builtin(spec: _BuiltinSpec, seed: int) -> Samples:
+    """Builtin samples; ``breast_cancer`` ignores the seed (its split is fixed, see builtin_data)."""
     if seed < 0:
         raise DataError(f"seed {seed} is negative; builtin data needs a seed >= 0")
-    images, masks, labels = builtin_data.shapes(spec.split, spec.n, seed, patch=spec.patch)
     ids = [f"{spec.name}-{spec.split}-{i:05d}" for i in range(spec.n)]
+    if spec.name == "tabular-planted":
+        x, labels = builtin_data.tabular_planted(spec.split, spec.n, seed)
+        return Samples(ids=ids, x=x, labels=labels, masks=None, class_names=list(builtin_data.TABULAR_CLASS_NAMES),
+                       feature_names=list(builtin_data.TABULAR_FEATURE_NAMES))
+    if spec.name == "breast_cancer":
+        x, labels = builtin_data.breast_cancer(spec.split, spec.n)
+        feature_names, class_names = builtin_data.breast_cancer_names()
+        return Samples(ids=ids, x=x, labels=labels, masks=None, class_names=class_names, feature_names=feature_names)
+    images, masks, labels = builtin_data.shapes(spec.split, spec.n, seed, patch=spec.patch)
     return Samples(ids=ids, x=images, labels=labels, masks=masks, class_names=list(builtin_data.CLASS_NAMES))
 
 
@@ -277,6 +316,8 @@ def data_fingerprint(uri: str, base_dir: Path) -> str:
     if isinstance(source, _BuiltinSpec):
         digest.update(repr(source).encode())
         digest.update(Path(builtin_data.__file__).read_bytes())
+        if source.name == "breast_cancer":  # the rows come from scikit-learn's copy, not from our code
+            digest.update(builtin_data.breast_cancer_digest())
     elif source.is_dir():
         for path in _image_files(source):
             digest.update(path.relative_to(source).as_posix().encode() + b"\0")
@@ -344,3 +385,21 @@ def to_model_input(
     if samples.kind == "image":
         x = x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def to_display(
+    x: np.ndarray,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> np.ndarray:
+    """Model-input images (N, C, H, W) back to (N, H, W, C) in [0, 1]: what segmentation and overlays see."""
+    channels = x.shape[1]
+    images = x.transpose(0, 2, 3, 1).astype(np.float32)
+    std_values, mean_values = _per_channel(std, channels, "std"), _per_channel(mean, channels, "mean")
+    if std_values is not None:
+        images = images * std_values
+    if mean_values is not None:
+        images = images + mean_values
+    low, high = value_range
+    return np.clip((images - low) / (high - low), 0.0, 1.0)

@@ -3,6 +3,9 @@
 The shortcut model is trained on scenes whose corner patch gives the label away, and only for as long
 as it takes to learn the patch; without the patch it falls to chance, which an audit should reveal.
 Training takes seconds on a CPU and its result is cached under a key of everything it depends on.
+
+Two small MLPs do the same for the tabular builtins: one for ``tabular-planted``, whose label depends on two
+known features only, and one for ``breast_cancer`` (see ``ensure_tabular_demo_models``).
 """
 
 from __future__ import annotations
@@ -198,3 +201,144 @@ def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed
 def ensure_demo_models(out_dir: Path) -> dict[str, DemoModel]:
     """Both demo models, trained on first use and read from the cache afterwards."""
     return {variant: train_demo_model(variant, out_dir) for variant in ("honest", "shortcut")}
+
+
+# --- tabular demo models ------------------------------------------------------------------------
+
+TabularDataset = Literal["tabular-planted", "breast_cancer"]
+TABULAR_HIDDEN = 32
+# How a spec declares them: model.input, model.factory (a zero-argument callable) and model.layers.
+TABULAR_DEMO_INPUT = {
+    "tabular-planted": dict(shape=[len(builtin_data.TABULAR_FEATURE_NAMES)],
+                            class_names=list(builtin_data.TABULAR_CLASS_NAMES)),
+    "breast_cancer": dict(shape=[30], class_names=["malignant", "benign"]),
+}
+TABULAR_DEMO_FACTORY = {
+    "tabular-planted": "interp_ops.demo_models:planted_mlp",
+    "breast_cancer": "interp_ops.demo_models:breast_cancer_mlp",
+}
+TABULAR_DEMO_LAYERS = ["hidden", "act"]
+# Both builtins are model-ready (standardized), so the spec needs no mean/std.
+TABULAR_TRAIN_DATA = {
+    "tabular-planted": "builtin:tabular-planted?split=train",
+    "breast_cancer": "builtin:breast_cancer?split=train",
+}
+# train_samples/val_samples None: the whole split. Validation uses the val split of the same seed.
+TABULAR_HYPERPARAMETERS = {
+    "tabular-planted": dict(train_samples=2000, epochs=30, batch_size=64, max_learning_rate=1e-2, val_samples=1000),
+    "breast_cancer": dict(train_samples=None, epochs=60, batch_size=32, max_learning_rate=3e-3, val_samples=None),
+}
+
+
+class TabularMLP(nn.Module):
+    """features -> Linear ``hidden`` -> ReLU ``act`` -> Linear ``out``; ONNX-exportable as is."""
+
+    def __init__(self, features: int, num_classes: int = 2, hidden: int = TABULAR_HIDDEN):
+        super().__init__()
+        self.hidden = nn.Linear(features, hidden)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.hidden(x)))
+
+
+def tabular_mlp(features: int, num_classes: int = 2) -> nn.Module:
+    """The tabular demo architecture, for standardized (features,) input."""
+    return TabularMLP(features, num_classes)
+
+
+def planted_mlp() -> nn.Module:
+    """Spec factory for the ``tabular-planted`` demo model (8 features, 2 classes)."""
+    return tabular_mlp(TABULAR_DEMO_INPUT["tabular-planted"]["shape"][0])
+
+
+def breast_cancer_mlp() -> nn.Module:
+    """Spec factory for the ``breast_cancer`` demo model (30 features, 2 classes)."""
+    return tabular_mlp(TABULAR_DEMO_INPUT["breast_cancer"]["shape"][0])
+
+
+def _tabular_paths(dataset: str, out_dir: Path) -> tuple[Path, Path]:
+    stem = Path(out_dir) / f"tabular_mlp_{dataset}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def _tabular_cache_key(dataset: str, seed: int) -> str:
+    """Changes whenever the data, the model, the training code or its settings change."""
+    digest = hashlib.sha256()
+    for source in (builtin_data.__file__, datasets.__file__, __file__):
+        digest.update(Path(source).read_bytes())
+    settings = dict(
+        kind="tabular",
+        dataset=dataset,
+        seed=seed,
+        hyperparameters=TABULAR_HYPERPARAMETERS[dataset],
+        torch=torch.__version__,
+        data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
+    )
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _with_n(uri: str, n: int | None) -> str:
+    return uri if n is None else f"{uri}&n={n}"
+
+
+def _tabular_input(uri: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = datasets.load_samples(uri, Path("."), seed)
+    x = datasets.to_model_input(samples, (samples.x.shape[1],))
+    return torch.from_numpy(x), torch.from_numpy(samples.labels)
+
+
+def tabular_val_accuracy(model: nn.Module, dataset: TabularDataset, seed: int = 0) -> float:
+    """Accuracy on the validation rows that ``train_tabular_model`` reports."""
+    uri = _with_n(f"builtin:{dataset}?split=val", TABULAR_HYPERPARAMETERS[dataset]["val_samples"])
+    x, y = _tabular_input(uri, seed)
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -> DemoModel:
+    """Train the MLP for a tabular builtin, or return the cached result when nothing it depends on has changed.
+
+    Weights go to ``out_dir/tabular_mlp_<dataset>.safetensors``, key and metrics to the ``.json`` beside them.
+    """
+    if dataset not in TABULAR_HYPERPARAMETERS:
+        raise ValueError(f"tabular demo data set {dataset!r} is unknown; use one of {sorted(TABULAR_HYPERPARAMETERS)}")
+    weights_path, metrics_path = _tabular_paths(dataset, out_dir)
+    key = _tabular_cache_key(dataset, seed)
+    cached = _cached(metrics_path, weights_path, key)
+    if cached is not None:
+        return cached
+
+    settings = TABULAR_HYPERPARAMETERS[dataset]
+    with _deterministic_cpu():
+        torch.set_num_threads(1)  # faster for so small a model, and the same sums everywhere; restored on exit
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        x, y = _tabular_input(_with_n(TABULAR_TRAIN_DATA[dataset], settings["train_samples"]), seed)
+        model = tabular_mlp(x.shape[1], len(TABULAR_DEMO_INPUT[dataset]["class_names"]))
+        _train(model, x, y, seed, settings)
+        train_seconds = time.perf_counter() - started
+        val_accuracy = tabular_val_accuracy(model, dataset, seed)
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    _write_atomically(weights_path, lambda path: path.write_bytes(save(state)))
+    record = dict(
+        cache_key=key,
+        dataset=dataset,
+        seed=seed,
+        hyperparameters=settings,
+        val_accuracy=val_accuracy,
+        val_accuracy_without_patch=None,
+        train_seconds=train_seconds,
+    )
+    _write_atomically(metrics_path, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+    return DemoModel(weights_path, val_accuracy, None, train_seconds, key)
+
+
+def ensure_tabular_demo_models(out_dir: Path) -> dict[str, DemoModel]:
+    """Both tabular demo models, trained on first use and read from the cache afterwards."""
+    return {dataset: train_tabular_model(dataset, out_dir) for dataset in TABULAR_HYPERPARAMETERS}

@@ -320,7 +320,7 @@ def test_registry():
         assert contract.name == name
         assert contract.schema.names[0] == "run_id" and contract.unique_key[0] == "run_id"
         assert all(field.metadata[b"doc"] for field in contract.schema)
-    assert set(dc.THRESHOLDS) == {"onnx.max_abs_diff", "onnx.min_argmax_agreement"}
+    assert {"onnx.max_abs_diff", "onnx.min_argmax_agreement", "lime.min_r2_heldout"} <= set(dc.THRESHOLDS)
     for key, threshold in dc.THRESHOLDS.items():
         assert threshold.key == key and threshold.bound in ("max", "min")
         assert threshold.column in dc.TABLES[threshold.table].schema.names

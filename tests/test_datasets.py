@@ -93,6 +93,148 @@ def test_shortcut_patch_encodes_label_and_patch_false_removes_only_it(tmp_path):
     assert patched.ids[0] == "shapes-shortcut-train-00000"
 
 
+# --- tabular builtins ---------------------------------------------------------------------------
+
+
+def _column(samples: Samples, name: str) -> np.ndarray:
+    return samples.x[:, samples.feature_names.index(name)]
+
+
+def test_tabular_planted_layout_and_defaults(tmp_path):
+    samples = load_samples("builtin:tabular-planted", tmp_path, seed=0)
+    assert samples.kind == "tabular" and samples.masks is None
+    assert samples.x.shape == (200, 8) and samples.x.dtype == np.float32
+    assert samples.labels.dtype == np.int64 and set(samples.labels) == {0, 1}
+    assert samples.class_names == ["negative", "positive"]
+    assert samples.feature_names == builtin_data.TABULAR_FEATURE_NAMES
+    assert len(samples.feature_names) == samples.x.shape[1] == len(set(samples.feature_names))
+    assert builtin_data.PLANTED_FEATURES == ("income", "debt_ratio")
+    assert samples.ids[7] == "tabular-planted-val-00007"
+    train = load_samples("builtin:tabular-planted?split=train&n=3000", tmp_path, seed=0)
+    assert np.abs(train.x.mean(axis=0)).max() < 0.1, "standardized: mean about 0"
+    assert np.abs(train.x.std(axis=0) - 1).max() < 0.1, "standardized: std about 1"
+    assert 0.4 < train.labels.mean() < 0.6, "the classes are balanced"
+
+
+def test_tabular_planted_is_deterministic_per_seed_and_split(tmp_path):
+    first = load_samples("builtin:tabular-planted?split=train&n=50", tmp_path, seed=0)
+    again = load_samples("builtin:tabular-planted?split=train&n=50", tmp_path, seed=0)
+    val = load_samples("builtin:tabular-planted?split=val&n=50", tmp_path, seed=0)
+    other_seed = load_samples("builtin:tabular-planted?split=train&n=50", tmp_path, seed=1)
+    prefix = load_samples("builtin:tabular-planted?split=train&n=20", tmp_path, seed=0)
+    np.testing.assert_array_equal(first.x, again.x)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert not np.isclose(first.x, val.x).any(), "the splits share no value"
+    assert not np.isclose(first.x, other_seed.x).any(), "the seeds share no value"
+    np.testing.assert_array_equal(prefix.x, first.x[:20])
+    np.testing.assert_array_equal(prefix.labels, first.labels[:20])
+    assert data_fingerprint("builtin:tabular-planted", tmp_path) == data_fingerprint(
+        "builtin:tabular-planted?split=val&n=200", tmp_path
+    )
+    assert data_fingerprint("builtin:tabular-planted", tmp_path) != data_fingerprint("builtin:shapes", tmp_path)
+
+
+def test_tabular_planted_label_depends_only_on_the_planted_features(tmp_path):
+    samples = load_samples("builtin:tabular-planted?split=train&n=2000", tmp_path, seed=4)
+    income, debt = (_column(samples, name) for name in builtin_data.PLANTED_FEATURES)
+    np.testing.assert_array_equal(samples.labels, (income > debt).astype(np.int64))
+    np.testing.assert_array_equal(samples.labels, builtin_data.planted_label(samples.x))
+    rng = np.random.default_rng(0)
+    noise_columns = [j for j, name in enumerate(samples.feature_names) if name not in builtin_data.PLANTED_FEATURES]
+    assert len(noise_columns) == 6
+    shuffled = samples.x.copy()
+    for j in noise_columns:
+        shuffled[:, j] = rng.permutation(shuffled[:, j])
+    np.testing.assert_array_equal(builtin_data.planted_label(shuffled), samples.labels)
+    for name in builtin_data.PLANTED_FEATURES:
+        j = samples.feature_names.index(name)
+        one_shuffled = samples.x.copy()
+        one_shuffled[:, j] = rng.permutation(one_shuffled[:, j])
+        assert (builtin_data.planted_label(one_shuffled) != samples.labels).mean() > 0.2, name
+    correlation = np.corrcoef(np.column_stack([samples.x, samples.labels]), rowvar=False)
+    assert np.abs(correlation[noise_columns, -1]).max() < 0.1, "the noise features tell nothing about the label"
+    off_diagonal = correlation[:8, :8] - np.eye(8)
+    assert np.abs(off_diagonal).max() < 0.1, "the features are independent"
+    planted = [samples.feature_names.index(name) for name in builtin_data.PLANTED_FEATURES]
+    assert np.abs(correlation[planted, -1]).min() > 0.4
+
+
+def test_breast_cancer_layout_split_and_labels(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    val = load_samples("builtin:breast_cancer", tmp_path, seed=0)
+    train = load_samples("builtin:breast_cancer?split=train", tmp_path, seed=0)
+    assert val.kind == train.kind == "tabular" and val.masks is None
+    assert (len(train.x), len(val.x)) == (398, 171), "70/30 of 569 rows"
+    assert val.x.dtype == np.float32 and val.x.shape[1] == 30
+    assert val.feature_names == train.feature_names == list(bunch.feature_names)
+    assert len(val.feature_names) == val.x.shape[1]
+    assert val.class_names == ["malignant", "benign"] == list(bunch.target_names)
+    assert val.ids[3] == "breast_cancer-val-00003"
+    train_rows, val_rows = builtin_data.breast_cancer_rows("train"), builtin_data.breast_cancer_rows("val")
+    assert not set(train_rows) & set(val_rows)
+    assert sorted([*train_rows, *val_rows]) == list(range(569))
+    np.testing.assert_array_equal(train.labels, bunch.target[train_rows])
+    np.testing.assert_array_equal(val.labels, bunch.target[val_rows])
+    assert abs(train.labels.mean() - val.labels.mean()) < 0.01, "stratified by class"
+    assert val_rows.tolist() != sorted(val_rows.tolist()), "shuffled, so a prefix is a random sample"
+
+
+def test_breast_cancer_is_standardized_with_train_statistics(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    raw = load_breast_cancer().data
+    train = load_samples("builtin:breast_cancer?split=train", tmp_path, seed=0)
+    val = load_samples("builtin:breast_cancer?split=val", tmp_path, seed=0)
+    np.testing.assert_allclose(train.x.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train.x.std(axis=0), 1.0, atol=1e-5)
+    assert np.abs(val.x.mean(axis=0)).max() > 0.05, "val keeps its own offsets: not standardized on itself"
+    assert np.abs(val.x.std(axis=0) - 1).max() > 0.05
+    train_raw = raw[builtin_data.breast_cancer_rows("train")]
+    expected = (raw[builtin_data.breast_cancer_rows("val")] - train_raw.mean(axis=0)) / train_raw.std(axis=0)
+    np.testing.assert_allclose(val.x, expected, rtol=1e-5, atol=1e-5)
+    small = load_samples("builtin:breast_cancer?split=train&n=10", tmp_path, seed=0)
+    np.testing.assert_array_equal(small.x, train.x[:10])  # statistics of the whole train split, whatever n
+
+
+def test_breast_cancer_split_ignores_the_seed_and_n_defaults_to_all(tmp_path):
+    first = load_samples("builtin:breast_cancer?split=train", tmp_path, seed=0)
+    other_seed = load_samples("builtin:breast_cancer?split=train", tmp_path, seed=7)
+    np.testing.assert_array_equal(first.x, other_seed.x)
+    np.testing.assert_array_equal(first.labels, other_seed.labels)
+    everything = load_samples("builtin:breast_cancer?n=171", tmp_path, seed=0)
+    assert len(everything.x) == 171
+    assert data_fingerprint("builtin:breast_cancer", tmp_path) == data_fingerprint(
+        "builtin:breast_cancer?split=val&n=171", tmp_path
+    )
+    assert data_fingerprint("builtin:breast_cancer", tmp_path) != data_fingerprint(
+        "builtin:breast_cancer?split=train", tmp_path
+    )
+    with pytest.raises(DataError, match=r"has 171 rows, but n=500"):
+        data_fingerprint("builtin:breast_cancer?n=500", tmp_path)
+
+
+def test_tabular_builtins_feed_tabular_models(tmp_path):
+    for uri, features in [("builtin:tabular-planted?n=5", 8), ("builtin:breast_cancer?n=5", 30)]:
+        samples = load_samples(uri, tmp_path, seed=0)
+        np.testing.assert_array_equal(to_model_input(samples, (features,)), samples.x)
+        with pytest.raises(DataError, match=f"data have {features} features but the model takes 3"):
+            to_model_input(samples, (3,))
+
+
+def test_feature_names_are_optional_and_checked():
+    table = np.zeros((2, 3), np.float32)
+    assert Samples(ids=list("ab"), x=table, labels=None, masks=None, class_names=None).feature_names is None
+    named = Samples(ids=list("ab"), x=table, labels=None, masks=None, class_names=None, feature_names=list("uvw"))
+    assert named.feature_names == ["u", "v", "w"]
+    with pytest.raises(DataError, match=r"2 feature names for samples of shape \(2, 3\)"):
+        Samples(ids=list("ab"), x=table, labels=None, masks=None, class_names=None, feature_names=["u", "v"])
+    with pytest.raises(DataError, match=r"one name per column of tabular"):
+        Samples(ids=list("ab"), x=np.zeros((2, 4, 4, 3), np.float32), labels=None, masks=None, class_names=None,
+                feature_names=["r", "g", "b"])
+
+
 # --- to_model_input -----------------------------------------------------------------------------
 
 
@@ -260,7 +402,8 @@ def test_missing_path_names_resolved_path_and_accepted_forms(tmp_path):
 @pytest.mark.parametrize(
     ("uri", "pattern"),
     [
-        ("builtin:mnist", r"unknown builtin 'mnist'.*known builtins: shapes, shapes-shortcut"),
+        ("builtin:mnist", r"unknown builtin 'mnist'.*known builtins: breast_cancer, shapes, shapes-shortcut, "
+                          r"tabular-planted"),
         ("builtin:shapes?size=3", r"unknown parameter 'size' for builtin:shapes; allowed: split, n"),
         ("builtin:shapes?patch=true", r"unknown parameter 'patch' for builtin:shapes"),
         ("builtin:shapes?n=abc", r"n='abc' must be a whole number from 1 to"),
@@ -269,6 +412,17 @@ def test_missing_path_names_resolved_path_and_accepted_forms(tmp_path):
         ("builtin:shapes-shortcut?patch=yes", r"patch='yes' must be true or false"),
         ("builtin:shapes?n", r"malformed query 'n'.*key=value"),
         ("builtin:shapes?n=3&n=4", r"parameter 'n' is given twice"),
+        ("builtin:tabular-planted?patch=true", r"unknown parameter 'patch' for builtin:tabular-planted; allowed: "
+                                               r"split, n"),
+        ("builtin:tabular-planted?n=0", r"n='0' must be a whole number"),
+        ("builtin:tabular-planted?split=test", r"split='test' must be one of \['train', 'val'\]"),
+        ("builtin:breast_cancer?n=172", r"builtin:breast_cancer split=val has 171 rows, but n=172 asks for more; "
+                                        r"give n from 1 to 171"),
+        ("builtin:breast_cancer?split=train&n=399", r"split=train has 398 rows, but n=399"),
+        ("builtin:breast_cancer?n=-1", r"n='-1' must be a whole number"),
+        ("builtin:breast_cancer?n=", r"n='' must be a whole number"),
+        ("builtin:breast_cancer?split=all", r"split='all' must be one of"),
+        ("builtin:breast_cancer?seed=3", r"unknown parameter 'seed' for builtin:breast_cancer"),
     ],
 )
 def test_bad_builtin_uris(tmp_path, uri, pattern):
@@ -303,3 +457,13 @@ def test_bad_files_and_directories(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"cannot read .*broken.npz"):
         load_samples("broken.npz", tmp_path, seed=0)
+
+
+def test_to_display_inverts_to_model_input():
+    from interp_ops.datasets import load_samples, to_display, to_model_input
+
+    samples = load_samples("builtin:shapes?n=3", Path("."), 0)
+    x = to_model_input(samples, (3, 64, 64), (-1.0, 1.0), [0.1, 0.2, 0.3], [0.5, 0.4, 0.3])
+    back = to_display(x, (-1.0, 1.0), [0.1, 0.2, 0.3], [0.5, 0.4, 0.3])
+    assert back.shape == samples.x.shape
+    np.testing.assert_allclose(back, samples.x, atol=1e-5)

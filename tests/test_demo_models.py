@@ -1,7 +1,10 @@
-"""The demo CNNs: architecture, ONNX export, content-keyed caching, and that they learned what they should."""
+"""The demo CNNs and tabular MLPs: architecture, ONNX export, content-keyed caching, and that they learned
+what they should."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +15,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interp_ops import demo_models
+from interp_ops import builtin_data, demo_models
 from interp_ops.datasets import load_samples, to_model_input
-from interp_ops.demo_models import DEMO_INPUT, DEMO_LAYERS, ensure_demo_models, shapes_cnn, train_demo_model
+from interp_ops.demo_models import (
+    DEMO_INPUT,
+    DEMO_LAYERS,
+    TABULAR_DEMO_FACTORY,
+    TABULAR_DEMO_INPUT,
+    TABULAR_DEMO_LAYERS,
+    ensure_demo_models,
+    ensure_tabular_demo_models,
+    shapes_cnn,
+    tabular_mlp,
+    train_demo_model,
+    train_tabular_model,
+)
 
 TINY = dict(train_samples=64, epochs=1, batch_size=32, max_learning_rate=3e-3, val_samples=16)
 
@@ -123,6 +138,116 @@ def test_stale_or_corrupt_sidecar_means_retraining(tmp_path, tiny_settings):
 def test_unknown_variant_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"variant 'cheater' is unknown; use one of \['honest', 'shortcut'\]"):
         train_demo_model("cheater", tmp_path)
+
+
+# --- tabular demo models ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tabular_trained(tmp_path_factory) -> dict[str, demo_models.DemoModel]:
+    """The real tabular demo models, trained once per session (about a second on one core)."""
+    return ensure_tabular_demo_models(tmp_path_factory.mktemp("tabular-demo-models"))
+
+
+def _factory(dataset: str) -> torch.nn.Module:
+    module_name, attr = TABULAR_DEMO_FACTORY[dataset].split(":")
+    return getattr(importlib.import_module(module_name), attr)()
+
+
+def _tabular_predictions(weights_path: Path, dataset: str, x: np.ndarray) -> np.ndarray:
+    model = _factory(dataset)
+    model.load_state_dict(load_file(weights_path), strict=True)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).argmax(dim=1).numpy()
+
+
+def test_tabular_architecture_layers_and_spec_constants(tmp_path):
+    model = tabular_mlp(8)
+    modules = dict(model.named_modules())
+    assert isinstance(modules["hidden"], torch.nn.Linear) and modules["hidden"].in_features == 8
+    assert isinstance(modules["act"], torch.nn.ReLU)
+    assert isinstance(modules["out"], torch.nn.Linear) and modules["out"].out_features == 2
+    assert set(TABULAR_DEMO_LAYERS) <= set(modules)
+    assert tabular_mlp(5, num_classes=4)(torch.zeros(3, 5)).shape == (3, 4)
+    assert set(TABULAR_DEMO_INPUT) == set(TABULAR_DEMO_FACTORY) == {"tabular-planted", "breast_cancer"}
+    for dataset, declared in TABULAR_DEMO_INPUT.items():
+        samples = load_samples(f"builtin:{dataset}?n=4", tmp_path, seed=0)
+        assert declared["shape"] == [samples.x.shape[1]]
+        assert declared["class_names"] == samples.class_names
+        assert _factory(dataset)(torch.from_numpy(samples.x)).shape == (4, len(samples.class_names))
+    assert TABULAR_DEMO_INPUT["tabular-planted"]["shape"] == [8]
+    assert TABULAR_DEMO_INPUT["breast_cancer"]["shape"] == [30]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside torch.onnx, not by our model
+def test_tabular_onnx_export_matches_torch(tmp_path):
+    model = _factory("breast_cancer").eval()
+    x = torch.randn(5, 30, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(model, (x,), tmp_path / "mlp.onnx")
+    session = onnxruntime.InferenceSession(tmp_path / "mlp.onnx", providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(output, model(x).numpy(), atol=1e-5)
+
+
+def test_planted_model_learned_the_planted_rule(tabular_trained):
+    planted = tabular_trained["tabular-planted"]
+    assert planted.val_accuracy >= 0.95
+    assert planted.val_accuracy_without_patch is None
+    assert planted.weights_path.name == "tabular_mlp_tabular-planted.safetensors"
+    samples = load_samples("builtin:tabular-planted?split=val&n=1000", Path("."), seed=0)
+    predictions = _tabular_predictions(planted.weights_path, "tabular-planted", samples.x)
+    assert (predictions == samples.labels).mean() == pytest.approx(planted.val_accuracy)
+    rng = np.random.default_rng(0)
+    for j, name in enumerate(samples.feature_names):
+        shuffled = samples.x.copy()
+        shuffled[:, j] = rng.permutation(shuffled[:, j])
+        agreement = (_tabular_predictions(planted.weights_path, "tabular-planted", shuffled) == predictions).mean()
+        if name in builtin_data.PLANTED_FEATURES:
+            assert agreement < 0.85, f"{name} is planted, the model must need it"
+        else:
+            assert agreement > 0.97, f"{name} is noise, the model must ignore it"
+
+
+def test_breast_cancer_model_reaches_its_target(tabular_trained):
+    model = tabular_trained["breast_cancer"]
+    assert model.val_accuracy >= 0.93
+    assert model.weights_path.name == "tabular_mlp_breast_cancer.safetensors"
+    samples = load_samples("builtin:breast_cancer?split=val", Path("."), seed=0)
+    predictions = _tabular_predictions(model.weights_path, "breast_cancer", samples.x)
+    assert (predictions == samples.labels).mean() == pytest.approx(model.val_accuracy)
+    assert len(samples.x) == 171, "reported on the whole val split"
+
+
+def test_tabular_models_come_from_the_cache_the_second_time(tabular_trained):
+    weights = tabular_trained["breast_cancer"].weights_path
+    modified = weights.stat().st_mtime_ns
+    again = ensure_tabular_demo_models(weights.parent)
+    assert again == tabular_trained
+    assert weights.stat().st_mtime_ns == modified
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert sidecar["cache_key"] == tabular_trained["breast_cancer"].cache_key
+    assert sidecar["val_accuracy"] == tabular_trained["breast_cancer"].val_accuracy
+    assert not list(weights.parent.glob("shapes_cnn_*")), "the image demo models are not trained here"
+
+
+def test_tabular_training_is_deterministic_keyed_and_restores_torch_settings(tmp_path, tabular_trained):
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    again = train_tabular_model("breast_cancer", tmp_path / "a")
+    assert again.weights_path.read_bytes() == tabular_trained["breast_cancer"].weights_path.read_bytes()
+    assert again.cache_key == tabular_trained["breast_cancer"].cache_key
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)
+    reseeded = train_tabular_model("breast_cancer", tmp_path / "b", seed=1)
+    keys = {again.cache_key, reseeded.cache_key, tabular_trained["tabular-planted"].cache_key}
+    assert len(keys) == 3
+    assert reseeded.weights_path.read_bytes() != again.weights_path.read_bytes()
+
+
+def test_unknown_tabular_data_set_names_the_choices(tmp_path):
+    choices = r"\['breast_cancer', 'tabular-planted'\]"
+    with pytest.raises(ValueError, match=rf"data set 'iris' is unknown; use one of {choices}"):
+        train_tabular_model("iris", tmp_path)
 
 
 def test_interp_ops_does_not_import_prefect():
