@@ -69,6 +69,13 @@ def test_audit_of_a_grayscale_user_model_end_to_end(gray_spec, tmp_path):
     code, output = cli("report", "list", "--store", store)
     assert code == 0 and run.run_id in output
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["interp-audit-gray-audit"])))
+    assert any(run.run_id in artifact.data and "passed" in artifact.data for artifact in artifacts)
+
 
 def test_failed_contract_publishes_with_status_and_exit_1(gray_spec, tmp_path):
     code, output = cli("run", gray_spec(seed=11, contracts={"onnx.max_abs_diff": 0.0}))
@@ -196,3 +203,21 @@ def test_schedule_serves_a_deployment_with_the_cron_and_runs_it(gray_spec, tmp_p
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     assert report.list_runs(tmp_path / "reports").status.tolist() == ["passed"]
+
+
+def test_gpu_work_takes_a_slot_of_the_gpu_limit():
+    """No GPU here: we call the guard as a CUDA task would and watch the real limit on the test server."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.gpu import GPU_LIMIT, ensure_gpu_limit, gpu_slot
+
+    ensure_gpu_limit()
+    ensure_gpu_limit()  # idempotent
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        assert limit.limit >= 1
+        with gpu_slot("cuda:0"):
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+        with gpu_slot("cpu"):
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
