@@ -31,7 +31,7 @@ CONTRACT = TableContract(
             column("kernel_width", pa.float64(), "Width of the exponential kernel on the distance."),
             column("num_samples", pa.int64(), "Perturbations the surrogate was fit on (the all-on row included)."),
             column("num_features", pa.int64(), "Interpretable features: superpixels (images) or columns (tabular)."),
-            column("top_features", pa.list_(pa.string()), "The top-k features, most positive weight first."),
+            column("top_features", pa.list_(pa.string()), "The top-k features, most important first (see lime_attributions.rank)."),
             column("overlay_png", pa.binary(), "PNG of the image with the top-k superpixels outlined (images only).",
                    nullable=True),
         ]

@@ -19,13 +19,14 @@ from prefect.runtime import flow_run
 import data_contracts
 from interp_audit import progress
 from interp_audit.errors import AuditError
-from interp_audit.preflight import preflight
+from interp_audit.preflight import lime_labels, lime_sample_indices, preflight
 from interp_audit.spec import load_spec
 from interp_ops.onnx_bundle import onnx_sha256
 from tasks.contracts import validate_contracts
 from tasks.gpu import ensure_gpu_limit
 from tasks.inference import check_parity, ort_providers, predict
 from tasks.intake import export_onnx, load_model_inputs
+from tasks.lime import explain_with_lime
 from tasks.report import publish_report
 
 PACKAGES = ("interp-audit", "torch", "onnx", "onnxruntime-gpu", "prefect", "great-expectations", "pyarrow",
@@ -68,7 +69,13 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     predictions = predict.submit(onnx_bytes, inputs, checked.device)
     parity = check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device) \
         if spec.model.source == "torch" else None
+    lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
     tables = {"predictions": with_run_id(run_id, predictions.result())}
+    if lime_batches:
+        explanations, attributions = zip(*(future.result() for future in lime_batches))
+        tables["lime_explanations"] = with_run_id(run_id, [row for rows in explanations for row in rows])
+        tables["lime_attributions"] = with_run_id(run_id, [row for rows in attributions for row in rows])
+        progress.step(f"LIME: {len(tables['lime_explanations'])} explanations")
     if parity is not None:
         tables["onnx_parity"] = with_run_id(run_id, parity.result())
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in parity.result()):.2e}")
@@ -103,6 +110,21 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results),
                              description=f"interp-audit report of {spec.model.name} v{spec.model.version}")
     return summary
+
+
+def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
+    """One LIME task per batch of samples, all submitted at once."""
+    params = spec.ops.lime
+    indices = lime_sample_indices(params, inputs.ids)
+    labels = lime_labels(params, inputs.class_names, checked.num_classes)
+    futures = []
+    for start in range(0, len(indices), params.samples_per_task):
+        batch = indices[start:start + params.samples_per_task]
+        futures.append(explain_with_lime.submit(
+            onnx_bytes, inputs.x[batch], [inputs.ids[i] for i in batch], batch, labels, params, spec.model.input,
+            spec.seed, checked.device, class_names=inputs.class_names,
+            training_data=inputs.x if inputs.x.ndim == 2 else None, feature_names=inputs.feature_names))
+    return futures
 
 
 def _artifact_key(name: str) -> str:

@@ -30,6 +30,22 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The real image demo models (honest, shortcut), trained once per session (about 35 s on two cores)."""
+    from interp_ops.demo_models import ensure_demo_models
+
+    return ensure_demo_models(tmp_path_factory.mktemp("demo-models"))
+
+
+@pytest.fixture(scope="session")
+def tabular_trained(tmp_path_factory):
+    """The real tabular demo models, trained once per session (about a second)."""
+    from interp_ops.demo_models import ensure_tabular_demo_models
+
+    return ensure_tabular_demo_models(tmp_path_factory.mktemp("tabular-demo-models"))
+
+
 def save_state_dict(module: torch.nn.Module, path: Path) -> Path:
     torch.save(module.state_dict(), path)
     return path

@@ -34,12 +34,6 @@ from interp_ops.demo_models import (
 TINY = dict(train_samples=64, epochs=1, batch_size=32, max_learning_rate=3e-3, val_samples=16)
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> dict[str, demo_models.DemoModel]:
-    """The real demo models, trained once per session (about 35 s on two cores)."""
-    return ensure_demo_models(tmp_path_factory.mktemp("demo-models"))
-
-
 @pytest.fixture
 def tiny_settings(monkeypatch):
     """Seconds-long training, for testing the caching rather than the learning."""
@@ -141,12 +135,6 @@ def test_unknown_variant_names_the_choices(tmp_path):
 
 
 # --- tabular demo models ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tabular_trained(tmp_path_factory) -> dict[str, demo_models.DemoModel]:
-    """The real tabular demo models, trained once per session (about a second on one core)."""
-    return ensure_tabular_demo_models(tmp_path_factory.mktemp("tabular-demo-models"))
 
 
 def _factory(dataset: str) -> torch.nn.Module:

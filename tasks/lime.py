@@ -1,0 +1,66 @@
+"""LIME task: explains one batch of samples; the flow fans these out over the audit's samples."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+
+from interp_audit.errors import SpecError
+from interp_audit.spec import InputSpec, LimeSpec
+from interp_ops import lime, onnx_bundle
+from interp_ops.datasets import to_display
+from tasks import CACHED
+from tasks.gpu import gpu_slot
+
+
+def _predict(onnx_bytes: bytes, device: str) -> lime.Predict:
+    session = onnx_bundle.make_session(onnx_bytes, device)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return onnx_bundle.softmax(onnx_bundle.run_session(session, batch, batch_size=len(batch))["logits"])
+
+    return predict
+
+
+@task(name="lime", **CACHED)
+def explain_with_lime(onnx_bytes: bytes, x: np.ndarray, sample_ids: list[str], sample_keys: list[int],
+                      labels: list[int] | None, params: LimeSpec, input_spec: InputSpec, seed: int, device: str,
+                      class_names: list[str] | None = None, training_data: np.ndarray | None = None,
+                      feature_names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """Explanation and attribution rows for ``x``; ``sample_keys`` (positions in the data) seed each sample,
+    so the result does not depend on how the flow batches samples."""
+    per_sample_labels = None if labels is None else [labels] * len(x)
+    common = dict(num_samples=params.num_samples, top_k=params.top_k, seed=seed, sample_keys=sample_keys,
+                  stability_seeds=params.stability_seeds, heldout_samples=params.heldout_samples)
+    with gpu_slot(device):
+        predict = _predict(onnx_bytes, device)
+        try:
+            if x.ndim == 4:
+                segmentation = lime.Segmentation(**params.segmentation.model_dump())
+                result = lime.ImageLime(predict, params.batch_size).attribute(
+                    x, to_display(x, input_spec.range, input_spec.mean, input_spec.std), per_sample_labels,
+                    kernel_width=params.kernel_width or 0.25, hide=params.hide, segmentation=segmentation, **common)
+            else:
+                names = feature_names or [f"x{i}" for i in range(x.shape[1])]
+                result = lime.TabularLime(predict, training_data, names, params.batch_size).attribute(
+                    x, per_sample_labels, kernel_width=params.kernel_width, **common)
+        except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
+            raise SpecError(f"ops.lime: {exc}") from None
+    explanations = [{"overlay_png": None, **_with_sample(row, sample_ids)} for row in result.explanations]
+    for row in explanations:
+        row["label_name"] = class_names[row["label"]] if class_names and row["label"] < len(class_names) else None
+    # images have no bins and tables no superpixel areas: both columns exist in every run, null where not apt
+    attributions = [{"area_fraction": None, "bin": None, **_with_sample(row, sample_ids)}
+                    for row in result.attributions]
+    return explanations, attributions
+
+
+def _with_sample(row: dict, sample_ids: list[str]) -> dict:
+    """Replace the op's position in the batch by the sample's id; features become strings (ids or names)."""
+    row = dict(row)
+    row["sample_id"] = sample_ids[row.pop("sample_index")]
+    if "feature" in row:
+        row["feature"] = str(row["feature"])
+    if "top_features" in row:
+        row["top_features"] = [str(feature) for feature in row["top_features"]]
+    return row
