@@ -43,6 +43,21 @@ def package_versions() -> str:
     return json.dumps(versions, sort_keys=True)
 
 
+def run_record(loaded, checked, onnx_bytes: bytes, num_samples: int, started: datetime, status: str,
+               providers: list[str]) -> dict:
+    """The ``audit_runs`` row: everything needed to reproduce and trust the run."""
+    spec = loaded.spec
+    return {
+        "audit_name": spec.name, "model_name": spec.model.name, "model_version": spec.model.version,
+        "model_source": spec.model.source,
+        "weights_sha256": checked.model.sha256 if spec.model.source == "torch" else None,
+        "onnx_sha256": onnx_sha256(onnx_bytes), "spec_sha256": loaded.sha256, "spec_text": loaded.text,
+        "seed": spec.seed, "data_uri": spec.data, "num_samples": num_samples,
+        "started_at": started, "finished_at": datetime.now(timezone.utc), "status": status,
+        "device": checked.device, "ort_providers": providers, "package_versions": package_versions(),
+    }
+
+
 def with_run_id(run_id: str, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{"run_id": run_id, **row} for row in rows])
 
@@ -86,16 +101,8 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     failed = sum(not row["success"] for row in results)
     progress.step(f"contracts: {len(results) - failed}/{len(results)} expectations met")
 
-    run_row = {
-        "audit_name": spec.name, "model_name": spec.model.name, "model_version": spec.model.version,
-        "model_source": spec.model.source,
-        "weights_sha256": checked.model.sha256 if spec.model.source == "torch" else None,
-        "onnx_sha256": onnx_sha256(onnx_bytes), "spec_sha256": loaded.sha256, "spec_text": loaded.text,
-        "seed": spec.seed, "data_uri": spec.data, "num_samples": len(inputs.ids),
-        "started_at": started, "finished_at": datetime.now(timezone.utc), "status": status,
-        "device": checked.device, "ort_providers": ort_providers(onnx_bytes, checked.device),
-        "package_versions": package_versions(),
-    }
+    run_row = run_record(loaded, checked, onnx_bytes, len(inputs.ids), started, status,
+                         ort_providers(onnx_bytes, checked.device))
     tables["audit_runs"] = data_contracts.conform("audit_runs", with_run_id(run_id, [run_row]))
     tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results))
     own = validate_contracts({name: tables[name] for name in ("audit_runs", "contract_results")}, {})

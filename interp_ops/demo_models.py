@@ -182,20 +182,19 @@ def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed
             val_accuracy = _accuracy(model, f"builtin:shapes-shortcut?{val_n}", seed)
             without_patch = _accuracy(model, f"builtin:shapes-shortcut?{val_n}&patch=false", seed)
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _save_trained(model, weights_path, metrics_path, dict(
+        cache_key=key, variant=variant, seed=seed, hyperparameters=settings, val_accuracy=val_accuracy,
+        val_accuracy_without_patch=without_patch, train_seconds=train_seconds,
+    ))
+    return DemoModel(weights_path, val_accuracy, without_patch, train_seconds, key)
+
+
+def _save_trained(model: nn.Module, weights_path: Path, metrics_path: Path, record: dict) -> None:
+    """Weights first, then the sidecar that marks them valid for the cache key: a crash leaves no false hit."""
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     _write_atomically(weights_path, lambda path: path.write_bytes(save(state)))
-    record = dict(
-        cache_key=key,
-        variant=variant,
-        seed=seed,
-        hyperparameters=settings,
-        val_accuracy=val_accuracy,
-        val_accuracy_without_patch=without_patch,
-        train_seconds=train_seconds,
-    )
     _write_atomically(metrics_path, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
-    return DemoModel(weights_path, val_accuracy, without_patch, train_seconds, key)
 
 
 def ensure_demo_models(out_dir: Path) -> dict[str, DemoModel]:
@@ -323,19 +322,10 @@ def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -
         train_seconds = time.perf_counter() - started
         val_accuracy = tabular_val_accuracy(model, dataset, seed)
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    _write_atomically(weights_path, lambda path: path.write_bytes(save(state)))
-    record = dict(
-        cache_key=key,
-        dataset=dataset,
-        seed=seed,
-        hyperparameters=settings,
-        val_accuracy=val_accuracy,
-        val_accuracy_without_patch=None,
-        train_seconds=train_seconds,
-    )
-    _write_atomically(metrics_path, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+    _save_trained(model, weights_path, metrics_path, dict(
+        cache_key=key, dataset=dataset, seed=seed, hyperparameters=settings, val_accuracy=val_accuracy,
+        val_accuracy_without_patch=None, train_seconds=train_seconds,
+    ))
     return DemoModel(weights_path, val_accuracy, None, train_seconds, key)
 
 
