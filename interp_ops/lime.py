@@ -469,6 +469,11 @@ class _SegmentedImages:
         return _Neighbourhood(masks, self.masked(index, masks))
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _segment(segmentation: Segmentation, image: np.ndarray, index: int) -> np.ndarray:
     segment_map = np.asarray(segmentation(image))
     if segment_map.shape != image.shape[:2] or not np.issubdtype(segment_map.dtype, np.integer):
@@ -502,7 +507,10 @@ class ImageLime:
                   hide: Literal["mean"] | float = "mean", segmentation: Segmentation = Segmentation(),
                   seed: int = 0, stability_seeds: int = 3, heldout_samples: int = 200,
                   sample_keys: Sequence[int] | None = None) -> LimeResult:
-        """Explain each image in x (N, C, H, W) for its labels; display (N, H, W, C') in [0, 1] is segmented."""
+        """Explain each image in x (N, C, H, W) for its labels; display (N, H, W, C') in [0, 1] is segmented.
+
+        Segmentation runs in threads on every core, so a custom segmentation must be thread-safe.
+        """
         _check_settings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
         x = np.ascontiguousarray(x, dtype=np.float32)
         display = np.asarray(display)
@@ -513,7 +521,7 @@ class ImageLime:
         if hide != "mean" and not isinstance(hide, (int, float, np.floating)):
             raise LimeInputError(f"hide={hide!r} must be 'mean' or a number in model-input units")
         # skimage's segmenters release the GIL, and the model is idle meanwhile: use every core
-        with ThreadPoolExecutor(max_workers=min(len(display), len(os.sched_getaffinity(0))) or 1) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(display), _usable_cores()))) as pool:
             segment_maps = list(pool.map(partial(_segment, segmentation), display, range(len(display))))
         ids, segment_of_pixel = zip(*(np.unique(m, return_inverse=True) for m in segment_maps))
         segment_of_pixel = [index.ravel() for index in segment_of_pixel]
