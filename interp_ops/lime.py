@@ -386,7 +386,7 @@ class LimeResult:
     Jaccard of the top-k sets over the stability seeds; None for one seed), deletion_auc, insertion_auc,
     kernel_width, num_samples, num_features, top_features, and for images overlay_png.
     attributions, one row per sample x label x feature: sample_index, label, feature (the original segment
-    id, or the feature name), weight, rank (1 = most positive weight), and area_fraction (images) or bin
+    id, or the feature name), weight, rank (1 = most positive weight for images, largest |weight| for tables), and area_fraction (images) or bin
     (tables: the instance's quartile bin, named as lime names it).
     """
 
@@ -640,7 +640,8 @@ class TabularLime:
     value (the package yields its z-score, 0, a bug); R^2 is kept per label; draws come from numpy's
     default_rng seeded per (seed, sample); every feature is a surrogate feature with no feature-selection
     pre-fit (the package's 'auto' forward selection with num_features <= 6 is a different, greedy model);
-    deletion/insertion 'hide' a feature by setting it to its training mean.
+    deletion/insertion 'hide' a feature by setting it to its training mean. Columns rank by |weight|, as
+    the package's as_list: a column that argues against the label matters as much as one that supports it.
     """
 
     def __init__(self, predict: Predict, training_data: np.ndarray, feature_names: list[str], batch_size: int = 256):
