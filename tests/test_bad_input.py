@@ -142,3 +142,17 @@ def test_validate_accepts_a_good_spec(gray_spec):
     result = runner.invoke(app, ["validate", str(gray_spec())])
     assert result.exit_code == 0, result.output
     assert "valid: gray-audit: torch model gray-net v7, 2 layer(s), 12 samples" in " ".join(result.output.split())
+
+
+def test_only_names_a_method_the_spec_does_not_declare(gray_spec):
+    result = runner.invoke(app, ["run", str(gray_spec()), "--only", "lime"])
+    assert result.exit_code == 2
+    assert "--only: lime not declared under ops in the spec; declared methods: none" in " ".join(result.output.split())
+    assert store_is_empty(gray_spec().parent / "reports")
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["schedule"], ["demo"], ["schema"], ["report"],
+                                     ["report", "list"], ["report", "show"], ["report", "query"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output, result.output
