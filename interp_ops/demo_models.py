@@ -69,18 +69,17 @@ class DemoModel:
     cache_key: str
 
 
-def _paths(variant: str, out_dir: Path) -> tuple[Path, Path]:
-    stem = Path(out_dir) / f"shapes_cnn_{variant}"
+def _paths(name: str, out_dir: Path) -> tuple[Path, Path]:
+    stem = Path(out_dir) / name
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def _cache_key(variant: str, seed: int) -> str:
+def _content_key(settings: dict) -> str:
     """Changes whenever the data, the model, the training code or its settings change."""
     digest = hashlib.sha256()
     for source in (builtin_data.__file__, datasets.__file__, __file__):
         digest.update(Path(source).read_bytes())
-    settings = dict(variant=variant, seed=seed, hyperparameters=HYPERPARAMETERS[variant], torch=torch.__version__)
-    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -161,8 +160,8 @@ def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed
     """Train the variant, or return the cached result when nothing it depends on has changed."""
     if variant not in HYPERPARAMETERS:
         raise ValueError(f"demo model variant {variant!r} is unknown; use one of {sorted(HYPERPARAMETERS)}")
-    weights_path, metrics_path = _paths(variant, out_dir)
-    key = _cache_key(variant, seed)
+    weights_path, metrics_path = _paths(f"shapes_cnn_{variant}", out_dir)
+    key = _content_key(dict(variant=variant, seed=seed, hyperparameters=HYPERPARAMETERS[variant]))
     cached = _cached(metrics_path, weights_path, key)
     if cached is not None:
         return cached
@@ -257,28 +256,6 @@ def breast_cancer_mlp() -> nn.Module:
     return tabular_mlp(TABULAR_DEMO_INPUT["breast_cancer"]["shape"][0])
 
 
-def _tabular_paths(dataset: str, out_dir: Path) -> tuple[Path, Path]:
-    stem = Path(out_dir) / f"tabular_mlp_{dataset}"
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-
-
-def _tabular_cache_key(dataset: str, seed: int) -> str:
-    """Changes whenever the data, the model, the training code or its settings change."""
-    digest = hashlib.sha256()
-    for source in (builtin_data.__file__, datasets.__file__, __file__):
-        digest.update(Path(source).read_bytes())
-    settings = dict(
-        kind="tabular",
-        dataset=dataset,
-        seed=seed,
-        hyperparameters=TABULAR_HYPERPARAMETERS[dataset],
-        torch=torch.__version__,
-        data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
-    )
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
 def _with_n(uri: str, n: int | None) -> str:
     return uri if n is None else f"{uri}&n={n}"
 
@@ -305,8 +282,11 @@ def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -
     """
     if dataset not in TABULAR_HYPERPARAMETERS:
         raise ValueError(f"tabular demo data set {dataset!r} is unknown; use one of {sorted(TABULAR_HYPERPARAMETERS)}")
-    weights_path, metrics_path = _tabular_paths(dataset, out_dir)
-    key = _tabular_cache_key(dataset, seed)
+    weights_path, metrics_path = _paths(f"tabular_mlp_{dataset}", out_dir)
+    key = _content_key(dict(
+        kind="tabular", dataset=dataset, seed=seed, hyperparameters=TABULAR_HYPERPARAMETERS[dataset],
+        data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
+    ))
     cached = _cached(metrics_path, weights_path, key)
     if cached is not None:
         return cached
