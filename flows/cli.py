@@ -52,9 +52,6 @@ def exits(command):
                 console.print(f"[bold red]{label}:[/] ", end="")
                 console.print(message, markup=False)
             raise typer.Exit(exc.exit_code) from None
-        except KeyError as exc:
-            console.print(f"[bold red]error:[/] {exc.args[0]}")
-            raise typer.Exit(EXIT_INVALID) from None
         except Exception as exc:  # a runtime failure: say what and where, exit 3
             console.print(f"[bold red]runtime error:[/] {type(exc).__name__}: ", end="")
             console.print(str(exc), markup=False)

@@ -23,3 +23,18 @@ class ExportError(AuditError):
     """The model could not be exported to ONNX or loaded by ONNX Runtime."""
 
     exit_code = 3
+
+
+class NotFoundError(AuditError, KeyError):
+    """A run or table asked for by name does not exist (exit 2); still a KeyError for Python callers."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:
+        return "\n".join(self.messages)
+
+
+class QueryError(AuditError):
+    """SQL that DuckDB rejects (exit 2); the message lists the tables that can be queried."""
+
+    exit_code = 2

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from interp_audit.errors import NotFoundError, QueryError
 from interp_audit.store import ReportStore
 
 
@@ -40,7 +41,11 @@ def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
     connection = duckdb.connect()
     for name in opened.tables_with_data():
         connection.register(name, opened.read(name))
-    relation = connection.sql(sql)
+    try:
+        relation = connection.sql(sql)
+    except duckdb.Error as exc:
+        tables = ", ".join(opened.tables_with_data()) or "none yet: run an audit first"
+        raise QueryError(f"{' '.join(str(exc).split())}; the tables are: {tables}") from None
     return relation.to_arrow_table() if relation is not None else pa.table({})
 
 
@@ -50,5 +55,5 @@ def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
     matches = [run for run in runs if run["run_id"].startswith(run_id)]
     if len(matches) != 1:
         found = "no run" if not matches else f"{len(matches)} runs"
-        raise KeyError(f"{found} with id {run_id!r}; `interp-audit report list` shows the run ids")
+        raise NotFoundError(f"{found} with id {run_id!r}; `interp-audit report list` shows the run ids")
     return matches[0]

@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_contracts import TABLES, conform
+from interp_audit.errors import NotFoundError
 
 RUNS_TABLE = "audit_runs"
 STAGING = "_staging"
@@ -99,7 +100,7 @@ class ReportStore:
              run_id: str | None = None) -> pa.Table:
         """A table's rows from published runs only, optionally narrowed to a model, version or run."""
         if table not in TABLES:
-            raise KeyError(f"unknown table {table!r}; tables are: {', '.join(sorted(TABLES))}")
+            raise NotFoundError(f"unknown table {table!r}; tables are: {', '.join(sorted(TABLES))}")
         published = self.runs(model, version).column("run_id")
         if run_id is not None:
             published = pa.array([r for r in published.to_pylist() if r == run_id], pa.string())

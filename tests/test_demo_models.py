@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from interp_ops import builtin_data, demo_models
+from interp_ops import builtin_data, demo_models, onnx_bundle
 from interp_ops.datasets import load_samples, to_model_input
 from interp_ops.demo_models import (
     DEMO_INPUT,
@@ -61,16 +60,16 @@ def test_architecture_and_audit_layers():
     assert shapes_cnn(num_classes=5)(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside torch.onnx, not by our model
-def test_onnx_export_matches_torch(tmp_path):
-    model = shapes_cnn().eval()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    path = tmp_path / "shapes_cnn.onnx"
-    torch.onnx.export(model, (x,), path)
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+def assert_onnx_matches_torch(model: torch.nn.Module, x: torch.Tensor, atol: float) -> None:
+    """Through the same export and session path the audit uses."""
+    session = onnx_bundle.make_session(onnx_bundle.export_torch(model, tuple(x.shape[1:]), []), "cpu")
     with torch.no_grad():
-        np.testing.assert_allclose(output, model(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(onnx_bundle.run_session(session, x.numpy())["logits"], model(x).numpy(), atol=atol)
+
+
+def test_onnx_export_matches_torch():
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert_onnx_matches_torch(shapes_cnn().eval(), x, atol=1e-4)
 
 
 def test_honest_model_learned_the_shapes(trained):
@@ -169,14 +168,9 @@ def test_tabular_architecture_layers_and_spec_constants(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside torch.onnx, not by our model
-def test_tabular_onnx_export_matches_torch(tmp_path):
-    model = _factory("breast_cancer").eval()
+def test_tabular_onnx_export_matches_torch():
     x = torch.randn(5, 30, generator=torch.Generator().manual_seed(0))
-    torch.onnx.export(model, (x,), tmp_path / "mlp.onnx")
-    session = onnxruntime.InferenceSession(tmp_path / "mlp.onnx", providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        np.testing.assert_allclose(output, model(x).numpy(), atol=1e-5)
+    assert_onnx_matches_torch(_factory("breast_cancer").eval(), x, atol=1e-5)
 
 
 def test_planted_model_learned_the_planted_rule(tabular_trained):

@@ -79,3 +79,14 @@ def test_filesystem_uri(tmp_path):
     store.stage("r1", "m", "1", run_tables("r1"))
     store.publish("r1", "m", "1")
     assert list(report.list_runs(uri).run_id) == ["r1"]
+
+
+def test_bad_sql_names_the_tables(tmp_path):
+    from interp_audit.errors import QueryError
+
+    store = ReportStore.open(tmp_path)
+    store.stage("r1", "m", "1", run_tables("r1"))
+    store.publish("r1", "m", "1")
+    with pytest.raises(QueryError, match="the tables are: audit_runs, onnx_parity") as error:
+        report.query(tmp_path, "SELECT * FROM nope")
+    assert error.value.exit_code == 2
