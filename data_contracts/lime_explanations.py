@@ -25,9 +25,11 @@ CONTRACT = TableContract(
                    "Mean pairwise Jaccard of the top-k features across stability seeds; null with one seed.",
                    nullable=True),
             column("deletion_auc", pa.float64(),
-                   "Area under the probability curve while removing features in attribution order (lower is better)."),
+                   "Area under the probability curve while removing features in attribution order, sampled at up to 21 "
+                   "points (lower is better)."),
             column("insertion_auc", pa.float64(),
-                   "Area under the probability curve while adding features in attribution order (higher is better)."),
+                   "Area under the probability curve while adding features in attribution order, sampled at up to 21 "
+                   "points (higher is better)."),
             column("kernel_width", pa.float64(), "Width of the exponential kernel on the distance."),
             column("num_samples", pa.int64(), "Perturbations the surrogate was fit on (the all-on row included)."),
             column("num_features", pa.int64(), "Interpretable features: superpixels (images) or columns (tabular)."),

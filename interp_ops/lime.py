@@ -33,6 +33,10 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 OVERLAY_DIM = 0.3  # brightness of the segments outside the top k in the overlay
 OVERLAY_EDGE = (1.0, 0.85, 0.0)  # outline colour of the top-k segments
+# Deletion/insertion curves are sampled at up to this many points (every feature when there are fewer):
+# every point costs one forward pass per label, and on the demo CNN (32-80 segments) 21 points move the AUC by
+# 0.004 on average (0.02 at most) from the every-feature curve.
+CURVE_POINTS = 21
 
 
 # ----------------------------------------------------------------------------------------------- surrogate
@@ -86,18 +90,26 @@ def attribution_order(coef: np.ndarray) -> np.ndarray:
     return np.argsort(-coef, axis=1, kind="stable")
 
 
+def curve_steps(num_features: int, points: int = CURVE_POINTS) -> np.ndarray:
+    """How many features are removed/added at each point of a curve: 0..d, at most `points` evenly spread."""
+    return np.unique(np.round(np.linspace(0, num_features, min(num_features + 1, points))).astype(int))
+
+
 def deletion_insertion_masks(order: np.ndarray) -> np.ndarray:
-    """(L, 2, d+1, d) masks: step k of deletion has the first k features off, of insertion only those on."""
+    """(L, 2, points, d) masks: point j of deletion has the first steps[j] features off, of insertion only those on."""
     num_features = order.shape[1]
     position = np.argsort(order, axis=1)  # position[l, f]: where feature f comes in label l's order
-    steps = np.arange(num_features + 1)[:, None]
-    inserted = position[:, None, :] < steps[None]  # (L, d+1, d)
+    steps = curve_steps(num_features)[:, None]
+    inserted = position[:, None, :] < steps[None]  # (L, points, d)
     return np.stack([~inserted, inserted], axis=1)
 
 
-def curve_auc(curves: np.ndarray) -> np.ndarray:
-    """Area under probability curves over the fraction of features removed/added, 0..1, per curve."""
-    fractions = np.linspace(0.0, 1.0, curves.shape[-1])
+def curve_auc(curves: np.ndarray, fractions: np.ndarray | None = None) -> np.ndarray:
+    """Area under probability curves over the fraction of features removed/added (0..1), per curve.
+
+    Without `fractions`, the points are taken as evenly spaced from 0 to 1.
+    """
+    fractions = np.linspace(0.0, 1.0, curves.shape[-1]) if fractions is None else fractions
     return np.trapezoid(curves, fractions, axis=-1)
 
 
@@ -322,8 +334,10 @@ def _fit_all(predict: Predict, batch_size: int, perturber: _Perturber, inputs: n
             tops = np.stack([attribution_order(run[index][0])[:, :k] for run in surrogates], axis=1)
             stability = np.array([top_k_jaccard(label_tops) for label_tops in tops])
         masks = curve_masks[index]
-        label_curves = curves[index].reshape(*masks.shape[:3], -1)  # (L, 2, d+1, K)
-        auc = curve_auc(np.take_along_axis(label_curves, sample_labels[:, None, None, None], axis=3)[..., 0])
+        label_curves = curves[index].reshape(*masks.shape[:3], -1)  # (L, 2, points, K)
+        fractions = curve_steps(masks.shape[-1]) / masks.shape[-1]
+        auc = curve_auc(np.take_along_axis(label_curves, sample_labels[:, None, None, None], axis=3)[..., 0],
+                        fractions)
         fits.append(_Fit(sample_labels, probabilities[index, sample_labels], coef, intercept, r2, r2_heldout,
                          stability, deletion_auc=auc[:, 0], insertion_auc=auc[:, 1]))
     return fits
