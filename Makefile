@@ -28,3 +28,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf reports demo-models .pytest_cache
+
+# Benchmark-only: Lucent for benchmarks/actmax_bench.py. --no-deps because Lucent requires torchvision, which has
+# no CPU build here; benchmarks/shims stands in for the two names Lucent imports from torchvision and IPython.
+.PHONY: bench-deps
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q --no-deps torch-lucent==0.1.8 kornia==0.4.1
+	$(PY) -m pip install -q decorator

@@ -5,7 +5,8 @@ from importlib import import_module
 from data_contracts._core import TableContract, Threshold
 
 _TABLE_MODULES = (
-    "audit_runs", "onnx_parity", "predictions", "lime_explanations", "lime_attributions", "contract_results",
+    "audit_runs", "onnx_parity", "predictions", "lime_explanations", "lime_attributions", "actmax_units",
+    "actmax_exemplars", "contract_results",
 )
 
 _modules = [import_module(f"data_contracts.{name}") for name in _TABLE_MODULES]

@@ -22,6 +22,7 @@ from interp_audit.errors import AuditError
 from interp_audit.preflight import lime_labels, lime_sample_indices, preflight
 from interp_audit.spec import load_spec
 from interp_ops.onnx_bundle import onnx_sha256
+from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.contracts import validate_contracts
 from tasks.gpu import ensure_gpu_limit
 from tasks.inference import check_parity, ort_providers, predict
@@ -85,12 +86,22 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     parity = check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device) \
         if spec.model.source == "torch" else None
     lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
+    actmax = submit_actmax(spec, inputs, onnx_bytes, checked) if "activation_max" in methods else None
     tables = {"predictions": with_run_id(run_id, predictions.result())}
     if lime_batches:
         explanations, attributions = zip(*(future.result() for future in lime_batches))
         tables["lime_explanations"] = with_run_id(run_id, [row for rows in explanations for row in rows])
         tables["lime_attributions"] = with_run_id(run_id, [row for rows in attributions for row in rows])
         progress.step(f"LIME: {len(tables['lime_explanations'])} explanations")
+    if actmax is not None:
+        renders, exemplars = actmax
+        units, exemplar_rows = actmax_rows([future.result() for future in renders], exemplars.result(), inputs,
+                                           spec.model.input)
+        tables["actmax_units"] = with_run_id(run_id, units)
+        tables["actmax_exemplars"] = with_run_id(run_id, exemplar_rows)
+        above = sum(row["final_activation"] >= row["dataset_max"] for row in units)
+        progress.step(f"activation maximization: {len(units)} renders, {above} drive their unit past every "
+                      "dataset image")
     if parity is not None:
         tables["onnx_parity"] = with_run_id(run_id, parity.result())
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in parity.result()):.2e}")
@@ -132,6 +143,20 @@ def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
             spec.seed, checked.device, class_names=inputs.class_names,
             training_data=inputs.x if inputs.x.ndim == 2 else None, feature_names=inputs.feature_names))
     return futures
+
+
+def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, object]:
+    """One render task per layer and batch of units, and one exemplar pass over the data, all at once."""
+    params = spec.ops.activation_max
+    exemplars = find_exemplars.submit(onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective,
+                                      checked.device)
+    renders = [
+        render_unit_batch.submit(checked.model, layer, units[start:start + params.batch_units], params,
+                                 spec.model.input, spec.seed, checked.device)
+        for layer, units in checked.actmax_units.items()
+        for start in range(0, len(units), params.batch_units)
+    ]
+    return renders, exemplars
 
 
 def _artifact_key(name: str) -> str:

@@ -79,7 +79,7 @@ def validate(spec: SpecArg, device: Annotated[str, typer.Option(help="auto | cpu
 def run(
     spec: SpecArg,
     store: StoreOpt = None,
-    only: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run, e.g. lime,dissection.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run, e.g. lime,activation_max.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Run an audit as a Prefect flow and publish its report (exit 0 passed, 1 failed contracts)."""

@@ -6,7 +6,7 @@ again first thing (a scheduled run has no CLI in front of it). Everything that f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from interp_audit.intake import (
     check_torch_model,
     resolve_model,
 )
-from interp_audit.spec import InputSpec, LimeSpec, LoadedSpec, TorchModelSpec
+from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, InputSpec, LimeSpec, LoadedSpec, TorchModelSpec
 from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
 
 PROBE_SAMPLES = 32
@@ -44,6 +44,7 @@ class Preflight:
     num_samples: int
     num_classes: int
     device: str
+    actmax_units: dict[str, list[int]] = field(default_factory=dict)  # layer -> units to visualize
 
 
 def resolve_device(requested: str) -> str:
@@ -79,14 +80,42 @@ def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
         raise SpecError(str(exc)) from None
     inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
     probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
+    units: dict[str, list[int]] = {}
     if isinstance(spec.model, TorchModelSpec):
-        num_classes = check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
+        model = build_torch_model(ref)
+        num_classes = check_torch_model(model, spec.model, probe, probe_ids)
+        if spec.ops.activation_max is not None:
+            units = actmax_units(spec.ops.activation_max, spec.model.layers, model, tuple(spec.model.input.shape))
     else:
         num_classes = check_onnx_file(ref, spec, probe, probe_ids)
     if spec.ops.lime is not None:
         lime_sample_indices(spec.ops.lime, inputs.ids)
         lime_labels(spec.ops.lime, inputs.class_names, num_classes)
-    return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device)
+    return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device, units)
+
+
+def actmax_units(params: ActivationMaxSpec, model_layers: list[str], model, input_shape: tuple[int, ...]
+                 ) -> dict[str, list[int]]:
+    """Layer -> unit indices to visualize, checked against each layer's real number of units."""
+    from interp_ops.actmax import ActmaxError, unit_count
+
+    resolved = {}
+    for layer in params.layers or model_layers[-1:]:
+        try:
+            count = unit_count(model, layer, input_shape)
+        except ActmaxError as exc:
+            raise SpecError(f"ops.activation_max.layers: {exc}") from None
+        if params.units == "all":
+            resolved[layer] = list(range(count))
+        elif isinstance(params.units, str):
+            resolved[layer] = list(range(min(int(UNITS_FIRST.match(params.units)["count"]), count)))
+        else:
+            outside = [unit for unit in params.units if unit >= count]
+            if outside:
+                raise SpecError(f"ops.activation_max.units: unit {outside[0]} is out of range for layer {layer!r}, "
+                                f"which has {count} units (0..{count - 1})")
+            resolved[layer] = list(params.units)
+    return resolved
 
 
 def lime_sample_indices(lime: LimeSpec, ids: list[str]) -> list[int]:

@@ -189,10 +189,44 @@ class LimeSpec(StrictModel):
         return value
 
 
+UNITS_FIRST = re.compile(r"^first:(?P<count>[1-9][0-9]*)$")
+
+
+class ActivationMaxSpec(StrictModel):
+    """Activation maximization (Olah et al. 2017): a synthesized image per unit, beside its dataset exemplars."""
+
+    layers: list[str] | None = Field(None, min_length=1, description="layers to visualize, each one of model.layers "
+                                                                      "(default: the last of model.layers)")
+    units: str | list[NonNegativeInt] = Field("all", description="'all', 'first:N', or a list of unit indices")
+    objective: Literal["channel", "neuron"] = Field(
+        "channel", description="channel: the unit's mean over space; neuron: the unit at the centre")
+    steps: PositiveInt = Field(256, description="optimisation steps per render")
+    param: Literal["fft", "pixel"] = Field("fft", description="image parameterization (fft: 1/f-scaled spectrum)")
+    decorrelate: bool = Field(True, description="decorrelated colour (3-channel inputs only)")
+    transforms: Literal["standard", "none"] = Field(
+        "standard", description="random pad, jitter, scale and rotate at every step (Lucent's standard set)")
+    lr: PositiveFloat = Field(0.05, description="Adam learning rate")
+    image_size: PositiveInt | None = Field(None, description="render side in pixels (default: the model's input)")
+    batch_units: PositiveInt = Field(32, description="units optimised together in one batch (one Prefect task)")
+    renders_per_unit: PositiveInt = Field(1, description="renders per unit; more than 1 scores their diversity")
+    exemplars: PositiveInt = Field(9, description="dataset images kept per unit, most activating first")
+    mixed_precision: bool = Field(False, description="autocast on CUDA (ignored on CPU)")
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, units: str | list[int]) -> str | list[int]:
+        if isinstance(units, str) and units != "all" and not UNITS_FIRST.match(units):
+            raise ValueError(f"must be 'all', 'first:N' with N >= 1, or a list of unit indices (got {units!r})")
+        if isinstance(units, list) and not units:
+            raise ValueError("must name at least one unit (got [])")
+        return units
+
+
 class OpsSpec(StrictModel):
     """One block per interpretability method; each method issue adds its block here."""
 
     lime: LimeSpec | None = None
+    activation_max: ActivationMaxSpec | None = None
 
 
 class ReportSpec(StrictModel):
@@ -244,6 +278,26 @@ class AuditSpec(StrictModel):
             )
         return contracts
 
+    @model_validator(mode="after")
+    def _activation_max_fits_model(self) -> AuditSpec:
+        params = self.ops.activation_max
+        if params is None:
+            return self
+        if self.model.source == "onnx":
+            raise ValueError("ops.activation_max: activation maximization follows gradients, which an ONNX file "
+                             "does not give; audit the torch model (model.source: torch) or remove "
+                             "ops.activation_max")
+        if not params.layers and not self.model.layers:
+            raise ValueError("ops.activation_max.layers: no layer to visualize; list one in model.layers")
+        if len(self.model.input.shape) != 3:
+            raise ValueError("ops.activation_max: needs an image model (model.input.shape [C, H, W]); "
+                             f"this model takes {self.model.input.shape}")
+        for index, layer in enumerate(params.layers or []):
+            if layer not in self.model.layers:
+                raise ValueError(f"ops.activation_max.layers[{index}]: {layer!r} is not one of model.layers "
+                                 f"{self.model.layers}; add it there (its activations give the exemplars)")
+        return self
+
 
     def selected_methods(self, only: list[str] | None = None) -> list[str]:
         """The spec's method blocks, narrowed by ``--only``; a name the spec does not declare is bad input."""
@@ -277,7 +331,10 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
             continue  # which branch of a union pydantic tried: not a key the user wrote
         else:
             path += ("." if path else "") + str(part)
-    return path or "(top level)"
+    return path or TOP_LEVEL
+
+
+TOP_LEVEL = "(top level)"
 
 
 UNION_BRANCHES = {"int", "float", "str", "bool", "list", "dict", "none"}
@@ -328,7 +385,9 @@ def format_validation_error(error: ValidationError) -> list[str]:
             by_path[where].append(text)
         if got is not None:
             got_by_path.setdefault(where, got)
-    return [f"{where}: {' or '.join(texts)}" + (f" (got {got_by_path[where]!r})" if where in got_by_path else "")
+    # a whole-spec check names its own path in its message, so it gets no "(top level): " prefix
+    return [("" if where == TOP_LEVEL and where not in got_by_path else f"{where}: ") + " or ".join(texts)
+            + (f" (got {got_by_path[where]!r})" if where in got_by_path else "")
             for where, texts in by_path.items()]
 
 

@@ -12,7 +12,6 @@ Deliberate differences from the package are listed in the docstrings of ImageLim
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from interp_ops.images import png_bytes
+
 
 class LimeInputError(ValueError):
     """A parameter or input LIME cannot work with; the message names it and the fix."""
@@ -450,16 +452,13 @@ def segment_means(source: np.ndarray, segment_of_pixel: np.ndarray, num_segments
 
 def overlay_png(display: np.ndarray, segment_map: np.ndarray, top_segments: np.ndarray) -> bytes:
     """PNG of the image with the top segments at full brightness and outlined, the rest dimmed."""
-    from PIL import Image
     from skimage.segmentation import find_boundaries
 
     rgb = display if display.shape[-1] == 3 else np.repeat(display[..., :1], 3, axis=-1)
     chosen = np.isin(segment_map, top_segments)
     image = np.where(chosen[..., None], rgb, rgb * OVERLAY_DIM)
     image[find_boundaries(chosen, mode="inner")] = OVERLAY_EDGE
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(image)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,16 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small torch workloads (renders of tiny models) run as fast on one thread, and stay fast when other
+    processes share the two cores (with two threads, every small op then waits for a descheduled thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """The real image demo models (honest, shortcut), trained once per session (about 35 s on two cores)."""

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 import yaml
-from conftest import ASSETS, store_is_empty
+from conftest import store_is_empty
 from typer.testing import CliRunner
 
 import data_contracts

@@ -69,6 +69,29 @@ def test_unknown_layer(gray_spec):
                    "model.layers[1]: no layer 'features.9' in the model; layers are: body, body.conv1, body.act1")
 
 
+@pytest.mark.parametrize("block, message", [
+    ({"layers": ["body.conv2"]}, "ops.activation_max.layers[0]: 'body.conv2' is not one of model.layers "
+                                 "['body.conv1', 'body.act2']; add it there"),
+    ({"units": [1, 6]}, "ops.activation_max.units: unit 6 is out of range for layer 'body.act2', which has 6 units "
+                        "(0..5)"),
+    ({"units": "first:0"}, "ops.activation_max.units: must be 'all', 'first:N' with N >= 1"),
+    ({"steps": 0}, "ops.activation_max.steps: must be a positive integer (got 0)"),
+    ({"objective": "diversity"}, "ops.activation_max.objective: must be 'channel' or 'neuron' (got 'diversity')"),
+    ({"param": "cppn"}, "ops.activation_max.param: must be 'fft' or 'pixel' (got 'cppn')"),
+])
+def test_bad_activation_max_block(gray_spec, block, message):
+    assert_refused(gray_spec(**{"model.layers": ["body.conv1", "body.act2"], "ops": {"activation_max": block}}),
+                   message)
+
+
+def test_activation_max_needs_a_torch_model(gray_spec):
+    # refused from the spec alone, before the file is even looked at
+    spec = gray_spec(**{"model": {"source": "onnx", "name": "gray-net", "version": "7", "path": "gray.onnx",
+                                  "input": {"shape": [1, 28, 28]}}, "ops": {"activation_max": {}}})
+    assert_refused(spec, "ops.activation_max: activation maximization follows gradients, which an ONNX file does not "
+                         "give; audit the torch model (model.source: torch) or remove ops.activation_max")
+
+
 def test_pickled_module_refused_without_trust(gray_spec, tmp_path):
     from user_models import gray_net
 
