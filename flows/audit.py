@@ -24,6 +24,7 @@ from interp_audit.spec import load_spec
 from interp_ops.onnx_bundle import onnx_sha256
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.contracts import validate_contracts
+from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
 from tasks.gpu import ensure_gpu_limit
 from tasks.inference import check_parity, ort_providers, predict
 from tasks.intake import export_onnx, load_model_inputs
@@ -87,6 +88,7 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
         if spec.model.source == "torch" else None
     lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
     actmax = submit_actmax(spec, inputs, onnx_bytes, checked) if "activation_max" in methods else None
+    dissected = submit_dissection(loaded, onnx_bytes, checked) if "dissection" in methods else None
     tables = {"predictions": with_run_id(run_id, predictions.result())}
     if lime_batches:
         explanations, attributions = zip(*(future.result() for future in lime_batches))
@@ -102,6 +104,11 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
         above = sum(row["final_activation"] >= row["dataset_max"] for row in units)
         progress.step(f"activation maximization: {len(units)} renders, {above} drive their unit past every "
                       "dataset image")
+    if dissected is not None:
+        for name, rows in dissected.result().items():
+            tables[name] = with_run_id(run_id, rows)
+        progress.step(f"dissection: {sum(r['is_detector'] for r in dissected.result()['dissection_units'])} "
+                      f"detectors among {len(tables['dissection_units'])} units")
     if parity is not None:
         tables["onnx_parity"] = with_run_id(run_id, parity.result())
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in parity.result()):.2e}")
@@ -157,6 +164,21 @@ def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, objec
         for start in range(0, len(units), params.batch_units)
     ]
     return renders, exemplars
+
+
+def submit_dissection(loaded, onnx_bytes: bytes, checked):
+    """One dissection task per layer, for the model and for its random-init baseline; then the tables."""
+    spec, params = loaded.spec, loaded.spec.ops.dissection
+    common = (params.concepts, str(loaded.base_dir), checked.concepts_fingerprint, params,
+              spec.model.input, spec.seed, checked.device)
+    results = [dissect_layer.submit(onnx_bytes, layer, *common) for layer in checked.dissection_layers]
+    baselines = None
+    if params.baseline == "random_init":
+        baseline_bytes = export_random_baseline.submit(checked.model, tuple(spec.model.input.shape),
+                                                       checked.dissection_layers, spec.seed)
+        baselines = [dissect_layer.submit(baseline_bytes, layer, *common) for layer in checked.dissection_layers]
+    return dissection_tables.submit(results, baselines, params.concepts, str(loaded.base_dir), spec.seed,
+                                    params.iou_threshold)
 
 
 def _artifact_key(name: str) -> str:

@@ -168,6 +168,8 @@ def report_list(store: ReadStoreOpt = DEFAULT_STORE,
 def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
                 store: ReadStoreOpt = DEFAULT_STORE) -> None:
     """A summary of one run: provenance, parity, contracts and its tables."""
+    import pandas as pd
+
     from interp_audit.report import find_run, load_table
     from interp_audit.store import ReportStore
 
@@ -193,6 +195,15 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     for row in failed.itertuples():
         console.print(f"  [red]failed[/] {row.table_name}: {row.expectation} on {row.column}: "
                       f"observed {row.observed_value}", markup=True)
+    summary = load_table(opened, "dissection_summary", run_id=run_row["run_id"])
+    if len(summary):
+        table = Table("layer", "category", "detectors", "unique concepts", "beat the baseline",
+                      "baseline detectors", title="network dissection: detectors per category (random baseline)")
+        for row in summary.itertuples():
+            table.add_row(row.layer, row.category, str(row.detectors), str(row.unique_concepts),
+                          *(("-" if pd.isna(value) else str(int(value)))
+                            for value in (row.detectors_above_baseline, row.baseline_detectors)))
+        console.print(table)
     counts = Table("table", "rows", title="tables")
     for name in opened.tables_with_data():
         counts.add_row(name, str(len(load_table(opened, name, run_id=run_row["run_id"], as_arrow=True))))

@@ -179,13 +179,20 @@ def torch_layer_names(module) -> list[str]:
     return [name for name, _ in module.named_modules() if name]
 
 
-def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str]) -> int:
+LayerShapes = dict[str, tuple[int, ...]]
+"""Audited layer -> the shape of its output for one sample, e.g. (64, 8, 8)."""
+
+
+def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str]) -> tuple[int, LayerShapes]:
+    """Runs the probe batch; returns the number of classes and the audited layers' output shapes."""
     import torch
+
+    from interp_ops.onnx_bundle import WithLayerOutputs
 
     check_layers(spec.layers, torch_layer_names(module), "layer")
     try:
         with torch.no_grad():
-            out = module(torch.from_numpy(x))
+            out, *layers = WithLayerOutputs(module, spec.layers)(torch.from_numpy(x))
     except Exception as exc:
         raise SpecError(
             f"model: forward pass on input of shape {tuple(x.shape)} failed: {type(exc).__name__}: {exc}; "
@@ -193,10 +200,12 @@ def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str
         ) from None
     if not isinstance(out, torch.Tensor):
         raise SpecError(f"model: forward returned {type(out).__name__}; it must return one tensor of class scores")
-    return check_outputs(out.numpy(), len(x), spec.input, ids)
+    shapes = {name: tuple(value.shape[1:]) for name, value in zip(spec.layers, layers)}
+    return check_outputs(out.numpy(), len(x), spec.input, ids), shapes
 
 
-def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids: list[str]) -> int:
+def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids: list[str]) -> tuple[int, LayerShapes]:
+    """As check_torch_model, through ONNX Runtime (layers are graph tensors exposed as outputs)."""
     from interp_ops.onnx_bundle import make_session, run_session
 
     try:
@@ -206,4 +215,5 @@ def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids:
             f"model: ONNX Runtime could not run the model on input of shape {tuple(x.shape)}: "
             f"{' '.join(str(exc).split())[:400]}; check model.input.shape"
         ) from None
-    return check_outputs(outputs["logits"], len(x), spec.input, ids)
+    shapes = {name: tuple(outputs[name].shape[1:]) for name in spec.layers}
+    return check_outputs(outputs["logits"], len(x), spec.input, ids), shapes

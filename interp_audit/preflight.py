@@ -13,6 +13,7 @@ import numpy as np
 
 from interp_audit.errors import SpecError
 from interp_audit.intake import (
+    LayerShapes,
     ModelRef,
     build_torch_model,
     check_layers,
@@ -20,7 +21,7 @@ from interp_audit.intake import (
     check_torch_model,
     resolve_model,
 )
-from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, InputSpec, LimeSpec, LoadedSpec, TorchModelSpec
+from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec, LoadedSpec, TorchModelSpec
 from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
 
 PROBE_SAMPLES = 32
@@ -45,6 +46,8 @@ class Preflight:
     num_classes: int
     device: str
     actmax_units: dict[str, list[int]] = field(default_factory=dict)  # layer -> units to visualize
+    dissection_layers: list[str] = field(default_factory=list)
+    concepts_fingerprint: str | None = None
 
 
 def resolve_device(requested: str) -> str:
@@ -80,31 +83,56 @@ def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
         raise SpecError(str(exc)) from None
     inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
     probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
-    units: dict[str, list[int]] = {}
     if isinstance(spec.model, TorchModelSpec):
-        model = build_torch_model(ref)
-        num_classes = check_torch_model(model, spec.model, probe, probe_ids)
-        if spec.ops.activation_max is not None:
-            units = actmax_units(spec.ops.activation_max, spec.model.layers, model, tuple(spec.model.input.shape))
+        num_classes, layer_shapes = check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
     else:
-        num_classes = check_onnx_file(ref, spec, probe, probe_ids)
+        num_classes, layer_shapes = check_onnx_file(ref, spec, probe, probe_ids)
     if spec.ops.lime is not None:
         lime_sample_indices(spec.ops.lime, inputs.ids)
         lime_labels(spec.ops.lime, inputs.class_names, num_classes)
-    return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device, units)
+    units = {} if spec.ops.activation_max is None else \
+        actmax_units(spec.ops.activation_max, spec.model.layers, layer_shapes)
+    dissected, concepts = [], None
+    if spec.ops.dissection is not None:
+        dissected = dissection_layers(spec.ops.dissection, spec.model.layers, layer_shapes)
+        concepts = check_concepts(spec.ops.dissection.concepts, loaded.base_dir, spec.seed)
+    return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
 
 
-def actmax_units(params: ActivationMaxSpec, model_layers: list[str], model, input_shape: tuple[int, ...]
+def dissection_layers(params: DissectionSpec, model_layers: list[str], layer_shapes: LayerShapes) -> list[str]:
+    """The layers to dissect; each must have spatial output (C, H, W)."""
+    if params.layers:
+        for index, layer in enumerate(params.layers):
+            if len(layer_shapes[layer]) != 3:
+                raise SpecError(f"ops.dissection.layers[{index}]: {layer!r} outputs shape {layer_shapes[layer]} "
+                                "per sample, with no spatial dimensions; dissect a convolutional layer (C, H, W)")
+        return list(params.layers)
+    spatial = [layer for layer in model_layers if len(layer_shapes[layer]) == 3]
+    if not spatial:
+        raise SpecError(f"ops.dissection.layers: none of model.layers {model_layers} has spatial output (C, H, W); "
+                        "list a convolutional layer in model.layers")
+    return spatial
+
+
+def check_concepts(uri: str, base_dir: Path, seed: int) -> str:
+    """Reads the concept set's index (writing a builtin one on first use); returns its fingerprint."""
+    from interp_ops.concepts import ConceptDataError, concepts_fingerprint, resolve_concepts
+
+    try:
+        concepts = resolve_concepts(uri, base_dir, seed)
+        if len(concepts) == 0:
+            raise ConceptDataError(f"'{uri}' holds no images; give a Broden folder with images, or builtin:concepts")
+        return concepts_fingerprint(uri, base_dir, seed)
+    except (ConceptDataError, OSError) as exc:
+        raise SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}") from None
+
+
+def actmax_units(params: ActivationMaxSpec, model_layers: list[str], layer_shapes: LayerShapes
                  ) -> dict[str, list[int]]:
-    """Layer -> unit indices to visualize, checked against each layer's real number of units."""
-    from interp_ops.actmax import ActmaxError, unit_count
-
+    """Layer -> unit indices to visualize, checked against each layer's real number of units (channels)."""
     resolved = {}
     for layer in params.layers or model_layers[-1:]:
-        try:
-            count = unit_count(model, layer, input_shape)
-        except ActmaxError as exc:
-            raise SpecError(f"ops.activation_max.layers: {exc}") from None
+        count = layer_shapes[layer][0]
         if params.units == "all":
             resolved[layer] = list(range(count))
         elif isinstance(params.units, str):
@@ -148,7 +176,7 @@ def lime_labels(lime: LimeSpec, class_names: list[str] | None, num_classes: int)
     return resolved
 
 
-def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> int:
+def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> tuple[int, LayerShapes]:
     import onnx
 
     from interp_ops.onnx_bundle import expose_tensors, graph_tensor_names

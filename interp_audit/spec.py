@@ -222,11 +222,28 @@ class ActivationMaxSpec(StrictModel):
         return units
 
 
+class DissectionSpec(StrictModel):
+    """Network dissection (Bau et al. 2017): which units detect which labelled concepts, against a random baseline."""
+
+    layers: list[str] | None = Field(None, min_length=1, description="layers to dissect, each one of model.layers "
+                                                                      "with spatial output (default: all of them)")
+    concepts: str = Field("builtin:concepts", description="builtin:concepts?n=&size= or a Broden-format folder "
+                                                          "(path relative to the spec, or a pyarrow/fsspec URI)")
+    quantile: Annotated[float, _check(lambda v: 0 < v < 0.5, "must lie strictly between 0 and 0.5")] = Field(
+        0.005, description="share of each unit's activations counted as active (NetDissect: 0.005)")
+    iou_threshold: Annotated[float, _check(lambda v: 0 < v <= 1, "must be in (0, 1]")] = Field(
+        0.04, description="a unit detects its best concept when their IoU reaches this (NetDissect: 0.04)")
+    batch_size: PositiveInt = Field(64, description="concept images per ONNX Runtime call")
+    baseline: Literal["random_init", "none"] = Field(
+        "random_init", description="also dissect the same architecture with seeded random weights")
+
+
 class OpsSpec(StrictModel):
     """One block per interpretability method; each method issue adds its block here."""
 
     lime: LimeSpec | None = None
     activation_max: ActivationMaxSpec | None = None
+    dissection: DissectionSpec | None = None
 
 
 class ReportSpec(StrictModel):
@@ -277,6 +294,25 @@ class AuditSpec(StrictModel):
                 f"unknown contract key {unknown[0]!r}; known keys are: {', '.join(sorted(THRESHOLDS))}"
             )
         return contracts
+
+    @model_validator(mode="after")
+    def _dissection_fits_model(self) -> AuditSpec:
+        params = self.ops.dissection
+        if params is None:
+            return self
+        if len(self.model.input.shape) != 3:
+            raise ValueError("ops.dissection: needs an image model (model.input.shape [C, H, W]); "
+                             f"this model takes {self.model.input.shape}")
+        if params.baseline == "random_init" and self.model.source == "onnx":
+            raise ValueError("ops.dissection.baseline: random_init re-initialises the torch architecture, which an "
+                             "ONNX file does not give; audit the torch model or set baseline: none")
+        if not params.layers and not self.model.layers:
+            raise ValueError("ops.dissection.layers: no layer to dissect; list convolutional layers in model.layers")
+        for index, layer in enumerate(params.layers or []):
+            if layer not in self.model.layers:
+                raise ValueError(f"ops.dissection.layers[{index}]: {layer!r} is not one of model.layers "
+                                 f"{self.model.layers}; add it there (its activations are exported for dissection)")
+        return self
 
     @model_validator(mode="after")
     def _activation_max_fits_model(self) -> AuditSpec:

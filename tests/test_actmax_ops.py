@@ -7,7 +7,7 @@ import torch
 from user_models import gray_net
 
 from interp_ops import onnx_bundle
-from interp_ops.actmax import ActmaxError, render_units, top_exemplars, unit_count
+from interp_ops.actmax import ActmaxError, render_units, top_exemplars
 from interp_ops.actmax.objectives import channel, neuron
 from interp_ops.actmax.transforms import STANDARD_TRANSFORMS, TransformChain
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
@@ -116,12 +116,6 @@ def test_model_state_is_restored():
     assert all(torch.equal(before[name], after[name]) for name in before)  # BatchNorm statistics untouched
 
 
-def test_unit_count(demo_cnn):
-    assert unit_count(demo_cnn, "features.8", (3, 64, 64)) == 64
-    assert unit_count(gray_net(), "body.conv1", (1, 28, 28)) == 4
-    assert unit_count(demo_cnn, "classifier", (3, 64, 64)) == 3
-
-
 @pytest.mark.parametrize("settings, message", [
     (dict(layer="features.99"), r"no module named 'features.99'.*features\.8"),
     (dict(units=[64]), r"\[64\] are out of range .* 64 units \(0\.\.63\)"),
@@ -140,11 +134,6 @@ def test_bad_input_is_a_clear_error(demo_cnn, settings, message):
     call = dict(layer="features.8", units=[0], steps=2, **DEMO) | settings
     with pytest.raises(ActmaxError, match=message):
         render_units(demo_cnn, call.pop("layer"), call.pop("units"), **call)
-
-
-def test_unit_count_names_an_unknown_layer(demo_cnn):
-    with pytest.raises(ActmaxError, match=r"no module named 'body'.*features\.12"):
-        unit_count(demo_cnn, "body", (3, 64, 64))
 
 
 # ---------------------------------------------------------------------------------------------- exemplars

@@ -5,6 +5,6 @@ for the dataset examples shown beside each render. No Prefect, no files.
 """
 
 from interp_ops.actmax.exemplars import Exemplars, top_exemplars
-from interp_ops.actmax.render import ActmaxError, UnitRenders, render_units, unit_count
+from interp_ops.actmax.render import ActmaxError, UnitRenders, render_units
 
-__all__ = ["ActmaxError", "Exemplars", "UnitRenders", "render_units", "top_exemplars", "unit_count"]
+__all__ = ["ActmaxError", "Exemplars", "UnitRenders", "render_units", "top_exemplars"]

@@ -144,15 +144,6 @@ def _usable_device(device: str) -> torch.device:
     return resolved
 
 
-def unit_count(model: torch.nn.Module, layer: str, input_shape: tuple[int, int, int], device: str = "cpu") -> int:
-    """Number of channels (units) of `layer`, from one forward of zeros; ActmaxError naming the layer and listing
-    the model's module names when there is no such layer."""
-    device = _usable_device(device)
-    outputs = LayerOutputs(model, [layer])
-    with frozen_for_render(model, device), outputs, torch.no_grad():
-        return _probe(outputs, layer, (1, *input_shape), device).shape[1]
-
-
 def _probe(outputs: LayerOutputs, layer: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
     try:
         return outputs(torch.zeros(shape, device=device))[layer]

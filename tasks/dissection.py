@@ -1,0 +1,86 @@
+"""Network-dissection tasks: one per layer (model and random baseline alike), then the three report tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from interp_audit.errors import SpecError
+from interp_audit.intake import ModelRef, build_torch_model
+from interp_audit.spec import DissectionSpec, InputSpec
+from interp_ops import dissection, onnx_bundle
+from interp_ops.concepts import ConceptDataError, ConceptSet, resolve_concepts
+from tasks import CACHED
+from tasks.gpu import gpu_slot
+
+
+def _concepts(uri: str, base_dir: str, seed: int) -> ConceptSet:
+    try:
+        return resolve_concepts(uri, Path(base_dir), seed)
+    except ConceptDataError as exc:
+        raise SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}") from None
+
+
+@task(name="random-init-baseline", **CACHED)
+def export_random_baseline(model: ModelRef, input_shape: tuple[int, ...], layers: list[str], seed: int) -> bytes:
+    """The ONNX bundle of the same architecture with seeded random weights: what chance alone detects."""
+    return onnx_bundle.export_torch(dissection.random_init_copy(build_torch_model(model), seed), input_shape, layers)
+
+
+@task(name="dissection", **CACHED)
+def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: str, concepts_fingerprint: str,
+                  params: DissectionSpec, input_spec: InputSpec, seed: int, device: str
+                  ) -> dissection.DissectionResult:
+    """IoU of every unit of ``layer`` with every concept; ``concepts_fingerprint`` keys the cache on their content."""
+    concepts = _concepts(concepts_uri, base_dir, seed)
+    with gpu_slot(device):
+        try:
+            return dissection.dissect(
+                onnx_bundle.make_session(onnx_bytes, device), concepts, [layer],
+                input_shape=input_spec.shape, value_range=tuple(input_spec.range), mean=input_spec.mean,
+                std=input_spec.std, quantile=params.quantile, batch_size=params.batch_size)[layer]
+        except (dissection.DissectionError, ConceptDataError) as exc:  # e.g. a broken mask: bad input, exit 2
+            raise SpecError(f"ops.dissection: {exc}") from None
+
+
+@task(name="dissection-tables")
+def dissection_tables(results: list[dissection.DissectionResult],
+                      baselines: list[dissection.DissectionResult] | None, concepts_uri: str, base_dir: str,
+                      seed: int, iou_threshold: float) -> dict[str, list[dict]]:
+    """Rows of ``dissection_units`` (with the baseline beside each unit), ``dissection_tally`` and
+    ``dissection_summary``."""
+    concepts = _concepts(concepts_uri, base_dir, seed)
+    tables = dissection.results_tables({r.layer: r for r in results}, concepts, iou_threshold)
+    units, summary = tables["units"], tables["summary"]
+    if baselines is None:
+        for column in ("baseline_iou", "baseline_max_iou"):
+            units[column] = None
+        for column in ("detectors_above_baseline", "baseline_detectors", "baseline_unique_concepts"):
+            summary[column] = None
+    else:
+        units = _with_baseline(units, results, baselines)
+        chance = dissection.results_tables({r.layer: r for r in baselines}, concepts, iou_threshold)["summary"]
+        summary = summary.merge(
+            chance.rename(columns={"detectors": "baseline_detectors", "unique_concepts": "baseline_unique_concepts"}),
+            on=["layer", "category"], how="left")
+        above = units[units.is_detector & (units.iou > units.baseline_max_iou)].groupby(["layer", "category"]).size()
+        summary["detectors_above_baseline"] = [int(above.get((layer, category), 0))
+                                               for layer, category in zip(summary.layer, summary.category)]
+    return {"dissection_units": units.to_dict("records"), "dissection_tally": tables["tally"].to_dict("records"),
+            "dissection_summary": summary.to_dict("records")}
+
+
+def _with_baseline(units, results: list[dissection.DissectionResult], baselines: list[dissection.DissectionResult]):
+    """Each unit's best concept, as scored by the same unit and by the best unit of the random-init layer."""
+    same_unit, best_unit = [], []
+    chance = {result.layer: result for result in baselines}
+    for result in results:
+        baseline = chance[result.layer]
+        column = np.searchsorted(baseline.label_ids, result.best_label)
+        same_unit += baseline.iou[np.arange(len(column)), column].tolist()
+        best_unit += baseline.iou[:, column].max(axis=0).tolist()
+    units = units.copy()
+    units["baseline_iou"], units["baseline_max_iou"] = same_unit, best_unit
+    return units
