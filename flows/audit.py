@@ -20,7 +20,7 @@ import data_contracts
 from interp_audit import progress
 from interp_audit.errors import AuditError
 from interp_audit.preflight import lime_labels, lime_sample_indices, preflight
-from interp_audit.spec import load_spec
+from interp_audit.spec import load_spec, with_model_version
 from interp_ops.onnx_bundle import onnx_sha256
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.contracts import validate_contracts
@@ -29,6 +29,7 @@ from tasks.gpu import ensure_gpu_limit
 from tasks.inference import check_parity, ort_providers, predict
 from tasks.intake import export_onnx, load_model_inputs
 from tasks.lime import explain_with_lime
+from tasks.registry import fetch_registered_model, write_back
 from tasks.report import publish_report
 
 PACKAGES = ("interp-audit", "torch", "onnx", "onnxruntime-gpu", "prefect", "great-expectations", "pyarrow",
@@ -50,9 +51,9 @@ def run_record(loaded, checked, onnx_bytes: bytes, num_samples: int, started: da
     """The ``audit_runs`` row: everything needed to reproduce and trust the run."""
     spec = loaded.spec
     return {
-        "audit_name": spec.name, "model_name": spec.model.name, "model_version": spec.model.version,
+        "audit_name": spec.name, "model_name": spec.model.name, "model_version": checked.model.version,
         "model_source": spec.model.source,
-        "weights_sha256": checked.model.sha256 if spec.model.source == "torch" else None,
+        "weights_sha256": checked.model.sha256 if checked.model.source == "torch" else None,
         "onnx_sha256": onnx_sha256(onnx_bytes), "spec_sha256": loaded.sha256, "spec_text": loaded.text,
         "seed": spec.seed, "data_uri": spec.data, "num_samples": num_samples,
         "started_at": started, "finished_at": datetime.now(timezone.utc), "status": status,
@@ -65,18 +66,27 @@ def with_run_id(run_id: str, rows: list[dict]) -> pa.Table:
 
 
 @flow(name="interp-audit", log_prints=False, validate_parameters=True)
-def audit(spec_path: str, store: str | None = None, only: list[str] | None = None, device: str = "auto") -> dict:
-    """Run one audit spec end to end and publish its report; returns the run's summary."""
+def audit(spec_path: str, store: str | None = None, only: list[str] | None = None, device: str = "auto",
+          version: str | None = None) -> dict:
+    """Run one audit spec end to end and publish its report; returns the run's summary.
+
+    ``version`` pins a registry model (model.source: mlflow) to another version than the spec names.
+    """
     loaded = load_spec(spec_path)
+    if version is not None:
+        loaded = with_model_version(loaded, version)
     spec = loaded.spec
-    checked = preflight(loaded, device)
     store_uri = store or spec.report.store
+    registered = fetch_registered_model(spec.model, store_uri, str(loaded.base_dir)) \
+        if spec.model.source == "mlflow" else None
+    checked = preflight(loaded, device, store_uri, registered)
+    version = checked.model.version
     run_id = str(flow_run.get_id() or "")
     started = datetime.now(timezone.utc)
     if checked.device.startswith("cuda"):
         ensure_gpu_limit()
     methods = spec.selected_methods(only)
-    progress.step(f"audit [bold]{spec.name}[/] of {spec.model.name} v{spec.model.version} on {checked.device}")
+    progress.step(f"audit [bold]{spec.name}[/] of {spec.model.name} v{version} on {checked.device}")
 
     inputs = load_model_inputs(spec.data, str(loaded.base_dir), checked.data_fingerprint, spec.seed,
                                spec.model.input)
@@ -85,7 +95,7 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
                   f"methods: {', '.join(methods) or 'none'}")
     predictions = predict.submit(onnx_bytes, inputs, checked.device)
     parity = check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device) \
-        if spec.model.source == "torch" else None
+        if checked.model.source == "torch" else None
     lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
     actmax = submit_actmax(spec, inputs, onnx_bytes, checked) if "activation_max" in methods else None
     dissected = submit_dissection(loaded, onnx_bytes, checked) if "dissection" in methods else None
@@ -129,11 +139,13 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
         raise AuditError([f"internal: {r['table_name']} breaks {r['expectation']} on {r['column']}" for r in broken])
     tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results + own))
 
-    location = publish_report(store_uri, run_id, spec.model.name, spec.model.version, tables)
+    location = publish_report(store_uri, run_id, spec.model.name, version, tables)
+    if spec.model.source == "mlflow":
+        write_back(spec.model, store_uri, version, status, run_id, location)
     summary = {"run_id": run_id, "status": status, "store": location, "model": spec.model.name,
-               "version": spec.model.version, "failed_expectations": failed}
+               "version": version, "failed_expectations": failed}
     create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results),
-                             description=f"interp-audit report of {spec.model.name} v{spec.model.version}")
+                             description=f"interp-audit report of {spec.model.name} v{version}")
     return summary
 
 

@@ -15,10 +15,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Column, Table
 
-# Our progress lines replace Prefect's INFO stream on the console; set before anything imports Prefect,
-# and users can still override each one.
+# Our progress lines replace Prefect's and MLflow's INFO streams on the console; set before anything imports
+# them, and users can still override each one.
 for _name, _value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
-                      ("PREFECT_SERVER_ANALYTICS_ENABLED", "False"), ("GX_ANALYTICS_ENABLED", "False")):
+                      ("PREFECT_SERVER_ANALYTICS_ENABLED", "False"), ("GX_ANALYTICS_ENABLED", "False"),
+                      ("MLFLOW_LOGGING_LEVEL", "WARNING")):
     os.environ.setdefault(_name, _value)
 
 from interp_audit.errors import AuditError, SpecError  # noqa: E402
@@ -70,7 +71,7 @@ def validate(spec: SpecArg, device: Annotated[str, typer.Option(help="auto | cpu
     loaded = load_spec(spec)
     checked = preflight(loaded, device)
     model = loaded.spec.model
-    console.print(f"[green]valid:[/] {loaded.spec.name}: {model.source} model {model.name} v{model.version}, "
+    console.print(f"[green]valid:[/] {loaded.spec.name}: {model.source} model {model.name} v{checked.model.version}, "
                   f"{len(model.layers)} layer(s), {checked.num_samples} samples, device {checked.device}")
 
 
@@ -94,7 +95,8 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
 
     loaded = load_spec(spec)
     loaded.spec.selected_methods(only)
-    preflight(loaded, device)  # fail fast, before Prefect starts
+    if loaded.spec.model.source != "mlflow":  # a registry is read inside the flow, whose task retries it
+        preflight(loaded, device, store)  # fail fast, before Prefect starts
     from flows.audit import audit
 
     summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
@@ -122,17 +124,40 @@ def schedule(spec: SpecArg, store: StoreOpt = None) -> None:
 
 @app.command()
 @exits
+def watch(spec: SpecArg, store: StoreOpt = None,
+          interval: Annotated[int, typer.Option(help="Seconds between looks at the registry.", min=5)] = 60) -> None:
+    """Audit every new version of the spec's MLflow model once, and tag it with the verdict (runs until stopped).
+
+    Serves two Prefect deployments: a watcher on an interval that emits an event per new version, and the
+    audit, triggered by that event. Needs a Prefect server that keeps running (PREFECT_API_URL).
+    """
+    from interp_audit.spec import load_spec
+
+    loaded = load_spec(spec)
+    if loaded.spec.model.source != "mlflow":
+        raise SpecError(f"{spec}: model.source is {loaded.spec.model.source}; `watch` needs a registry model "
+                        "(model.source: mlflow, name, version)")
+    from flows.registry import serve_watch
+
+    serve_watch(loaded, spec.resolve(), store, interval)
+
+
+@app.command()
+@exits
 def demo(store: ReadStoreOpt = DEFAULT_STORE) -> None:
-    """Train (or reuse) the two demo models, audit both on builtin shapes, and show the runs."""
+    """Train (or reuse) the two demo models, register them as versions 1 and 2 in a local MLflow registry, audit
+    both through the registry watcher's trigger, and show the runs."""
+    from flows.demo import audit_through_trigger, register_demo_models
     from interp_ops.demo_models import ensure_demo_models
 
     root = Path(__file__).resolve().parent.parent
-    for variant, model in ensure_demo_models(root / "demo-models").items():
+    models = ensure_demo_models(root / "demo-models")
+    for variant, model in models.items():
         extra = "" if model.val_accuracy_without_patch is None else \
             f", {model.val_accuracy_without_patch:.3f} with the corner patch removed"
         console.print(f"demo model {variant}: val accuracy {model.val_accuracy:.3f}{extra}")
-    for spec in ("shapes-demo.yaml", "shapes-shortcut-demo.yaml"):
-        _run_audit(root / "deployments" / "specs" / spec, store, None, "auto")
+    register_demo_models(models, store)
+    audit_through_trigger(store)
     report_list(store=store)
     console.print(f"\nquery it:  interp-audit report query \"SELECT model, version, avg(correct::INT) AS accuracy "
                   f"FROM predictions GROUP BY ALL\" --store {store}", markup=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from interp_audit.errors import SpecError
-from interp_audit.spec import FACTORY_REF, InputSpec, LoadedSpec, OnnxModelSpec, TorchModelSpec
+from interp_audit.spec import FACTORY_REF, InputSpec, LoadedSpec, MlflowModelSpec, OnnxModelSpec, TorchModelSpec
 
 MAX_LISTED = 40
 
@@ -33,6 +34,7 @@ class ModelRef:
     factory: str | None
     trust_pickle: bool
     base_dir: str
+    version: str  # the version the report records: a registry's resolved number, never 'latest' or an alias
 
 
 def sha256_file(path: Path) -> str:
@@ -43,8 +45,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_model(loaded: LoadedSpec) -> ModelRef:
+def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
+    """The model file the audit reads; a registry version is resolved and downloaded first."""
     model = loaded.spec.model
+    if isinstance(model, MlflowModelSpec):
+        return registry_model(model, store or loaded.spec.report.store, str(loaded.base_dir))
     relative = model.weights if isinstance(model, TorchModelSpec) else model.path
     key = "model.weights" if isinstance(model, TorchModelSpec) else "model.path"
     path = (loaded.base_dir / relative).resolve()
@@ -58,7 +63,32 @@ def resolve_model(loaded: LoadedSpec) -> ModelRef:
         factory=getattr(model, "factory", None),
         trust_pickle=getattr(model, "trust_pickle", False),
         base_dir=str(loaded.base_dir),
+        version=model.version,
     )
+
+
+def tracking_uri(model: MlflowModelSpec, store: str) -> str:
+    """The spec's registry, else MLFLOW_TRACKING_URI, else a SQLite registry inside the report store."""
+    from interp_audit import registry
+
+    return model.tracking_uri or registry.default_tracking_uri(store)
+
+
+def registry_model(model: MlflowModelSpec, store: str, base_dir: str) -> ModelRef:
+    """Resolve the spec's version ('latest', '@alias' or a number) and download it into a local cache."""
+    from interp_audit import registry
+
+    uri = tracking_uri(model, store)
+    version = registry.resolve_version(uri, model.name, model.version)
+    key = hashlib.sha256(f"{uri}\0{model.name}\0{version}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "interp-audit" / "mlflow" / key
+    fetched = registry.fetch_model(uri, model.name, version, cache, model.trust_pickle)
+    factory = fetched.factory or model.factory
+    if fetched.kind == "state_dict" and factory is None:
+        raise SpecError(f"model.factory: {model.name} v{version} holds a state dict that does not say which module it "
+                        "loads into; give model.factory (or register versions with interp_audit.registry.log_model)")
+    return ModelRef(source="onnx" if fetched.kind == "onnx" else "torch", path=fetched.path, sha256=fetched.sha256,
+                    factory=factory, trust_pickle=model.trust_pickle, base_dir=base_dir, version=version)
 
 
 def import_factory(ref: str, base_dir: Path):

@@ -21,7 +21,7 @@ from interp_audit.intake import (
     check_torch_model,
     resolve_model,
 )
-from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec, LoadedSpec, TorchModelSpec
+from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec, LoadedSpec
 from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
 
 PROBE_SAMPLES = 32
@@ -73,19 +73,22 @@ def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec
                        getattr(samples, "feature_names", None))
 
 
-def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
+def preflight(loaded: LoadedSpec, device: str = "auto", store: str | None = None,
+              model: ModelRef | None = None) -> Preflight:
+    """``model``: the model already resolved (a registry version fetched by its retried task)."""
     spec = loaded.spec
     resolved_device = resolve_device(device)
-    ref = resolve_model(loaded)
+    ref = model or resolve_model(loaded, store)
     try:
         fingerprint = data_fingerprint(spec.data, loaded.base_dir)
     except DataError as exc:
         raise SpecError(str(exc)) from None
     inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
     probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
-    if isinstance(spec.model, TorchModelSpec):
+    if ref.source == "torch":
         num_classes, layer_shapes = check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
     else:
+        check_needs_torch(spec, f"model {spec.model.name} v{ref.version} is an ONNX model")
         num_classes, layer_shapes = check_onnx_file(ref, spec, probe, probe_ids)
     if spec.ops.lime is not None:
         lime_sample_indices(spec.ops.lime, inputs.ids)
@@ -97,6 +100,16 @@ def preflight(loaded: LoadedSpec, device: str = "auto") -> Preflight:
         dissected = dissection_layers(spec.ops.dissection, spec.model.layers, layer_shapes)
         concepts = check_concepts(spec.ops.dissection.concepts, loaded.base_dir, spec.seed)
     return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
+
+
+def check_needs_torch(spec, what: str) -> None:
+    """Methods that need the torch module (gradients, re-initialisation) cannot run on an ONNX-only model."""
+    if spec.ops.activation_max is not None:
+        raise SpecError(f"ops.activation_max: {what}, which gives no gradients; register the torch model "
+                        "(interp_audit.registry.log_model) or remove ops.activation_max")
+    if spec.ops.dissection is not None and spec.ops.dissection.baseline == "random_init":
+        raise SpecError(f"ops.dissection.baseline: {what}, whose architecture cannot be re-initialised; register "
+                        "the torch model or set baseline: none")
 
 
 def dissection_layers(params: DissectionSpec, model_layers: list[str], layer_shapes: LayerShapes) -> list[str]:

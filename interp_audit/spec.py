@@ -150,7 +150,36 @@ class OnnxModelSpec(_ModelBase):
     path: str = Field(description="path to the .onnx file (relative to the spec)")
 
 
-ModelSpec = Annotated[Union[TorchModelSpec, OnnxModelSpec], Field(discriminator="source")]
+MLFLOW_VERSION = re.compile(r"^([1-9][0-9]*|latest|@[A-Za-z0-9_-]+)$")
+
+
+class MlflowModelSpec(_ModelBase):
+    """A version of a model in an MLflow registry: an ONNX-flavor model, a state dict logged with
+    ``interp_audit.registry.log_model``, or (trusted only) a pickled torch module."""
+
+    source: Literal["mlflow"]
+    version: str = Field(description="a version number, 'latest', or '@alias'; the report records the number")
+    tracking_uri: str | None = Field(None, description="registry location; default MLFLOW_TRACKING_URI, else a "
+                                                        "SQLite registry inside the report store")
+    trust_pickle: bool = Field(False, description="allow versions that hold a pickled module; only registries you trust")
+    factory: str | None = Field(None, description="for versions holding a bare state dict: 'package.module:callable' "
+                                                  "or 'file.py:callable' (versions logged with log_model record it)")
+    backfill: bool = Field(False, description="watch: also audit the versions that existed before the watcher started")
+    alias_on_pass: SafeName | None = Field(None, description="alias set on the version when its audit passes, "
+                                                             "e.g. 'audited'")
+
+    _factory_ref = field_validator("factory")(TorchModelSpec._factory_ref.__func__)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> str:
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(value, str) or not MLFLOW_VERSION.match(value):
+            raise ValueError(f"must be a version number, 'latest' or '@alias' (got {value!r})")
+        return value
+
+
+ModelSpec = Annotated[Union[TorchModelSpec, OnnxModelSpec, MlflowModelSpec], Field(discriminator="source")]
 
 
 class SegmentationSpec(StrictModel):
@@ -361,7 +390,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("torch", "onnx") and path == "model":
+        elif part in ("torch", "onnx", "mlflow") and path == "model":
             continue  # discriminator tag, not a key the user wrote
         elif isinstance(part, str) and (part.startswith("function-") or "[" in part or part in UNION_BRANCHES):
             continue  # which branch of a union pydantic tried: not a key the user wrote
@@ -387,8 +416,8 @@ _FRIENDLY = {
     "model_type": "must be a mapping",
     "missing": "is required",
     "extra_forbidden": "unknown key; remove it or check its spelling",
-    "union_tag_invalid": "must be one of: torch, onnx",
-    "union_tag_not_found": "is required (one of: torch, onnx)",
+    "union_tag_invalid": "must be one of: torch, onnx, mlflow",
+    "union_tag_not_found": "is required (one of: torch, onnx, mlflow)",
     "literal_error": "must be one of the allowed values",
 }
 
@@ -450,6 +479,20 @@ def load_spec(path: str | Path) -> LoadedSpec:
     if not path.is_file():
         raise SpecError([f"{path}: spec file not found; give the path to an audit spec YAML file"])
     return parse_spec(path.read_text(), path.resolve().parent, source=str(path))
+
+
+def with_model_version(loaded: LoadedSpec, version: str) -> LoadedSpec:
+    """The same spec pinned to another version of its registered model; its text and hash stay the spec's, so
+    every version audited from one spec shares the spec's identity."""
+    model = loaded.spec.model
+    if not isinstance(model, MlflowModelSpec):
+        raise SpecError(f"version {version!r} given for a {model.source} model; only registry models "
+                        "(model.source: mlflow) have versions to choose from")
+    try:
+        pinned = MlflowModelSpec.model_validate({**model.model_dump(), "version": version})
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+    return loaded.model_copy(update={"spec": loaded.spec.model_copy(update={"model": pinned})})
 
 
 def json_schema() -> dict[str, Any]:

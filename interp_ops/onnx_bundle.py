@@ -100,6 +100,13 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
     return proto.SerializeToString()
 
 
+def read_onnx(path: str) -> bytes:
+    """An ONNX file as one serialized model, its external weight files (as MLflow writes them) read in."""
+    import onnx
+
+    return onnx.load(path, load_external_data=True).SerializeToString()
+
+
 def graph_tensor_names(model) -> list[str]:
     """Every intermediate tensor an ONNX graph computes, in node order."""
     names = []

@@ -1,4 +1,4 @@
-"""GPU work is guarded by the Prefect global concurrency limit ``gpu`` (one slot per device)."""
+"""Global concurrency limits: GPU work holds a slot of ``gpu`` (one slot per device)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,24 @@ from prefect.concurrency.sync import concurrency
 GPU_LIMIT = "gpu"
 
 
-def ensure_gpu_limit() -> None:
-    """Create the ``gpu`` limit with one slot per visible device, unless an operator already set one."""
+def ensure_limit(name: str, slots: int) -> None:
+    """Create a global concurrency limit unless it exists (an operator may have set it already)."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=max(torch.cuda.device_count(), 1))
-            )
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            except ObjectAlreadyExists:  # created meanwhile by a concurrent run
+                pass
+
+
+def ensure_gpu_limit() -> None:
+    """The ``gpu`` limit: one slot per visible device."""
+    ensure_limit(GPU_LIMIT, max(torch.cuda.device_count(), 1))
 
 
 def gpu_slot(device: str):

@@ -17,7 +17,7 @@ from tasks import CACHED
 def export_onnx(model: ModelRef, input_shape: tuple[int, ...], layers: list[str]) -> bytes:
     """ONNX bytes whose outputs are the logits and the audited layers (torch export, or an ONNX file as is)."""
     if model.source == "onnx":
-        return onnx_bundle.expose_tensors(Path(model.path).read_bytes(), layers)
+        return onnx_bundle.expose_tensors(onnx_bundle.read_onnx(model.path), layers)
     return onnx_bundle.export_torch(build_torch_model(model), input_shape, layers)
 
 

@@ -174,7 +174,7 @@ def test_only_names_a_method_the_spec_does_not_declare(gray_spec):
     assert store_is_empty(gray_spec().parent / "reports")
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["schedule"], ["demo"], ["schema"], ["report"],
+@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["schedule"], ["watch"], ["demo"], ["schema"], ["report"],
                                      ["report", "list"], ["report", "show"], ["report", "query"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])

@@ -43,7 +43,7 @@ def test_defaults_and_numeric_version():
     ({"schedule": {"cron": "every day"}}, "schedule.cron: not a valid cron expression"),
     ({"schedule": {"cron": "0 3 * * *", "timezone": "Mars/Olympus"}}, "schedule.timezone: unknown IANA time zone"),
     ({"model": {"source": "keras", "name": "m", "version": "1", "input": {"shape": [3]}}},
-     "model.source: must be one of: torch, onnx (got 'keras')"),
+     "model.source: must be one of: torch, onnx, mlflow (got 'keras')"),
     ({"model": {"source": "onnx", "name": "m", "version": "1", "path": "m.onnx", "input": {"shape": [2, 8, 8]}}},
      "model.input.shape: images must have 1 or 3 channels"),
     ({"model": {"source": "onnx", "name": "m", "version": "1", "path": "m.onnx",

@@ -1,0 +1,636 @@
+"""MLflow model registry access: resolve a version, fetch what it holds, log audit-ready versions, write results back.
+
+Every call talks to the registry named by one URI, used as both MLflow's tracking and registry URI (a version's
+artifacts live with its run or logged model in the tracking store). Calls fail fast: unless the user set them,
+MLflow's HTTP retries are switched off and its request timeout lowered for the duration of the call, so an
+unreachable server raises :class:`RegistryUnavailable` in seconds; retrying is the caller's policy (Prefect task
+retries), not this module's.
+
+Nothing here unpickles: a version holding a pickled torch module is recognised from its layout (and torch files
+are inspected statically with :mod:`pickletools`), and handed on only when the spec says ``trust_pickle: true``.
+mlflow is imported inside the functions, so importing this module (and ``interp-audit validate``) stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickletools
+import shutil
+import tempfile
+import threading
+import urllib.parse
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Literal
+
+import yaml
+
+from interp_audit.errors import AuditError, SpecError
+from interp_audit.spec import FACTORY_REF, SAFE_NAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+FLAVOR = "interp_audit"
+"""Our MLmodel flavor: a safetensors state dict plus the factory that rebuilds the module it loads into."""
+FORMAT = "state_dict/v1"
+WEIGHTS_FILE = "state_dict.safetensors"
+MODEL_DIR = "model"  # artifact path of log_model's files inside its run
+EXPERIMENT = "interp-audit"  # the experiment log_model's runs go to
+TAG_STATUS, TAG_RUN_ID, TAG_REPORT = "interp_audit.status", "interp_audit.run_id", "interp_audit.report"
+
+# Fail fast unless the user configured MLflow's HTTP client themselves; Prefect retries the task.
+FAIL_FAST_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+MAX_LISTED = 40
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+class RegistryUnavailable(AuditError):
+    """The MLflow registry cannot be reached or failed while answering (exit 3); the message names the URI."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """What a downloaded model version holds.
+
+    ``kind`` is ``onnx`` (``path`` is the .onnx file), ``state_dict`` (``path`` is a .safetensors file, or a
+    .pt/.pth that statically holds only tensors; ``factory`` rebuilds the module, or is None when the version does
+    not say and the spec's ``model.factory`` must) or ``pickle`` (``path`` is a pickled torch module, handed out
+    only with ``trust_pickle``).
+    """
+
+    kind: Literal["onnx", "state_dict", "pickle"]
+    path: str
+    factory: str | None
+    sha256: str
+
+
+# --------------------------------------------------------------------------------------------------------------
+# URIs, environment, error mapping
+
+
+def default_tracking_uri(store: str) -> str:
+    """MLFLOW_TRACKING_URI if set, else a local SQLite registry inside the report store.
+
+    The local default is ``sqlite:///<abs store>/mlflow/registry.db`` (the folder is created); versions logged to
+    it keep their artifacts under ``<store>/mlflow/artifacts``. The store must be a local path for the default.
+    """
+    configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if configured:
+        return configured
+    if store.startswith("file://"):
+        store = urllib.parse.unquote(urllib.parse.urlsplit(store).path)
+    if "://" in store:
+        raise SpecError(
+            f"report.store: '{store}' is not a local folder, so it cannot hold the default local MLflow registry; "
+            f"set MLFLOW_TRACKING_URI to your registry (e.g. http://mlflow.example:5000)"
+        )
+    folder = Path(store).expanduser().resolve() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'registry.db'}"
+
+
+def _display_uri(uri: str) -> str:
+    """The URI without a password, for messages."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def _sqlite_artifact_root(tracking_uri: str) -> str | None:
+    """For a file-backed SQLite registry: the ``artifacts`` folder beside the database (else MLflow's choice,
+    which for SQLite would be ``./mlruns`` in whatever the current directory happens to be)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = urllib.parse.unquote(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    if not path or path == ":memory:":
+        return None
+    return str(Path(path).expanduser().resolve().parent / "artifacts")
+
+
+_env_lock = threading.Lock()
+_env_users = 0
+_env_set: list[str] = []
+
+
+@contextmanager
+def _fail_fast_env() -> Iterator[None]:
+    """Set FAIL_FAST_ENV for variables the user has not set; reference-counted so concurrent calls (threads of a
+    Prefect task runner) neither see them vanish early nor leave them behind."""
+    global _env_users
+    with _env_lock:
+        if _env_users == 0:
+            _env_set.clear()
+            for key, value in FAIL_FAST_ENV.items():
+                if key not in os.environ:
+                    os.environ[key] = value
+                    _env_set.append(key)
+        _env_users += 1
+    try:
+        yield
+    finally:
+        with _env_lock:
+            _env_users -= 1
+            if _env_users == 0:
+                for key in _env_set:
+                    os.environ.pop(key, None)
+                _env_set.clear()
+
+
+def _error_code(exc: BaseException) -> str | None:
+    return getattr(exc, "error_code", None)
+
+
+def _first_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
+
+
+@contextmanager
+def _client(tracking_uri: str):
+    """An MlflowClient on ``tracking_uri``; any failure that is not already an AuditError becomes
+    RegistryUnavailable (or SpecError for a URI MLflow does not support)."""
+    with _fail_fast_env():
+        try:
+            from mlflow import MlflowClient
+        except ImportError as exc:
+            raise AuditError(f"model.source mlflow: the mlflow client is not installed ({exc}); "
+                             f"install it with pip install 'mlflow-skinny>=3.10,<4'") from None
+        try:
+            yield MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        except AuditError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ in ("UnsupportedModelRegistryStoreURIException",
+                                      "UnsupportedModelRegistryStoreURIError"):
+                raise SpecError(
+                    f"MLflow registry URI '{_display_uri(tracking_uri)}' is not supported by MLflow; give "
+                    f"sqlite:///path/to/registry.db, http(s)://host:port of an MLflow server, a database URI "
+                    f"(postgresql://, mysql://) or databricks, e.g. through MLFLOW_TRACKING_URI"
+                ) from None
+            raise RegistryUnavailable(
+                f"MLflow registry at '{_display_uri(tracking_uri)}' could not be used: {_first_line(exc)}. "
+                f"Check that the server is up and that the URI (MLFLOW_TRACKING_URI) and credentials are right"
+            ) from exc
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or ".." in name or not SAFE_NAME.match(name):
+        raise SpecError(
+            f"model.name: {name!r} is not a name interp-audit can audit; use letters, digits, '.', '_' or '-' "
+            f"(it becomes a directory in the report store)"
+        )
+
+
+def _shorten(items: list[str]) -> str:
+    if not items:
+        return "(none)"
+    if len(items) <= MAX_LISTED:
+        return ", ".join(items)
+    return ", ".join(items[:5]) + ", ..., " + ", ".join(items[-(MAX_LISTED - 5):])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Versions
+
+
+def _versions(client, name: str) -> list[str]:
+    found: list[str] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        found.extend(str(version.version) for version in page)
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    return sorted(set(found), key=int)
+
+
+def _model_exists(client, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except Exception as exc:
+        if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def _missing_model(client, tracking_uri: str, name: str) -> SpecError:
+    names = sorted(model.name for model in client.search_registered_models(max_results=200))
+    return SpecError(
+        f"model.name: no registered model '{name}' in the MLflow registry at '{_display_uri(tracking_uri)}'; "
+        f"registered models: {_shorten(names)}. Check the name, or the registry URI (MLFLOW_TRACKING_URI)"
+    )
+
+
+def list_versions(tracking_uri: str, name: str) -> list[str]:
+    """All version numbers of ``name``, ascending (numerically); [] when the model does not exist yet."""
+    _check_name(name)
+    with _client(tracking_uri) as client:
+        return _versions(client, name)
+
+
+def resolve_version(tracking_uri: str, name: str, version: str) -> str:
+    """Turn a spec's ``model.version`` into a version number that exists.
+
+    ``'3'`` -> ``'3'`` (checked to exist), ``'latest'`` -> the highest version number (MLflow 3 deprecates
+    ``get_latest_versions``, whose "latest" was per stage), ``'@champion'`` -> the version the alias points at.
+    A missing model, version or alias is a SpecError that lists what exists; an unreachable registry is
+    RegistryUnavailable.
+    """
+    _check_name(name)
+    version = str(version).strip()
+    if not (version.isdigit() or version == "latest" or (version.startswith("@") and len(version) > 1)):
+        raise SpecError(f"model.version: {version!r} is not a version of a registered model; give a version "
+                        f"number ('3'), 'latest' or an alias ('@champion')")
+    with _client(tracking_uri) as client:
+        if version.startswith("@"):
+            alias = version[1:]
+            if not _model_exists(client, name):
+                raise _missing_model(client, tracking_uri, name)
+            try:
+                return str(client.get_model_version_by_alias(name, alias).version)
+            except Exception as exc:
+                if _error_code(exc) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    raise
+            aliases = client.get_registered_model(name).aliases or {}
+            listed = [f"@{key} (version {value})" for key, value in sorted(aliases.items())]
+            raise SpecError(f"model.version: {name} has no alias '@{alias}'; aliases: {_shorten(listed)}. "
+                            f"Set it in MLflow or give a version number or 'latest'")
+        versions = _versions(client, name)
+        if not versions:
+            if not _model_exists(client, name):
+                raise _missing_model(client, tracking_uri, name)
+            raise SpecError(f"model.version: {name} has no versions yet; register one (e.g. with "
+                            f"interp_audit.registry.log_model) before auditing it")
+        if version == "latest":
+            return versions[-1]
+        if str(int(version)) not in versions:
+            raise SpecError(f"model.version: {name} has no version {version}; versions: {_shorten(versions)}")
+        return str(int(version))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fetching
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listing(root: Path) -> list[str]:
+    if root.is_file():
+        return [root.name]
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+def _download_source(client, name: str, version: str) -> str:
+    """The artifact URI of a version, resolving MLflow 3 logged-model sources (``models:/m-<id>``) ourselves:
+    MLflow's own ``models:/`` resolution consults the process-global registry URI, not ours."""
+    source = client.get_model_version_download_uri(name, version)
+    for _ in range(5):
+        if not source.startswith("models:/"):
+            return source
+        parts = source[len("models:/"):].strip("/").split("/")
+        if "@" in parts[0]:  # models:/<name>@<alias>[/path]
+            other_name, alias = parts[0].split("@", 1)
+            other_version = client.get_model_version_by_alias(other_name, alias).version
+            base, extra = client.get_model_version_download_uri(other_name, str(other_version)), parts[1:]
+        elif len(parts) == 1 or (parts[0].startswith("m-") and not parts[1].isdigit()):  # models:/<model_id>
+            base, extra = client.get_logged_model(parts[0]).artifact_location, parts[1:]
+        else:  # models:/<name>/<version>[/path]: another registered version
+            base, extra = client.get_model_version_download_uri(parts[0], parts[1]), parts[2:]
+        source = "/".join([base.rstrip("/"), *extra])
+    return source
+
+
+def _safe_globals() -> set[str]:
+    """Globals that torch's ``weights_only`` unpickler accepts: tensors, storages, dtypes, plain containers."""
+    allowed = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+               "torch.FloatStorage", "torch.DoubleStorage", "torch.HalfStorage", "torch.BFloat16Storage",
+               "torch.LongStorage", "torch.IntStorage", "torch.ShortStorage", "torch.CharStorage",
+               "torch.ByteStorage", "torch.BoolStorage", "torch.Size"}
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed |= {key for key in _get_allowed_globals() if isinstance(key, str)}
+    except Exception:  # private API: the short list above covers state dicts saved by torch.save
+        pass
+    return allowed
+
+
+def _pickle_globals(data: bytes) -> set[str]:
+    """The ``module.name`` globals a pickle stream references, read with pickletools (nothing is executed).
+    Raises ValueError when a STACK_GLOBAL operand is not a literal, so callers fail closed."""
+    referenced: set[str] = set()
+    strings: list[str] = []  # the string literals pushed since the last other opcode (top of stack last)
+    memo: dict[int, str] = {}
+    memoized = 0
+    for opcode, arg, _ in pickletools.genops(data):
+        name = opcode.name
+        if name == "GLOBAL":
+            module, attr = arg.split(" ", 1)
+            referenced.add(f"{module}.{attr}")
+            strings = []
+        elif name == "STACK_GLOBAL":
+            if len(strings) < 2:
+                raise ValueError("STACK_GLOBAL operands are not string literals")
+            referenced.add(f"{strings[-2]}.{strings[-1]}")
+            strings = []
+        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+                      "BINUNICODE8"):
+            strings.append(arg)
+        elif name == "MEMOIZE":
+            if strings:
+                memo[memoized] = strings[-1]
+            memoized += 1
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            if strings:
+                memo[arg] = strings[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg in memo:
+                strings.append(memo[arg])
+            else:
+                strings = []
+        else:
+            strings = []
+    return referenced
+
+
+def _is_plain_state_dict(path: Path) -> bool:
+    """True when a torch.save zip archive references only tensor-rebuilding globals (a state dict of tensors);
+    anything else, including legacy non-zip files, counts as a pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [item for item in archive.namelist() if item.rsplit("/", 1)[-1] == "data.pkl"]
+            if len(members) != 1:
+                return False
+            referenced = _pickle_globals(archive.read(members[0]))
+    except Exception:
+        return False
+    return referenced <= _safe_globals()
+
+
+def _inside(root: Path, relative: str, what: str, name: str, version: str) -> Path:
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise SpecError(f"model.version: {name} version {version}: its MLmodel names {what} '{relative}', which is "
+                        f"not a file of the version (files: {_shorten(_listing(root))})")
+    return path
+
+
+def _refuse_pickle(name: str, version: str, relative: str, how: str) -> SpecError:
+    return SpecError(
+        f"model.trust_pickle: {name} version {version} holds a pickled torch module ({relative}, {how}); loading it "
+        f"runs whatever code the pickle names, so interp-audit refuses it unless the spec sets "
+        f"`model.trust_pickle: true`. Set that only if you trust whoever registered this version, or register the "
+        f"weights as a state dict with interp_audit.registry.log_model (or as ONNX) instead"
+    )
+
+
+def _classify(root: Path, name: str, version: str, trust_pickle: bool) -> FetchedModel:
+    files = _listing(root)
+    mlmodels = [item for item in files if item.rsplit("/", 1)[-1] == "MLmodel"]
+    if len(mlmodels) == 1:
+        model_root = (root / mlmodels[0]).parent
+        try:
+            mlmodel = yaml.safe_load((model_root / "MLmodel").read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise SpecError(f"model.version: {name} version {version}: its MLmodel file is not valid YAML "
+                            f"({' '.join(str(exc).split())[:200]})") from None
+        flavors = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
+        flavors = flavors if isinstance(flavors, dict) else {}
+        if isinstance(flavors.get(FLAVOR), dict):
+            conf = flavors[FLAVOR]
+            weights = _inside(model_root, str(conf.get("weights", WEIGHTS_FILE)), "weights", name, version)
+            digest = _sha256(weights)
+            if conf.get("weights_sha256") and conf["weights_sha256"] != digest:
+                raise AuditError(f"model.version: {name} version {version}: the downloaded weights do not match the "
+                                 f"sha256 recorded when they were logged; the artifact store holds a damaged or "
+                                 f"replaced file ({weights.name}); re-register the version")
+            factory = conf.get("factory")
+            if conf.get("factory_file"):  # a 'file.py:fn' factory travels with the version
+                code = _inside(model_root, str(conf["factory_file"]), "factory file", name, version)
+                factory = f"{code}:{str(factory).rsplit(':', 1)[1]}"
+            return FetchedModel("state_dict", str(weights), factory, digest)
+        if isinstance(flavors.get("onnx"), dict):
+            onnx_file = _inside(model_root, str(flavors["onnx"].get("data", "model.onnx")), "ONNX file", name,
+                                version)
+            return FetchedModel("onnx", str(onnx_file), None, _sha256(onnx_file))
+        if isinstance(flavors.get("pytorch"), dict):
+            data_dir = model_root / str(flavors["pytorch"].get("model_data", "data"))
+            pickled, exported = data_dir / "model.pth", data_dir / "model.pt2"
+            if pickled.is_file():
+                relative = str(pickled.relative_to(root))
+                if not trust_pickle:
+                    raise _refuse_pickle(name, version, relative, "MLflow's pytorch flavor, pickle format")
+                return FetchedModel("pickle", str(pickled), None, _sha256(pickled))
+            if exported.is_file():
+                raise SpecError(
+                    f"model.version: {name} version {version} holds a torch.export program "
+                    f"({exported.relative_to(root)}, MLflow 3's default PyTorch format), which interp-audit cannot "
+                    f"audit: it needs the module's named layers. Register the model with "
+                    f"interp_audit.registry.log_model (state dict + factory), as ONNX (mlflow.onnx.log_model), or "
+                    f"with mlflow.pytorch.log_model(..., serialization_format='pickle') and trust_pickle: true"
+                )
+        raise SpecError(
+            f"model.version: {name} version {version} is an MLflow model with flavors "
+            f"{', '.join(sorted(flavors)) or '(none)'}, none of which interp-audit can audit; it reads the "
+            f"'{FLAVOR}' (interp_audit.registry.log_model), 'onnx' and 'pytorch' flavors. "
+            f"Files: {_shorten(files)}"
+        )
+    if len(mlmodels) > 1:
+        raise SpecError(f"model.version: {name} version {version} holds {len(mlmodels)} MLmodel files "
+                        f"({', '.join(mlmodels)}); register one model per version")
+
+    def single(suffixes: tuple[str, ...]) -> list[Path]:
+        return [root / item for item in files if item.lower().endswith(suffixes)]
+
+    onnx_files, tensors, torch_files = single((".onnx",)), single((".safetensors",)), single(TORCH_SUFFIXES)
+    if len(onnx_files) == 1 and not tensors and not torch_files:
+        return FetchedModel("onnx", str(onnx_files[0]), None, _sha256(onnx_files[0]))
+    if len(tensors) == 1 and not onnx_files and not torch_files:
+        return FetchedModel("state_dict", str(tensors[0]), None, _sha256(tensors[0]))
+    if len(torch_files) == 1 and not onnx_files and not tensors:
+        path = torch_files[0]
+        if _is_plain_state_dict(path):
+            return FetchedModel("state_dict", str(path), None, _sha256(path))
+        if not trust_pickle:
+            raise _refuse_pickle(name, version, str(path.relative_to(root)), "a torch file with Python objects")
+        return FetchedModel("pickle", str(path), None, _sha256(path))
+    raise SpecError(
+        f"model.version: {name} version {version} holds no model interp-audit can read (files: {_shorten(files)}); "
+        f"register an MLflow onnx or pytorch model, or a state dict with interp_audit.registry.log_model"
+    )
+
+
+def fetch_model(tracking_uri: str, name: str, version: str, dest_dir: Path, trust_pickle: bool) -> FetchedModel:
+    """Download a version's artifacts and say what they hold.
+
+    The files land in ``dest_dir/<name>-v<version>/`` (replacing an earlier download of the same version, so a
+    retried task starts clean). Recognised: our state-dict layout (see :func:`log_model`), MLflow's onnx flavor,
+    MLflow's pytorch flavor in pickle format and a lone .pt/.pth pickle (only with ``trust_pickle``), and a lone
+    .onnx / .safetensors / plain state-dict .pt file. Anything else is a SpecError naming the files. Nothing is
+    unpickled here. ``version`` may also be 'latest' or '@alias'; it is resolved first.
+    """
+    _check_name(name)
+    version = str(version)
+    if not version.isdigit():
+        version = resolve_version(tracking_uri, name, version)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / f"{name}-v{version}"
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest_dir))
+    try:
+        with _client(tracking_uri) as client:
+            try:
+                client.get_model_version(name, version)
+            except Exception as exc:
+                if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                resolve_version(tracking_uri, name, version)  # raises the SpecError that lists what exists
+                raise
+            source = _download_source(client, name, version)
+            import mlflow.artifacts
+
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri, registry_uri=tracking_uri))
+        if final.exists():
+            shutil.rmtree(final)
+        if local.is_dir():
+            os.replace(local, final)
+        else:
+            final.mkdir()
+            os.replace(local, final / local.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _classify(final, name, version, trust_pickle)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Logging and writing back
+
+
+def _experiment_id(client, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=_sqlite_artifact_root(tracking_uri))
+    except Exception as exc:
+        if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":  # created by a concurrent call
+            raise
+        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: str | None = None,
+              tags: dict | None = None) -> str:
+    """Register a new version of ``name`` that interp-audit can rebuild without unpickling; returns its number.
+
+    The version holds ``model.state_dict()`` as safetensors plus an ``MLmodel`` file whose ``interp_audit`` flavor
+    names the factory ('pkg.mod:fn', or 'file.py:fn' whose file is copied into the version, so it rebuilds
+    anywhere). Why not ``mlflow.pytorch.log_model``: its pickle format pickles the whole module (loading it runs
+    code, and the class must be importable unchanged), and its MLflow 3 default, a torch.export program, loses the
+    named layers an audit hooks; neither keeps a factory to rebuild the module from.
+
+    The files go to a run of the ``interp-audit`` experiment (for a SQLite registry: ``artifacts/`` beside the
+    database). ``tracking_uri`` defaults to :func:`default_tracking_uri` of ``./reports``; the registered model
+    is created if missing. ``tags`` become version tags.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    _check_name(name)
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"log_model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(factory, str) or not FACTORY_REF.match(factory):
+        raise SpecError(f"log_model: factory must be 'package.module:callable' or 'path/to/file.py:callable' "
+                        f"(got {factory!r})")
+    tracking_uri = tracking_uri or default_tracking_uri("./reports")
+    target, attr = factory.rsplit(":", 1)
+    flavor: dict = {"format": FORMAT, "weights": WEIGHTS_FILE, "factory": factory,
+                    "torch_version": str(torch.__version__)}
+    with tempfile.TemporaryDirectory(prefix="interp-audit-log-") as tmp:
+        folder = Path(tmp) / MODEL_DIR
+        folder.mkdir()
+        if target.endswith(".py"):
+            source = Path(target).expanduser().resolve()
+            if not source.is_file():
+                raise SpecError(f"log_model: factory file '{target}' does not exist (resolved to {source})")
+            (folder / "code").mkdir()
+            shutil.copy2(source, folder / "code" / source.name)
+            flavor["factory_file"] = f"code/{source.name}"
+        # safetensors refuses tensors that share memory; contiguous copies keep tied weights loadable.
+        state = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+        flavor["weights_sha256"] = _sha256(folder / WEIGHTS_FILE)
+        mlmodel = {"flavors": {FLAVOR: flavor},
+                   "utc_time_created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
+        (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
+        version_tags = {"interp_audit.factory": factory, "interp_audit.weights_sha256": flavor["weights_sha256"]}
+        version_tags.update({str(key): str(value) for key, value in (tags or {}).items()})
+        with _client(tracking_uri) as client:
+            run = client.create_run(_experiment_id(client, tracking_uri), run_name=f"log_model {name}",
+                                    tags={"interp_audit.model": name})
+            run_id = run.info.run_id
+            try:
+                client.log_artifacts(run_id, str(folder), MODEL_DIR)
+            except BaseException:
+                client.set_terminated(run_id, "FAILED")
+                raise
+            client.set_terminated(run_id)
+            if not _model_exists(client, name):
+                try:
+                    client.create_registered_model(name)
+                except Exception as exc:
+                    if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                        raise
+            created = client.create_model_version(name, f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id,
+                                                  tags=version_tags)
+            return str(created.version)
+
+
+def write_back(tracking_uri: str, name: str, version: str, *, status: str, run_id: str, report: str,
+               alias: str | None = None) -> None:
+    """Tag the version with the audit's outcome (interp_audit.status / .run_id / .report) and, when given, point
+    ``alias`` at it (the caller decides: only for passed audits). A leading '@' on the alias is ignored."""
+    _check_name(name)
+    version = str(version)
+    if not version.isdigit():
+        raise SpecError(f"write_back: version must be a version number (got {version!r}); resolve it first")
+    with _client(tracking_uri) as client:
+        try:
+            client.get_model_version(name, version)
+        except Exception as exc:
+            if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            resolve_version(tracking_uri, name, version)
+            raise
+        for key, value in ((TAG_STATUS, status), (TAG_RUN_ID, run_id), (TAG_REPORT, report)):
+            client.set_model_version_tag(name, version, key, str(value))
+        if alias:
+            alias = alias.removeprefix("@")
+            try:
+                client.set_registered_model_alias(name, alias, version)
+            except Exception as exc:
+                if _error_code(exc) != "INVALID_PARAMETER_VALUE":
+                    raise
+                raise SpecError(f"alias: MLflow rejects the alias '{alias}' ({_first_line(exc, 200)}); use "
+                                f"letters, digits, '_' and '-', not 'latest' or 'v<number>'") from None

@@ -1,0 +1,42 @@
+"""Model-registry tasks: fetch a registered version, list versions, write the verdict back; retried while the
+registry cannot be reached (never on bad input: a missing model or version fails at once)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from interp_audit import registry
+from interp_audit.intake import ModelRef, registry_model, tracking_uri
+from interp_audit.spec import MlflowModelSpec
+
+RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 10])
+
+
+def _registry_down(_task, _task_run, state) -> bool:
+    """Retry only when the registry was unreachable."""
+    try:
+        state.result()
+    except registry.RegistryUnavailable:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="fetch-registered-model", retry_condition_fn=_registry_down, **RETRIES)
+def fetch_registered_model(model: MlflowModelSpec, store: str, base_dir: str) -> ModelRef:
+    """The version the spec names, resolved to its number and downloaded."""
+    return registry_model(model, store, base_dir)
+
+
+@task(name="list-registered-versions", retry_condition_fn=_registry_down, **RETRIES)
+def list_registered_versions(model: MlflowModelSpec, store: str) -> list[str]:
+    return registry.list_versions(tracking_uri(model, store), model.name)
+
+
+@task(name="registry-write-back", retry_condition_fn=_registry_down, **RETRIES)
+def write_back(model: MlflowModelSpec, store: str, version: str, status: str, run_id: str, report: str) -> None:
+    """Tags the audited version with the verdict; the alias only when the audit passed."""
+    alias = model.alias_on_pass if status == "passed" else None
+    registry.write_back(tracking_uri(model, store), model.name, version, status=status, run_id=run_id,
+                        report=report, alias=alias)

@@ -1,0 +1,204 @@
+"""Registry-driven audits through real flow runs: a real MLflow registry on SQLite, real Prefect events,
+triggers and served deployments on the session's test server."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import ASSETS, store_is_empty
+from typer.testing import CliRunner
+
+from flows.cli import app
+from interp_audit import report
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+runner = CliRunner()
+GRAY_FACTORY = f"{ASSETS / 'user_models.py'}:gray_net"
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture
+def registry_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
+
+
+def register_gray(uri: str, name: str = "gray-net", seed: int = 0) -> str:
+    import torch
+
+    from interp_audit.registry import log_model
+    from user_models import GrayNet
+
+    torch.manual_seed(seed)
+    return log_model(GrayNet(), name, GRAY_FACTORY, tracking_uri=uri)
+
+
+def write_spec(tmp_path, uri: str, name: str = "gray-net", **model) -> str:
+    spec = {
+        "name": f"{name}-audit", "seed": 0,
+        "model": {"source": "mlflow", "name": name, "version": "latest", "tracking_uri": uri,
+                  "input": {"shape": [1, 28, 28], "mean": [0.5], "std": [0.5]}, "layers": ["body.conv1"], **model},
+        "data": "builtin:shapes?split=val&n=6",
+        "report": {"store": str(tmp_path / "reports")},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def version_tags(uri: str, name: str, version: str) -> dict:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version).tags
+
+
+def test_latest_and_alias_resolve_to_numbers_and_the_verdict_is_written_back(tmp_path, registry_uri):
+    from mlflow import MlflowClient
+
+    register_gray(registry_uri, seed=0)
+    register_gray(registry_uri, seed=1)
+    MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri).set_registered_model_alias(
+        "gray-net", "champion", "1")
+
+    code, output = cli("run", write_spec(tmp_path, registry_uri, alias_on_pass="audited"))
+    assert code == 0, output
+    code, output = cli("run", write_spec(tmp_path, registry_uri, version="@champion"))
+    assert code == 0, output
+    runs = report.list_runs(tmp_path / "reports")
+    assert runs.model_version.tolist() == ["2", "1"]  # never 'latest' or '@champion'
+    tags = version_tags(registry_uri, "gray-net", "2")
+    assert tags["interp_audit.status"] == "passed" and tags["interp_audit.run_id"] == runs.run_id.iloc[0]
+    assert tags["interp_audit.report"]
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    assert str(client.get_model_version_by_alias("gray-net", "audited").version) == "2"
+
+
+def test_an_onnx_flavor_version_is_audited_as_onnx(tmp_path, registry_uri):
+    import mlflow
+    import mlflow.onnx
+    import onnx
+    import torch
+
+    from user_models import gray_net
+
+    onnx_path = tmp_path / "gray.onnx"
+    torch.onnx.export(gray_net(), (torch.zeros(1, 1, 28, 28),), str(onnx_path), dynamo=False, input_names=["image"],
+                      output_names=["scores"], dynamic_axes={"image": {0: "n"}, "scores": {0: "n"}})
+    mlflow.set_tracking_uri(registry_uri)
+    mlflow.set_registry_uri(registry_uri)
+    experiment = mlflow.create_experiment("onnx", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", registered_model_name="gray-onnx",
+                              pip_requirements=["onnx"])
+    code, output = cli("run", write_spec(tmp_path, registry_uri, name="gray-onnx", layers=[]))
+    assert code == 0, output
+    runs = report.list_runs(tmp_path / "reports")
+    assert runs.model_version.tolist() == ["1"] and runs.weights_sha256.isna().all()
+    assert version_tags(registry_uri, "gray-onnx", "1")["interp_audit.status"] == "passed"
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"name": "no-such-model"}, "no registered model 'no-such-model'"),
+    ({"version": "9"}, "gray-net has no version 9; versions: 1"),
+])
+def test_a_missing_model_or_version_is_bad_input(tmp_path, registry_uri, model, message):
+    register_gray(registry_uri)
+    code, output = cli("run", write_spec(tmp_path, registry_uri, **model))
+    assert code == 2 and message in output, output
+    assert store_is_empty(tmp_path / "reports")
+
+
+def test_an_unreachable_registry_is_retried_then_exit_3(tmp_path, registry_uri):
+    started = time.monotonic()
+    code, output = cli("run", write_spec(tmp_path, "http://127.0.0.1:9"))
+    assert code == 3 and "127.0.0.1:9" in output, output
+    assert time.monotonic() - started >= 2 + 5 + 10  # the task's three retries waited their delays
+    assert store_is_empty(tmp_path / "reports")
+
+
+def test_the_watcher_triggers_one_audit_per_new_version(tmp_path, registry_uri):
+    """Acceptance: served watcher + triggered audit; a second look or a repeated event adds no run."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.registry import EVENT
+
+    spec = write_spec(tmp_path, registry_uri)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(spec), "--interval", "3600"],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        with get_client(sync_client=True) as client:
+            for _ in range(120):
+                try:
+                    client.read_deployment_by_name("interp-audit-registry-version/gray-net-audit")
+                    client.read_deployment_by_name("interp-audit-watch/gray-net-audit-watch")
+                    break
+                except Exception:
+                    assert server.poll() is None, server.stdout.read().decode()
+                    time.sleep(1)
+        # the model has no version yet: the first look records that nothing predates the watcher
+        first = run_deployment("interp-audit-watch/gray-net-audit-watch", timeout=120)
+        assert first.state.is_completed(), first.state
+        version = register_gray(registry_uri)
+        second = run_deployment("interp-audit-watch/gray-net-audit-watch", timeout=120)
+        assert second.state.result() == [version]
+        wait_for_runs(tmp_path / "reports", 1)
+        assert version_tags(registry_uri, "gray-net", version)["interp_audit.status"] == "passed"
+
+        third = run_deployment("interp-audit-watch/gray-net-audit-watch", timeout=120)
+        assert third.state.result() == []
+        for _ in range(2):  # the same announcement again, twice
+            emit_event(event=EVENT, resource={"prefect.resource.id": f"mlflow.model-version.gray-net.{version}",
+                                              "interp_audit.spec": load_sha(spec)[:16]},
+                       payload={"name": "gray-net", "version": version})
+        # three triggered runs in all: the audit, then two that find it done and add nothing
+        assert wait_for_triggered_runs("interp-audit-registry-version/gray-net-audit", 3) == ["COMPLETED"] * 3
+        assert len(report.list_runs(tmp_path / "reports")) == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def load_sha(spec) -> str:
+    from interp_audit.spec import load_spec
+
+    return load_spec(spec).sha256
+
+
+def wait_for_runs(store, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not store_is_empty(store) and len(report.list_runs(store)) >= count:
+            return
+        time.sleep(2)
+    raise AssertionError(f"no {count} published run(s) in {store} after {timeout} s")
+
+
+def wait_for_triggered_runs(deployment: str, count: int, timeout: float = 180) -> list[str]:
+    """States of the deployment's flow runs once `count` of them are final."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            if sum(run.state.is_final() for run in runs) >= count:
+                return sorted(run.state.type.value for run in runs)
+            time.sleep(2)
+    raise AssertionError(f"fewer than {count} finished runs of {deployment} after {timeout} s")
