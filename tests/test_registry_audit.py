@@ -107,6 +107,26 @@ def test_an_onnx_flavor_version_is_audited_as_onnx(tmp_path, registry_uri):
     assert version_tags(registry_uri, "gray-onnx", "1")["interp_audit.status"] == "passed"
 
 
+def test_a_pickled_version_audits_only_when_trusted(tmp_path, registry_uri):
+    import mlflow
+    import mlflow.pytorch
+
+    from user_models import gray_net
+
+    mlflow.set_tracking_uri(registry_uri)
+    mlflow.set_registry_uri(registry_uri)
+    experiment = mlflow.create_experiment("pickled", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.pytorch.log_model(gray_net(), name="model", registered_model_name="gray-pickled",
+                                 serialization_format="pickle", pip_requirements=["torch"])
+    code, output = cli("run", write_spec(tmp_path, registry_uri, name="gray-pickled"))
+    assert code == 2 and "holds a pickled torch module" in output and "trust_pickle: true" in output, output
+    assert store_is_empty(tmp_path / "reports")
+    code, output = cli("run", write_spec(tmp_path, registry_uri, name="gray-pickled", trust_pickle=True))
+    assert code == 0, output
+    assert report.list_runs(tmp_path / "reports").model_version.tolist() == ["1"]
+
+
 @pytest.mark.parametrize("model, message", [
     ({"name": "no-such-model"}, "no registered model 'no-such-model'"),
     ({"version": "9"}, "gray-net has no version 9; versions: 1"),
