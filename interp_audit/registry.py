@@ -13,7 +13,6 @@ mlflow is imported inside the functions, so importing this module (and ``interp-
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickletools
 import shutil
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Iterator, Literal
 import yaml
 
 from interp_audit.errors import AuditError, SpecError
+from interp_audit.intake import sha256_file
 from interp_audit.spec import FACTORY_REF, SAFE_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -287,14 +287,6 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
 # Fetching
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _listing(root: Path) -> list[str]:
     if root.is_file():
         return [root.name]
@@ -420,7 +412,7 @@ def _classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetche
         if isinstance(flavors.get(FLAVOR), dict):
             conf = flavors[FLAVOR]
             weights = _inside(model_root, str(conf.get("weights", WEIGHTS_FILE)), "weights", name, version)
-            digest = _sha256(weights)
+            digest = sha256_file(weights)
             if conf.get("weights_sha256") and conf["weights_sha256"] != digest:
                 raise AuditError(f"model.version: {name} version {version}: the downloaded weights do not match the "
                                  f"sha256 recorded when they were logged; the artifact store holds a damaged or "
@@ -433,7 +425,7 @@ def _classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetche
         if isinstance(flavors.get("onnx"), dict):
             onnx_file = _inside(model_root, str(flavors["onnx"].get("data", "model.onnx")), "ONNX file", name,
                                 version)
-            return FetchedModel("onnx", str(onnx_file), None, _sha256(onnx_file))
+            return FetchedModel("onnx", str(onnx_file), None, sha256_file(onnx_file))
         if isinstance(flavors.get("pytorch"), dict):
             data_dir = model_root / str(flavors["pytorch"].get("model_data", "data"))
             pickled, exported = data_dir / "model.pth", data_dir / "model.pt2"
@@ -441,7 +433,7 @@ def _classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetche
                 relative = str(pickled.relative_to(root))
                 if not trust_pickle:
                     raise _refuse_pickle(name, version, relative, "MLflow's pytorch flavor, pickle format")
-                return FetchedModel("pickle", str(pickled), None, _sha256(pickled))
+                return FetchedModel("pickle", str(pickled), None, sha256_file(pickled))
             if exported.is_file():
                 raise SpecError(
                     f"model.version: {name} version {version} holds a torch.export program "
@@ -465,20 +457,31 @@ def _classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetche
 
     onnx_files, tensors, torch_files = single((".onnx",)), single((".safetensors",)), single(TORCH_SUFFIXES)
     if len(onnx_files) == 1 and not tensors and not torch_files:
-        return FetchedModel("onnx", str(onnx_files[0]), None, _sha256(onnx_files[0]))
+        return FetchedModel("onnx", str(onnx_files[0]), None, sha256_file(onnx_files[0]))
     if len(tensors) == 1 and not onnx_files and not torch_files:
-        return FetchedModel("state_dict", str(tensors[0]), None, _sha256(tensors[0]))
+        return FetchedModel("state_dict", str(tensors[0]), None, sha256_file(tensors[0]))
     if len(torch_files) == 1 and not onnx_files and not tensors:
         path = torch_files[0]
         if _is_plain_state_dict(path):
-            return FetchedModel("state_dict", str(path), None, _sha256(path))
+            return FetchedModel("state_dict", str(path), None, sha256_file(path))
         if not trust_pickle:
             raise _refuse_pickle(name, version, str(path.relative_to(root)), "a torch file with Python objects")
-        return FetchedModel("pickle", str(path), None, _sha256(path))
+        return FetchedModel("pickle", str(path), None, sha256_file(path))
     raise SpecError(
         f"model.version: {name} version {version} holds no model interp-audit can read (files: {_shorten(files)}); "
         f"register an MLflow onnx or pytorch model, or a state dict with interp_audit.registry.log_model"
     )
+
+
+def _check_version_exists(client, tracking_uri: str, name: str, version: str) -> None:
+    """A version that does not exist raises resolve_version's SpecError, which lists what does."""
+    try:
+        client.get_model_version(name, version)
+    except Exception as exc:
+        if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        resolve_version(tracking_uri, name, version)
+        raise
 
 
 def fetch_model(tracking_uri: str, name: str, version: str, dest_dir: Path, trust_pickle: bool) -> FetchedModel:
@@ -500,13 +503,7 @@ def fetch_model(tracking_uri: str, name: str, version: str, dest_dir: Path, trus
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest_dir))
     try:
         with _client(tracking_uri) as client:
-            try:
-                client.get_model_version(name, version)
-            except Exception as exc:
-                if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-                resolve_version(tracking_uri, name, version)  # raises the SpecError that lists what exists
-                raise
+            _check_version_exists(client, tracking_uri, name, version)
             source = _download_source(client, name, version)
             import mlflow.artifacts
 
@@ -580,7 +577,7 @@ def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: s
         # safetensors refuses tensors that share memory; contiguous copies keep tied weights loadable.
         state = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
-        flavor["weights_sha256"] = _sha256(folder / WEIGHTS_FILE)
+        flavor["weights_sha256"] = sha256_file(folder / WEIGHTS_FILE)
         mlmodel = {"flavors": {FLAVOR: flavor},
                    "utc_time_created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
         (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
@@ -616,13 +613,7 @@ def write_back(tracking_uri: str, name: str, version: str, *, status: str, run_i
     if not version.isdigit():
         raise SpecError(f"write_back: version must be a version number (got {version!r}); resolve it first")
     with _client(tracking_uri) as client:
-        try:
-            client.get_model_version(name, version)
-        except Exception as exc:
-            if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            resolve_version(tracking_uri, name, version)
-            raise
+        _check_version_exists(client, tracking_uri, name, version)
         for key, value in ((TAG_STATUS, status), (TAG_RUN_ID, run_id), (TAG_REPORT, report)):
             client.set_model_version_tag(name, version, key, str(value))
         if alias:
