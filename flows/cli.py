@@ -163,6 +163,23 @@ def demo(store: ReadStoreOpt = DEFAULT_STORE) -> None:
                   f"FROM predictions GROUP BY ALL\" --store {store}", markup=False)
 
 
+@app.command()
+@exits
+def review(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+           reviewer: Annotated[str, typer.Option(help="Who signs.")],
+           approve: Annotated[bool, typer.Option("--approve/--reject", help="The decision.")],
+           comment: Annotated[Optional[str], typer.Option(help="Why.")] = None,
+           store: ReadStoreOpt = DEFAULT_STORE) -> None:
+    """Sign a run off (or reject it): appends a review bound to the SHA-256 of the run's published tables."""
+    from interp_audit.report import review_run
+
+    if not reviewer.strip():
+        raise SpecError("--reviewer: give the name of the person signing")
+    row = review_run(store, run_id, approve=approve, reviewer=reviewer, comment=comment)
+    console.print(f"{row['decision']} run {row['run_id']} by {row['reviewer']}; tables sha256 "
+                  f"{row['tables_sha256'][:16]}...", markup=False)
+
+
 @app.command("schema")
 def spec_schema() -> None:
     """Print the JSON Schema of the audit spec."""
@@ -195,7 +212,7 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     """A summary of one run: provenance, parity, contracts and its tables."""
     import pandas as pd
 
-    from interp_audit.report import find_run, load_table
+    from interp_audit.report import find_run, load_table, review_state
     from interp_audit.store import ReportStore
 
     opened = ReportStore.open(store)
@@ -229,6 +246,14 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
                           *(("-" if pd.isna(value) else str(int(value)))
                             for value in (row.detectors_above_baseline, row.baseline_detectors)))
         console.print(table)
+    reviews, current = review_state(opened, run_row)
+    for row in reviews.itertuples():
+        state = "matches the current tables" if row.tables_sha256 == current else \
+            "DOES NOT MATCH the current tables (changed since)"
+        console.print(f"review: {row.decision} by {row.reviewer} at {row.reviewed_at:%Y-%m-%d %H:%M:%S} UTC, "
+                      f"{state}" + (f": {row.comment}" if row.comment else ""), markup=False)
+    if reviews.empty:
+        console.print("review: none yet (interp-audit review RUN --approve|--reject --reviewer NAME)", markup=False)
     counts = Table("table", "rows", title="tables")
     for name in opened.tables_with_data():
         counts.add_row(name, str(len(load_table(opened, name, run_id=run_row["run_id"], as_arrow=True))))

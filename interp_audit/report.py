@@ -57,3 +57,28 @@ def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
         found = "no run" if not matches else f"{len(matches)} runs"
         raise NotFoundError(f"{found} with id {run_id!r}; `interp-audit report list` shows the run ids")
     return matches[0]
+
+
+def review_run(store: str | Path | ReportStore, run_id: str, *, approve: bool, reviewer: str,
+               comment: str | None) -> dict:
+    """Append a sign-off of a run, bound to the SHA-256 of its published tables; returns the review row."""
+    import uuid
+    from datetime import datetime, timezone
+
+    opened = _store(store)
+    run = find_run(opened, run_id)
+    row = {
+        "run_id": run["run_id"], "review_id": str(uuid.uuid4()), "reviewer": reviewer,
+        "decision": "approved" if approve else "rejected", "comment": comment,
+        "reviewed_at": datetime.now(timezone.utc),
+        "tables_sha256": opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"]),
+    }
+    opened.append_review(row["review_id"], run["model_name"], run["model_version"], pa.Table.from_pylist([row]))
+    return row
+
+
+def review_state(store: str | Path | ReportStore, run: dict) -> tuple[pd.DataFrame, str]:
+    """A run's reviews, oldest first, and the current SHA-256 of its published tables to compare them with."""
+    opened = _store(store)
+    reviews = opened.read("reviews", run_id=run["run_id"]).to_pandas().sort_values("reviewed_at")
+    return reviews, opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"])

@@ -7,6 +7,7 @@ leaves no half-written report visible. Files are never rewritten: each run adds 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from data_contracts import TABLES, conform
 from interp_audit.errors import NotFoundError
 
 RUNS_TABLE = "audit_runs"
+REVIEWS_TABLE = "reviews"
 STAGING = "_staging"
 PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("version", pa.string())]), flavor="hive")
 
@@ -66,6 +68,28 @@ class ReportStore:
             self.filesystem.move(f"{self._partition(name, model, version, staging)}/{run_id}.parquet",
                                  f"{target}/{run_id}.parquet")
         self.filesystem.delete_dir(staging)
+
+    def tables_sha256(self, run_id: str, model: str, version: str) -> str:
+        """SHA-256 over the run's published table files (reviews excluded), in table order: what a review signs."""
+        digest = hashlib.sha256()
+        for name in sorted(TABLES):
+            path = f"{self._partition(name, model, version)}/{run_id}.parquet"
+            if name == REVIEWS_TABLE or self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+                continue
+            digest.update(name.encode() + b"\0")
+            with self.filesystem.open_input_stream(path) as stream:
+                digest.update(stream.read())
+        return digest.hexdigest()
+
+    def append_review(self, review_id: str, model: str, version: str, review: pa.Table) -> None:
+        """Add one review in a file of its own, written aside and moved into place; nothing is ever rewritten."""
+        staging = self._partition(REVIEWS_TABLE, model, version, self._path(STAGING, review_id))
+        self.filesystem.create_dir(staging, recursive=True)
+        pq.write_table(conform(REVIEWS_TABLE, review), f"{staging}/{review_id}.parquet", filesystem=self.filesystem)
+        target = self._partition(REVIEWS_TABLE, model, version)
+        self.filesystem.create_dir(target, recursive=True)
+        self.filesystem.move(f"{staging}/{review_id}.parquet", f"{target}/{review_id}.parquet")
+        self.filesystem.delete_dir(self._path(STAGING, review_id))
 
     def discard(self, run_id: str) -> None:
         staging = self._path(STAGING, run_id)

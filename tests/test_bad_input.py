@@ -175,7 +175,7 @@ def test_only_names_a_method_the_spec_does_not_declare(gray_spec):
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["schedule"], ["watch"], ["demo"], ["schema"], ["report"],
-                                     ["report", "list"], ["report", "show"], ["report", "query"]])
+                                     ["report", "list"], ["report", "show"], ["report", "query"], ["review"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output, result.output
