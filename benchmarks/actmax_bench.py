@@ -41,6 +41,7 @@ import torch
 
 from interp_ops.actmax import render_units
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
+from _results import write_results
 
 sys.path.insert(0, str(Path(__file__).parent / "shims"))
 
@@ -50,7 +51,6 @@ UNITS = list(range(32))
 LUCENT_TIMED_UNITS = 4
 SIZE = 64
 LR = 0.05
-RESULTS = Path(__file__).parent / "results" / "actmax.json"
 
 
 def timed(run) -> float:
@@ -149,10 +149,7 @@ def main() -> None:
         "overhead_vs_floor": round(seconds["ours"] / seconds["floor"], 3),
     }
     print(json.dumps(report, indent=2), flush=True)
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    write_results("actmax", report, args.quick)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,12 @@ from interp_ops.datasets import Samples, to_model_input
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
 from interp_ops.dissection import dissect
 from interp_ops.onnx_bundle import export_torch, make_session
+from _results import write_results
 
 QUANTILE = 0.005
 BATCH_SIZE = 64
 DENSE_BUDGET_S = 300.0
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-RESULTS = Path(__file__).parent / "results" / "dissection.json"
 
 
 # --- the ResNet-18-shaped network ---------------------------------------------------------------
@@ -383,10 +383,7 @@ def main() -> None:
         "ResNet-18-shaped (random init)", ResNet18(), (3, 112, 112), ["layer3", "layer4"], resnet_concepts,
         IMAGENET["mean"], IMAGENET["std"], rounds, lite_rounds)
     print(json.dumps(report["cases"]["resnet18"], indent=2), flush=True)
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    write_results("dissection", report, args.quick)
 
 
 if __name__ == "__main__":

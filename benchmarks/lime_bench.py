@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lime draws a progress bar per image; cosmetic, so not timed
 
@@ -31,6 +30,7 @@ from skimage.transform import resize  # noqa: E402
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn  # noqa: E402
 from interp_ops.lime import ImageLime, Segmentation  # noqa: E402
 from interp_ops.onnx_bundle import export_torch, make_session, softmax  # noqa: E402
+from _results import write_results  # noqa: E402
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
           "colorwheel", "logo", "retina", "camera", "moon", "page", "coins", "clock", "text", "brick", "grass",
@@ -43,7 +43,6 @@ SEGMENTATION = {64: Segmentation(kernel_size=1), 224: Segmentation()}
 # On these 2 CPU cores small batches run fastest (they stay in cache); at 224x224 a batch of 256 needs
 # ~0.8 GB per activation map. ImageLime's default of 256 is for GPUs. The floor uses the same batch size.
 BATCH_SIZE = {64: 64, 224: 8}
-RESULTS = Path(__file__).parent / "results" / "lime.json"
 
 
 def photos(names: list[str], size: int) -> np.ndarray:
@@ -160,10 +159,7 @@ def main() -> None:
     for size in sizes:
         report["sizes"][f"{size}x{size}"] = bench_size(size, names, rounds[size])
         print(f"{size}x{size}:", json.dumps(report["sizes"][f"{size}x{size}"], indent=2), flush=True)
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    write_results("lime", report, args.quick)
 
 
 if __name__ == "__main__":

@@ -127,17 +127,25 @@ def dissection_layers(params: DissectionSpec, model_layers: list[str], layer_sha
     return spatial
 
 
-def check_concepts(uri: str, base_dir: Path, seed: int) -> str:
-    """Reads the concept set's index (writing a builtin one on first use); returns its fingerprint."""
-    from interp_ops.concepts import ConceptDataError, concepts_fingerprint, resolve_concepts
+def load_concepts(uri: str, base_dir: Path, seed: int):
+    """The spec's concept set (a builtin one is written on first use); a broken or empty one is bad input."""
+    from interp_ops.concepts import ConceptDataError, resolve_concepts
 
     try:
         concepts = resolve_concepts(uri, base_dir, seed)
         if len(concepts) == 0:
             raise ConceptDataError(f"'{uri}' holds no images; give a Broden folder with images, or builtin:concepts")
-        return concepts_fingerprint(uri, base_dir, seed)
+        return concepts
     except (ConceptDataError, OSError) as exc:
         raise SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}") from None
+
+
+def check_concepts(uri: str, base_dir: Path, seed: int) -> str:
+    """Reads the concept set's index; returns its fingerprint (the dissection tasks' cache key)."""
+    from interp_ops.concepts import concepts_fingerprint
+
+    load_concepts(uri, base_dir, seed)
+    return concepts_fingerprint(uri, base_dir, seed)
 
 
 def actmax_units(params: ActivationMaxSpec, model_layers: list[str], layer_shapes: LayerShapes

@@ -9,18 +9,16 @@ from prefect import task
 
 from interp_audit.errors import SpecError
 from interp_audit.intake import ModelRef, build_torch_model
+from interp_audit.preflight import load_concepts
 from interp_audit.spec import DissectionSpec, InputSpec
 from interp_ops import dissection, onnx_bundle
-from interp_ops.concepts import ConceptDataError, ConceptSet, resolve_concepts
+from interp_ops.concepts import ConceptDataError, ConceptSet
 from tasks import CACHED
 from tasks.gpu import gpu_slot
 
 
 def _concepts(uri: str, base_dir: str, seed: int) -> ConceptSet:
-    try:
-        return resolve_concepts(uri, Path(base_dir), seed)
-    except ConceptDataError as exc:
-        raise SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}") from None
+    return load_concepts(uri, Path(base_dir), seed)
 
 
 @task(name="random-init-baseline", **CACHED)
