@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test browser clean
 
 install: $(STAMP)
 
@@ -23,8 +23,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/interp-audit demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The HTML report's tests open it in Debian's Chromium (driven by playwright, whose own browser downloads are never
+# used); without it they are skipped, or fail where INTERP_AUDIT_REQUIRE_BROWSER=1 (CI). `make demo` needs no browser.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "no $(CHROMIUM), and neither root nor sudo to install it: run 'apt-get install chromium' as root," \
+	  "or the HTML report's browser tests are skipped"; exit 0; fi; \
+	echo "installing Debian's chromium (for the HTML report tests)"; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  || echo "could not install chromium with apt-get: the HTML report's browser tests will be skipped (or fail" \
+	    "where INTERP_AUDIT_REQUIRE_BROWSER=1)"
 
 clean:
 	rm -rf reports demo-models .pytest_cache

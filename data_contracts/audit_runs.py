@@ -35,7 +35,8 @@ CONTRACT = TableContract(
             column(
                 "status",
                 pa.string(),
-                "`passed` if every contract expectation held, else `failed_contracts`.",
+                "`passed`; `failed_contracts` if a contract expectation failed; else `failed_gates` if a gate "
+                "of the spec failed.",
             ),
             column("device", pa.string(), "Device the model ran on, e.g. `cpu` or `cuda:0`."),
             column(
@@ -53,7 +54,7 @@ CONTRACT = TableContract(
     unique_key=("run_id",),
     allowed_values={
         "model_source": ("torch", "onnx", "mlflow"),
-        "status": ("passed", "failed_contracts"),
+        "status": ("passed", "failed_contracts", "failed_gates"),
     },
     ranges={"num_samples": (0, None)},
 )

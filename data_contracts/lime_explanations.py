@@ -36,6 +36,9 @@ CONTRACT = TableContract(
             column("top_features", pa.list_(pa.string()), "The top-k features, most important first (see lime_attributions.rank)."),
             column("overlay_png", pa.binary(), "PNG of the image with the top-k superpixels outlined (images only).",
                    nullable=True),
+            column("segments_png", pa.binary(),
+                   "16-bit greyscale PNG of the superpixels: pixel value v is the v-th smallest segment id of "
+                   "lime_attributions.feature (images only).", nullable=True),
         ]
     ),
     unique_key=("run_id", "sample_id", "label"),

@@ -7,6 +7,7 @@ from data_contracts._core import TableContract, Threshold
 _TABLE_MODULES = (
     "audit_runs", "onnx_parity", "predictions", "lime_explanations", "lime_attributions", "actmax_units",
     "actmax_exemplars", "dissection_units", "dissection_tally", "dissection_summary", "contract_results", "reviews",
+    "version_diffs", "gate_results",
 )
 
 _modules = [import_module(f"data_contracts.{name}") for name in _TABLE_MODULES]

@@ -15,11 +15,13 @@ import pyarrow as pa
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from rich.markup import escape
 
 import data_contracts
 from interp_audit import progress
 from interp_audit.errors import AuditError
 from interp_audit.preflight import lime_labels, lime_sample_indices, preflight
+from interp_audit.report import diff_table
 from interp_audit.spec import load_spec, with_model_version
 from interp_ops.onnx_bundle import onnx_sha256
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
@@ -31,6 +33,7 @@ from tasks.intake import export_onnx, load_model_inputs
 from tasks.lime import explain_with_lime
 from tasks.registry import fetch_registered_model, write_back
 from tasks.report import publish_report
+from tasks.review import check_gates, compare_with_baseline
 
 PACKAGES = ("interp-audit", "torch", "onnx", "onnxruntime-gpu", "prefect", "great-expectations", "pyarrow",
             "pandas", "numpy")
@@ -123,17 +126,30 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
         tables["onnx_parity"] = with_run_id(run_id, parity.result())
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in parity.result()):.2e}")
     tables = {name: data_contracts.conform(name, table) for name, table in tables.items()}
+    diffs, baseline = compare_with_baseline(store_uri, spec.model.name, version, tables)
+    if diffs:
+        tables["version_diffs"] = data_contracts.conform("version_diffs", diff_table(run_id, baseline, diffs))
+        progress.step(f"compared with v{baseline.version} ({baseline.basis} run {baseline.run_id[:8]}): "
+                      f"{len(diffs)} differences recorded")
 
     results = validate_contracts(tables, spec.contracts)
-    status = "passed" if all(row["success"] for row in results) else "failed_contracts"
     failed = sum(not row["success"] for row in results)
     progress.step(f"contracts: {len(results) - failed}/{len(results)} expectations met")
+    gates = check_gates(spec.gates, tables, diffs, baseline) if spec.gates else []
+    for gate in gates:
+        value = "-" if gate["value"] is None else f"{gate['value']:.3g}"
+        progress.step(f"gate {escape(gate['gate'])}: {gate['outcome']} ({value}; {escape(gate['detail'])})")
+    status = "failed_contracts" if failed else "failed_gates" if any(g["outcome"] == "failed" for g in gates) \
+        else "passed"
 
     run_row = run_record(loaded, checked, onnx_bytes, len(inputs.ids), started, status,
                          ort_providers(onnx_bytes, checked.device))
     tables["audit_runs"] = data_contracts.conform("audit_runs", with_run_id(run_id, [run_row]))
     tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results))
-    own = validate_contracts({name: tables[name] for name in ("audit_runs", "contract_results")}, {})
+    if gates:
+        tables["gate_results"] = data_contracts.conform("gate_results", with_run_id(run_id, gates))
+    own = validate_contracts({name: tables[name] for name in ("audit_runs", "contract_results", "gate_results")
+                              if name in tables}, {})
     broken = [row for row in own if not row["success"]]
     if broken:  # our own bookkeeping tables must always hold their contract: a bug, never published
         raise AuditError([f"internal: {r['table_name']} breaks {r['expectation']} on {r['column']}" for r in broken])
@@ -143,8 +159,9 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     if spec.model.source == "mlflow":
         write_back(spec.model, store_uri, version, status, run_id, location)
     summary = {"run_id": run_id, "status": status, "store": location, "model": spec.model.name,
-               "version": version, "failed_expectations": failed}
-    create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results),
+               "version": version, "failed_expectations": failed,
+               "failed_gates": [gate["gate"] for gate in gates if gate["outcome"] == "failed"]}
+    create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results, gates),
                              description=f"interp-audit report of {spec.model.name} v{version}")
     return summary
 
@@ -197,11 +214,12 @@ def _artifact_key(name: str) -> str:
     return "interp-audit-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
-def _summary_markdown(summary: dict, results: list[dict]) -> str:
+def _summary_markdown(summary: dict, results: list[dict], gates: list[dict]) -> str:
     lines = [
         f"# Audit of {summary['model']} v{summary['version']}: **{summary['status']}**", "",
         f"- run id: `{summary['run_id']}`", f"- report store: `{summary['store']}`",
-        f"- expectations failed: {summary['failed_expectations']} of {len(results)}", "",
+        f"- expectations failed: {summary['failed_expectations']} of {len(results)}",
+        *(f"- gate {g['gate']}: **{g['outcome']}** ({g['detail']})" for g in gates), "",
     ]
     failed = [row for row in results if not row["success"]]
     if failed:

@@ -1,6 +1,6 @@
 """The ``interp-audit`` command line.
 
-Exit codes: 0 passed, 1 failed contracts, 2 invalid input, 3 runtime error. ``validate`` and ``report``
+Exit codes: 0 passed, 1 failed contracts or gates, 2 invalid input, 3 runtime error. ``validate`` and ``report``
 never start Prefect, so they answer in about a second.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Column, Table
 
 # Our progress lines replace Prefect's and MLflow's INFO streams on the console; set before anything imports
@@ -25,12 +26,12 @@ for _name, _value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("PREFECT_SERVER_LOG
 from interp_audit.errors import AuditError, SpecError  # noqa: E402
 from interp_audit.progress import console  # noqa: E402
 
-EXIT_PASSED, EXIT_FAILED_CONTRACTS, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
+EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
 DEFAULT_STORE = os.environ.get("INTERP_AUDIT_STORE", "./reports")
 
 app = typer.Typer(help="Declarative interpretability audits of PyTorch/ONNX models, run by Prefect.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-report_app = typer.Typer(help="Read published reports: list, show, query.", no_args_is_help=True)
+report_app = typer.Typer(help="Read published reports: list, show, diff, html, query.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 
 SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
@@ -83,10 +84,10 @@ def run(
     only: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run, e.g. lime,activation_max.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
-    """Run an audit as a Prefect flow and publish its report (exit 0 passed, 1 failed contracts)."""
+    """Run an audit as a Prefect flow and publish its report (exit 0 passed, 1 failed contracts or gates)."""
     selected = [name.strip() for name in only.split(",") if name.strip()] if only else None
     summary = _run_audit(spec, store, selected, device)
-    raise typer.Exit(EXIT_PASSED if summary["status"] == "passed" else EXIT_FAILED_CONTRACTS)
+    raise typer.Exit(EXIT_PASSED if summary["status"] == "passed" else EXIT_FAILED)
 
 
 def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: str) -> dict:
@@ -101,8 +102,9 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
 
     summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
     colour = "green" if summary["status"] == "passed" else "red"
-    console.print(f"run id: [bold]{summary['run_id']}[/]\nstatus: [{colour}]{summary['status']}[/]\n"
-                  f"report: {summary['store']}")
+    failed_gates = f" ({', '.join(summary['failed_gates'])})" if summary["failed_gates"] else ""
+    console.print(f"run id: [bold]{summary['run_id']}[/]\nstatus: [{colour}]{summary['status']}[/]{escape(failed_gates)}"
+                  f"\nreport: {summary['store']}")
     return summary
 
 
@@ -145,9 +147,11 @@ def watch(spec: SpecArg, store: StoreOpt = None,
 @app.command()
 @exits
 def demo(store: ReadStoreOpt = DEFAULT_STORE) -> None:
-    """Train (or reuse) the two demo models, register them as versions 1 and 2 in a local MLflow registry, audit
-    both through the registry watcher's trigger, and show the runs."""
-    from flows.demo import audit_through_trigger, register_demo_models
+    """Train (or reuse) the two demo models; register the honest one as version 1 in a local MLflow registry, audit
+    it through the registry watcher's trigger and approve it; then register the shortcut one as version 2, audit
+    it against version 1 and write its HTML report, where the diff and the gates flag the shortcut."""
+    from flows.demo import review_story
+    from interp_audit.html_report import write_html
     from interp_ops.demo_models import ensure_demo_models
 
     root = Path(__file__).resolve().parent.parent
@@ -156,10 +160,13 @@ def demo(store: ReadStoreOpt = DEFAULT_STORE) -> None:
         extra = "" if model.val_accuracy_without_patch is None else \
             f", {model.val_accuracy_without_patch:.3f} with the corner patch removed"
         console.print(f"demo model {variant}: val accuracy {model.val_accuracy:.3f}{extra}")
-    register_demo_models(models, store)
-    audit_through_trigger(store)
+    shortcut_run = review_story(models, store)
     report_list(store=store)
-    console.print(f"\nquery it:  interp-audit report query \"SELECT model, version, avg(correct::INT) AS accuracy "
+    report_show(shortcut_run["run_id"], store=store)
+    html = write_html(store, shortcut_run["run_id"],
+                      Path(store) / f"{shortcut_run['model_name']}-v{shortcut_run['model_version']}.html")
+    console.print(f"\nthe review document of v{shortcut_run['model_version']}: {html.resolve()}", markup=False)
+    console.print(f"query it:  interp-audit report query \"SELECT model, version, avg(correct::INT) AS accuracy "
                   f"FROM predictions GROUP BY ALL\" --store {store}", markup=False)
 
 
@@ -246,6 +253,16 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
                           *(("-" if pd.isna(value) else str(int(value)))
                             for value in (row.detectors_above_baseline, row.baseline_detectors)))
         console.print(table)
+    gates = load_table(opened, "gate_results", run_id=run_row["run_id"])
+    for row in gates.itertuples():
+        colour = {"passed": "green", "failed": "red"}.get(row.outcome, "yellow")
+        value = "-" if pd.isna(row.value) else f"{row.value:.3g}"
+        console.print(f"gate {escape(row.gate)}: [{colour}]{row.outcome}[/] ({row.metric} = {value}; "
+                      f"{escape(row.detail)})")
+    diffs = load_table(opened, "version_diffs", run_id=run_row["run_id"])
+    for baseline, rows in diffs.groupby("baseline_run_id", sort=False):
+        console.print(f"compared with v{rows.baseline_version.iloc[0]} ({rows.baseline_basis.iloc[0]} run "
+                      f"{baseline[:8]}): " + "; ".join(_diff_headlines(rows)), markup=False)
     reviews, current = review_state(opened, run_row)
     for row in reviews.itertuples():
         state = "matches the current tables" if row.tables_sha256 == current else \
@@ -258,6 +275,79 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     for name in opened.tables_with_data():
         counts.add_row(name, str(len(load_table(opened, name, run_id=run_row["run_id"], as_arrow=True))))
     console.print(counts)
+
+
+@report_app.command("html")
+@exits
+def report_html(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+                store: ReadStoreOpt = DEFAULT_STORE,
+                output: Annotated[Optional[Path], typer.Option(
+                    "-o", "--output", help="HTML file to write (default: <run id>.html in the current folder).",
+                    dir_okay=False, show_default=False)] = None) -> None:
+    """One self-contained HTML page of a run for review: no scripts or external files, images inline."""
+    from interp_audit.html_report import write_html
+    from interp_audit.report import find_run
+    from interp_audit.store import ReportStore
+
+    opened = ReportStore.open(store)
+    run_row = find_run(opened, run_id)
+    path = write_html(opened, run_row["run_id"], output or Path(f"{run_row['run_id']}.html"))
+    size = path.stat().st_size
+    console.print(f"wrote {path} ({size / 1e6:.2f} MB)" if size >= 1e5 else f"wrote {path} ({size / 1e3:.1f} kB)",
+                  markup=False)
+
+
+def _diff_headlines(diffs) -> list[str]:
+    """One phrase per method of a version diff."""
+    overall = diffs[diffs.scope == "overall"].set_index(["method", "metric", "layer"])["value"]
+    lines = []
+    if ("lime", "topk_jaccard", "output") in overall.index:
+        lines.append(f"LIME top-k agreement {overall['lime', 'topk_jaccard', 'output']:.2f}, attribution shift "
+                     f"{overall['lime', 'attribution_shift', 'output']:.2f}")
+    dissection = diffs[(diffs.method == "dissection") & (diffs.scope == "overall")]
+    for row in dissection.itertuples():
+        lines.append(f"{row.layer} detectors {row.old_value:.0f} -> {row.new_value:.0f}")
+    actmax = diffs[(diffs.method == "activation_max") & (diffs.scope == "overall")]
+    for row in actmax.itertuples():
+        lines.append(f"{row.layer} render ratio {row.old_value:.2f} -> {row.new_value:.2f}")
+    return lines
+
+
+@report_app.command("diff")
+@exits
+def report_diff(model: Annotated[str, typer.Argument(help="Model name.")],
+                old_version: Annotated[str, typer.Argument(help="The earlier version (e.g. the one in production).")],
+                new_version: Annotated[str, typer.Argument(help="The version to compare with it.")],
+                store: ReadStoreOpt = DEFAULT_STORE,
+                limit: Annotated[int, typer.Option(help="Rows shown per method (all are written).", min=1)] = 10
+                ) -> None:
+    """What changed between two versions (their latest runs whose contracts held): LIME agreement per sample,
+    detectors gained and lost per concept, render-ratio changes per unit. Written to version_diffs once per pair."""
+    from interp_audit.report import diff_versions
+
+    diffs = diff_versions(store, model, old_version, new_version)
+    console.print(f"{model} v{old_version} -> v{new_version}: " + "; ".join(_diff_headlines(diffs)), markup=False)
+    lime = diffs[(diffs.method == "lime") & (diffs.scope == "sample")].pivot(index="item", columns="metric",
+                                                                           values="value")
+    if len(lime):
+        table = Table("sample", "top-k Jaccard", "attribution shift", title="LIME, least agreement first")
+        for item, row in lime.sort_values("topk_jaccard").head(limit).iterrows():
+            table.add_row(item, f"{row.topk_jaccard:.2f}", f"{row.attribution_shift:.2f}")
+        console.print(table)
+    concepts = diffs[(diffs.method == "dissection") & (diffs.scope == "concept") & (diffs.metric != "detectors")]
+    changed = concepts.pivot_table(index=["layer", "category", "item"], columns="metric", values="value").reset_index()
+    changed = changed[(changed.detectors_gained > 0) | (changed.detectors_lost > 0)] if len(changed) else changed
+    if len(changed):
+        table = Table("layer", "category", "concept", "gained", "lost", title="dissection: detectors per concept")
+        for row in changed.sort_values("detectors_lost", ascending=False).head(limit).itertuples():
+            table.add_row(row.layer, row.category, row.item, f"{row.detectors_gained:.0f}", f"{row.detectors_lost:.0f}")
+        console.print(table)
+    units = diffs[(diffs.method == "activation_max") & (diffs.scope == "unit")]
+    if len(units):
+        table = Table("layer", "unit", "ratio before", "ratio after", title="activation maximization, largest changes")
+        for row in units.reindex(units.value.abs().sort_values(ascending=False).index).head(limit).itertuples():
+            table.add_row(row.layer, row.item, f"{row.old_value:.2f}", f"{row.new_value:.2f}")
+        console.print(table)
 
 
 @report_app.command("query")

@@ -1,8 +1,10 @@
 """`interp-audit demo`: the demo models registered in a local MLflow registry and audited through the trigger path.
 
-Version 1 is the honest CNN and version 2 the shortcut CNN. The watcher (served with the triggered audit in a
-child process, as `interp-audit watch` runs in production) announces both versions, and each is audited once.
-Without PREFECT_API_URL a temporary local Prefect server carries the events for the length of the demo.
+The story of a review: version 1 (the honest CNN) is registered, audited and approved by a reviewer; then
+version 2 (the shortcut CNN) is registered and audited against the approved version 1, and the spec's gates
+catch its shortcut. The watcher (served with the triggered audit in a child process, as `interp-audit watch`
+runs in production) announces each version, and each is audited once. Without PREFECT_API_URL a temporary local
+Prefect server carries the events for the length of the demo. The demo ends with the HTML report of version 2.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ SPEC = Path(__file__).resolve().parent.parent / "deployments" / "specs" / "shape
 TIMEOUT_SECONDS = 900
 
 
-def register_demo_models(models: dict, store: str) -> str:
-    """Version 1 = honest, version 2 = shortcut, unless the local registry holds them already; returns its URI."""
+VARIANTS = ("honest", "shortcut")  # registered as versions 1 and 2
+REVIEWER = "demo-reviewer"
+
+
+def register_demo_model(models: dict, store: str, variant: str) -> str:
+    """Register the variant as the next version unless the local registry holds it already; its version."""
     from safetensors.torch import load_file
 
     from interp_audit import registry
@@ -33,13 +39,14 @@ def register_demo_models(models: dict, store: str) -> str:
 
     spec = load_spec(SPEC).spec
     uri = tracking_uri(spec.model, store)
-    for variant in ("honest", "shortcut")[len(registry.list_versions(uri, spec.model.name)):]:
+    version = str(VARIANTS.index(variant) + 1)
+    if version not in registry.list_versions(uri, spec.model.name):
         module = shapes_cnn()
         module.load_state_dict(load_file(models[variant].weights_path))
         version = registry.log_model(module, spec.model.name, "interp_ops.demo_models:shapes_cnn", uri,
                                      tags={"demo_variant": variant})
         progress.step(f"registered {spec.model.name} v{version} ({variant}) in {uri}")
-    return uri
+    return version
 
 
 @contextlib.contextmanager
@@ -61,30 +68,42 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
-def audit_through_trigger(store: str) -> None:
-    """Serve the watcher and the triggered audit, look at the registry once, and wait for both audits."""
+def review_story(models: dict, store: str) -> dict:
+    """Register, audit and approve version 1, then register and audit version 2; returns version 2's run."""
     from prefect.deployments import run_deployment
 
     from flows.registry import published_run
+    from interp_audit.report import approval, review_run
 
     loaded = load_spec(SPEC)
-    name = loaded.spec.name
+    name, model = loaded.spec.name, loaded.spec.model.name
     with prefect_api() as api_url:
         env = {**os.environ, "PREFECT_API_URL": api_url, "INTERP_AUDIT_STORE": store}
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(SPEC), "--store", store,
                                    "--interval", "3600"], env=env, start_new_session=True)
         try:
             _wait_for_deployment(f"interp-audit-watch/{name}-watch", served)
-            progress.step("watcher served; looking at the registry")
-            run_deployment(f"interp-audit-watch/{name}-watch", timeout=300)
-            deadline = time.monotonic() + TIMEOUT_SECONDS
-            while not all(published_run(store, loaded.spec.model.name, v, loaded.sha256) for v in ("1", "2")):
-                if served.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the triggered audits did not finish; see the output above")
-                time.sleep(2)
+            progress.step("watcher served")
+            runs = {}
+            for variant in VARIANTS:
+                version = register_demo_model(models, store, variant)
+                progress.step(f"looking at the registry for v{version} ({variant})")
+                run_deployment(f"interp-audit-watch/{name}-watch", timeout=300)
+                deadline = time.monotonic() + TIMEOUT_SECONDS
+                while not (run := published_run(store, model, version, loaded.sha256)):
+                    if served.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the triggered audit did not finish; see the output above")
+                    time.sleep(2)
+                runs[variant] = run
+                if variant == "honest" and run["status"] == "passed" and approval(store, run) is None:
+                    review_run(store, run["run_id"], approve=True, reviewer=REVIEWER,
+                               comment="demo: the honest model, approved as the baseline for later versions")
+                    progress.step(f"v{version} approved by {REVIEWER} (interp-audit review {run['run_id'][:8]} "
+                                  "--approve)")
         finally:
             os.killpg(served.pid, signal.SIGINT)
             served.wait(timeout=60)
+    return runs["shortcut"]
 
 
 def _wait_for_deployment(name: str, served: subprocess.Popen) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from interp_audit.diff import RunTables, version_diff
 from interp_audit.errors import NotFoundError, QueryError
+from interp_audit.gates import Baseline
 from interp_audit.store import ReportStore
 
 
@@ -73,12 +75,88 @@ def review_run(store: str | Path | ReportStore, run_id: str, *, approve: bool, r
         "reviewed_at": datetime.now(timezone.utc),
         "tables_sha256": opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"]),
     }
-    opened.append_review(row["review_id"], run["model_name"], run["model_version"], pa.Table.from_pylist([row]))
+    opened.append("reviews", row["review_id"], run["model_name"], run["model_version"], pa.Table.from_pylist([row]))
     return row
 
 
 def review_state(store: str | Path | ReportStore, run: dict) -> tuple[pd.DataFrame, str]:
     """A run's reviews, oldest first, and the current SHA-256 of its published tables to compare them with."""
     opened = _store(store)
-    reviews = opened.read("reviews", run_id=run["run_id"]).to_pandas().sort_values("reviewed_at")
-    return reviews, opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"])
+    return _reviews_of(opened, run), opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"])
+
+
+def _reviews_of(store: ReportStore, run: dict) -> pd.DataFrame:
+    return store.read("reviews", run_id=run["run_id"]).to_pandas().sort_values("reviewed_at")
+
+
+def run_tables(store: str | Path | ReportStore, run_id: str) -> RunTables:
+    """A published run's tables by name, for diffs and gates."""
+    opened = _store(store)
+    return lambda name: opened.read(name, run_id=run_id).to_pandas()
+
+
+def approval(store: str | Path | ReportStore, run: dict) -> pd.Timestamp | None:
+    """When the run's standing review approved it, if its latest review is an approval of the current tables."""
+    opened = _store(store)
+    reviews = _reviews_of(opened, run)
+    if reviews.empty or reviews.iloc[-1].decision != "approved":
+        return None
+    latest = reviews.iloc[-1]
+    current = opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"])
+    return latest.reviewed_at if latest.tables_sha256 == current else None
+
+
+def find_baseline(store: str | Path | ReportStore, model: str, version: str) -> Baseline | None:
+    """The run of another version of ``model`` to compare a new run with: the most recently approved one (whose
+    tables still match the approval), else the latest passed one; None when no other version has either."""
+    opened = _store(store)
+    runs = [run for run in opened.runs(model).to_pylist() if run["model_version"] != version]
+    approved = [(when, run) for run in runs if (when := approval(opened, run)) is not None]
+    if approved:
+        run = max(approved, key=lambda pair: pair[0])[1]
+        return Baseline(run["run_id"], run["model_version"], "approved")
+    passed = [run for run in runs if run["status"] == "passed"]
+    return Baseline(passed[-1]["run_id"], passed[-1]["model_version"], "passed") if passed else None
+
+
+COMPARABLE = ("passed", "failed_gates")  # runs whose tables held their contracts; a gate verdict does not spoil them
+
+
+def latest_comparable_run(store: str | Path | ReportStore, model: str, version: str) -> dict:
+    """The latest run of a version whose contracts held (passed, or failed only its gates)."""
+    runs = _store(store).runs(model, version).to_pylist()
+    comparable = [run for run in runs if run["status"] in COMPARABLE]
+    if not comparable:
+        found = ", ".join(f"{run['run_id'][:8]} {run['status']}" for run in runs) or "no runs"
+        raise NotFoundError(f"{model} v{version} has no run whose contracts held ({found}); `interp-audit report "
+                            f"list --model {model}` shows the runs")
+    return comparable[-1]
+
+
+def diff_versions(store: str | Path | ReportStore, model: str, old_version: str, new_version: str) -> pd.DataFrame:
+    """``version_diffs`` rows between the latest runs of two versions whose contracts held; computed and appended
+    (in a file of their own) the first time, read back after."""
+    import uuid
+
+    opened = _store(store)
+    old, new = (latest_comparable_run(opened, model, v) for v in (old_version, new_version))
+    def recorded() -> pd.DataFrame:
+        diffs = opened.read("version_diffs", run_id=new["run_id"]).to_pandas()
+        return diffs[diffs["baseline_run_id"] == old["run_id"]].reset_index(drop=True)
+
+    if len(recorded()):
+        return recorded()
+    rows = version_diff(run_tables(opened, old["run_id"]), run_tables(opened, new["run_id"]))
+    if not rows:
+        raise NotFoundError(f"{model} v{old_version} and v{new_version} share no method results to compare "
+                            "(same samples for LIME, same layers for dissection and activation maximization)")
+    table = diff_table(new["run_id"], Baseline(old["run_id"], old_version, "requested"), rows)
+    file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"version-diff:{old['run_id']}:{new['run_id']}"))
+    opened.append("version_diffs", file_id, model, new_version, table)
+    return recorded()
+
+
+def diff_table(run_id: str, baseline: Baseline, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{"run_id": run_id, "baseline_run_id": baseline.run_id,
+                                  "baseline_version": baseline.version, "baseline_basis": baseline.basis, **row}
+                                 for row in rows])

@@ -275,6 +275,85 @@ class OpsSpec(StrictModel):
     dissection: DissectionSpec | None = None
 
 
+class RegionSpec(StrictModel):
+    """An image region as fractions of width and height: the four corner squares, or explicit boxes."""
+
+    corners: Annotated[float, _check(lambda v: 0 < v <= 0.5, "must be in (0, 0.5]")] | None = Field(
+        None, description="side of the four corner squares, as a fraction of the image side")
+    boxes: list[tuple[float, float, float, float]] | None = Field(
+        None, min_length=1, description="[x0, y0, x1, y1] boxes, fractions of width and height (0,0 = top left)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RegionSpec:
+        if (self.corners is None) == (self.boxes is None):
+            raise ValueError("give exactly one of corners (e.g. corners: 0.15) or boxes (e.g. boxes: [[0, 0, 0.2, 0.2]])")
+        for index, (x0, y0, x1, y1) in enumerate(self.boxes or []):
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError(f"boxes[{index}]: must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+                                 f"0 <= y0 < y1 <= 1 (got {[x0, y0, x1, y1]})")
+        return self
+
+    def as_boxes(self) -> list[tuple[float, float, float, float]]:
+        if self.boxes is not None:
+            return list(self.boxes)
+        c = self.corners
+        return [(0, 0, c, c), (1 - c, 0, 1, c), (0, 1 - c, c, 1), (1 - c, 1 - c, 1, 1)]
+
+
+class _GateBase(StrictModel):
+    """A verdict on one aggregate metric, evaluated after the contracts; a failed gate fails the run."""
+
+    name: SafeName | None = Field(None, description="name in gate_results (default: the metric)")
+    min: float | None = Field(None, description="lowest passing value")
+    max: float | None = Field(None, description="highest passing value")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.metric
+
+
+class DetectorsGate(_GateBase):
+    metric: Literal["dissection.detectors", "dissection.detectors_above_baseline"] = Field(
+        description="units detecting a concept (above_baseline: beating the random-init model on it)")
+    layer: str | None = Field(None, description="only this dissected layer (default: all)")
+    category: str | None = Field(None, description="only concepts of this category (default: all)")
+
+
+class LimeRegionGate(_GateBase):
+    metric: Literal["lime.region_share"] = Field(
+        description="mean share of the positive LIME attribution that falls inside the region (images)")
+    region: RegionSpec
+
+
+class DiffGate(_GateBase):
+    metric: Literal["lime.agreement", "dissection.detectors_lost", "activation_max.ratio_change"] = Field(
+        description="against the baseline version: mean top-k Jaccard of LIME, detectors lost, mean change "
+                    "of the render ratio")
+    against: Literal["approved", "passed"] = Field(
+        "approved", description="baseline: the latest approved version, or also the latest passed one")
+
+
+class ActmaxGate(_GateBase):
+    metric: Literal["activation_max.share_beating_dataset"] = Field(
+        description="share of rendered units whose render drives them past every dataset image")
+
+
+GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate)
+Gate = Annotated[Union[GATES], Field(discriminator="metric")]
+
+
+def gate_metrics() -> list[str]:
+    return [metric for gate in GATES for metric in gate.model_fields["metric"].annotation.__args__]
+
+
 class ReportSpec(StrictModel):
     store: str = Field("./reports", description="local path or a pyarrow/fsspec filesystem URI")
 
@@ -311,6 +390,8 @@ class AuditSpec(StrictModel):
     contracts: dict[str, float] = Field(default_factory=dict, description="threshold key -> value")
     report: ReportSpec = Field(default_factory=ReportSpec)
     schedule: ScheduleSpec | None = None
+    gates: list[Gate] = Field(default_factory=list, description="verdicts on metrics and on the diff with the "
+                                                                "baseline version, evaluated after the contracts")
 
     @field_validator("contracts")
     @classmethod
@@ -364,6 +445,25 @@ class AuditSpec(StrictModel):
         return self
 
 
+    @model_validator(mode="after")
+    def _gates_fit_ops(self) -> AuditSpec:
+        seen = set()
+        for index, gate in enumerate(self.gates):
+            method = gate.metric.split(".")[0]
+            if getattr(self.ops, method) is None:
+                raise ValueError(f"gates[{index}]: {gate.metric} measures {method}, which the spec does not run; "
+                                 f"add ops.{method} or remove the gate")
+            if isinstance(gate, LimeRegionGate) and len(self.model.input.shape) != 3:
+                raise ValueError(f"gates[{index}]: lime.region_share needs an image model")
+            if isinstance(gate, DetectorsGate) and gate.layer is not None and \
+                    gate.layer not in (self.ops.dissection.layers or self.model.layers):
+                raise ValueError(f"gates[{index}].layer: {gate.layer!r} is not a dissected layer "
+                                 f"{self.ops.dissection.layers or self.model.layers}")
+            if gate.label in seen:
+                raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")
+            seen.add(gate.label)
+        return self
+
     def selected_methods(self, only: list[str] | None = None) -> list[str]:
         """The spec's method blocks, narrowed by ``--only``; a name the spec does not declare is bad input."""
         declared = [name for name in OpsSpec.model_fields if getattr(self.ops, name) is not None]
@@ -390,7 +490,8 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("torch", "onnx", "mlflow") and path == "model":
+        elif part in ("torch", "onnx", "mlflow") and path == "model" or isinstance(part, str) and path.endswith("]") \
+                and path.startswith("gates[") and "." in part and "[" not in part:
             continue  # discriminator tag, not a key the user wrote
         elif isinstance(part, str) and (part.startswith("function-") or "[" in part or part in UNION_BRANCHES):
             continue  # which branch of a union pydantic tried: not a key the user wrote
@@ -431,14 +532,18 @@ def format_validation_error(error: ValidationError) -> list[str]:
         kind = item["type"]
         got = item.get("input")
         if kind in ("union_tag_invalid", "union_tag_not_found"):
-            loc.append("source")
-            got = (item.get("ctx") or {}).get("tag")
+            ctx = item.get("ctx") or {}
+            loc.append(str(ctx.get("discriminator", "source")).strip("'"))
+            got = ctx.get("tag")
         where = _format_loc(tuple(loc))
         if kind == "value_error":
             text = str(item["msg"]).removeprefix("Value error, ")
             got = None  # our own messages already say what they got
         elif kind == "literal_error":
             text = f"must be {item['ctx']['expected']}"
+        elif kind in ("union_tag_invalid", "union_tag_not_found") and loc[-1] == "metric":
+            text = ("must be" if kind == "union_tag_invalid" else "is required:") + \
+                f" one of {', '.join(gate_metrics())}"
         else:
             text = _FRIENDLY.get(kind, item["msg"])
         if kind == "extra_forbidden" and where.startswith("ops.") and where.count(".") == 1:

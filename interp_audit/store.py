@@ -81,15 +81,17 @@ class ReportStore:
                 digest.update(stream.read())
         return digest.hexdigest()
 
-    def append_review(self, review_id: str, model: str, version: str, review: pa.Table) -> None:
-        """Add one review in a file of its own, written aside and moved into place; nothing is ever rewritten."""
-        staging = self._partition(REVIEWS_TABLE, model, version, self._path(STAGING, review_id))
+    def append(self, table: str, file_id: str, model: str, version: str, rows: pa.Table) -> None:
+        """Add rows in a file of their own (reviews, requested diffs), written aside and moved into place.
+
+        Nothing is ever rewritten, and these files are not the run's own, so they are outside ``tables_sha256``."""
+        staging = self._partition(table, model, version, self._path(STAGING, file_id))
         self.filesystem.create_dir(staging, recursive=True)
-        pq.write_table(conform(REVIEWS_TABLE, review), f"{staging}/{review_id}.parquet", filesystem=self.filesystem)
-        target = self._partition(REVIEWS_TABLE, model, version)
+        pq.write_table(conform(table, rows), f"{staging}/{file_id}.parquet", filesystem=self.filesystem)
+        target = self._partition(table, model, version)
         self.filesystem.create_dir(target, recursive=True)
-        self.filesystem.move(f"{staging}/{review_id}.parquet", f"{target}/{review_id}.parquet")
-        self.filesystem.delete_dir(self._path(STAGING, review_id))
+        self.filesystem.move(f"{staging}/{file_id}.parquet", f"{target}/{file_id}.parquet")
+        self.filesystem.delete_dir(self._path(STAGING, file_id))
 
     def discard(self, run_id: str) -> None:
         staging = self._path(STAGING, run_id)

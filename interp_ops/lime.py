@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from interp_ops.images import png_bytes
+from interp_ops.images import label_map_png, png_bytes
 
 
 class LimeInputError(ValueError):
@@ -400,7 +400,7 @@ class LimeResult:
     intercept, local_prediction (the surrogate's with every feature on), r2_in_sample, r2_heldout (None
     without held-out rows), prediction_gap (|local_prediction - probability|), stability (mean pairwise
     Jaccard of the top-k sets over the stability seeds; None for one seed), deletion_auc, insertion_auc,
-    kernel_width, num_samples, num_features, top_features, and for images overlay_png.
+    kernel_width, num_samples, num_features, top_features, and for images overlay_png and segments_png (the superpixel map).
     attributions, one row per sample x label x feature: sample_index, label, feature (the original segment
     id, or the feature name), weight, rank (1 = most positive weight for images, largest |weight| for tables), and area_fraction (images) or bin
     (tables: the instance's quartile bin, named as lime names it).
@@ -553,7 +553,8 @@ class ImageLime:
         area_fractions = [np.bincount(index) / pixels for index in segment_of_pixel]
         explanations, attributions = _tables(
             fits, [names.tolist() for names in ids], top_k=top_k, kernel_width=kernel_width, num_samples=num_samples,
-            explanation_extra=lambda i, top: {"overlay_png": overlay_png(display[i], segment_maps[i], ids[i][top])},
+            explanation_extra=lambda i, top: {"overlay_png": overlay_png(display[i], segment_maps[i], ids[i][top]),
+                                             "segments_png": label_map_png(segment_maps[i])},
             attribution_extra=lambda i, feature: {"area_fraction": float(area_fractions[i][feature])},
         )
         return LimeResult(explanations, attributions, segment_maps)

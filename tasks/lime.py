@@ -46,7 +46,7 @@ def explain_with_lime(onnx_bytes: bytes, x: np.ndarray, sample_ids: list[str], s
                     x, per_sample_labels, kernel_width=params.kernel_width, **common)
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None
-    explanations = [{"overlay_png": None, **_with_sample(row, sample_ids)} for row in result.explanations]
+    explanations = [{"overlay_png": None, "segments_png": None, **_with_sample(row, sample_ids)} for row in result.explanations]
     for row in explanations:
         row["label_name"] = class_names[row["label"]] if class_names and row["label"] < len(class_names) else None
     # images have no bins and tables no superpixel areas: both columns exist in every run, null where not apt

@@ -222,3 +222,26 @@ def wait_for_triggered_runs(deployment: str, count: int, timeout: float = 180) -
                 return sorted(run.state.type.value for run in runs)
             time.sleep(2)
     raise AssertionError(f"fewer than {count} finished runs of {deployment} after {timeout} s")
+
+
+def test_a_failed_gate_fails_the_run_and_keeps_the_alias_off(tmp_path, registry_uri):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    register_gray(registry_uri)
+    # a region covering the whole image holds all of the attribution: a maximum of one half must fail
+    gate = {"name": "whole-image", "metric": "lime.region_share", "region": {"corners": 0.5}, "max": 0.5}
+    spec = write_spec(tmp_path, registry_uri, alias_on_pass="audited")
+    text = yaml.safe_load(spec.read_text())
+    text["ops"] = {"lime": {"samples": 2, "num_samples": 50, "stability_seeds": 1, "heldout_samples": 0,
+                            "segmentation": {"method": "slic", "n_segments": 8}}}
+    text["gates"] = [gate]
+    spec.write_text(yaml.safe_dump(text))
+    code, output = cli("run", spec)
+    assert code == 1 and "status: failed_gates (whole-image)" in output, output
+    (gate_row,) = report.load_table(tmp_path / "reports", "gate_results").itertuples()
+    assert gate_row.outcome == "failed" and gate_row.value == pytest.approx(1.0)
+    assert version_tags(registry_uri, "gray-net", "1")["interp_audit.status"] == "failed_gates"
+    with pytest.raises(MlflowException):
+        MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri).get_model_version_by_alias(
+            "gray-net", "audited")

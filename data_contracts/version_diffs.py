@@ -1,0 +1,44 @@
+"""`version_diffs`: what changed, per method, between the run of one model version and an earlier version's run."""
+
+import pyarrow as pa
+
+from data_contracts._core import RUN_ID, TableContract, Threshold, column
+
+CONTRACT = TableContract(
+    name="version_diffs",
+    description="One row per compared item (sample, concept, category, unit) and metric between the newer run "
+    "(run_id) and a run of an earlier version of the same model (baseline_run_id).",
+    schema=pa.schema(
+        [
+            RUN_ID,
+            column("baseline_run_id", pa.string(), "The earlier version's run this run is compared with."),
+            column("baseline_version", pa.string(), "Model version of the baseline run."),
+            column("baseline_basis", pa.string(),
+                   "How the baseline was chosen: `approved` (latest approved version whose tables still match "
+                   "the approval), `passed` (latest passed version, none approved) or `requested` (report diff)."),
+            column("method", pa.string(), "lime, dissection or activation_max."),
+            column("metric", pa.string(),
+                   "lime: topk_jaccard (top-k superpixel sets, same segmentation), attribution_shift (total "
+                   "variation between the normalized |weight| distributions, 0 same to 1 disjoint); dissection: "
+                   "detectors, detectors_gained, detectors_lost (units); activation_max: ratio (render "
+                   "activation / dataset max)."),
+            column("scope", pa.string(), "What a row is about: sample, concept, category, unit, or overall (mean "
+                                         "or total over the others)."),
+            column("layer", pa.string(), "Layer compared (`output` for LIME, which explains the model output)."),
+            column("item", pa.string(), "Sample id, concept name, category, unit index, or `*` for overall."),
+            column("category", pa.string(), "Concept category (dissection), else null.", nullable=True),
+            column("old_value", pa.float64(), "The metric in the baseline run, where it has one.", nullable=True),
+            column("new_value", pa.float64(), "The metric in this run, where it has one.", nullable=True),
+            column("value", pa.float64(), "The comparison: agreement or shift (lime), new - old (others)."),
+        ]
+    ),
+    unique_key=("run_id", "baseline_run_id", "method", "metric", "scope", "layer", "item"),
+    allowed_values={
+        "baseline_basis": ("approved", "passed", "requested"),
+        "method": ("lime", "dissection", "activation_max"),
+        "scope": ("sample", "concept", "category", "unit", "overall"),
+    },
+    ranges={},
+)
+
+THRESHOLDS: tuple[Threshold, ...] = ()

@@ -1,0 +1,156 @@
+"""What changed between the runs of two versions of a model: the rows of the ``version_diffs`` table.
+
+Each method is compared only where both runs measured the same thing: LIME on the same samples and labels with
+the same superpixels, dissection on the same layers (units are matched by index), activation maximization on
+the units of layers both runs rendered. Everything here works on a run's tables as pandas frames (``RunTables``),
+so the flow can diff its own tables before they are published and ``report diff`` can diff two published runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from interp_ops.images import read_label_map_png
+
+RunTables = Callable[[str], pd.DataFrame]
+"""A run's table by name (an empty frame where the run has none)."""
+
+LIME_LAYER = "output"  # LIME explains the model output, not a layer
+
+
+def tables_of(tables: Mapping[str, object]) -> RunTables:
+    """``RunTables`` over in-memory Arrow tables (the flow's, before publishing)."""
+
+    def table(name: str) -> pd.DataFrame:
+        data = tables.get(name)
+        return pd.DataFrame() if data is None else data.to_pandas()
+
+    return table
+
+
+def version_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Rows of ``version_diffs`` (without the run and baseline columns) for every method both runs have."""
+    return [*lime_diff(old, new), *dissection_diff(old, new), *actmax_diff(old, new)]
+
+
+def _row(method: str, metric: str, scope: str, layer: str, item: str, value: float, old_value=None, new_value=None,
+         category: str | None = None) -> dict:
+    return {"method": method, "metric": metric, "scope": scope, "layer": layer, "item": item, "category": category,
+            "old_value": old_value, "new_value": new_value, "value": float(value)}
+
+
+# ------------------------------------------------------------------------------------------------------ LIME
+
+def _explained(run: RunTables) -> pd.DataFrame:
+    """One row per sample and label position (the k-th label explained for the sample), with its weights."""
+    explanations = run("lime_explanations")
+    if explanations.empty:
+        return explanations
+    explanations = explanations.sort_values(["sample_id", "label"]).copy()
+    explanations["position"] = explanations.groupby("sample_id").cumcount()
+    attributions = run("lime_attributions")
+    weights = {key: dict(zip(group["feature"], group["weight"]))
+               for key, group in attributions.groupby(["sample_id", "label"])}
+    explanations["weights"] = [weights.get((s, label), {}) for s, label in
+                               zip(explanations["sample_id"], explanations["label"])]
+    return explanations
+
+
+def _same_features(old: pd.Series, new: pd.Series) -> bool:
+    """Superpixel ids mean the same pixels in both runs (same segmentation); tabular features always do."""
+    if old["segments_png"] is None or new["segments_png"] is None:
+        return old["segments_png"] is None and new["segments_png"] is None
+    return old["segments_png"] == new["segments_png"] or np.array_equal(
+        read_label_map_png(old["segments_png"]), read_label_map_png(new["segments_png"]))
+
+
+def attribution_shift(old: Mapping[str, float], new: Mapping[str, float]) -> float:
+    """Total variation between the two |weight| distributions over the features: 0 same, 1 disjoint."""
+    features = sorted(set(old) | set(new))
+    p = np.abs([old.get(f, 0.0) for f in features])
+    q = np.abs([new.get(f, 0.0) for f in features])
+    if p.sum() == 0 or q.sum() == 0:
+        return float(p.sum() != q.sum())
+    return float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def lime_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Per sample: Jaccard of the top-k features and the attribution shift; overall: their means."""
+    before, after = _explained(old), _explained(new)
+    if before.empty or after.empty:
+        return []
+    pairs = before.merge(after, on=["sample_id", "position"], suffixes=("_old", "_new"))
+    rows = []
+    for pair in pairs.to_dict("records"):
+        old_side = pd.Series({key[:-4]: value for key, value in pair.items() if key.endswith("_old")})
+        new_side = pd.Series({key[:-4]: value for key, value in pair.items() if key.endswith("_new")})
+        if not _same_features(old_side, new_side):
+            continue
+        top_old, top_new = set(old_side["top_features"]), set(new_side["top_features"])
+        jaccard = len(top_old & top_new) / len(top_old | top_new)
+        item = pair["sample_id"] if pair["position"] == 0 else f"{pair['sample_id']}#{pair['position']}"
+        rows.append(_row("lime", "topk_jaccard", "sample", LIME_LAYER, item, jaccard))
+        rows.append(_row("lime", "attribution_shift", "sample", LIME_LAYER, item,
+                         attribution_shift(old_side["weights"], new_side["weights"])))
+    for metric in ("topk_jaccard", "attribution_shift"):
+        values = [row["value"] for row in rows if row["metric"] == metric]
+        if values:
+            rows.append(_row("lime", metric, "overall", LIME_LAYER, "*", float(np.mean(values))))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ dissection
+
+def dissection_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Detectors per concept and per category of each layer both runs dissected: counts, gained, lost."""
+    before, after = old("dissection_units"), new("dissection_units")
+    if before.empty or after.empty:
+        return []
+    columns = ["layer", "unit", "concept", "category", "is_detector"]
+    units = before[columns].merge(after[columns], on=["layer", "unit"], suffixes=("_old", "_new"))
+    rows = []
+    for layer, group in units.groupby("layer", sort=True):
+        for scope, key in (("concept", "concept"), ("category", "category")):
+            detected_old = group[key + "_old"].where(group["is_detector_old"])
+            detected_new = group[key + "_new"].where(group["is_detector_new"])
+            categories = dict(zip(group["concept_old"], group["category_old"])) | \
+                dict(zip(group["concept_new"], group["category_new"]))
+            for item in sorted(set(detected_old.dropna()) | set(detected_new.dropna())):
+                count_old, count_new = int((detected_old == item).sum()), int((detected_new == item).sum())
+                gained = int(((detected_new == item) & (detected_old != item)).sum())
+                lost = int(((detected_old == item) & (detected_new != item)).sum())
+                category = categories[item] if scope == "concept" else item
+                rows += [
+                    _row("dissection", "detectors", scope, layer, item, count_new - count_old, count_old, count_new,
+                         category),
+                    _row("dissection", "detectors_gained", scope, layer, item, gained, category=category),
+                    _row("dissection", "detectors_lost", scope, layer, item, lost, category=category),
+                ]
+        total_old, total_new = int(group["is_detector_old"].sum()), int(group["is_detector_new"].sum())
+        rows.append(_row("dissection", "detectors", "overall", layer, "*", total_new - total_old, total_old, total_new))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ activation maximization
+
+def actmax_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Per unit of the layers both runs rendered: the change in the render-to-dataset ratio (first render), for the
+    units that have a ratio in both runs."""
+    before, after = old("actmax_units"), new("actmax_units")
+    if before.empty or after.empty:
+        return []
+    columns = ["layer", "unit", "ratio"]
+    units = before[before["render"] == 0][columns].merge(after[after["render"] == 0][columns], on=["layer", "unit"],
+                                                         suffixes=("_old", "_new"))
+    units = units.dropna(subset=["ratio_old", "ratio_new"])  # no ratio where the data never drives the unit above 0
+    rows = [_row("activation_max", "ratio", "unit", unit["layer"], str(unit["unit"]),
+                 unit["ratio_new"] - unit["ratio_old"], unit["ratio_old"], unit["ratio_new"])
+            for unit in units.sort_values(["layer", "unit"]).to_dict("records")]
+    for layer, group in units.groupby("layer", sort=True):
+        rows.append(_row("activation_max", "ratio", "overall", layer, "*",
+                         group["ratio_new"].mean() - group["ratio_old"].mean(),
+                         group["ratio_old"].mean(), group["ratio_new"].mean()))
+    return rows

@@ -1,0 +1,146 @@
+"""The spec's gates: one verdict per gate on a metric of the run or of its diff with the baseline version.
+
+Contracts check every row of a table; gates judge the run as a whole ("at least 20 detectors", "at most 30% of
+the LIME attribution in the corners", "LIME agrees with the approved version"). A gate that has nothing to
+measure (no baseline version yet, no rows) is ``skipped``, never passed or failed silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from interp_audit.diff import RunTables
+from interp_audit.spec import ActmaxGate, DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
+from interp_ops.images import read_label_map_png
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The earlier version's run a run was compared with, and how it was chosen (approved or passed)."""
+
+    run_id: str
+    version: str
+    basis: str
+
+
+def evaluate_gates(gates: list, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> list[dict]:
+    """One ``gate_results`` row (without run_id) per gate."""
+    return [_verdict(gate, *_measure(gate, run, diffs, baseline)) for gate in gates]
+
+
+def _verdict(gate, value: float | None, detail: str) -> dict:
+    if value is None:
+        outcome = "skipped"
+    else:
+        low = gate.min is None or value >= gate.min
+        high = gate.max is None or value <= gate.max
+        outcome = "passed" if low and high else "failed"
+    return {"gate": gate.label, "metric": gate.metric,
+            "params": json.dumps(gate.model_dump(exclude_none=True), sort_keys=True),
+            "value": value, "min": gate.min, "max": gate.max, "outcome": outcome, "detail": detail}
+
+
+def _measure(gate, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> tuple[float | None, str]:
+    if isinstance(gate, DetectorsGate):
+        return _detectors(gate, run("dissection_units"))
+    if isinstance(gate, LimeRegionGate):
+        return _region_share(gate.region, run("lime_explanations"), run("lime_attributions"))
+    if isinstance(gate, ActmaxGate):
+        units = run("actmax_units")
+        if units.empty:
+            return None, "no activation-maximization renders in this run"
+        beating = units["final_activation"] >= units["dataset_max"]
+        return float(beating.mean()), f"{int(beating.sum())} of {len(units)} renders beat every dataset image"
+    return _diff_metric(gate, diffs, baseline)
+
+
+def _detectors(gate: DetectorsGate, units: pd.DataFrame) -> tuple[float | None, str]:
+    if units.empty:
+        return None, "no dissection in this run"
+    chosen = units[units["is_detector"]]
+    if gate.metric == "dissection.detectors_above_baseline":
+        chosen = chosen[chosen["iou"] > chosen["baseline_max_iou"].fillna(-np.inf)]
+    scope = [f"layer {gate.layer}"] if gate.layer else []
+    if gate.layer:
+        chosen = chosen[chosen["layer"] == gate.layer]
+    if gate.category:
+        chosen, scope = chosen[chosen["category"] == gate.category], [*scope, f"category {gate.category}"]
+    where = " in " + ", ".join(scope) if scope else ""
+    return float(len(chosen)), f"{len(chosen)} detector units{where}"
+
+
+def region_mask(region: RegionSpec, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: the pixels whose centres lie inside the region's boxes."""
+    ys, xs = (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in region.as_boxes():
+        mask |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+    return mask
+
+
+def region_share(segments: np.ndarray, weights: np.ndarray, region: np.ndarray) -> float | None:
+    """Share of the positive attribution inside the region, each superpixel's weight spread over its pixels.
+
+    ``segments`` holds each pixel's superpixel rank and ``weights`` the weight by rank; None without positive
+    weight (nothing supports the label, so nothing can sit in the region)."""
+    positive = np.clip(weights, 0, None)
+    if positive.sum() <= 0:
+        return None
+    areas = np.bincount(segments.ravel(), minlength=len(weights))
+    inside = np.bincount(segments.ravel(), weights=region.ravel().astype(float), minlength=len(weights))
+    return float((positive * inside / np.maximum(areas, 1)).sum() / positive.sum())
+
+
+def _region_share(region: RegionSpec, explanations: pd.DataFrame, attributions: pd.DataFrame):
+    if explanations.empty or explanations["segments_png"].isna().all():
+        return None, "no image LIME explanations in this run"
+    weights = {key: group for key, group in attributions.groupby(["sample_id", "label"])}
+    shares = []
+    for row in explanations.itertuples():
+        if row.segments_png is None:
+            continue
+        segments = read_label_map_png(row.segments_png)
+        features = weights[(row.sample_id, row.label)]
+        by_rank = features.assign(id=features["feature"].astype(np.int64)).sort_values("id")["weight"].to_numpy()
+        share = region_share(segments, by_rank, region_mask(region, *segments.shape))
+        if share is not None:
+            shares.append(share)
+    if not shares:
+        return None, "no explanation has a superpixel with positive weight"
+    return float(np.mean(shares)), (f"mean over {len(shares)} explanations (largest {max(shares):.3f}); region "
+                                    f"{region.model_dump(exclude_none=True)}")
+
+
+DIFF_METRICS = {  # gate metric -> (version_diffs method, metric, scope) whose overall rows it reads
+    "lime.agreement": ("lime", "topk_jaccard", "overall"),
+    "dissection.detectors_lost": ("dissection", "detectors_lost", "category"),
+    "activation_max.ratio_change": ("activation_max", "ratio", "overall"),
+}
+
+
+def _diff_metric(gate: DiffGate, diffs: list[dict], baseline: Baseline | None) -> tuple[float | None, str]:
+    if baseline is None:
+        return None, "no earlier version to compare with (this is the first audited version)"
+    if gate.against == "approved" and baseline.basis != "approved":
+        return None, (f"no approved earlier version; compared with passed v{baseline.version} instead (see "
+                      "version_diffs), which this gate does not accept (against: approved)")
+    method, metric, scope = DIFF_METRICS[gate.metric]
+    rows = [row for row in diffs if (row["method"], row["metric"], row["scope"]) == (method, metric, scope)]
+    if not rows:
+        return None, f"v{baseline.version} and this run share no {method} results to compare"
+    against = f"v{baseline.version} ({baseline.basis}, run {baseline.run_id[:8]})"
+    if gate.metric == "lime.agreement":
+        (row,) = rows
+        compared = sum(r["metric"] == "topk_jaccard" and r["scope"] == "sample" for r in diffs)
+        return row["value"], f"mean top-k Jaccard over {compared} explanations against {against}"
+    if gate.metric == "dissection.detectors_lost":
+        lost = sum(row["value"] for row in rows)
+        return float(lost), f"detector units lost (per category, {len({r['layer'] for r in rows})} layer(s)) " \
+                            f"against {against}"
+    change = float(np.mean([row["value"] for row in rows]))
+    return change, f"mean change of the render ratio over {len(rows)} layer(s) against {against}"
+

@@ -1,0 +1,27 @@
+"""Review tasks: the diff with the baseline version and the spec's gates, both before the report is published."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from prefect import task
+
+from interp_audit.diff import tables_of, version_diff
+from interp_audit.gates import Baseline, evaluate_gates
+from interp_audit.report import find_baseline, run_tables
+
+
+@task(name="compare-with-baseline", retries=2, retry_delay_seconds=2)
+def compare_with_baseline(store_uri: str, model: str, version: str,
+                          tables: dict[str, pa.Table]) -> tuple[list[dict], Baseline | None]:
+    """``version_diffs`` rows against the approved (else the latest passed) run of another version of the model.
+
+    Retries cover a transient fault reading the report store."""
+    baseline = find_baseline(store_uri, model, version)
+    if baseline is None:
+        return [], None
+    return version_diff(run_tables(store_uri, baseline.run_id), tables_of(tables)), baseline
+
+
+@task(name="gates")
+def check_gates(gates: list, tables: dict[str, pa.Table], diffs: list[dict], baseline: Baseline | None) -> list[dict]:
+    return evaluate_gates(gates, tables_of(tables), diffs, baseline)

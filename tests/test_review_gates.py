@@ -1,0 +1,121 @@
+"""Governance review: the diff with the approved version and the spec's gates catch the shortcut model.
+
+Real audits of the demo CNNs: version 1 honest (approved), version 2 the Clever-Hans model trained with a colour
+patch in the top-left corner, version 3 an honest model retrained with another seed.
+"""
+
+import pytest
+import yaml
+from chromium import open_in_chromium
+from test_html_report import assert_clean, assert_self_contained
+from typer.testing import CliRunner
+
+from flows.cli import app
+from interp_audit import report
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+runner = CliRunner()
+
+CORNER_GATE = {"name": "corner-shortcut", "metric": "lime.region_share", "region": {"boxes": [[0, 0, 0.15, 0.15]]},
+               "max": 0.1}
+AGREEMENT_GATE = {"name": "agrees-with-approved", "metric": "lime.agreement", "against": "approved", "min": 0.35}
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def retrained_honest(tmp_path_factory):
+    """The honest demo CNN trained again with another seed (about 30 s on two cores)."""
+    from interp_ops.demo_models import train_demo_model
+
+    return train_demo_model("honest", tmp_path_factory.mktemp("retrained"), seed=1)
+
+
+def lime_spec(tmp_path, weights, version: str) -> str:
+    """The registry demo's LIME settings and gates, on the same patched scenes for every version."""
+    spec = {
+        "name": "review-demo", "seed": 0,
+        "model": {"source": "torch", "name": "shapes-cnn", "version": version,
+                  "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights),
+                  "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3,
+                            "class_names": ["circle", "square", "triangle"]}},
+        "data": "builtin:shapes-shortcut?split=val&n=16",
+        "ops": {"lime": {"samples": 16, "hide": 0.0, "segmentation": {"method": "slic", "n_segments": 30},
+                         "stability_seeds": 1, "heldout_samples": 0}},
+        "gates": [CORNER_GATE, AGREEMENT_GATE],
+        "report": {"store": str(tmp_path / "reports")},
+    }
+    path = tmp_path / f"spec-v{version}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def gates_of(store, version: str) -> dict:
+    (run_id,) = report.list_runs(store, version=version).run_id
+    rows = report.load_table(store, "gate_results", run_id=run_id)
+    return {row.gate: row for row in rows.itertuples()}
+
+
+def agreement(store, version: str) -> float:
+    (run_id,) = report.list_runs(store, version=version).run_id
+    diffs = report.load_table(store, "version_diffs", run_id=run_id)
+    overall = diffs[(diffs.metric == "topk_jaccard") & (diffs.scope == "overall")]
+    assert overall.baseline_version.tolist() == ["1"] and overall.baseline_basis.tolist() == ["approved"]
+    return float(overall.value.iloc[0])
+
+
+def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_one(tmp_path, trained,
+                                                                                  retrained_honest):
+    store = tmp_path / "reports"
+    code, output = cli("run", lime_spec(tmp_path, trained["honest"].weights_path, "1"))
+    assert code == 0, output
+    v1 = gates_of(store, "1")
+    assert v1["corner-shortcut"].outcome == "passed"
+    assert v1["agrees-with-approved"].outcome == "skipped"  # nothing approved yet: not passed, not failed
+    (v1_run,) = report.list_runs(store, version="1").run_id
+    assert cli("review", v1_run, "--approve", "--reviewer", "ada", "--store", store)[0] == 0
+
+    code, output = cli("run", lime_spec(tmp_path, trained["shortcut"].weights_path, "2"))
+    assert code == 1 and "failed_gates (corner-shortcut, agrees-with-approved)" in output, output
+    v2 = gates_of(store, "2")
+    assert v2["corner-shortcut"].outcome == "failed" and v2["corner-shortcut"].value > 0.15
+    assert v2["agrees-with-approved"].outcome == "failed"
+
+    code, output = cli("run", lime_spec(tmp_path, retrained_honest.weights_path, "3"))
+    assert code == 0, output
+    v3 = gates_of(store, "3")
+    assert v3["corner-shortcut"].outcome == "passed" and v3["agrees-with-approved"].outcome == "passed"
+
+    # the ground truth: two honest models agree with each other far more than the shortcut model agrees with either
+    shortcut, retrained = agreement(store, "2"), agreement(store, "3")
+    assert shortcut < 0.3 and retrained > shortcut + 0.15, (shortcut, retrained)
+    assert v1["corner-shortcut"].value < 0.05 and v3["corner-shortcut"].value < 0.05
+
+    assert report.list_runs(store).set_index("model_version").status.to_dict() == \
+        {"1": "passed", "2": "failed_gates", "3": "passed"}
+    code, output = cli("report", "show", report.list_runs(store, version="2").run_id.iloc[0], "--store", store)
+    assert "gate corner-shortcut: failed" in output and "compared with v1 (approved run" in output, output
+    # report diff reads back what the audit recorded against the approved version: nothing is written twice
+    files = sorted((store / "version_diffs").rglob("*.parquet"))
+    code, output = cli("report", "diff", "shapes-cnn", "1", "2", "--store", store)
+    assert code == 0 and f"LIME top-k agreement {shortcut:.2f}" in output, output
+    assert sorted((store / "version_diffs").rglob("*.parquet")) == files
+    # a pair the audits did not compare is computed once, appended in a file of its own, then read back
+    code, output = cli("report", "diff", "shapes-cnn", "2", "3", "--store", store)
+    assert code == 0 and "LIME top-k agreement" in output, output
+    assert len(sorted((store / "version_diffs").rglob("*.parquet"))) == len(files) + 1
+    assert cli("report", "diff", "shapes-cnn", "2", "3", "--store", store)[1] == output
+    assert len(sorted((store / "version_diffs").rglob("*.parquet"))) == len(files) + 1
+
+    # the reviewer's document of version 2 shows the verdict, the failed gates and the diff with approved v1
+    html = tmp_path / "v2.html"
+    assert cli("report", "html", report.list_runs(store, version="2").run_id.iloc[0], "--store", store,
+               "-o", html)[0] == 0
+    assert_self_contained(html.read_text(encoding="utf-8"))
+    page = open_in_chromium(html)
+    assert_clean(page)
+    assert {"summary", "review", "gates", "diff", "lime", "reproducibility"} <= set(page.sections), page.sections
+    assert "failed_gates" in page.text and "corner-shortcut" in page.text and "approved" in page.text
