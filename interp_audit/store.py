@@ -85,10 +85,12 @@ class ReportStore:
         """Add rows in a file of their own (reviews, requested diffs), written aside and moved into place.
 
         Nothing is ever rewritten, and these files are not the run's own, so they are outside ``tables_sha256``."""
+        target = self._partition(table, model, version)
+        if self.filesystem.get_file_info(f"{target}/{file_id}.parquet").type != pafs.FileType.NotFound:
+            raise FileExistsError(f"{table}: {file_id} is recorded already and is never rewritten")
         staging = self._partition(table, model, version, self._path(STAGING, file_id))
         self.filesystem.create_dir(staging, recursive=True)
         pq.write_table(conform(table, rows), f"{staging}/{file_id}.parquet", filesystem=self.filesystem)
-        target = self._partition(table, model, version)
         self.filesystem.create_dir(target, recursive=True)
         self.filesystem.move(f"{staging}/{file_id}.parquet", f"{target}/{file_id}.parquet")
         self.filesystem.delete_dir(self._path(STAGING, file_id))

@@ -62,3 +62,18 @@ def test_reviewing_an_unknown_run_is_refused(tmp_path):
     code, output = cli("review", "nope", "--approve", "--reviewer", "ada", "--store", tmp_path)
     assert code == 2 and "no run with id 'nope'" in output, output
     assert not (tmp_path / "reviews").exists()
+
+
+def test_no_api_call_rewrites_a_recorded_review(tmp_path):
+    import pyarrow as pa
+    import pytest
+
+    store = published(tmp_path)
+    row = report.review_run(store, "r1", approve=True, reviewer="ada", comment="fine")
+    path = tmp_path / "reviews" / "model=m" / "version=1" / f"{row['review_id']}.parquet"
+    before = path.read_bytes()
+    forged = pa.Table.from_pylist([{**row, "decision": "rejected", "comment": "forged"}])
+    with pytest.raises(FileExistsError, match="never rewritten"):
+        store.append("reviews", row["review_id"], "m", "1", forged)
+    assert path.read_bytes() == before and report.load_table(tmp_path, "reviews").decision.tolist() == ["approved"]
+    assert not (tmp_path / "_staging").exists() or not any((tmp_path / "_staging").iterdir())
