@@ -41,10 +41,14 @@ def lime_spec(tmp_path, weights, version: str) -> str:
         "model": {"source": "torch", "name": "shapes-cnn", "version": version,
                   "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights),
                   "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3,
-                            "class_names": ["circle", "square", "triangle"]}},
+                            "class_names": ["circle", "square", "triangle"]},
+                  "layers": ["features.12"]},
         "data": "builtin:shapes-shortcut?split=val&n=16",
         "ops": {"lime": {"samples": 16, "hide": 0.0, "segmentation": {"method": "slic", "n_segments": 30},
-                         "stability_seeds": 1, "heldout_samples": 0}},
+                         "stability_seeds": 1, "heldout_samples": 0},
+                # small, but every method: the diff and the gates must keep all of version_diffs in contract
+                "activation_max": {"units": "first:16", "steps": 16, "exemplars": 2},
+                "dissection": {"concepts": "builtin:concepts?n=100", "baseline": "none"}},
         "gates": [CORNER_GATE, AGREEMENT_GATE],
         "report": {"store": str(tmp_path / "reports")},
     }
@@ -91,6 +95,8 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
 
     # the ground truth: two honest models agree with each other far more than the shortcut model agrees with either
     shortcut, retrained = agreement(store, "2"), agreement(store, "3")
+    methods = report.load_table(store, "version_diffs").method.unique()
+    assert set(methods) == {"lime", "dissection", "activation_max"}
     assert shortcut < 0.3 and retrained > shortcut + 0.15, (shortcut, retrained)
     assert v1["corner-shortcut"].value < 0.05 and v3["corner-shortcut"].value < 0.05
 
@@ -117,5 +123,6 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     assert_self_contained(html.read_text(encoding="utf-8"))
     page = open_in_chromium(html)
     assert_clean(page)
-    assert {"summary", "review", "gates", "diff", "lime", "reproducibility"} <= set(page.sections), page.sections
+    assert {"summary", "review", "gates", "diff", "lime", "activation_max", "dissection", "reproducibility"} <= \
+        set(page.sections), page.sections
     assert "failed_gates" in page.text and "corner-shortcut" in page.text and "approved" in page.text
