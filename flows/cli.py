@@ -96,6 +96,7 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
 
     loaded = load_spec(spec)
     loaded.spec.selected_methods(only)
+    _check_reviewer_can_reach(loaded.spec)
     if loaded.spec.model.source != "mlflow":  # a registry is read inside the flow, whose task retries it
         preflight(loaded, device, store)  # fail fast, before Prefect starts
     from flows.audit import audit
@@ -106,6 +107,16 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
     console.print(f"run id: [bold]{summary['run_id']}[/]\nstatus: [{colour}]{summary['status']}[/]{escape(failed_gates)}"
                   f"\nreport: {summary['store']}")
     return summary
+
+
+def _check_reviewer_can_reach(spec) -> None:
+    """A run that waits for a sign-off must wait on a server a reviewer can reach, not the run's own ephemeral one."""
+    from prefect.settings import PREFECT_API_URL
+
+    if spec.review.wait_for_sign_off and not PREFECT_API_URL.value():
+        raise SpecError("review.wait_for_sign_off: the audit would wait on a temporary Prefect API no reviewer can "
+                        "reach; start a server (prefect server start) and set PREFECT_API_URL, or set "
+                        "wait_for_sign_off: false and sign off after the run")
 
 
 @app.command()
@@ -177,12 +188,22 @@ def review(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefi
            approve: Annotated[bool, typer.Option("--approve/--reject", help="The decision.")],
            comment: Annotated[Optional[str], typer.Option(help="Why.")] = None,
            store: ReadStoreOpt = DEFAULT_STORE) -> None:
-    """Sign a run off (or reject it): appends a review bound to the SHA-256 of the run's published tables."""
-    from interp_audit.report import review_run
+    """Sign a run off (or reject it): appends a review bound to the SHA-256 of the run's published tables.
+
+    An audit whose spec waits for a sign-off (review.wait_for_sign_off) and is paused on the Prefect server
+    (PREFECT_API_URL) is resumed with the decision instead; it records the review and sets the registry alias
+    on approval."""
+    from flows.review import resume_if_waiting
+    from interp_audit.report import find_run, review_run
 
     if not reviewer.strip():
         raise SpecError("--reviewer: give the name of the person signing")
-    row = review_run(store, run_id, approve=approve, reviewer=reviewer, comment=comment)
+    full_id = find_run(store, run_id)["run_id"]
+    if resume_if_waiting(full_id, approve=approve, reviewer=reviewer, comment=comment):
+        console.print(f"{'approved' if approve else 'rejected'} run {full_id} by {reviewer}: handed to its audit, "
+                      "which waited for this decision and records it", markup=False)
+        return
+    row = review_run(store, full_id, approve=approve, reviewer=reviewer, comment=comment)
     console.print(f"{row['decision']} run {row['run_id']} by {row['reviewer']}; tables sha256 "
                   f"{row['tables_sha256'][:16]}...", markup=False)
 

@@ -354,6 +354,17 @@ def gate_metrics() -> list[str]:
     return [metric for gate in GATES for metric in gate.model_fields["metric"].annotation.__args__]
 
 
+class ReviewSpec(StrictModel):
+    """Human sign-off inside the flow: a passed audit waits (paused in Prefect) until a reviewer decides."""
+
+    wait_for_sign_off: bool = Field(False, description="pause the flow run after publishing until `interp-audit "
+                                                       "review` or the Prefect UI resumes it with a decision; the "
+                                                       "registry alias is set only on approval (needs a Prefect "
+                                                       "server: PREFECT_API_URL)")
+    timeout_seconds: PositiveInt = Field(3600, description="the flow run fails if nobody decides by then (the "
+                                                           "report stays published, the alias unset)")
+
+
 class ReportSpec(StrictModel):
     store: str = Field("./reports", description="local path or a pyarrow/fsspec filesystem URI")
 
@@ -390,6 +401,7 @@ class AuditSpec(StrictModel):
     contracts: dict[str, float] = Field(default_factory=dict, description="threshold key -> value")
     report: ReportSpec = Field(default_factory=ReportSpec)
     schedule: ScheduleSpec | None = None
+    review: ReviewSpec = Field(default_factory=ReviewSpec)
     gates: list[Gate] = Field(default_factory=list, description="verdicts on metrics and on the diff with the "
                                                                 "baseline version, evaluated after the contracts")
 

@@ -245,3 +245,26 @@ def test_a_failed_gate_fails_the_run_and_keeps_the_alias_off(tmp_path, registry_
     with pytest.raises(MlflowException):
         MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri).get_model_version_by_alias(
             "gray-net", "audited")
+
+
+def test_the_alias_waits_for_the_sign_off_when_the_spec_asks_for_one(tmp_path, registry_uri):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from test_review_gates import paused_run, run_in_thread
+
+    register_gray(registry_uri)
+    spec = write_spec(tmp_path, registry_uri, alias_on_pass="audited")
+    text = yaml.safe_load(spec.read_text())
+    text["review"] = {"wait_for_sign_off": True, "timeout_seconds": 120}
+    spec.write_text(yaml.safe_dump(text))
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+
+    thread, outcome = run_in_thread(spec)
+    run_id = paused_run(tmp_path / "reports", thread)
+    assert version_tags(registry_uri, "gray-net", "1")["interp_audit.status"] == "passed"  # tagged at once
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("gray-net", "audited")  # but no alias before the sign-off
+    assert cli("review", run_id, "--approve", "--reviewer", "ada", "--store", tmp_path / "reports")[0] == 0
+    thread.join(120)
+    assert outcome["summary"]["review"] == "approved", outcome
+    assert str(client.get_model_version_by_alias("gray-net", "audited").version) == "1"

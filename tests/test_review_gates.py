@@ -126,3 +126,87 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     assert {"summary", "review", "gates", "diff", "lime", "activation_max", "dissection", "reproducibility"} <= \
         set(page.sections), page.sections
     assert "failed_gates" in page.text and "corner-shortcut" in page.text and "approved" in page.text
+
+
+def sign_off_spec(tmp_path, weights, timeout_seconds: int) -> str:
+    spec = {
+        "name": "sign-off", "seed": 0,
+        "model": {"source": "torch", "name": "shapes-cnn", "version": "1",
+                  "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights),
+                  "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}},
+        "data": "builtin:shapes?split=val&n=4",
+        "review": {"wait_for_sign_off": True, "timeout_seconds": timeout_seconds},
+        "report": {"store": str(tmp_path / "reports")},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_in_thread(spec) -> tuple:
+    """The audit flow in a thread (as a worker would run it), so that this test can act as the reviewer."""
+    import threading
+
+    from flows.audit import audit
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["summary"] = audit(spec_path=str(spec))
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def paused_run(store, thread, timeout: float = 120) -> str:
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and thread.is_alive():
+        runs = report.list_runs(store)
+        if len(runs):
+            with get_client(sync_client=True) as client:
+                if client.read_flow_run(UUID(runs.run_id.iloc[0])).state.is_paused():
+                    return runs.run_id.iloc[0]
+        time.sleep(0.5)
+    raise AssertionError("the audit never paused for its sign-off")
+
+
+def test_an_audit_waits_for_its_sign_off_and_the_reviewer_resumes_it(tmp_path, trained):
+    store = tmp_path / "reports"
+    thread, outcome = run_in_thread(sign_off_spec(tmp_path, trained["honest"].weights_path, 120))
+    run_id = paused_run(store, thread)
+    assert report.load_table(store, "reviews").empty  # published, not yet signed off
+    code, output = cli("review", run_id[:8], "--approve", "--reviewer", "ada", "--comment", "looks right",
+                       "--store", store)
+    assert code == 0 and "handed to its audit" in output, output
+    thread.join(120)
+    assert outcome["summary"]["review"] == "approved", outcome
+    (review,) = report.load_table(store, "reviews").itertuples()  # recorded once, by the resumed flow
+    assert (review.reviewer, review.decision, review.comment) == ("ada", "approved", "looks right")
+    assert review.tables_sha256 == report.review_state(store, report.find_run(store, run_id))[1]
+
+
+def test_an_audit_nobody_signs_off_fails_and_keeps_its_report(tmp_path, trained):
+    store = tmp_path / "reports"
+    thread, outcome = run_in_thread(sign_off_spec(tmp_path, trained["honest"].weights_path, 3))
+    thread.join(120)
+    assert "no sign-off within 3 s" in str(outcome.get("error")), outcome
+    assert report.list_runs(store).status.tolist() == ["passed"] and report.load_table(store, "reviews").empty
+
+
+def test_waiting_for_a_sign_off_needs_a_server_a_reviewer_can_reach(tmp_path, trained):
+    from conftest import store_is_empty
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code, output = cli("run", sign_off_spec(tmp_path, trained["honest"].weights_path, 60))
+    assert code == 2 and "review.wait_for_sign_off" in output and "PREFECT_API_URL" in output, output
+    assert store_is_empty(tmp_path / "reports")
