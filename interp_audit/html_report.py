@@ -3,9 +3,9 @@
 >>> from interp_audit.html_report import write_html
 >>> write_html("./reports", "3f2a", "run.html")
 
-Every value that comes from a spec, a model or a table is escaped by Jinja2's autoescaping; the only text
-that reaches the page unescaped is nothing at all: images are ``data:image/png;base64,...`` URIs built here
-from bytes checked to be PNG, and base64 holds no character HTML would escape. A Content-Security-Policy
+Every value that comes from a spec, a model or a table is escaped by Jinja2's autoescaping, and nothing is
+marked safe: images are ``data:image/png;base64,...`` URIs built here from bytes checked to be PNG, and base64
+holds no character HTML would escape. A Content-Security-Policy
 meta tag forbids every fetch but ``data:`` images, so the page works offline and cannot call out.
 """
 
