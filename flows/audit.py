@@ -18,13 +18,13 @@ from prefect.runtime import flow_run
 from rich.markup import escape
 
 import data_contracts
+from flows.review import wait_for_sign_off
 from interp_audit import progress
 from interp_audit.errors import AuditError
 from interp_audit.preflight import lime_labels, lime_sample_indices, preflight
 from interp_audit.report import diff_table
 from interp_audit.spec import load_spec, with_model_version
 from interp_ops.onnx_bundle import onnx_sha256
-from flows.review import wait_for_sign_off
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.contracts import validate_contracts
 from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
@@ -160,15 +160,15 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     waits = spec.review.wait_for_sign_off and status == "passed"
     if spec.model.source == "mlflow":
         write_back(spec.model, store_uri, version, status, run_id, location, alias_allowed=not waits)
-    sign_off = wait_for_sign_off(store_uri, run_id, spec.review.timeout_seconds) if waits else None
-    if sign_off is not None and sign_off["decision"] == "approved" and spec.model.source == "mlflow":
-        write_back(spec.model, store_uri, version, status, run_id, location)
     summary = {"run_id": run_id, "status": status, "store": location, "model": spec.model.name,
                "version": version, "failed_expectations": failed,
-               "failed_gates": [gate["gate"] for gate in gates if gate["outcome"] == "failed"],
-               "review": None if sign_off is None else sign_off["decision"]}
+               "failed_gates": [gate["gate"] for gate in gates if gate["outcome"] == "failed"], "review": None}
     create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results, gates),
                              description=f"interp-audit report of {spec.model.name} v{version}")
+    if waits:  # the report is published and summarised first: the reviewer reads it while the run waits
+        summary["review"] = wait_for_sign_off(store_uri, run_id, spec.review.timeout_seconds)["decision"]
+        if summary["review"] == "approved" and spec.model.source == "mlflow":
+            write_back(spec.model, store_uri, version, status, run_id, location)
     return summary
 
 
