@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from interp_audit import progress
@@ -79,10 +80,12 @@ def review_story(models: dict, store: str) -> dict:
     name, model = loaded.spec.name, loaded.spec.model.name
     with prefect_api() as api_url:
         env = {**os.environ, "PREFECT_API_URL": api_url, "INTERP_AUDIT_STORE": store}
+        since = datetime.now(timezone.utc)
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(SPEC), "--store", store,
                                    "--interval", "3600"], env=env, start_new_session=True)
         try:
-            _wait_for_deployment(f"interp-audit-watch/{name}-watch", served)
+            _wait_for_deployments([f"interp-audit-watch/{name}-watch", f"interp-audit-registry-version/{name}"],
+                                  served, since)
             progress.step("watcher served")
             runs = {}
             for variant in VARIANTS:
@@ -106,16 +109,20 @@ def review_story(models: dict, store: str) -> dict:
     return runs["shortcut"]
 
 
-def _wait_for_deployment(name: str, served: subprocess.Popen) -> None:
+def _wait_for_deployments(names: list[str], served: subprocess.Popen, since: datetime) -> None:
+    """Until the served process has (re)registered every deployment: one left by an earlier demo on the same
+    Prefect database still carries that demo's parameters (its report store, say)."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         for _ in range(180):
             try:
-                client.read_deployment_by_name(name)
-                return
-            except Exception:
-                if served.poll() is not None:
-                    raise RuntimeError("`interp-audit watch` stopped; see the output above") from None
-                time.sleep(1)
-    raise RuntimeError(f"deployment {name} did not appear in 180 s")
+                if all(client.read_deployment_by_name(name).updated >= since for name in names):
+                    return
+            except ObjectNotFound:
+                pass
+            if served.poll() is not None:
+                raise RuntimeError("`interp-audit watch` stopped; see the output above")
+            time.sleep(1)
+    raise RuntimeError(f"deployments {', '.join(names)} were not served within 180 s")

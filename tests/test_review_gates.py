@@ -4,6 +4,8 @@ Real audits of the demo CNNs: version 1 honest (approved), version 2 the Clever-
 patch in the top-left corner, version 3 an honest model retrained with another seed.
 """
 
+from pathlib import Path
+
 import pytest
 import yaml
 from chromium import open_in_chromium
@@ -16,9 +18,7 @@ from interp_audit import report
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
 
-CORNER_GATE = {"name": "corner-shortcut", "metric": "lime.region_share", "region": {"boxes": [[0, 0, 0.15, 0.15]]},
-               "max": 0.1}
-AGREEMENT_GATE = {"name": "agrees-with-approved", "metric": "lime.agreement", "against": "approved", "min": 0.35}
+DEMO_SPEC = Path(__file__).resolve().parent.parent / "deployments" / "specs" / "shapes-registry-demo.yaml"
 
 
 def cli(*args):
@@ -34,24 +34,18 @@ def retrained_honest(tmp_path_factory):
     return train_demo_model("honest", tmp_path_factory.mktemp("retrained"), seed=1)
 
 
-def lime_spec(tmp_path, weights, version: str) -> str:
-    """The registry demo's LIME settings and gates, on the same patched scenes for every version."""
-    spec = {
-        "name": "review-demo", "seed": 0,
-        "model": {"source": "torch", "name": "shapes-cnn", "version": version,
-                  "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights),
-                  "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3,
-                            "class_names": ["circle", "square", "triangle"]},
-                  "layers": ["features.12"]},
-        "data": "builtin:shapes-shortcut?split=val&n=16",
-        "ops": {"lime": {"samples": 16, "hide": 0.0, "segmentation": {"method": "slic", "n_segments": 30},
-                         "stability_seeds": 1, "heldout_samples": 0},
-                # small, but every method: the diff and the gates must keep all of version_diffs in contract
-                "activation_max": {"units": "first:16", "steps": 16, "exemplars": 2},
-                "dissection": {"concepts": "builtin:concepts?n=100", "baseline": "none"}},
-        "gates": [CORNER_GATE, AGREEMENT_GATE],
-        "report": {"store": str(tmp_path / "reports")},
-    }
+def demo_spec(tmp_path, weights, version: str) -> str:
+    """`make demo`'s spec, gates included, with each version as a torch model and the methods made smaller."""
+    spec = yaml.safe_load(DEMO_SPEC.read_text())
+    model = spec["model"]
+    spec["model"] = {"source": "torch", "name": model["name"], "version": version, "input": model["input"],
+                     "layers": model["layers"], "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights)}
+    spec["data"] = spec["data"].replace("n=64", "n=16")  # the same patched scenes for every version
+    spec["ops"]["lime"].update(stability_seeds=1, heldout_samples=0)
+    spec["ops"]["activation_max"].update(units="first:16", steps=16, exemplars=2)
+    spec["ops"]["dissection"].update(baseline="none")
+    spec["contracts"].pop("actmax.min_robustness")  # 16 steps make rough renders: not what this test is about
+    spec["report"]["store"] = str(tmp_path / "reports")
     path = tmp_path / f"spec-v{version}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -74,24 +68,24 @@ def agreement(store, version: str) -> float:
 def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_one(tmp_path, trained,
                                                                                   retrained_honest):
     store = tmp_path / "reports"
-    code, output = cli("run", lime_spec(tmp_path, trained["honest"].weights_path, "1"))
+    code, output = cli("run", demo_spec(tmp_path, trained["honest"].weights_path, "1"))
     assert code == 0, output
     v1 = gates_of(store, "1")
-    assert v1["corner-shortcut"].outcome == "passed"
+    assert v1["corner-shortcut"].outcome == "passed" and v1["shape-detectors"].outcome == "passed"
     assert v1["agrees-with-approved"].outcome == "skipped"  # nothing approved yet: not passed, not failed
     (v1_run,) = report.list_runs(store, version="1").run_id
     assert cli("review", v1_run, "--approve", "--reviewer", "ada", "--store", store)[0] == 0
 
-    code, output = cli("run", lime_spec(tmp_path, trained["shortcut"].weights_path, "2"))
-    assert code == 1 and "failed_gates (corner-shortcut, agrees-with-approved)" in output, output
+    code, output = cli("run", demo_spec(tmp_path, trained["shortcut"].weights_path, "2"))
+    assert code == 1 and "failed_gates (corner-shortcut, agrees-with-approved, shape-detectors)" in output, output
     v2 = gates_of(store, "2")
     assert v2["corner-shortcut"].outcome == "failed" and v2["corner-shortcut"].value > 0.15
     assert v2["agrees-with-approved"].outcome == "failed"
 
-    code, output = cli("run", lime_spec(tmp_path, retrained_honest.weights_path, "3"))
+    code, output = cli("run", demo_spec(tmp_path, retrained_honest.weights_path, "3"))
     assert code == 0, output
     v3 = gates_of(store, "3")
-    assert v3["corner-shortcut"].outcome == "passed" and v3["agrees-with-approved"].outcome == "passed"
+    assert {gate.outcome for gate in v3.values()} == {"passed"}
 
     # the ground truth: two honest models agree with each other far more than the shortcut model agrees with either
     shortcut, retrained = agreement(store, "2"), agreement(store, "3")
