@@ -41,7 +41,7 @@ def demo_spec(tmp_path, weights, version: str) -> str:
     spec["model"] = {"source": "torch", "name": model["name"], "version": version, "input": model["input"],
                      "layers": model["layers"], "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights)}
     spec["data"] = spec["data"].replace("n=64", "n=16")  # the same patched scenes for every version
-    spec["ops"]["lime"].update(stability_seeds=1, heldout_samples=0)
+    spec["ops"]["lime"].update(stability_seeds=1)
     spec["ops"]["activation_max"].update(units="first:16", steps=16, exemplars=2)
     spec["ops"]["dissection"].update(baseline="none")
     spec["contracts"].pop("actmax.min_robustness")  # 16 steps make rough renders: not what this test is about
