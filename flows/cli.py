@@ -240,6 +240,7 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     """A summary of one run: provenance, parity, contracts and its tables."""
     import pandas as pd
 
+    from interp_audit.diff import headline, summarize
     from interp_audit.report import find_run, load_table, review_state
     from interp_audit.store import ReportStore
 
@@ -280,10 +281,9 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
         value = "-" if pd.isna(row.value) else f"{row.value:.3g}"
         console.print(f"gate {escape(row.gate)}: [{colour}]{row.outcome}[/] ({row.metric} = {value}; "
                       f"{escape(row.detail)})")
-    diffs = load_table(opened, "version_diffs", run_id=run_row["run_id"])
-    for baseline, rows in diffs.groupby("baseline_run_id", sort=False):
-        console.print(f"compared with v{rows.baseline_version.iloc[0]} ({rows.baseline_basis.iloc[0]} run "
-                      f"{baseline[:8]}): " + "; ".join(_diff_headlines(rows)), markup=False)
+    for diff in summarize(load_table(opened, "version_diffs", run_id=run_row["run_id"])):
+        console.print(f"compared with v{diff['version']} ({diff['basis']} run {diff['run_id'][:8]}): "
+                      f"{headline(diff)}", markup=False)
     reviews, current = review_state(opened, run_row)
     for row in reviews.itertuples():
         state = "matches the current tables" if row.tables_sha256 == current else \
@@ -318,22 +318,6 @@ def report_html(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
                   markup=False)
 
 
-def _diff_headlines(diffs) -> list[str]:
-    """One phrase per method of a version diff."""
-    overall = diffs[diffs.scope == "overall"].set_index(["method", "metric", "layer"])["value"]
-    lines = []
-    if ("lime", "topk_jaccard", "output") in overall.index:
-        lines.append(f"LIME top-k agreement {overall['lime', 'topk_jaccard', 'output']:.2f}, attribution shift "
-                     f"{overall['lime', 'attribution_shift', 'output']:.2f}")
-    dissection = diffs[(diffs.method == "dissection") & (diffs.scope == "overall")]
-    for row in dissection.itertuples():
-        lines.append(f"{row.layer} detectors {row.old_value:.0f} -> {row.new_value:.0f}")
-    actmax = diffs[(diffs.method == "activation_max") & (diffs.scope == "overall")]
-    for row in actmax.itertuples():
-        lines.append(f"{row.layer} render ratio {row.old_value:.2f} -> {row.new_value:.2f}")
-    return lines
-
-
 @report_app.command("diff")
 @exits
 def report_diff(model: Annotated[str, typer.Argument(help="Model name.")],
@@ -344,30 +328,25 @@ def report_diff(model: Annotated[str, typer.Argument(help="Model name.")],
                 ) -> None:
     """What changed between two versions (their latest runs whose contracts held): LIME agreement per sample,
     detectors gained and lost per concept, render-ratio changes per unit. Written to version_diffs once per pair."""
+    from interp_audit.diff import headline, summarize
     from interp_audit.report import diff_versions
 
-    diffs = diff_versions(store, model, old_version, new_version)
-    console.print(f"{model} v{old_version} -> v{new_version}: " + "; ".join(_diff_headlines(diffs)), markup=False)
-    lime = diffs[(diffs.method == "lime") & (diffs.scope == "sample")].pivot(index="item", columns="metric",
-                                                                           values="value")
-    if len(lime):
+    (diff,) = summarize(diff_versions(store, model, old_version, new_version))
+    console.print(f"{model} v{old_version} -> v{new_version}: {headline(diff)}", markup=False)
+    if diff["lime"]:
         table = Table("sample", "top-k Jaccard", "attribution shift", title="LIME, least agreement first")
-        for item, row in lime.sort_values("topk_jaccard").head(limit).iterrows():
-            table.add_row(item, f"{row.topk_jaccard:.2f}", f"{row.attribution_shift:.2f}")
+        for row in sorted(diff["lime"]["samples"], key=lambda row: row["jaccard"])[:limit]:
+            table.add_row(row["item"], f"{row['jaccard']:.2f}", f"{row['shift']:.2f}")
         console.print(table)
-    concepts = diffs[(diffs.method == "dissection") & (diffs.scope == "concept") & (diffs.metric != "detectors")]
-    changed = concepts.pivot_table(index=["layer", "category", "item"], columns="metric", values="value").reset_index()
-    changed = changed[(changed.detectors_gained > 0) | (changed.detectors_lost > 0)] if len(changed) else changed
-    if len(changed):
+    if diff["dissection"] and diff["dissection"]["concepts"]:
         table = Table("layer", "category", "concept", "gained", "lost", title="dissection: detectors per concept")
-        for row in changed.sort_values("detectors_lost", ascending=False).head(limit).itertuples():
-            table.add_row(row.layer, row.category, row.item, f"{row.detectors_gained:.0f}", f"{row.detectors_lost:.0f}")
+        for row in sorted(diff["dissection"]["concepts"], key=lambda row: -row["lost"])[:limit]:
+            table.add_row(row["layer"], row["category"], row["item"], f"{row['gained']:.0f}", f"{row['lost']:.0f}")
         console.print(table)
-    units = diffs[(diffs.method == "activation_max") & (diffs.scope == "unit")]
-    if len(units):
+    if diff["actmax"] and diff["actmax"]["units"]:
         table = Table("layer", "unit", "ratio before", "ratio after", title="activation maximization, largest changes")
-        for row in units.reindex(units.value.abs().sort_values(ascending=False).index).head(limit).itertuples():
-            table.add_row(row.layer, row.item, f"{row.old_value:.2f}", f"{row.new_value:.2f}")
+        for row in diff["actmax"]["units"][:limit]:
+            table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
         console.print(table)
 
 

@@ -9,6 +9,7 @@ so the flow can diff its own tables before they are published and ``report diff`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -154,3 +155,76 @@ def actmax_diff(old: RunTables, new: RunTables) -> list[dict]:
                          group["ratio_new"].mean() - group["ratio_old"].mean(),
                          group["ratio_old"].mean(), group["ratio_new"].mean()))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with NaN/NaT turned into None."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def summarize(diffs: pd.DataFrame) -> list[dict]:
+    """``version_diffs`` rows read per baseline run: what the report show/diff commands and the HTML report show.
+
+    Each entry: run_id, version, basis; lime (overall jaccard and shift, samples by id) or None; dissection
+    (overall detectors per layer, categories, concepts that gained or lost detectors) or None; actmax (overall
+    ratios per layer, units by |change|, largest first) or None."""
+    summaries = []
+    for (baseline, version, basis), rows in diffs.groupby(["baseline_run_id", "baseline_version", "baseline_basis"],
+                                                          sort=False, dropna=False):
+        summary: dict[str, Any] = {"run_id": baseline, "version": version, "basis": basis, "lime": None,
+                                   "dissection": None, "actmax": None}
+        lime = rows[rows["method"] == "lime"]
+        if not lime.empty:
+            overall = lime[lime["scope"] == "overall"].set_index("metric")["value"]
+            samples = lime[lime["scope"] == "sample"].pivot_table(index="item", columns="metric", values="value",
+                                                                  aggfunc="first")
+            summary["lime"] = {
+                "jaccard": overall.get("topk_jaccard"), "shift": overall.get("attribution_shift"),
+                "samples": [{"item": item, "jaccard": values.get("topk_jaccard"),
+                             "shift": values.get("attribution_shift")}
+                            for item, values in samples.sort_index().to_dict("index").items()],
+            }
+        dissection = rows[rows["method"] == "dissection"]
+        if not dissection.empty:
+            summary["dissection"] = {
+                "categories": _detector_changes(dissection, "category"),
+                "concepts": [row for row in _detector_changes(dissection, "concept") if row["gained"] or row["lost"]],
+                "overall": records(dissection[(dissection["scope"] == "overall")
+                                              & (dissection["metric"] == "detectors")].sort_values("layer")),
+            }
+        actmax = rows[rows["method"] == "activation_max"]
+        if not actmax.empty:
+            units = actmax[actmax["scope"] == "unit"].copy()
+            units["size"] = units["value"].abs()
+            units = units.sort_values(["size", "layer", "item"], ascending=[False, True, True], na_position="last")
+            summary["actmax"] = {"overall": records(actmax[actmax["scope"] == "overall"].sort_values("layer")),
+                                 "units": records(units.drop(columns="size"))}
+        summaries.append(summary)
+    return summaries
+
+
+def _detector_changes(rows: pd.DataFrame, scope: str) -> list[dict]:
+    changes = []
+    for (layer, item), group in rows[rows["scope"] == scope].groupby(["layer", "item"], sort=True):
+        by_metric = {row["metric"]: row for row in records(group)}
+        detectors = by_metric.get("detectors", {})
+        changes.append({"layer": layer, "item": item, "category": group["category"].iloc[0],
+                        "old": detectors.get("old_value"), "new": detectors.get("new_value"),
+                        "gained": (by_metric.get("detectors_gained") or {}).get("value") or 0,
+                        "lost": (by_metric.get("detectors_lost") or {}).get("value") or 0})
+    return changes
+
+
+def headline(summary: dict) -> str:
+    """One line per baseline: LIME agreement, detectors and render ratios per layer."""
+    parts = []
+    if summary["lime"]:
+        parts.append(f"LIME top-k agreement {summary['lime']['jaccard']:.2f}, attribution shift "
+                     f"{summary['lime']['shift']:.2f}")
+    for row in (summary["dissection"] or {}).get("overall", []):
+        parts.append(f"{row['layer']} detectors {row['old_value']:.0f} -> {row['new_value']:.0f}")
+    for row in (summary["actmax"] or {}).get("overall", []):
+        parts.append(f"{row['layer']} render ratio {row['old_value']:.2f} -> {row['new_value']:.2f}")
+    return "; ".join(parts)

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from interp_audit.diff import records as _records
+from interp_audit.diff import summarize
 from interp_audit.report import find_run, load_table, review_state
 from interp_audit.store import ReportStore
 
@@ -84,11 +86,6 @@ def png_uri(data: Any) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as dicts with NaN/NaT turned into None."""
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")
-
-
 def _mean(series: pd.Series) -> float | None:
     values = pd.to_numeric(series, errors="coerce").dropna()
     return float(values.mean()) if len(values) else None
@@ -122,55 +119,15 @@ def _gates(frame: pd.DataFrame) -> dict | None:
 
 
 def _diff(frame: pd.DataFrame) -> list[dict] | None:
-    """Per baseline run: LIME agreement, dissection detector changes, activation-max ratio changes."""
+    """Per baseline run: LIME agreement, dissection detector changes, the largest activation-max ratio changes."""
     if frame.empty:
         return None
-    baselines = []
-    for (baseline, version, basis), rows in frame.groupby(["baseline_run_id", "baseline_version", "baseline_basis"],
-                                                          sort=False, dropna=False):
-        entry: dict[str, Any] = {"run_id": baseline, "version": version, "basis": basis, "lime": None,
-                                 "dissection": None, "actmax": None}
-        lime = rows[rows["method"] == "lime"]
-        if not lime.empty:
-            overall = lime[lime["scope"] == "overall"].set_index("metric")["value"]
-            samples = lime[lime["scope"] == "sample"].pivot_table(index="item", columns="metric", values="value",
-                                                                  aggfunc="first")
-            entry["lime"] = {
-                "jaccard": overall.get("topk_jaccard"), "shift": overall.get("attribution_shift"),
-                "samples": [{"item": item, "jaccard": values.get("topk_jaccard"),
-                             "shift": values.get("attribution_shift")}
-                            for item, values in samples.sort_index().to_dict("index").items()],
-            }
-        dissection = rows[rows["method"] == "dissection"]
-        if not dissection.empty:
-            entry["dissection"] = {"categories": _dissection_changes(dissection, "category"),
-                                   "concepts": [row for row in _dissection_changes(dissection, "concept")
-                                                if row["gained"] or row["lost"]],
-                                   "overall": _records(dissection[(dissection["scope"] == "overall")
-                                                                  & (dissection["metric"] == "detectors")]
-                                                       .sort_values("layer"))}
-        actmax = rows[rows["method"] == "activation_max"]
-        if not actmax.empty:
-            units = actmax[actmax["scope"] == "unit"].copy()
-            units["size"] = units["value"].abs()
-            units = units.sort_values(["size", "layer", "item"], ascending=[False, True, True], na_position="last")
-            entry["actmax"] = {"overall": _records(actmax[actmax["scope"] == "overall"].sort_values("layer")),
-                               "units": _records(units.head(TOP_UNIT_CHANGES)), "num_units": len(units)}
-        baselines.append(entry)
+    baselines = summarize(frame)
+    for baseline in baselines:
+        if baseline["actmax"]:
+            units = baseline["actmax"]["units"]
+            baseline["actmax"] = {**baseline["actmax"], "units": units[:TOP_UNIT_CHANGES], "num_units": len(units)}
     return baselines
-
-
-def _dissection_changes(rows: pd.DataFrame, scope: str) -> list[dict]:
-    scoped = rows[rows["scope"] == scope]
-    changes = []
-    for (layer, item), group in scoped.groupby(["layer", "item"], sort=True):
-        by_metric = {row["metric"]: row for row in _records(group)}
-        detectors = by_metric.get("detectors", {})
-        changes.append({"layer": layer, "item": item, "category": group["category"].iloc[0],
-                        "old": detectors.get("old_value"), "new": detectors.get("new_value"),
-                        "gained": (by_metric.get("detectors_gained") or {}).get("value") or 0,
-                        "lost": (by_metric.get("detectors_lost") or {}).get("value") or 0})
-    return changes
 
 
 def _parity(frame: pd.DataFrame) -> list[dict] | None:
