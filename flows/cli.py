@@ -237,7 +237,7 @@ def report_list(store: ReadStoreOpt = DEFAULT_STORE,
 @exits
 def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
                 store: ReadStoreOpt = DEFAULT_STORE) -> None:
-    """A summary of one run: provenance, parity, contracts and its tables."""
+    """A summary of one run: provenance, parity, contracts, gates, the diff with its baseline, sign-offs, tables."""
     import pandas as pd
 
     from interp_audit.diff import headline, summarize
