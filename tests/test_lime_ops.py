@@ -246,6 +246,40 @@ def test_perturbed_pixels_are_exactly_the_input_or_the_fill(textures):
     assert np.all((rows == x[0]) | (rows == HIDDEN))
 
 
+class ScatteredIds(Segmentation):
+    """Segments in many pieces: ids 3, 13, 23, 33 cycle over 3x5 tiles, so each id recurs across rows."""
+
+    def __call__(self, image):
+        rows, cols = np.indices(image.shape[:2])
+        return ((rows // 3 + cols // 5) % 4) * 10 + 3
+
+
+def test_each_segment_is_shown_or_filled_with_its_own_mean_as_a_whole():
+    """Perturbed inputs are built from runs of pixels: every piece of a segment must follow its mask bit."""
+    rng = np.random.default_rng(1)
+    display = rng.random((1, 20, 36, 1)).astype(np.float32)
+    x = rng.standard_normal((1, 2, 20, 36)).astype(np.float32)  # two channels, not the display's one
+    seen = []
+
+    def recording_predict(batch):
+        seen.append(batch.copy())
+        return np.stack([batch.mean(axis=(1, 2, 3)), -batch.mean(axis=(1, 2, 3))], axis=1)
+
+    ImageLime(recording_predict, batch_size=7).attribute(x, display, num_samples=60, stability_seeds=1,
+                                                         heldout_samples=0, segmentation=ScatteredIds())
+    segments = ScatteredIds()(display[0])
+    states = set()
+    for row in np.concatenate(seen):
+        for segment in np.unique(segments):
+            pixels, source = row[:, segments == segment], x[0][:, segments == segment]
+            if np.array_equal(pixels, source):
+                states.add("shown")
+                continue
+            assert np.allclose(pixels, source.mean(axis=1, keepdims=True), rtol=0, atol=1e-6), segment
+            states.add("hidden")
+    assert states == {"shown", "hidden"}
+
+
 # ------------------------------------------------------------------------------------------- determinism
 
 
