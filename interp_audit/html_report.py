@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from interp_audit.diff import records as _records
-from interp_audit.diff import summarize
+from interp_audit.diff import records, summarize
 from interp_audit.report import find_run, load_table, review_state
 from interp_audit.store import ReportStore
 
@@ -104,14 +103,14 @@ def _review(store: ReportStore, run: dict) -> dict:
     reviews, current = review_state(store, run)
     rows = [{"decision": row["decision"], "reviewer": row["reviewer"], "time": fmt_time(row["reviewed_at"]),
              "comment": row["comment"], "matches": row["tables_sha256"] == current,
-             "sha256": row["tables_sha256"]} for row in _records(reviews)]
+             "sha256": row["tables_sha256"]} for row in records(reviews)]
     return {"reviews": rows, "current": current, "run_id": run["run_id"]}
 
 
 def _gates(frame: pd.DataFrame) -> dict | None:
     if frame.empty:
         return None
-    rows = _records(frame.sort_values("gate"))
+    rows = records(frame.sort_values("gate"))
     order = {"failed": 0, "skipped": 1, "passed": 2}
     rows.sort(key=lambda row: order.get(row["outcome"], 3))
     return {"rows": rows, "failed": sum(row["outcome"] == "failed" for row in rows),
@@ -134,13 +133,13 @@ def _parity(frame: pd.DataFrame) -> list[dict] | None:
     if frame.empty:
         return None
     return [{**row, "shape": " \u00d7 ".join(str(int(n)) for n in row["shape"])}
-            for row in _records(frame.sort_values("output"))]
+            for row in records(frame.sort_values("output"))]
 
 
 def _contracts(frame: pd.DataFrame) -> dict | None:
     if frame.empty:
         return None
-    rows = _records(frame.sort_values(["table_name", "expectation", "column"], na_position="first"))
+    rows = records(frame.sort_values(["table_name", "expectation", "column"], na_position="first"))
     failed = [row for row in rows if not row["success"]]
     return {"rows": rows, "failed": failed, "met": len(rows) - len(failed), "total": len(rows)}
 
@@ -176,7 +175,7 @@ def _lime(explanations: pd.DataFrame, attributions: pd.DataFrame) -> dict | None
     explanations = explanations.sort_values(["sample_id", "label"])
     means = [{"label": label, "value": _mean(explanations[column])} for column, label in LIME_SCORES]
     cards, tabular = [], []
-    for row in _records(explanations):
+    for row in records(explanations):
         image = png_uri(row.get("overlay_png"))
         base = {"sample_id": row["sample_id"], "label": row["label"], "label_name": row["label_name"],
                 **{column: row[column] for column, _ in LIME_SCORES}}
@@ -186,7 +185,7 @@ def _lime(explanations: pd.DataFrame, attributions: pd.DataFrame) -> dict | None
             top_k = len(row["top_features"]) if row.get("top_features") is not None else 5
             mine = attributions[(attributions["sample_id"] == row["sample_id"])
                                 & (attributions["label"] == row["label"]) & (attributions["rank"] <= top_k)]
-            tabular.append({**base, "features": _records(mine.sort_values("rank"))})
+            tabular.append({**base, "features": records(mine.sort_values("rank"))})
     return {"count": len(explanations), "means": means, "cards": cards, "tabular": tabular}
 
 
@@ -196,12 +195,12 @@ def _actmax(units: pd.DataFrame, exemplars: pd.DataFrame) -> dict | None:
     by_unit: dict[tuple, list[dict]] = {}
     if not exemplars.empty:
         kept = exemplars[exemplars["rank"] <= MAX_EXEMPLARS].sort_values(["layer", "unit", "rank"])
-        for row in _records(kept.drop(columns=[c for c in ("model", "version") if c in kept])):
+        for row in records(kept.drop(columns=[c for c in ("model", "version") if c in kept])):
             image = png_uri(row["thumbnail_png"])
             by_unit.setdefault((row["layer"], int(row["unit"])), []).append(
                 {"rank": row["rank"], "sample_id": row["sample_id"], "activation": row["activation"], "image": image})
     cards = []
-    for row in _records(units.sort_values(["layer", "unit", "render"]).drop(columns=["curve", "curve_steps"])):
+    for row in records(units.sort_values(["layer", "unit", "render"]).drop(columns=["curve", "curve_steps"])):
         cards.append({"layer": row["layer"], "unit": row["unit"], "render": row["render"],
                       "objective": row["objective"], "image": png_uri(row["render_png"]), "ratio": row["ratio"],
                       "robustness": row["robustness"], "diversity": row["diversity"],
@@ -223,7 +222,7 @@ def _dissection(summary: pd.DataFrame, units: pd.DataFrame) -> dict | None:
         scale = max(1, int(group["detectors"].max()),
                     int(pd.to_numeric(group["baseline_detectors"], errors="coerce").fillna(0).max()))
         bars = []
-        for row in _records(group.sort_values("category")):
+        for row in records(group.sort_values("category")):
             baseline = row["baseline_detectors"]
             bars.append({**row, "width": round(100 * row["detectors"] / scale, 1),
                          "baseline_width": None if baseline is None else round(100 * baseline / scale, 1)})
@@ -231,7 +230,7 @@ def _dissection(summary: pd.DataFrame, units: pd.DataFrame) -> dict | None:
         layers.append({"layer": layer, "bars": bars, "units": total_units,
                        "detectors": int(group["detectors"].sum())})
     detectors = units[units["is_detector"].astype(bool)] if not units.empty else units
-    rows = _records(detectors.sort_values(["layer", "iou"], ascending=[True, False])) if not units.empty else []
+    rows = records(detectors.sort_values(["layer", "iou"], ascending=[True, False])) if not units.empty else []
     return {"layers": layers, "detectors": rows, "total_units": len(units),
             "has_baseline": bool(summary["baseline_detectors"].notna().any()) if not summary.empty else False}
 
