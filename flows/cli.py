@@ -6,6 +6,7 @@ never start Prefect, so they answer in about a second.
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import os
@@ -33,6 +34,24 @@ app = typer.Typer(help="Declarative interpretability audits of PyTorch/ONNX mode
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 report_app = typer.Typer(help="Read published reports: list, show, diff, html, query.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+store_app = typer.Typer(help="Look after the report store: check its files, remove crash leftovers.",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class QueryFormat(str, enum.Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+DeviceOpt = Annotated[Device, typer.Option(help="Where the model runs; auto picks CUDA when present.")]
 
 SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Report store path or URI (default: the spec's).")]
@@ -64,13 +83,13 @@ def exits(command):
 
 @app.command()
 @exits
-def validate(spec: SpecArg, device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto") -> None:
+def validate(spec: SpecArg, device: DeviceOpt = Device.auto) -> None:
     """Check a spec, its model, layers and data without running anything (exit 0 valid, 2 invalid)."""
     from interp_audit.preflight import preflight
     from interp_audit.spec import load_spec
 
     loaded = load_spec(spec)
-    checked = preflight(loaded, device)
+    checked = preflight(loaded, device.value)
     model = loaded.spec.model
     console.print(f"[green]valid:[/] {loaded.spec.name}: {model.source} model {model.name} v{checked.model.version}, "
                   f"{len(model.layers)} layer(s), {checked.num_samples} samples, device {checked.device}")
@@ -82,11 +101,11 @@ def run(
     spec: SpecArg,
     store: StoreOpt = None,
     only: Annotated[Optional[str], typer.Option(help="Comma-separated methods to run, e.g. lime,activation_max.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOpt = Device.auto,
 ) -> None:
     """Run an audit as a Prefect flow and publish its report (exit 0 passed, 1 failed contracts or gates)."""
     selected = [name.strip() for name in only.split(",") if name.strip()] if only else None
-    summary = _run_audit(spec, store, selected, device)
+    summary = _run_audit(spec, store, selected, device.value)
     raise typer.Exit(EXIT_PASSED if summary["status"] == "passed" else EXIT_FAILED)
 
 
@@ -94,11 +113,15 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
     from interp_audit.preflight import preflight
     from interp_audit.spec import load_spec
 
+    from interp_audit.store import ReportStore
+
     loaded = load_spec(spec)
     loaded.spec.selected_methods(only)
     _check_reviewer_can_reach(loaded.spec)
     if loaded.spec.model.source != "mlflow":  # a registry is read inside the flow, whose task retries it
         preflight(loaded, device, store)  # fail fast, before Prefect starts
+    else:
+        ReportStore.open(store or loaded.spec.report.store).check_usable()
     from flows.audit import audit
 
     summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
@@ -198,12 +221,13 @@ def review(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefi
 
     if not reviewer.strip():
         raise SpecError("--reviewer: give the name of the person signing")
-    full_id = find_run(store, run_id)["run_id"]
+    opened = _existing_store(store)
+    full_id = find_run(opened, run_id)["run_id"]
     if resume_if_waiting(full_id, approve=approve, reviewer=reviewer, comment=comment):
         console.print(f"{'approved' if approve else 'rejected'} run {full_id} by {reviewer}: handed to its audit, "
                       "which waited for this decision and records it", markup=False)
         return
-    row = review_run(store, full_id, approve=approve, reviewer=reviewer, comment=comment)
+    row = review_run(opened, full_id, approve=approve, reviewer=reviewer, comment=comment)
     console.print(f"{row['decision']} run {row['run_id']} by {row['reviewer']}; tables sha256 "
                   f"{row['tables_sha256'][:16]}...", markup=False)
 
@@ -224,7 +248,7 @@ def report_list(store: ReadStoreOpt = DEFAULT_STORE,
     """List published runs, oldest first."""
     from interp_audit.report import list_runs
 
-    runs = list_runs(store, model, version)
+    runs = list_runs(_existing_store(store), model, version)
     table = Table("audit", "model", "version", "status", "started (UTC)", "samples")
     table.columns.insert(0, Column("run id", no_wrap=True))
     for run_row in runs.itertuples():
@@ -242,9 +266,8 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
 
     from interp_audit.diff import headline, summarize
     from interp_audit.report import find_run, load_table, review_state
-    from interp_audit.store import ReportStore
 
-    opened = ReportStore.open(store)
+    opened = _existing_store(store)
     run_row = find_run(opened, run_id)
     colour = "green" if run_row["status"] == "passed" else "red"
     console.print(f"[bold]{run_row['audit_name']}[/]: {run_row['model_name']} v{run_row['model_version']} "
@@ -285,17 +308,29 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
         console.print(f"compared with v{diff['version']} ({diff['basis']} run {diff['run_id'][:8]}): "
                       f"{headline(diff)}", markup=False)
     reviews, current = review_state(opened, run_row)
-    for row in reviews.itertuples():
-        state = "matches the current tables" if row.tables_sha256 == current else \
+    for row in reviews.to_dict("records"):
+        state = "matches the current tables" if row["tables_sha256"] == current else \
             "DOES NOT MATCH the current tables (changed since)"
-        console.print(f"review: {row.decision} by {row.reviewer} at {row.reviewed_at:%Y-%m-%d %H:%M:%S} UTC, "
-                      f"{state}" + (f": {row.comment}" if row.comment else ""), markup=False)
+        comment = row["comment"] if isinstance(row["comment"], str) and row["comment"] else None
+        console.print(f"review: {row['decision']} by {row['reviewer']} at {row['reviewed_at']:%Y-%m-%d %H:%M:%S} "
+                      f"UTC, {state}" + (f": {comment}" if comment else ""), markup=False)
     if reviews.empty:
         console.print("review: none yet (interp-audit review RUN --approve|--reject --reviewer NAME)", markup=False)
-    counts = Table("table", "rows", title="tables")
+    counts = Table("table", "rows", title="tables (the files of the run's manifest)")
     for name in opened.tables_with_data():
         counts.add_row(name, str(len(load_table(opened, name, run_id=run_row["run_id"], as_arrow=True))))
     console.print(counts)
+    _warn_foreign(opened)
+
+
+def _warn_foreign(opened) -> None:
+    """Files no run published are never shown as data, but a reviewer should know they are there."""
+    foreign = opened.foreign_files()
+    if foreign:
+        shown = "\n".join(f"  {path}" for path in foreign[:10]) + (f"\n  ... {len(foreign) - 10} more"
+                                                                   if len(foreign) > 10 else "")
+        console.print(f"[yellow]warning:[/] {len(foreign)} foreign file(s) in the store's table folders, published "
+                      f"by no run and not shown above (interp-audit store check):\n{escape(shown)}")
 
 
 @report_app.command("html")
@@ -308,9 +343,8 @@ def report_html(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     """One self-contained HTML page of a run for review: no scripts or external files, images inline."""
     from interp_audit.html_report import write_html
     from interp_audit.report import find_run
-    from interp_audit.store import ReportStore
 
-    opened = ReportStore.open(store)
+    opened = _existing_store(store)
     run_row = find_run(opened, run_id)
     path = write_html(opened, run_row["run_id"], output or Path(f"{run_row['run_id']}.html"))
     size = path.stat().st_size
@@ -331,7 +365,7 @@ def report_diff(model: Annotated[str, typer.Argument(help="Model name.")],
     from interp_audit.diff import headline, summarize
     from interp_audit.report import diff_versions
 
-    (diff,) = summarize(diff_versions(store, model, old_version, new_version))
+    (diff,) = summarize(diff_versions(_existing_store(store), model, old_version, new_version))
     console.print(f"{model} v{old_version} -> v{new_version}: {headline(diff)}", markup=False)
     if diff["lime"]:
         table = Table("sample", "top-k Jaccard", "attribution shift", title="LIME, least agreement first")
@@ -352,22 +386,74 @@ def report_diff(model: Annotated[str, typer.Argument(help="Model name.")],
 
 @report_app.command("query")
 @exits
-def report_query(sql: Annotated[str, typer.Argument(help="DuckDB SQL; every table is a view of published runs.")],
+def report_query(sql: Annotated[str, typer.Argument(help="One DuckDB SELECT; every table is a view of published "
+                                                          "runs.")],
                  store: ReadStoreOpt = DEFAULT_STORE,
-                 output: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table") -> None:
-    """Query the report tables with DuckDB SQL, e.g. "SELECT model, version, status FROM audit_runs"."""
+                 output: Annotated[QueryFormat, typer.Option("--format", help="How to print the rows.")]
+                 = QueryFormat.table) -> None:
+    """Query the report tables with one read-only DuckDB SELECT, e.g. "SELECT model, version, status FROM
+    audit_runs". Nothing outside the store's published tables can be read or written (exit 2 if tried)."""
     from interp_audit.report import query
 
-    result = query(store, sql).to_pandas()
-    if output == "csv":
+    result = query(_existing_store(store), sql).to_pandas()
+    if output is QueryFormat.csv:
         typer.echo(result.to_csv(index=False), nl=False)
-    elif output == "json":
+    elif output is QueryFormat.json:
         typer.echo(result.to_json(orient="records", date_format="iso"))
     else:
         table = Table(*map(str, result.columns))
         for row in result.itertuples(index=False):
             table.add_row(*(str(value) for value in row))
         console.print(table)
+
+
+def _existing_store(store: str):
+    """Reading commands name a store that must exist: a typo should not read as an empty store."""
+    from interp_audit.store import ReportStore
+
+    opened = ReportStore.open(store)
+    if not opened.exists():
+        raise SpecError(f"report store {store!r} does not exist; pass --store (or set INTERP_AUDIT_STORE) to "
+                        "the store the audits publish to")
+    return opened
+
+
+@store_app.command("check")
+@exits
+def store_check(store: ReadStoreOpt = DEFAULT_STORE) -> None:
+    """Verify every published file against its manifest and list what else is in the table folders: foreign
+    files (put there by no run), crash leftovers (staging, orphans) and unreadable manifests.
+    Exit 0 when every published file is intact and nothing foreign is there, 1 otherwise."""
+    found = _existing_store(store).check()
+    console.print(f"{found.published} published file(s) checked", markup=False)
+    sections = (("modified since published (a sign-off of their run no longer matches)", found.modified),
+                ("missing (listed by a manifest, gone from the store)", found.missing),
+                ("foreign (published by no run, never shown by the readers)", found.foreign),
+                ("unreadable manifests", found.bad_manifests),
+                ("staging left by interrupted runs (interp-audit store gc removes them)", found.staging),
+                ("orphans of runs that never finished publishing (interp-audit store gc removes them)",
+                 found.orphans))
+    for title, paths in sections:
+        if paths:
+            console.print(f"{len(paths)} {title}:", markup=False)
+            for path in paths:
+                console.print(f"  {path}", markup=False)
+    if found.intact:
+        console.print("[green]intact:[/] every published file matches its manifest; nothing foreign")
+    raise typer.Exit(EXIT_PASSED if found.intact else EXIT_FAILED)
+
+
+@store_app.command("gc")
+@exits
+def store_gc(store: ReadStoreOpt = DEFAULT_STORE,
+             grace: Annotated[float, typer.Option(help="Minutes a leftover must be untouched before it is removed; "
+                                                       "a live run's files are younger.", min=0)] = 60.0) -> None:
+    """Remove the staging folders and orphaned table files of runs that crashed (older than --grace minutes).
+    Published, foreign and modified files are never removed."""
+    removed = _existing_store(store).gc(grace * 60)
+    for path in removed:
+        console.print(f"removed {path}", markup=False)
+    console.print(f"{len(removed)} leftover(s) removed" if removed else "nothing to remove", markup=False)
 
 
 if __name__ == "__main__":

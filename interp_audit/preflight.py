@@ -22,6 +22,7 @@ from interp_audit.intake import (
     resolve_model,
 )
 from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec, LoadedSpec
+from interp_audit.store import ReportStore
 from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
 
 PROBE_SAMPLES = 32
@@ -78,6 +79,7 @@ def preflight(loaded: LoadedSpec, device: str = "auto", store: str | None = None
     """``model``: the model already resolved (a registry version fetched by its retried task)."""
     spec = loaded.spec
     resolved_device = resolve_device(device)
+    ReportStore.open(store or spec.report.store).check_usable()
     ref = model or resolve_model(loaded, store)
     try:
         fingerprint = data_fingerprint(spec.data, loaded.base_dir)

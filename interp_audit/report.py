@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from data_contracts import TABLES
 from interp_audit.diff import RunTables, version_diff
 from interp_audit.errors import NotFoundError, QueryError
 from interp_audit.gates import Baseline
@@ -35,20 +36,47 @@ def load_table(store: str | Path | ReportStore, table: str, model: str | None = 
     return data if as_arrow else data.to_pandas()
 
 
+READ_ONLY = ("queries are read-only over the store's tables: one SELECT statement, no files read or written "
+             "outside the store's published tables, no extensions, no settings")
+
+
 def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
-    """Run DuckDB SQL with every table that has data available as a view of its published rows."""
+    """Run one DuckDB SELECT over every table, each a view of its published rows; nothing else is reachable.
+
+    The guarantees come from DuckDB itself, not from reading the SQL: once the tables are registered, file
+    access is switched off (no read_text, glob, COPY, ATTACH, INSTALL or LOAD) and the configuration is locked
+    (no SET); the statement must parse as exactly one SELECT."""
     import duckdb
 
     opened = _store(store)
-    connection = duckdb.connect()
-    for name in opened.tables_with_data():
-        connection.register(name, opened.read(name))
     try:
-        relation = connection.sql(sql)
+        statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        tables = ", ".join(opened.tables_with_data()) or "none yet: run an audit first"
-        raise QueryError(f"{' '.join(str(exc).split())}; the tables are: {tables}") from None
-    return relation.to_arrow_table() if relation is not None else pa.table({})
+        raise QueryError(f"{' '.join(str(exc).split())}; the tables are: {_table_list(opened)}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        kinds = ", ".join(statement.type.name for statement in statements) or "none"
+        raise QueryError(f"refused ({len(statements)} statement(s): {kinds}): {READ_ONLY}")
+    connection = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                        "autoload_known_extensions": False})
+    for name in TABLES:  # every table, empty where nothing is published yet, so counts are 0, not errors
+        connection.register(name, opened.read(name))
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    try:
+        return connection.sql(sql).to_arrow_table()
+    except duckdb.PermissionException as exc:
+        raise QueryError(f"refused ({' '.join(str(exc).split())}): {READ_ONLY}") from None
+    except duckdb.Error as exc:
+        raise QueryError(f"{' '.join(str(exc).split())}; the tables are: {_table_list(opened)}") from None
+    finally:
+        connection.close()
+
+
+def _table_list(store: ReportStore) -> str:
+    with_data = store.tables_with_data()
+    empty = [name for name in TABLES if name not in with_data]
+    return ", ".join(with_data or ["none with rows yet (run an audit first)"]) + \
+        (f"; empty so far: {', '.join(empty)}" if empty else "")
 
 
 def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
@@ -73,7 +101,7 @@ def review_run(store: str | Path | ReportStore, run_id: str, *, approve: bool, r
         "run_id": run["run_id"], "review_id": str(uuid.uuid4()), "reviewer": reviewer,
         "decision": "approved" if approve else "rejected", "comment": comment,
         "reviewed_at": datetime.now(timezone.utc),
-        "tables_sha256": opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"]),
+        "tables_sha256": opened.tables_sha256(run["run_id"]),
     }
     opened.append("reviews", row["review_id"], run["model_name"], run["model_version"], pa.Table.from_pylist([row]))
     return row
@@ -82,7 +110,7 @@ def review_run(store: str | Path | ReportStore, run_id: str, *, approve: bool, r
 def review_state(store: str | Path | ReportStore, run: dict) -> tuple[pd.DataFrame, str]:
     """A run's reviews, oldest first, and the current SHA-256 of its published tables to compare them with."""
     opened = _store(store)
-    return _reviews_of(opened, run), opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"])
+    return _reviews_of(opened, run), opened.tables_sha256(run["run_id"])
 
 
 def _reviews_of(store: ReportStore, run: dict) -> pd.DataFrame:
@@ -102,7 +130,7 @@ def approval(store: str | Path | ReportStore, run: dict) -> pd.Timestamp | None:
     if reviews.empty or reviews.iloc[-1].decision != "approved":
         return None
     latest = reviews.iloc[-1]
-    current = opened.tables_sha256(run["run_id"], run["model_name"], run["model_version"])
+    current = opened.tables_sha256(run["run_id"])
     return latest.reviewed_at if latest.tables_sha256 == current else None
 
 

@@ -1,14 +1,23 @@
-"""The Parquet report store: one folder per table, hive-partitioned by model and version, published atomically.
+"""The Parquet report store: one folder per table, hive-partitioned by model and version; a run is exactly the
+files its manifest lists.
 
-A run's tables are first written under ``_staging/<run_id>/``, then moved into place; ``audit_runs`` is
-moved last, and readers only show rows of runs listed in ``audit_runs``. A crash at any point therefore
-leaves no half-written report visible. Files are never rewritten: each run adds its own files.
+A run's tables are written under ``_staging/<run_id>/``, moved into their table folders, and then its manifest,
+``_manifests/<run_id>.json`` (each file's path, row count and SHA-256), is written: the manifest is the commit.
+Readers read the files that manifests list and nothing else, so a crash before the manifest leaves nothing
+visible, and a file put into a table folder by anyone else is never shown as a run's data (``check`` reports it
+as foreign). Appended records (reviews, requested diffs) are committed the same way, each with a manifest of its
+own. Files are never rewritten; a sign-off hashes the files of the run's manifest (``tables_sha256``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,12 +27,66 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_contracts import TABLES, conform
-from interp_audit.errors import NotFoundError
+from interp_audit.errors import NotFoundError, SpecError
 
 RUNS_TABLE = "audit_runs"
 REVIEWS_TABLE = "reviews"
 STAGING = "_staging"
+MANIFESTS = "_manifests"
+MANIFEST_FORMAT = 1
 PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("version", pa.string())]), flavor="hive")
+_PARTITION_PATH = re.compile(r"^(?P<table>[^/]+)/model=(?P<model>[^/]+)/version=(?P<version>[^/]+)/(?P<name>[^/]+)$")
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    table: str
+    path: str  # relative to the store's root
+    sha256: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one commit published: a run's tables (``kind="run"``) or one appended record (``kind="append"``)."""
+
+    commit_id: str
+    kind: str
+    run_id: str
+    model: str
+    version: str
+    published_at: str
+    files: tuple[PublishedFile, ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": MANIFEST_FORMAT, **asdict(self)}, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        content = json.loads(data)
+        if content.pop("format", None) != MANIFEST_FORMAT:
+            raise ValueError(f"not a manifest of format {MANIFEST_FORMAT}")
+        files = tuple(PublishedFile(**entry) for entry in content.pop("files"))
+        return cls(files=files, **content)
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What ``check`` found besides the published files. Staging leftovers and orphans (files of commits that
+    never completed) are crash debris that ``gc`` removes; foreign files were put there by someone else, and
+    modified or missing files are published files whose content no longer matches their manifest."""
+
+    published: int
+    staging: list[str]
+    orphans: list[str]
+    foreign: list[str]
+    modified: list[str]
+    missing: list[str]
+    bad_manifests: list[str]
+
+    @property
+    def intact(self) -> bool:
+        return not (self.foreign or self.modified or self.missing or self.bad_manifests)
 
 
 @dataclass(frozen=True)
@@ -31,121 +94,280 @@ class ReportStore:
     filesystem: pafs.FileSystem
     root: str
     uri: str
+    _manifests: dict = field(default_factory=dict, compare=False, repr=False)  # name -> Manifest; never rewritten
 
     @classmethod
     def open(cls, uri: str | Path) -> ReportStore:
-        """A local path or any URI pyarrow.fs understands (file://, s3://, gs://, ...)."""
+        """A local path or any URI pyarrow.fs understands (file://, s3://, gs://, hdfs://)."""
         text = str(uri)
         if "://" in text:
-            filesystem, root = pafs.FileSystem.from_uri(text)
+            try:
+                filesystem, root = pafs.FileSystem.from_uri(text)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+                raise SpecError(f"report store {text!r}: {' '.join(str(exc).split())}; give a local path or a URI "
+                                "pyarrow can open (file://, s3://, gs://, hdfs://)") from None
         else:
             filesystem, root = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
-        return cls(filesystem, root.rstrip("/"), text)
+        return cls(filesystem, root.rstrip("/") or "/", text)
+
+    def check_usable(self) -> None:
+        """Refuse (exit 2) a store that cannot hold a report: a file where its folder should be, a folder that
+        cannot be written, or a remote store that cannot be reached. Writes nothing."""
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            path = Path(self.root)
+            existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+            if not existing.is_dir():
+                raise SpecError(f"report store {self.uri!r}: {existing} is a file, not a folder; point report.store "
+                                "(or --store) at a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise SpecError(f"report store {self.uri!r}: {existing} is not writable by this user; choose "
+                                "another report.store or fix the folder's permissions")
+            return
+        try:
+            info = self.filesystem.get_file_info(self.root)
+        except OSError as exc:
+            raise SpecError(f"report store {self.uri!r} cannot be reached: {' '.join(str(exc).split())}") from None
+        if info.type == pafs.FileType.File:
+            raise SpecError(f"report store {self.uri!r} is a file, not a folder; point report.store at a folder")
+
+    def exists(self) -> bool:
+        return self.filesystem.get_file_info(self.root).type == pafs.FileType.Directory
 
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
-    def _partition(self, table: str, model: str, version: str, base: str | None = None) -> str:
-        return "/".join((base or self.root, table, f"model={model}", f"version={version}"))
+    @staticmethod
+    def _partition(table: str, model: str, version: str) -> str:
+        return f"{table}/model={model}/version={version}"
+
+    def _exists(self, path: str) -> bool:
+        return self.filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _sha256(self, relative: str) -> str:
+        digest = hashlib.sha256()
+        with self.filesystem.open_input_stream(self._path(relative)) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    # ------------------------------------------------------------------------------------------- writing
 
     def stage(self, run_id: str, model: str, version: str, tables: dict[str, pa.Table]) -> None:
         """Write each table of the run under the staging area; nothing is visible to readers yet."""
-        staging = self._path(STAGING, run_id)
         for name, table in tables.items():
-            folder = self._partition(name, model, version, staging)
+            folder = self._path(STAGING, run_id, self._partition(name, model, version))
             self.filesystem.create_dir(folder, recursive=True)
             pq.write_table(conform(name, table), f"{folder}/{run_id}.parquet", filesystem=self.filesystem)
 
-    def publish(self, run_id: str, model: str, version: str) -> None:
-        """Move the staged tables into place, ``audit_runs`` last, then drop the staging folder."""
-        staging = self._path(STAGING, run_id)
-        staged = [info.base_name for info in self.filesystem.get_file_info(pafs.FileSelector(staging))]
+    def publish(self, run_id: str, model: str, version: str) -> Manifest:
+        """Move the staged tables into place, then commit them with the run's manifest and drop the staging."""
+        staged = [info.base_name for info in self.filesystem.get_file_info(pafs.FileSelector(self._path(STAGING, run_id)))]
         if RUNS_TABLE not in staged:
             raise RuntimeError(f"run {run_id}: nothing staged for {RUNS_TABLE}; refusing to publish")
-        for name in sorted(staged, key=lambda table: table == RUNS_TABLE):
-            target = self._partition(name, model, version)
-            self.filesystem.create_dir(target, recursive=True)
-            self.filesystem.move(f"{self._partition(name, model, version, staging)}/{run_id}.parquet",
-                                 f"{target}/{run_id}.parquet")
-        self.filesystem.delete_dir(staging)
-
-    def tables_sha256(self, run_id: str, model: str, version: str) -> str:
-        """SHA-256 over the run's published table files (reviews excluded), in table order: what a review signs."""
-        digest = hashlib.sha256()
-        for name in sorted(TABLES):
-            path = f"{self._partition(name, model, version)}/{run_id}.parquet"
-            if name == REVIEWS_TABLE or self.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-                continue
-            digest.update(name.encode() + b"\0")
-            with self.filesystem.open_input_stream(path) as stream:
-                digest.update(stream.read())
-        return digest.hexdigest()
+        return self._commit(run_id, "run", run_id, model, version, sorted(staged))
 
     def append(self, table: str, file_id: str, model: str, version: str, rows: pa.Table) -> None:
-        """Add rows in a file of their own (reviews, requested diffs), written aside and moved into place.
+        """Add rows in a file of their own (reviews, requested diffs), committed by a manifest of their own.
 
         Nothing is ever rewritten, and these files are not the run's own, so they are outside ``tables_sha256``."""
-        target = self._partition(table, model, version)
-        if self.filesystem.get_file_info(f"{target}/{file_id}.parquet").type != pafs.FileType.NotFound:
+        if self._exists(self._path(MANIFESTS, f"{file_id}.json")) or \
+                self._exists(self._path(self._partition(table, model, version), f"{file_id}.parquet")):
             raise FileExistsError(f"{table}: {file_id} is recorded already and is never rewritten")
-        staging = self._partition(table, model, version, self._path(STAGING, file_id))
-        self.filesystem.create_dir(staging, recursive=True)
-        pq.write_table(conform(table, rows), f"{staging}/{file_id}.parquet", filesystem=self.filesystem)
-        self.filesystem.create_dir(target, recursive=True)
-        self.filesystem.move(f"{staging}/{file_id}.parquet", f"{target}/{file_id}.parquet")
-        self.filesystem.delete_dir(self._path(STAGING, file_id))
+        run_ids = set(rows.column("run_id").to_pylist())
+        if len(run_ids) != 1:
+            raise ValueError(f"{table}: an appended record belongs to one run, got {sorted(map(str, run_ids))}")
+        self.stage(file_id, model, version, {table: rows})
+        self._commit(file_id, "append", run_ids.pop(), model, version, [table])
+
+    def _commit(self, commit_id: str, kind: str, run_id: str, model: str, version: str,
+                tables: list[str]) -> Manifest:
+        files = []
+        for name in tables:
+            relative = f"{self._partition(name, model, version)}/{commit_id}.parquet"
+            staged = self._path(STAGING, commit_id, relative)
+            rows = pq.ParquetFile(self.filesystem.open_input_file(staged)).metadata.num_rows
+            files.append(PublishedFile(name, relative, self._sha256(f"{STAGING}/{commit_id}/{relative}"), rows))
+        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(timezone.utc).isoformat(),
+                            tuple(files))
+        for published in files:
+            self.filesystem.create_dir(self._path(published.path.rsplit("/", 1)[0]), recursive=True)
+            self.filesystem.move(self._path(STAGING, commit_id, published.path), self._path(published.path))
+        staged_manifest = self._path(STAGING, commit_id, "manifest.json")
+        with self.filesystem.open_output_stream(staged_manifest) as stream:
+            stream.write(manifest.to_json())
+        self.filesystem.create_dir(self._path(MANIFESTS), recursive=True)
+        self.filesystem.move(staged_manifest, self._path(MANIFESTS, f"{commit_id}.json"))  # the commit
+        self.filesystem.delete_dir(self._path(STAGING, commit_id))
+        return manifest
 
     def discard(self, run_id: str) -> None:
-        staging = self._path(STAGING, run_id)
-        if self.filesystem.get_file_info(staging).type != pafs.FileType.NotFound:
-            self.filesystem.delete_dir(staging)
+        if self._exists(self._path(STAGING, run_id)):
+            self.filesystem.delete_dir(self._path(STAGING, run_id))
 
-    def _dataset(self, table: str) -> ds.Dataset | None:
-        folder = self._path(table)
-        if self.filesystem.get_file_info(folder).type == pafs.FileType.NotFound:
-            return None
+    # ------------------------------------------------------------------------------------------- reading
+
+    def manifests(self) -> list[Manifest]:
+        """Every commit, oldest first; unreadable manifests are skipped here and reported by ``check``."""
+        return [manifest for manifest in self._read_manifests().values() if isinstance(manifest, Manifest)]
+
+    def _read_manifests(self) -> dict[str, Manifest | str]:
+        """Manifest file name -> its manifest, or the reason it cannot be read."""
+        folder = self._path(MANIFESTS)
+        if not self._exists(folder):
+            return {}
+        found = {}
+        for info in sorted(self.filesystem.get_file_info(pafs.FileSelector(folder)), key=lambda i: i.base_name):
+            if info.base_name not in self._manifests:
+                try:
+                    with self.filesystem.open_input_stream(info.path) as stream:
+                        manifest = Manifest.from_json(stream.read())
+                    if f"{manifest.commit_id}.json" != info.base_name:
+                        raise ValueError(f"names commit {manifest.commit_id}")
+                    self._manifests[info.base_name] = manifest
+                except (ValueError, TypeError, KeyError, OSError) as exc:
+                    found[info.base_name] = f"unreadable manifest ({type(exc).__name__}: {exc})"
+                    continue
+            found[info.base_name] = self._manifests[info.base_name]
+        return found
+
+
+    def _read_files(self, table: str, paths: list[str], filter_expr=None) -> pa.Table:
         schema = TABLES[table].schema
-        for field in PARTITIONING.schema:
-            schema = schema.append(field)
-        return ds.dataset(folder, schema=schema, format="parquet", filesystem=self.filesystem,
-                          partitioning=PARTITIONING, exclude_invalid_files=False)
-
-    def _raw(self, table: str, filter_expr=None) -> pa.Table:
-        dataset = self._dataset(table)
-        if dataset is None:
-            schema = TABLES[table].schema
-            for field in PARTITIONING.schema:
-                schema = schema.append(field)
+        for column in PARTITIONING.schema:
+            schema = schema.append(column)
+        if not paths:
             return schema.empty_table()
+        dataset = ds.dataset([self._path(path) for path in paths], schema=schema, format="parquet",
+                             filesystem=self.filesystem, partitioning=PARTITIONING,
+                             partition_base_dir=self._path(table))
         return dataset.to_table(filter=filter_expr)
 
     def runs(self, model: str | None = None, version: str | None = None) -> pa.Table:
         """Published runs, oldest first."""
-        runs = self._raw(RUNS_TABLE, _partition_filter(model, version))
+        paths = [file.path for manifest in self.manifests() if manifest.kind == "run"
+                 and (model is None or manifest.model == model) and (version is None or manifest.version == version)
+                 for file in manifest.files if file.table == RUNS_TABLE]
+        runs = self._read_files(RUNS_TABLE, paths)
         return runs.sort_by([("started_at", "ascending"), ("run_id", "ascending")])
 
     def read(self, table: str, model: str | None = None, version: str | None = None,
              run_id: str | None = None) -> pa.Table:
-        """A table's rows from published runs only, optionally narrowed to a model, version or run."""
+        """A table's rows from the files published runs and their records committed, optionally narrowed to a
+        model, version or run; rows are only shown as the run their manifest names."""
         if table not in TABLES:
             raise NotFoundError(f"unknown table {table!r}; tables are: {', '.join(sorted(TABLES))}")
-        published = self.runs(model, version).column("run_id")
+        published = set(self.runs(model, version).column("run_id").to_pylist())
         if run_id is not None:
-            published = pa.array([r for r in published.to_pylist() if r == run_id], pa.string())
-        filter_expr = pc.field("run_id").isin(published)
-        partition = _partition_filter(model, version)
-        if partition is not None:
-            filter_expr = filter_expr & partition
-        return self._raw(table, filter_expr)
+            published &= {run_id}
+        paths = [file.path for manifest in self.manifests() if manifest.run_id in published
+                 and (model is None or manifest.model == model) and (version is None or manifest.version == version)
+                 for file in manifest.files if file.table == table]
+        filter_expr = pc.field("run_id").isin(pa.array(sorted(published), pa.string()))
+        return self._read_files(table, paths, filter_expr)
 
     def tables_with_data(self) -> list[str]:
-        return [name for name in TABLES if self._dataset(name) is not None]
+        listed = {file.table for manifest in self.manifests() for file in manifest.files}
+        return [name for name in TABLES if name in listed]
+
+    def tables_sha256(self, run_id: str) -> str:
+        """SHA-256 over the files the run's manifest lists (path and current content of each): what a sign-off
+        signs. Any change to those files, or to the manifest's list, changes it."""
+        manifest = self._run_manifest(run_id)
+        digest = hashlib.sha256()
+        for file in sorted(manifest.files, key=lambda f: f.path):
+            current = self._sha256(file.path) if self._exists(self._path(file.path)) else "missing"
+            digest.update(f"{file.path}\0{current}\n".encode())
+        return digest.hexdigest()
+
+    def _run_manifest(self, run_id: str) -> Manifest:
+        for manifest in self.manifests():
+            if manifest.kind == "run" and manifest.run_id == run_id:
+                return manifest
+        raise NotFoundError(f"no published run {run_id!r} in {self.uri}")
+
+    # --------------------------------------------------------------------------------------- housekeeping
+
+    def check(self, verify: bool = True) -> StoreCheck:
+        """Everything in the table folders that no manifest lists, staging leftovers and, with ``verify``, the
+        published files whose content no longer matches their manifest."""
+        manifests = self._read_manifests()
+        committed = {name.removesuffix(".json") for name in manifests}
+        listed = {file.path: file for manifest in manifests.values() if isinstance(manifest, Manifest)
+                  for file in manifest.files}
+        staging = self._staging_dirs()
+        interrupted = {path.removeprefix(f"{STAGING}/") for path in staging}
+        orphans, foreign = [], []
+        for path in self._table_files():
+            if path in listed:
+                continue
+            match = _PARTITION_PATH.match(path)
+            commit = match["name"].removesuffix(".parquet") if match and match["name"].endswith(".parquet") else None
+            is_orphan = commit is not None and commit not in committed and \
+                (commit in interrupted or _looks_like_commit_id(commit))
+            (orphans if is_orphan else foreign).append(path)
+        modified, missing = [], []
+        if verify:
+            for path, file in sorted(listed.items()):
+                if not self._exists(self._path(path)):
+                    missing.append(path)
+                elif self._sha256(path) != file.sha256:
+                    modified.append(path)
+        return StoreCheck(published=len(listed), staging=staging, orphans=sorted(orphans),
+                          foreign=sorted(foreign), modified=modified, missing=missing,
+                          bad_manifests=[f"{MANIFESTS}/{name}: {reason}" for name, reason in manifests.items()
+                                         if isinstance(reason, str)])
+
+    def foreign_files(self) -> list[str]:
+        """Files in the table folders that no commit made (neither published nor crash debris); listing only."""
+        return self.check(verify=False).foreign
+
+    def gc(self, grace_seconds: float) -> list[str]:
+        """Remove staging folders and orphaned table files untouched for ``grace_seconds``; a live run's staging
+        and publishing are younger than that. Published, foreign and modified files are never touched."""
+        found = self.check(verify=False)
+        debris: dict[str, list[str]] = {}  # commit id -> its staging folder and orphaned files
+        for staging in found.staging:
+            debris.setdefault(staging.removeprefix(f"{STAGING}/"), []).append(staging)
+        for orphan in found.orphans:
+            debris.setdefault(orphan.rsplit("/", 1)[1].removesuffix(".parquet"), []).append(orphan)
+        removed = []
+        for paths in debris.values():
+            if time.time() - max(map(self._newest_mtime, paths)) < grace_seconds:
+                continue  # possibly a live run: its files are younger than the grace period
+            for path in sorted(paths, key=lambda p: p.startswith(STAGING)):  # orphans first, their staging last
+                if path.startswith(STAGING):
+                    self.filesystem.delete_dir(self._path(path))
+                else:
+                    self.filesystem.delete_file(self._path(path))
+                removed.append(path)
+        return removed
+
+    def _newest_mtime(self, relative: str) -> float:
+        """A file's modification time, or the newest of a folder's contents (the folder's own when empty)."""
+        info = self.filesystem.get_file_info(self._path(relative))
+        times = [info.mtime]
+        if info.type == pafs.FileType.Directory:
+            times += [item.mtime for item in self.filesystem.get_file_info(
+                pafs.FileSelector(self._path(relative), recursive=True))]
+        return max((t.timestamp() for t in times if t is not None), default=0.0)
+
+    def _table_files(self) -> list[str]:
+        paths = []
+        for table in TABLES:
+            folder = self._path(table)
+            if self._exists(folder):
+                paths += [info.path.removeprefix(self.root + "/")
+                          for info in self.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+                          if info.type != pafs.FileType.Directory]
+        return sorted(paths)
+
+    def _staging_dirs(self) -> list[str]:
+        folder = self._path(STAGING)
+        if not self._exists(folder):
+            return []
+        return sorted(f"{STAGING}/{info.base_name}" for info in self.filesystem.get_file_info(pafs.FileSelector(folder)))
 
 
-def _partition_filter(model: str | None, version: str | None):
-    expr = None
-    for column, value in (("model", model), ("version", version)):
-        if value is not None:
-            term = pc.field(column) == value
-            expr = term if expr is None else expr & term
-    return expr
+def _looks_like_commit_id(name: str) -> bool:
+    """Run ids are Prefect flow-run UUIDs and record ids UUIDs: anything else was not written by a commit."""
+    return bool(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", name or ""))

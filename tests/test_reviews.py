@@ -31,10 +31,12 @@ def test_reviews_append_and_bind_to_the_tables_hash(tmp_path):
     code, output = cli("review", "r1", "--approve", "--reviewer", "ada", "--comment", "fine", "--store", tmp_path)
     assert code == 0 and "approved run r1 by ada" in output, output
     first = report.load_table(tmp_path, "reviews")
-    # the hash is over the run's published files, in table order (computed here independently)
+    # the hash is over the files the run's manifest lists: each one's path and content hash (computed here
+    # independently, from the files on disk)
     digest = hashlib.sha256()
     for table in ("audit_runs", "onnx_parity"):
-        digest.update(table.encode() + b"\0" + (tmp_path / table / "model=m" / "version=1" / "r1.parquet").read_bytes())
+        path = f"{table}/model=m/version=1/r1.parquet"
+        digest.update(f"{path}\0{hashlib.sha256((tmp_path / path).read_bytes()).hexdigest()}\n".encode())
     assert first.tables_sha256.tolist() == [digest.hexdigest()]
     code, output = cli("report", "show", "r1", "--store", tmp_path)
     assert "review: approved by ada" in output and "matches the current tables" in output, output
