@@ -123,8 +123,10 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
     else:
         ReportStore.open(store or loaded.spec.report.store).check_usable()
     from flows.audit import audit
+    from flows.prefect_api import prefect_api
 
-    summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
+    with prefect_api():
+        summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
     colour = "green" if summary["status"] == "passed" else "red"
     failed_gates = f" ({', '.join(summary['failed_gates'])})" if summary["failed_gates"] else ""
     console.print(f"run id: [bold]{summary['run_id']}[/]\nstatus: [{colour}]{summary['status']}[/]{escape(failed_gates)}"
@@ -153,9 +155,11 @@ def schedule(spec: SpecArg, store: StoreOpt = None) -> None:
     if loaded.spec.schedule is None:
         raise SpecError(f"{spec}: no schedule block; add e.g. `schedule: {{cron: '0 3 * * *', timezone: UTC}}`")
     preflight(loaded)
+    from flows.prefect_api import prefect_api
     from flows.schedule import serve_audit
 
-    serve_audit(loaded, spec.resolve(), store)
+    with prefect_api():
+        serve_audit(loaded, spec.resolve(), store)
 
 
 @app.command()

@@ -9,16 +9,15 @@ Prefect server carries the events for the length of the demo. The demo ends with
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flows.prefect_api import die_with_parent, prefect_api
 from interp_audit import progress
 from interp_audit.intake import tracking_uri
 from interp_audit.spec import load_spec
@@ -50,25 +49,6 @@ def register_demo_model(models: dict, store: str, variant: str) -> str:
     return version
 
 
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
-    """The user's Prefect API, or a temporary local server with events and automations running."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield PREFECT_API_URL.value()
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start(timeout=180)
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-    finally:
-        server.stop()
-
-
 def review_story(models: dict, store: str) -> dict:
     """Register, audit and approve version 1, then register and audit version 2; returns version 2's run."""
     from prefect.deployments import run_deployment
@@ -82,7 +62,7 @@ def review_story(models: dict, store: str) -> dict:
         env = {**os.environ, "PREFECT_API_URL": api_url, "INTERP_AUDIT_STORE": store}
         since = datetime.now(timezone.utc)
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(SPEC), "--store", store,
-                                   "--interval", "3600"], env=env, start_new_session=True)
+                                   "--interval", "3600"], env=env, preexec_fn=die_with_parent)
         try:
             _wait_for_deployments([f"interp-audit-watch/{name}-watch", f"interp-audit-registry-version/{name}"],
                                   served, since)

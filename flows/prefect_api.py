@@ -1,0 +1,101 @@
+"""The Prefect API a command talks to: the user's server (``PREFECT_API_URL``), or a local one it starts itself.
+
+Prefect would start its own ephemeral server on first use, but with a start-up timeout (20 s) that the first
+start on a new machine (creating and migrating its database) outlasts on two cores, and as a child that keeps
+running when the command is killed. This one waits as long as the first start needs, says so while it waits,
+and dies with the command: the kernel sends it SIGTERM when its parent dies (Linux's parent-death signal), and a
+normal exit stops it explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from interp_audit import progress
+from interp_audit.errors import AuditError
+
+STARTUP_TIMEOUT_SECONDS = 300
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to send SIGTERM to this process when its parent dies (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.setpgid(0, 0)  # its own process group: a Ctrl-C in the terminal reaches the command, which stops it
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the API URL to use; a local server started here is stopped on the way out, whatever happens."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        env={**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+             "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    try:
+        progress.step(f"starting a local Prefect API at {url} (pid {server.pid}); the first start on a machine "
+                      "creates its database and can take a minute. Set PREFECT_API_URL to use a running server")
+        _wait_until_healthy(server, url, log)
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _wait_until_healthy(server: subprocess.Popen, url: str, log) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise AuditError(f"the local Prefect API exited with code {server.returncode} while starting: "
+                                 f"{_tail(log)}; check PREFECT_HOME, or set PREFECT_API_URL to a running server")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            time.sleep(0.25)
+    raise AuditError(f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {_tail(log)}; "
+                     "start one with `prefect server start` and set PREFECT_API_URL")
+
+
+def _tail(log, limit: int = 2000) -> str:
+    log.seek(0)
+    text = " ".join(log.read().decode(errors="replace").split())
+    return text[-limit:] or "no output"
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -1,0 +1,109 @@
+"""A newcomer's first command: `interp-audit run` on a machine with an empty home folder and no Prefect set-up
+starts its own local Prefect API, waits as long as the first start (database creation) needs, and never leaves
+that server running, even when the command is killed with SIGKILL."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+CLI = Path(sys.executable).parent / "interp-audit"
+STARTED = re.compile(r"starting a local Prefect API at http://127\.0\.0\.1:\d+/api \(pid (\d+)\)")
+
+pytestmark = pytest.mark.slow
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead: it only waits for its (new) parent to reap it
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def newcomer(tmp_path_factory):
+    """An empty home folder, no PREFECT_* settings, and a small spec of a user's model."""
+    from user_models import gray_net
+
+    root = tmp_path_factory.mktemp("newcomer")
+    (root / "home").mkdir()
+    torch.save(gray_net().state_dict(), root / "gray.pt")
+    (root / "spec.yaml").write_text(f"""
+name: first-run
+model:
+  source: torch
+  name: gray-net
+  version: "1"
+  factory: {ASSETS / 'user_models.py'}:gray_net
+  weights: gray.pt
+  input: {{shape: [1, 28, 28], range: [0, 1], mean: [0.5], std: [0.5]}}
+  layers: [body.conv1]
+data: "builtin:shapes?split=val&n=4"
+report: {{store: {root / 'reports'}}}
+""")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(HOME=str(root / "home"), PYTHONPATH=str(ASSETS))
+    return root, env
+
+
+def test_the_first_run_on_a_new_machine_works_and_stops_its_server(newcomer):
+    root, env = newcomer
+    result = subprocess.run([str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root, capture_output=True,
+                            text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "status: passed" in output, output
+    started = STARTED.search(output)
+    assert started, output
+    assert (root / "home" / ".prefect" / "prefect.db").is_file()  # it really was a first start: a new database
+    assert wait_gone(int(started.group(1)), 5), "the local Prefect API outlived the command"
+
+
+def api_server_child(parent: int) -> int | None:
+    """The pid of a uvicorn process (a Prefect API server) whose parent is ``parent``, found through /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"PPid:\t{parent}\n" in status and "uvicorn" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_run_takes_its_server_with_it(newcomer):
+    root, env = newcomer
+    command = subprocess.Popen([str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while (server := api_server_child(command.pid)) is None:
+            assert command.poll() is None and time.monotonic() < deadline, "no Prefect API server was started"
+            time.sleep(0.2)
+        command.send_signal(signal.SIGKILL)  # no cleanup code of ours runs
+        command.wait(timeout=10)
+        assert wait_gone(server, 20), "the local Prefect API outlived a killed command"
+    finally:
+        if command.poll() is None:
+            command.kill()
