@@ -169,7 +169,8 @@ def watch(spec: SpecArg, store: StoreOpt = None,
     """Audit every new version of the spec's MLflow model once, and tag it with the verdict (runs until stopped).
 
     Serves two Prefect deployments: a watcher on an interval that emits an event per new version, and the
-    audit, triggered by that event. Needs a Prefect server that keeps running (PREFECT_API_URL).
+    audit, triggered by that event. Use a Prefect server that keeps running (PREFECT_API_URL); without one, a
+    local server lives as long as this command.
     """
     from interp_audit.spec import load_spec
 
@@ -177,9 +178,11 @@ def watch(spec: SpecArg, store: StoreOpt = None,
     if loaded.spec.model.source != "mlflow":
         raise SpecError(f"{spec}: model.source is {loaded.spec.model.source}; `watch` needs a registry model "
                         "(model.source: mlflow, name, version)")
+    from flows.prefect_api import prefect_api
     from flows.registry import serve_watch
 
-    serve_watch(loaded, spec.resolve(), store, interval)
+    with prefect_api():
+        serve_watch(loaded, spec.resolve(), store, interval)
 
 
 @app.command()
