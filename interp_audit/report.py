@@ -45,7 +45,8 @@ def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
 
     The guarantees come from DuckDB itself, not from reading the SQL: once the tables are registered, file
     access is switched off (no read_text, glob, COPY, ATTACH, INSTALL or LOAD) and the configuration is locked
-    (no SET); the statement must parse as exactly one SELECT."""
+    (no SET); Python variables are not scanned as tables, nothing spills to disk, and the statement must parse
+    as exactly one SELECT."""
     import duckdb
 
     opened = _store(store)
@@ -56,8 +57,9 @@ def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         kinds = ", ".join(statement.type.name for statement in statements) or "none"
         raise QueryError(f"refused ({len(statements)} statement(s): {kinds}): {READ_ONLY}")
-    connection = duckdb.connect(config={"autoinstall_known_extensions": False,
-                                        "autoload_known_extensions": False})
+    connection = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                                        "python_enable_replacements": False,  # no Python variable as a table
+                                        "temp_directory": ""})  # no spill files outside the store
     for name in TABLES:  # every table, empty where nothing is published yet, so counts are 0, not errors
         connection.register(name, opened.read(name))
     connection.execute("SET enable_external_access = false")

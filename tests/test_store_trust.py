@@ -86,6 +86,17 @@ def test_query_still_answers_selects_and_sees_every_table(tmp_path):
         report.query(tmp_path, "SELECT 1; DROP VIEW onnx_parity")
 
 
+def test_query_sees_no_python_variable_as_a_table(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import interp_audit.report
+
+    published(tmp_path)
+    monkeypatch.setattr(interp_audit.report, "leak", pd.DataFrame({"secret": [1]}), raising=False)
+    with pytest.raises(QueryError, match="leak"):
+        report.query(tmp_path, "SELECT * FROM leak")
+
+
 def test_query_format_is_a_choice(tmp_path):
     published(tmp_path)
     code, output = cli("report", "query", "SELECT 1", "--format", "xml", "--store", tmp_path)
