@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -119,6 +120,25 @@ class Threshold:
     column: str
     bound: Literal["max", "min"]
     doc: str
+    allowed: tuple[float | None, float | None] = (None, None)
+    """Values a spec may set: those the column can hold (the registry takes them from the column's range), since
+    a limit outside them is met by every run or by none."""
+
+    def refusal(self, value: float) -> str | None:
+        """Why ``value`` is no usable threshold, or None when it is one."""
+        lo, hi = self.allowed
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (lo is not None and value < lo) or (hi is not None and value > hi):
+            return f"must be {self.allowed_text()} (got {value!r})"
+        return None
+
+    def allowed_text(self) -> str:
+        lo, hi = self.allowed
+        if lo is not None and hi is not None:
+            return f"a number from {lo} to {hi}"
+        if lo is not None or hi is not None:
+            return f"a finite number {'>= ' if hi is None else '<= '}{lo if hi is None else hi}"
+        return "a finite number"
 
     def expectation(self, value: float):
         """The GX check; on the column's extreme so the result reports the worst value seen.

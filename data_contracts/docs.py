@@ -47,12 +47,12 @@ def _table_section(contract: TableContract) -> list[str]:
             "",
             "Thresholds a spec may set under `contracts:`:",
             "",
-            "| key | column | check | description |",
-            "|---|---|---|---|",
+            "| key | column | check | allowed | description |",
+            "|---|---|---|---|---|",
         ]
         for t in thresholds:
             check = "every value <= threshold" if t.bound == "max" else "every value >= threshold"
-            lines.append(f"| `{t.key}` | `{t.column}` | {check} | {_cell(t.doc)} |")
+            lines.append(f"| `{t.key}` | `{t.column}` | {check} | {t.allowed_text()} | {_cell(t.doc)} |")
     return lines
 
 

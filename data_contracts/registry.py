@@ -1,5 +1,6 @@
 """Every report table and threshold. Adding a table: a new module here plus its name below."""
 
+from dataclasses import replace
 from importlib import import_module
 
 from data_contracts._core import TableContract, Threshold
@@ -13,4 +14,8 @@ _TABLE_MODULES = (
 _modules = [import_module(f"data_contracts.{name}") for name in _TABLE_MODULES]
 
 TABLES: dict[str, TableContract] = {m.CONTRACT.name: m.CONTRACT for m in _modules}
-THRESHOLDS: dict[str, Threshold] = {t.key: t for m in _modules for t in m.THRESHOLDS}
+# a threshold may take the values its column can hold: the column's range in its table's contract
+THRESHOLDS: dict[str, Threshold] = {
+    t.key: replace(t, allowed=TABLES[t.table].ranges.get(t.column, (None, None)))
+    for m in _modules for t in m.THRESHOLDS
+}

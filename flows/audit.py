@@ -7,6 +7,7 @@ on the task decorators.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import datetime, timezone
 from importlib import metadata
@@ -35,6 +36,22 @@ from tasks.lime import explain_with_lime
 from tasks.registry import fetch_registered_model, write_back
 from tasks.report import publish_report
 from tasks.review import check_gates, compare_with_baseline
+
+
+class BadInputWithoutTraceback(logging.Filter):
+    """Our errors (AuditError: bad input, or a failure whose message names the fix) are printed by the CLI as
+    that message; Prefect's run loggers would add their traceback, which only shows where our code noticed them
+    and buries the message. Their one-line records stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], AuditError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _run_logger in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_run_logger).addFilter(BadInputWithoutTraceback())
+
 
 PACKAGES = ("interp-audit", "torch", "onnx", "onnxruntime-gpu", "prefect", "great-expectations", "pyarrow",
             "pandas", "numpy")
@@ -119,9 +136,10 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
         progress.step(f"activation maximization: {len(units)} renders, {above} drive their unit past every "
                       "dataset image")
     if dissected is not None:
-        for name, rows in dissected.result().items():
+        dissection = dissection_rows(loaded, *dissected)
+        for name, rows in dissection.items():
             tables[name] = with_run_id(run_id, rows)
-        progress.step(f"dissection: {sum(r['is_detector'] for r in dissected.result()['dissection_units'])} "
+        progress.step(f"dissection: {sum(r['is_detector'] for r in dissection['dissection_units'])} "
                       f"detectors among {len(tables['dissection_units'])} units")
     if parity is not None:
         tables["onnx_parity"] = with_run_id(run_id, parity.result())
@@ -201,8 +219,9 @@ def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, objec
     return renders, exemplars
 
 
-def submit_dissection(loaded, onnx_bytes: bytes, checked):
-    """One dissection task per layer, for the model and for its random-init baseline; then the tables."""
+def submit_dissection(loaded, onnx_bytes: bytes, checked) -> tuple[list, list | None]:
+    """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
+    here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
     spec, params = loaded.spec, loaded.spec.ops.dissection
     common = (params.concepts, str(loaded.base_dir), checked.concepts_fingerprint, params,
               spec.model.input, spec.seed, checked.device)
@@ -210,10 +229,23 @@ def submit_dissection(loaded, onnx_bytes: bytes, checked):
     baselines = None
     if params.baseline == "random_init":
         baseline_bytes = export_random_baseline.submit(checked.model, tuple(spec.model.input.shape),
-                                                       checked.dissection_layers, spec.seed)
+                                                       checked.dissection_layers, spec.seed).result()
         baselines = [dissect_layer.submit(baseline_bytes, layer, *common) for layer in checked.dissection_layers]
-    return dissection_tables.submit(results, baselines, params.concepts, str(loaded.base_dir), spec.seed,
-                                    params.iou_threshold)
+    return results, baselines
+
+
+def dissection_rows(loaded, results: list, baselines: list | None) -> dict[str, list[dict]]:
+    """The three dissection tables, from the layers' results once every one has finished. A failed layer (a mask
+    holding an unknown label: bad input) raises its own error here; handing the futures on to the tables task
+    would raise only Prefect's UnfinishedRun of that task, and exit 3 instead of 2."""
+    params = loaded.spec.ops.dissection
+    return dissection_tables(resolved(results), None if baselines is None else resolved(baselines), params.concepts,
+                             str(loaded.base_dir), loaded.spec.seed, params.iou_threshold)
+
+
+def resolved(futures: list) -> list:
+    """The results of task futures, in order; the first failure is raised as the task's own exception."""
+    return [future.result() for future in futures]
 
 
 def _artifact_key(name: str) -> str:

@@ -139,14 +139,25 @@ def load_concepts(uri: str, base_dir: Path, seed: int):
             raise ConceptDataError(f"'{uri}' holds no images; give a Broden folder with images, or builtin:concepts")
         return concepts
     except (ConceptDataError, OSError) as exc:
-        raise SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}") from None
+        raise concepts_error(exc) from None
+
+
+def concepts_error(exc: Exception) -> SpecError:
+    """Broken concept data is bad input (exit 2), named as the spec names it."""
+    return SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}")
 
 
 def check_concepts(uri: str, base_dir: Path, seed: int) -> str:
-    """Reads the concept set's index; returns its fingerprint (the dissection tasks' cache key)."""
-    from interp_ops.concepts import concepts_fingerprint
+    """Reads the concept set's index and the header of every mask (a PNG of its row's size), so that a broken
+    folder stops the audit before any method runs; returns its fingerprint (the dissection tasks' cache key).
+    Label ids inside masks show only when they are decoded, during dissection."""
+    from interp_ops.concepts import ConceptDataError, concepts_fingerprint
 
-    load_concepts(uri, base_dir, seed)
+    concepts = load_concepts(uri, base_dir, seed)
+    try:
+        concepts.check_mask_headers()
+    except (ConceptDataError, OSError) as exc:
+        raise concepts_error(exc) from None
     return concepts_fingerprint(uri, base_dir, seed)
 
 
@@ -200,13 +211,11 @@ def lime_labels(lime: LimeSpec, class_names: list[str] | None, num_classes: int)
 
 
 def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> tuple[int, LayerShapes]:
-    import onnx
-
-    from interp_ops.onnx_bundle import expose_tensors, graph_tensor_names
+    from interp_ops.onnx_bundle import OnnxBundleError, expose_tensors, graph_tensor_names, load_onnx_file
 
     try:
-        model = onnx.load(ref.path)
-    except Exception as exc:
-        raise SpecError(f"model.path: '{Path(ref.path).name}' is not a readable ONNX file ({exc})") from None
+        model = load_onnx_file(ref.path)
+    except (OnnxBundleError, OSError) as exc:
+        raise SpecError(f"model.path: {exc}") from None
     check_layers(spec.model.layers, graph_tensor_names(model), "tensor")
     return check_onnx_model(expose_tensors(model.SerializeToString(), spec.model.layers), spec.model, probe, probe_ids)

@@ -57,22 +57,45 @@ def _check(condition, message: str):
     return AfterValidator(check)
 
 
-PositiveInt = Annotated[int, _check(lambda v: v > 0, "must be a positive integer"), Field(json_schema_extra={"minimum": 1})]
-NonNegativeInt = Annotated[int, _check(lambda v: v >= 0, "must be 0 or more"), Field(json_schema_extra={"minimum": 0})]
-PositiveFloat = Annotated[float, _check(lambda v: v > 0, "must be > 0"), Field(json_schema_extra={"exclusiveMinimum": 0})]
+def _not_bool(kind: str):
+    """pydantic reads true/false as 1/0 where a number is expected; in a spec that is a typo, never a number."""
+
+    def check(value):
+        if isinstance(value, bool):
+            raise ValueError(f"must be {kind}, not {str(value).lower()}")
+        return value
+
+    return BeforeValidator(check)
+
+
+# Every integer and float of the spec is one of these; NaN and infinity are refused by StrictModel's config.
+Int = Annotated[int, _not_bool("an integer")]
+Float = Annotated[float, _not_bool("a number")]
+PositiveInt = Annotated[Int, _check(lambda v: v > 0, "must be a positive integer"), Field(json_schema_extra={"minimum": 1})]
+NonNegativeInt = Annotated[Int, _check(lambda v: v >= 0, "must be 0 or more"), Field(json_schema_extra={"minimum": 0})]
+PositiveFloat = Annotated[Float, _check(lambda v: v > 0, "must be > 0"), Field(json_schema_extra={"exclusiveMinimum": 0})]
+Fraction = Annotated[Float, _check(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+                     Field(json_schema_extra={"minimum": 0, "maximum": 1})]
+# The seed reaches numpy (any size >= 0), torch.manual_seed (up to 2**64 - 1), sums like seed + run, the int64
+# `seed` column of audit_runs, and builtin:concepts' seed (0 to 2**32 - 1, numpy's legacy range): the smallest wins.
+MAX_SEED = 2**32 - 1
+Seed = Annotated[Int, _check(lambda v: 0 <= v <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
+                 Field(json_schema_extra={"minimum": 0, "maximum": MAX_SEED})]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are typos, and NaN or infinity in any float (lists included) is never a usable setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class InputSpec(StrictModel):
     """What the model takes: samples are converted to this before they reach it."""
 
     shape: list[PositiveInt] = Field(description="(C, H, W) for images or (features,) for tabular models")
-    range: tuple[float, float] = Field((0.0, 1.0), description="value range before normalization")
-    mean: list[float] | None = Field(None, description="per-channel mean subtracted after scaling to range")
-    std: list[float] | None = Field(None, description="per-channel std divided by after subtracting mean")
+    range: tuple[Float, Float] = Field((0.0, 1.0), description="value range before normalization")
+    mean: list[Float] | None = Field(None, description="per-channel mean subtracted after scaling to range")
+    std: list[Float] | None = Field(None, description="per-channel std divided by after subtracting mean")
     class_names: list[str] | None = Field(None, description="one name per model output, in order")
 
     @field_validator("shape")
@@ -188,7 +211,7 @@ class SegmentationSpec(StrictModel):
     method: Literal["quickshift", "slic"] = "quickshift"
     kernel_size: PositiveFloat = 4
     max_dist: PositiveFloat = 200
-    ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    ratio: Fraction = 0.2
     n_segments: PositiveInt = Field(50, description="slic only")
     compactness: PositiveFloat = Field(10.0, description="slic only")
 
@@ -197,13 +220,13 @@ class LimeSpec(StrictModel):
     """LIME (Ribeiro et al. 2016): a weighted linear surrogate of the model around each sample."""
 
     samples: PositiveInt | list[str] = Field(16, description="how many samples to explain (the first N), or their ids")
-    labels: Literal["top1"] | list[int | str] = Field(
+    labels: Literal["top1"] | list[Int | str] = Field(
         "top1", description="'top1' (the model's decision) or class indices/names to explain for every sample")
     num_samples: PositiveInt = Field(1000, description="perturbations per explanation")
     segmentation: SegmentationSpec = Field(default_factory=SegmentationSpec)
     kernel_width: PositiveFloat | None = Field(None, description="default 0.25 (images) or 0.75*sqrt(features)")
     top_k: PositiveInt = Field(5, description="features reported as the explanation, and used for stability")
-    hide: Literal["mean"] | float = Field("mean", description="fill of hidden superpixels: their mean, or a constant "
+    hide: Literal["mean"] | Float = Field("mean", description="fill of hidden superpixels: their mean, or a constant "
                                                                "in model-input units")
     batch_size: PositiveInt = Field(256, description="images per ONNX Runtime call")
     stability_seeds: PositiveInt = Field(3, description="seeds whose top-k are compared for stability (1 = off)")
@@ -258,9 +281,9 @@ class DissectionSpec(StrictModel):
                                                                       "with spatial output (default: all of them)")
     concepts: str = Field("builtin:concepts", description="builtin:concepts?n=&size= or a Broden-format folder "
                                                           "(path relative to the spec, or a pyarrow/fsspec URI)")
-    quantile: Annotated[float, _check(lambda v: 0 < v < 0.5, "must lie strictly between 0 and 0.5")] = Field(
+    quantile: Annotated[Float, _check(lambda v: 0 < v < 0.5, "must lie strictly between 0 and 0.5")] = Field(
         0.005, description="share of each unit's activations counted as active (NetDissect: 0.005)")
-    iou_threshold: Annotated[float, _check(lambda v: 0 < v <= 1, "must be in (0, 1]")] = Field(
+    iou_threshold: Annotated[Float, _check(lambda v: 0 < v <= 1, "must be in (0, 1]")] = Field(
         0.04, description="a unit detects its best concept when their IoU reaches this (NetDissect: 0.04)")
     batch_size: PositiveInt = Field(64, description="concept images per ONNX Runtime call")
     baseline: Literal["random_init", "none"] = Field(
@@ -278,9 +301,9 @@ class OpsSpec(StrictModel):
 class RegionSpec(StrictModel):
     """An image region as fractions of width and height: the four corner squares, or explicit boxes."""
 
-    corners: Annotated[float, _check(lambda v: 0 < v <= 0.5, "must be in (0, 0.5]")] | None = Field(
+    corners: Annotated[Float, _check(lambda v: 0 < v <= 0.5, "must be in (0, 0.5]")] | None = Field(
         None, description="side of the four corner squares, as a fraction of the image side")
-    boxes: list[tuple[float, float, float, float]] | None = Field(
+    boxes: list[tuple[Float, Float, Float, Float]] | None = Field(
         None, min_length=1, description="[x0, y0, x1, y1] boxes, fractions of width and height (0,0 = top left)")
 
     @model_validator(mode="after")
@@ -304,8 +327,8 @@ class _GateBase(StrictModel):
     """A verdict on one aggregate metric, evaluated after the contracts; a failed gate fails the run."""
 
     name: SafeName | None = Field(None, description="name in gate_results (default: the metric)")
-    min: float | None = Field(None, description="lowest passing value")
-    max: float | None = Field(None, description="highest passing value")
+    min: Float | None = Field(None, description="lowest passing value")
+    max: Float | None = Field(None, description="highest passing value")
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -394,11 +417,12 @@ class ScheduleSpec(StrictModel):
 
 class AuditSpec(StrictModel):
     name: SafeName
-    seed: int = 0
+    seed: Seed = Field(0, description="one seed for everything random")
     model: ModelSpec
     data: str = Field(description="builtin:NAME?k=v, a directory of PNG/JPEG images, or a .npy/.npz file")
     ops: OpsSpec = Field(default_factory=OpsSpec)
-    contracts: dict[str, float] = Field(default_factory=dict, description="threshold key -> value")
+    contracts: dict[str, Float] = Field(default_factory=dict, description="threshold key -> value, each within "
+                                                                          "the range its key allows (docs/tables.md)")
     report: ReportSpec = Field(default_factory=ReportSpec)
     schedule: ScheduleSpec | None = None
     review: ReviewSpec = Field(default_factory=ReviewSpec)
@@ -416,6 +440,18 @@ class AuditSpec(StrictModel):
                 f"unknown contract key {unknown[0]!r}; known keys are: {', '.join(sorted(THRESHOLDS))}"
             )
         return contracts
+
+    @model_validator(mode="after")
+    def _contracts_in_range(self) -> AuditSpec:
+        """A threshold outside the values its column can hold (a share of 1.5, a distance of -1) is met by every
+        run or by none: a typo, never a policy."""
+        from data_contracts import THRESHOLDS
+
+        problems = [f"contracts.{key}: {refusal}, the values {THRESHOLDS[key].table}.{THRESHOLDS[key].column} can take"
+                    for key, value in self.contracts.items() if (refusal := THRESHOLDS[key].refusal(value))]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _dissection_fits_model(self) -> AuditSpec:
@@ -522,6 +558,7 @@ _FRIENDLY = {
     "int_type": "must be an integer",
     "float_parsing": "must be a number",
     "float_type": "must be a number",
+    "finite_number": "must be a finite number, not NaN or infinity",
     "string_type": "must be a string",
     "bool_parsing": "must be true or false",
     "list_type": "must be a list",
@@ -573,14 +610,41 @@ def format_validation_error(error: ValidationError) -> list[str]:
             for where, texts in by_path.items()]
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML silently keeps the
+    last one, so a spec with two `seed:` lines would audit with a seed its reader may never notice."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` merges keys that the mapping may override: not a repetition
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first_line.setdefault(key, key_node.start_mark.line)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+                if line != key_node.start_mark.line:
+                    raise DuplicateKeyError(
+                        "while constructing a mapping", node.start_mark,
+                        f"key {key!r} is given twice (first at line {line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def parse_spec(text: str, base_dir: Path, source: str = "<spec>") -> LoadedSpec:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: builds plain data, never objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([f"{source}: invalid YAML{where}: {problem}; fix the syntax and retry"]) from None
+        fix = "keep one of them" if isinstance(exc, DuplicateKeyError) else "fix the syntax and retry"
+        raise SpecError([f"{source}: invalid YAML{where}: {problem}; {fix}"]) from None
     if not isinstance(raw, dict):
         raise SpecError([f"{source}: the spec must be a YAML mapping with keys name, model, data, ... "
                          f"(got {type(raw).__name__})"])

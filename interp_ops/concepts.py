@@ -11,9 +11,12 @@ A Broden folder (Bau et al. 2017) holds
 - ``images/``: the images and masks. Label 0 means unlabeled.
 
 ``load_concepts`` reads such a folder from a local path, a ``file://`` URI, any URI pyarrow understands, or a
-pyarrow / fsspec filesystem, and checks it up front: every file that index.csv names must exist, every column
-and every label must be declared. Mask contents (PNG or not, label ids inside) are checked when a mask is read,
-by ``ConceptSet.batches`` or at once by ``ConceptSet.verify``.
+pyarrow / fsspec filesystem, and checks it up front: every file that index.csv names must exist inside the folder
+(symbolic links leading out of it are refused like ``../`` paths), every label must be declared, and so must every
+category column that holds labels (empty ones are ignored, as NetDissect-Lite ignores them).
+``ConceptSet.check_mask_headers`` reads the first bytes of every mask (a PNG of its row's size?), for a fraction of
+the cost of decoding; the label ids inside a mask are checked when it is read, by ``ConceptSet.batches`` or at once
+by ``ConceptSet.verify``.
 
 ``resolve_concepts`` also understands ``builtin:concepts?n=...&size=...&seed=...``: synthetic scenes with pixel-level
 ``color``, ``object`` and ``texture`` concepts and an image-level ``scene``, written once as a Broden folder into a
@@ -32,6 +35,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -49,6 +53,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_MASK_LABEL = 255 + 256 * 255  # R + 256*G
 BRODEN_LAYOUT = "a Broden folder holds index.csv, label.csv, category.csv, c_<category>.csv and images/"
 _CATEGORY_ENTRY = re.compile(r"^([^()]+)\((\d+)\)$")
+REMOTE_READS_IN_FLIGHT = 16  # mask headers read at once from object stores, where each read is a round trip
 
 
 class ConceptDataError(ValueError):
@@ -160,6 +165,29 @@ class ConceptSet:
         for _ in self.batches(256, images=False):
             pass
 
+    def check_mask_headers(self) -> None:
+        """Read the first 24 bytes of every mask: each must be a PNG of its row's size (sh x sw). Raises
+        ConceptDataError naming the first that is not, before an audit spends minutes on other methods; what only
+        decoding shows (label ids) is left to ``batches`` and ``verify``. About 30 us a mask on a local disk;
+        on other filesystems each read is a round trip, so several are in flight at once."""
+        import pyarrow.fs as pafs
+
+        masks = [(row, category, entry) for row in self._rows for category, entries in row.entries.items()
+                 for entry in entries if isinstance(entry, str)]
+
+        def head(mask: tuple[_Row, str, str]) -> bytes:
+            row, category, relative = mask
+            return _read_head(self._fs, self._path(relative), _mask_where(relative, row, category), _PNG_HEAD)
+
+        pool = None if isinstance(self._fs, pafs.LocalFileSystem) else ThreadPoolExecutor(REMOTE_READS_IN_FLIGHT)
+        try:
+            heads = map(head, masks) if pool is None else pool.map(head, masks)
+            for (row, category, relative), data in zip(masks, heads):
+                _check_mask_header(data, row, _mask_where(relative, row, category))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
     # -- reading --
 
     def _path(self, relative: str) -> str:
@@ -202,23 +230,17 @@ class ConceptSet:
         return out
 
     def _read_mask(self, row: _Row, category: str, relative: str) -> np.ndarray:
-        where = f"mask {relative!r} (index.csv row {row.number}, category {category!r})"
+        where = _mask_where(relative, row, category)
         data = _read_bytes(self._fs, self._path(relative), where)
         if not data.startswith(PNG_SIGNATURE):
-            raise ConceptDataError(
-                f"concepts: {where} is not a PNG file; Broden masks are PNGs whose pixels encode "
-                "label = R + 256*G: convert it to PNG or remove it from index.csv"
-            )
+            raise ConceptDataError(_not_png(where))
         try:
             with _open_image(data) as opened:
                 labels = _decode_mask(opened)
         except Exception as error:
             raise ConceptDataError(f"concepts: {where} cannot be decoded ({type(error).__name__}: {error})") from None
         if labels.shape != row.mask_size:
-            raise ConceptDataError(
-                f"concepts: {where} is {labels.shape[0]}x{labels.shape[1]} pixels but the row gives "
-                f"sh={row.mask_size[0]}, sw={row.mask_size[1]}; fix sh/sw or the mask"
-            )
+            raise ConceptDataError(_wrong_size(where, labels.shape, row))
         # labels 0..known_through are all declared: then the maximum settles it (3 us instead of 13 us per mask)
         settled = labels.dtype.kind == "u" and labels.size and labels.max() <= self._known_through
         unknown = None if settled else ~self._known_mask_label[labels]
@@ -234,8 +256,35 @@ class ConceptSet:
         return labels
 
 
+def _mask_where(relative: str, row: _Row, category: str) -> str:
+    return f"mask {relative!r} (index.csv row {row.number}, category {category!r})"
+
+
+def _not_png(where: str) -> str:
+    return (f"concepts: {where} is not a PNG file; Broden masks are PNGs whose pixels encode label = R + 256*G: "
+            "convert it to PNG or remove it from index.csv")
+
+
+def _wrong_size(where: str, shape: tuple[int, int], row: _Row) -> str:
+    return (f"concepts: {where} is {shape[0]}x{shape[1]} pixels but the row gives sh={row.mask_size[0]}, "
+            f"sw={row.mask_size[1]}; fix sh/sw or the mask")
+
+
 _PNG_CHUNK = struct.Struct(">I4s")
 _PNG_HEADER = struct.Struct(">IIBBBBB")
+_PNG_HEAD = len(PNG_SIGNATURE) + _PNG_CHUNK.size + 8  # signature, IHDR length and type, width and height
+
+
+def _check_mask_header(head: bytes, row: _Row, where: str) -> None:
+    """A PNG starts with its signature and the IHDR chunk, which gives its width and height."""
+    if len(head) < _PNG_HEAD or not head.startswith(PNG_SIGNATURE):
+        raise ConceptDataError(_not_png(where))
+    _, kind = _PNG_CHUNK.unpack_from(head, len(PNG_SIGNATURE))
+    if kind != b"IHDR":
+        raise ConceptDataError(f"concepts: {where} is a damaged PNG (no IHDR chunk first); write the mask again")
+    width, height = struct.unpack_from(">II", head, len(PNG_SIGNATURE) + _PNG_CHUNK.size)
+    if (height, width) != row.mask_size:
+        raise ConceptDataError(_wrong_size(where, (height, width), row))
 _PNG_MODES = {0: "L", 2: "RGB", 4: "LA", 6: "RGBA"}  # colour type -> mode, at 8 bits per sample
 
 
@@ -323,9 +372,14 @@ def _resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _read_bytes(filesystem, path: str, what: str) -> bytes:
+    return _read_head(filesystem, path, what, None)
+
+
+def _read_head(filesystem, path: str, what: str, size: int | None) -> bytes:
+    """The first ``size`` bytes of a file (all of it for None)."""
     try:
         with filesystem.open_input_file(path) as stream:
-            return stream.read()
+            return stream.read(size)
     except (FileNotFoundError, OSError) as error:
         raise ConceptDataError(f"concepts: cannot read {what} at {path}: {error}") from None
 
@@ -478,25 +532,83 @@ def _list_files(filesystem, root: str) -> set[str]:
     return {info.path[prefix:] for info in infos if info.type == pafs.FileType.File}
 
 
-def _read_index(filesystem, root: str, categories: list[str], labels: dict[int, str],
-                files: set[str]) -> list[_Row]:
-    raw = _read_csv(filesystem, root, "index.csv", META_COLUMNS + tuple(categories))
-    extra = [c for c in raw[0] if c not in META_COLUMNS and c not in categories] if raw else []
-    if extra:
-        raise ConceptDataError(
-            f"concepts: index.csv has column(s) {extra} that category.csv does not list; "
-            "add them to category.csv (with a c_<category>.csv) or remove the column(s)"
+def _any_link(path: str) -> bool:
+    """Whether ``path`` is a symbolic link or holds one, at any depth (links are seen, never followed)."""
+    if os.path.islink(path):
+        return True
+    folders = [path]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    return True
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+    return False
+
+
+def _links_leaving(filesystem, root: str, files: set[str]) -> dict[str, str]:
+    """Files under images/ that symbolic links (theirs or a parent folder's) lead out of the concept folder, with
+    where they lead: a folder must not read what lies outside it, as ``../`` paths cannot. Only local folders have
+    links, and without any link under images/ nothing can lead out, so most folders cost one directory walk."""
+    import pyarrow.fs as pafs
+
+    images = f"{root}/images"
+    if not isinstance(filesystem, pafs.LocalFileSystem) or not _any_link(images):
+        return {}
+    inside = os.path.realpath(root)
+    leaving = {}
+    for relative in files:
+        target = os.path.realpath(f"{images}/{relative}")
+        if os.path.commonpath([inside, target]) != inside:
+            leaving[relative] = target
+    return leaving
+
+
+def _missing_file(where: str, kind: str, name: str, leaving: dict[str, str], fix: str) -> ConceptDataError:
+    if name in leaving:
+        return ConceptDataError(
+            f"concepts: {where} names {kind} {name!r}, a symbolic link to {leaving[name]}, outside the concept "
+            "folder; copy the file into the folder's images/ instead of linking it"
         )
+    return ConceptDataError(f"concepts: {where} names {kind} {name!r}, which is not under images/; {fix}")
+
+
+def _unlisted_columns_with_labels(raw: list[dict], categories: list[str]) -> list[str]:
+    """index.csv columns that category.csv does not list, yet hold entries. NetDissect-Lite ignores unlisted
+    columns, and real Broden folders carry empty ones; only one that holds labels is a mistake worth stopping for
+    (its labels would be silently dropped)."""
+    unlisted = [c for c in raw[0] if c is not None and c not in META_COLUMNS and c not in categories]
+    return [c for c in unlisted if any((record[c] or "").strip() for record in raw)]
+
+
+def _read_index(filesystem, root: str, categories: list[str], labels: dict[int, str],
+                files: set[str], leaving: dict[str, str] | None = None) -> list[_Row]:
+    """Rows of index.csv; ``files`` are the files under images/ that it may name, ``leaving`` those refused because
+    a link leads them out of the folder."""
+    leaving = leaving or {}
+    raw = _read_csv(filesystem, root, "index.csv", META_COLUMNS + tuple(categories))
     if not raw:
         raise ConceptDataError("concepts: index.csv lists no images; add one row per image")
+    holding = _unlisted_columns_with_labels(raw, categories)
+    if holding:
+        first = next(number for number, record in enumerate(raw, start=1) if (record[holding[0]] or "").strip())
+        raise ConceptDataError(
+            f"concepts: index.csv column(s) {holding} hold labels (row {first}: {raw[first - 1][holding[0]]!r}) but "
+            "category.csv does not list them; add them to category.csv (with a c_<category>.csv) or empty the "
+            "column(s)"
+        )
     rows = []
     for number, record in enumerate(raw, start=1):
         where = f"index.csv row {number}"
+        if any((cell or "").strip() for cell in record.get(None) or ()):
+            raise ConceptDataError(f"concepts: {where} has more cells than the header has columns; remove them or "
+                                   "name their column in the header")
         image = (record["image"] or "").strip()
         if not image:
             raise ConceptDataError(f"concepts: {where} has an empty 'image' cell; name the image file")
         if image not in files:
-            raise ConceptDataError(f"concepts: {where} names image {image!r}, which is not under images/; add it")
+            raise _missing_file(where, "image", image, leaving, "add it")
         ih, iw, sh, sw = (_parse_int(record[c], f"{where}, column {c!r}", minimum=1) for c in SIZE_COLUMNS)
         entries: dict[str, tuple[int | str, ...]] = {}
         for category in categories:
@@ -513,10 +625,8 @@ def _read_index(filesystem, root: str, categories: list[str], labels: dict[int, 
                 elif entry in files:
                     parsed.append(entry)
                 else:
-                    raise ConceptDataError(
-                        f"concepts: {where}, column {category!r} names mask {entry!r}, which is not under images/; "
-                        "add the mask or fix the row"
-                    )
+                    raise _missing_file(f"{where}, column {category!r}", "mask", entry, leaving,
+                                        "add the mask or fix the row")
             if parsed:
                 entries[category] = tuple(parsed)
         rows.append(_Row(number, image, (ih, iw), (sh, sw), entries))
@@ -550,7 +660,9 @@ def load_concepts(uri: str, base_dir: Path | None = None, filesystem=None) -> Co
     labels, label_category = _read_labels(fs, root, categories)
     if not labels:
         raise ConceptDataError("concepts: label.csv lists no labels; list at least one (number 1 upwards)")
-    rows = _read_index(fs, root, categories, labels, _list_files(fs, root))
+    files = _list_files(fs, root)
+    leaving = _links_leaving(fs, root, files)
+    rows = _read_index(fs, root, categories, labels, files - leaving.keys(), leaving)
     return ConceptSet(fs, root, rows, labels, label_category, _category_kinds(categories, rows), str(uri))
 
 

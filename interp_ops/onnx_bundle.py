@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import warnings
 
@@ -100,11 +101,37 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
     return proto.SerializeToString()
 
 
+def load_onnx_file(path: str):
+    """The ONNX model in ``path``, its external weight files (as MLflow writes them) read in; OnnxBundleError when
+    the file is no ONNX model. Parsing alone proves nothing: protobuf reads an empty file as an empty model, and
+    some garbage as a model of unknown fields."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    name = os.path.basename(path)
+    fix = "export the model to ONNX again (e.g. torch.onnx.export) and point to that file"
+    if os.path.getsize(path) == 0:
+        raise OnnxBundleError(f"'{name}' is empty (0 bytes), not an ONNX model; {fix}")
+    try:
+        model = onnx.load(path, load_external_data=True)
+    except (DecodeError, ValueError) as exc:
+        raise OnnxBundleError(f"'{name}' is not an ONNX model: it does not parse as one ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); is it truncated, or another format? {fix}"
+                              ) from None
+    if not model.ir_version or not model.graph.node or not model.graph.output:
+        raise OnnxBundleError(f"'{name}' is not an ONNX model: it holds no graph (IR version {model.ir_version}, "
+                              f"{len(model.graph.node)} nodes, {len(model.graph.output)} outputs); {fix}")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise OnnxBundleError(f"'{name}' is not a valid ONNX model: {' '.join(str(exc).split())[:300]}; {fix}"
+                              ) from None
+    return model
+
+
 def read_onnx(path: str) -> bytes:
     """An ONNX file as one serialized model, its external weight files (as MLflow writes them) read in."""
-    import onnx
-
-    return onnx.load(path, load_external_data=True).SerializeToString()
+    return load_onnx_file(path).SerializeToString()
 
 
 def graph_tensor_names(model) -> list[str]:

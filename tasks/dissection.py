@@ -9,7 +9,7 @@ from prefect import task
 
 from interp_audit.errors import SpecError
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.preflight import load_concepts
+from interp_audit.preflight import concepts_error, load_concepts
 from interp_audit.spec import DissectionSpec, InputSpec
 from interp_ops import dissection, onnx_bundle
 from interp_ops.concepts import ConceptDataError, ConceptSet
@@ -39,7 +39,9 @@ def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: st
                 onnx_bundle.make_session(onnx_bytes, device), concepts, [layer],
                 input_shape=input_spec.shape, value_range=tuple(input_spec.range), mean=input_spec.mean,
                 std=input_spec.std, quantile=params.quantile, batch_size=params.batch_size)[layer]
-        except (dissection.DissectionError, ConceptDataError) as exc:  # e.g. a broken mask: bad input, exit 2
+        except ConceptDataError as exc:  # a mask holding an unknown label: bad input, exit 2, named as preflight would
+            raise concepts_error(exc) from None
+        except dissection.DissectionError as exc:
             raise SpecError(f"ops.dissection: {exc}") from None
 
 
