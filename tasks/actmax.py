@@ -13,11 +13,11 @@ from interp_audit.spec import ActivationMaxSpec, InputSpec
 from interp_ops import actmax, onnx_bundle
 from interp_ops.datasets import to_display
 from interp_ops.images import png_bytes
-from tasks import CACHED
+from tasks import CACHED, cached
 from tasks.gpu import gpu_slot
 
 
-@task(name="actmax-render", **CACHED)
+@task(name="actmax-render", **cached(ignore=("params.layers", "params.units", "params.exemplars")))
 def render_unit_batch(model: ModelRef, layer: str, units: list[int], params: ActivationMaxSpec,
                       input_spec: InputSpec, seed: int, device: str) -> actmax.UnitRenders:
     """Renders of ``units`` of ``layer``, optimised as one batch; each unit's seed does not depend on the batch."""

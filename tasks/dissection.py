@@ -13,12 +13,20 @@ from interp_audit.preflight import concepts_error, load_concepts
 from interp_audit.spec import DissectionSpec, InputSpec
 from interp_ops import dissection, onnx_bundle
 from interp_ops.concepts import ConceptDataError, ConceptSet
-from tasks import CACHED
+from tasks import CACHED, cached
 from tasks.gpu import gpu_slot
 
 
 def _concepts(uri: str, base_dir: str, seed: int) -> ConceptSet:
     return load_concepts(uri, Path(base_dir), seed)
+
+
+def _concepts_content(parameters) -> dict:
+    """The tables read the concepts' names, not only their path: key them on the concept set's fingerprint."""
+    from interp_ops.concepts import concepts_fingerprint
+
+    return {"concepts_sha256": concepts_fingerprint(parameters["concepts_uri"], Path(parameters["base_dir"]),
+                                                    parameters["seed"])}
 
 
 @task(name="random-init-baseline", **CACHED)
@@ -27,7 +35,8 @@ def export_random_baseline(model: ModelRef, input_shape: tuple[int, ...], layers
     return onnx_bundle.export_torch(dissection.random_init_copy(build_torch_model(model), seed), input_shape, layers)
 
 
-@task(name="dissection", **CACHED)
+@task(name="dissection", **cached(ignore=("params.layers", "params.concepts", "params.iou_threshold",
+                                           "params.baseline")))
 def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: str, concepts_fingerprint: str,
                   params: DissectionSpec, input_spec: InputSpec, seed: int, device: str
                   ) -> dissection.DissectionResult:
@@ -45,7 +54,7 @@ def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: st
             raise SpecError(f"ops.dissection: {exc}") from None
 
 
-@task(name="dissection-tables")
+@task(name="dissection-tables", **cached(extra=_concepts_content))
 def dissection_tables(results: list[dissection.DissectionResult],
                       baselines: list[dissection.DissectionResult] | None, concepts_uri: str, base_dir: str,
                       seed: int, iou_threshold: float) -> dict[str, list[dict]]:

@@ -8,7 +8,7 @@ from prefect import task
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.preflight import ModelInputs
 from interp_ops import onnx_bundle
-from tasks import CACHED
+from tasks import CACHED, UNCACHED
 from tasks.gpu import gpu_slot
 
 
@@ -48,7 +48,10 @@ def predict(onnx_bytes: bytes, inputs: ModelInputs, device: str) -> list[dict]:
     return rows
 
 
-@task(name="ort-providers")
+@task(name="ort-providers", **UNCACHED)
 def ort_providers(onnx_bytes: bytes, device: str) -> list[str]:
-    """The providers ONNX Runtime really uses on this machine, for the reproducibility record."""
+    """The providers ONNX Runtime really uses on this machine, for the reproducibility record.
+
+    Uncached: a fact of the machine that runs this audit (a cached answer could name another machine's GPU),
+    and cheap."""
     return onnx_bundle.make_session(onnx_bytes, device).get_providers()

@@ -9,7 +9,7 @@ from interp_audit.errors import SpecError
 from interp_audit.spec import InputSpec, LimeSpec
 from interp_ops import lime, onnx_bundle
 from interp_ops.datasets import to_display
-from tasks import CACHED
+from tasks import cached
 from tasks.gpu import gpu_slot
 
 
@@ -22,7 +22,7 @@ def _predict(onnx_bytes: bytes, device: str) -> lime.Predict:
     return predict
 
 
-@task(name="lime", **CACHED)
+@task(name="lime", **cached(ignore=("params.samples", "params.labels", "params.samples_per_task")))
 def explain_with_lime(onnx_bytes: bytes, x: np.ndarray, sample_ids: list[str], sample_keys: list[int],
                       labels: list[int] | None, params: LimeSpec, input_spec: InputSpec, seed: int, device: str,
                       class_names: list[str] | None = None, training_data: np.ndarray | None = None,

@@ -8,8 +8,11 @@ from prefect import task
 from interp_audit import registry
 from interp_audit.intake import ModelRef, registry_model, tracking_uri
 from interp_audit.spec import MlflowModelSpec
+from tasks import UNCACHED
 
-RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 10])
+# Uncached, all three: the registry's state (its "latest" version, aliases, tags) changes between runs, a
+# write-back is a side effect, and a fetched version is kept on disk by ``registry_model`` already.
+RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 10], **UNCACHED)
 
 
 def _registry_down(_task, _task_run, state) -> bool:

@@ -6,11 +6,13 @@ import pyarrow as pa
 from prefect import task
 
 from interp_audit.store import ReportStore
+from tasks import UNCACHED
 
 
-@task(name="publish-report", retries=2, retry_delay_seconds=2)
+@task(name="publish-report", retries=2, retry_delay_seconds=2, **UNCACHED)
 def publish_report(store_uri: str, run_id: str, model: str, version: str, tables: dict[str, pa.Table]) -> str:
-    """Retries cover transient filesystem faults; a retry restages from scratch."""
+    """Retries cover transient filesystem faults; a retry restages from scratch. Uncached: publishing is the
+    side effect itself, for this run's ``run_id``."""
     store = ReportStore.open(store_uri)
     store.discard(run_id)
     try:

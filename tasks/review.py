@@ -8,20 +8,23 @@ from prefect import task
 from interp_audit.diff import tables_of, version_diff
 from interp_audit.gates import Baseline, evaluate_gates
 from interp_audit.report import find_baseline, run_tables
+from tasks import UNCACHED
 
 
-@task(name="compare-with-baseline", retries=2, retry_delay_seconds=2)
+@task(name="compare-with-baseline", retries=2, retry_delay_seconds=2, **UNCACHED)
 def compare_with_baseline(store_uri: str, model: str, version: str,
                           tables: dict[str, pa.Table]) -> tuple[list[dict], Baseline | None]:
     """``version_diffs`` rows against the approved (else the latest passed) run of another version of the model.
 
-    Retries cover a transient fault reading the report store."""
+    Retries cover a transient fault reading the report store. Uncached: the store's baseline changes as runs
+    are published and approved, and the tables carry this run's ``run_id``."""
     baseline = find_baseline(store_uri, model, version)
     if baseline is None:
         return [], None
     return version_diff(run_tables(store_uri, baseline.run_id), tables_of(tables)), baseline
 
 
-@task(name="gates")
+@task(name="gates", **UNCACHED)
 def check_gates(gates: list, tables: dict[str, pa.Table], diffs: list[dict], baseline: Baseline | None) -> list[dict]:
+    """Uncached: cheap, and its tables carry this run's ``run_id``, so no key could match another run's."""
     return evaluate_gates(gates, tables_of(tables), diffs, baseline)
