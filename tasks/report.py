@@ -1,4 +1,4 @@
-"""Publishing task: stage every table, then move them into the store atomically (``audit_runs`` last)."""
+"""Publishing task: stage every table, move them into the store, then commit them with the run's manifest."""
 
 from __future__ import annotations
 
