@@ -271,7 +271,7 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
     """A summary of one run: provenance, parity, contracts, gates, the diff with its baseline, sign-offs, tables."""
     import pandas as pd
 
-    from interp_audit.diff import headline, summarize
+    from interp_audit.diff import headline, records, summarize
     from interp_audit.report import find_run, load_table, review_state
 
     opened = _existing_store(store)
@@ -315,12 +315,11 @@ def report_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique 
         console.print(f"compared with v{diff['version']} ({diff['basis']} run {diff['run_id'][:8]}): "
                       f"{headline(diff)}", markup=False)
     reviews, current = review_state(opened, run_row)
-    for row in reviews.to_dict("records"):
+    for row in records(reviews):
         state = "matches the current tables" if row["tables_sha256"] == current else \
             "DOES NOT MATCH the current tables (changed since)"
-        comment = row["comment"] if isinstance(row["comment"], str) and row["comment"] else None
         console.print(f"review: {row['decision']} by {row['reviewer']} at {row['reviewed_at']:%Y-%m-%d %H:%M:%S} "
-                      f"UTC, {state}" + (f": {comment}" if comment else ""), markup=False)
+                      f"UTC, {state}" + (f": {row['comment']}" if row["comment"] else ""), markup=False)
     if reviews.empty:
         console.print("review: none yet (interp-audit review RUN --approve|--reject --reviewer NAME)", markup=False)
     counts = Table("table", "rows", title="tables (the files of the run's manifest)")
