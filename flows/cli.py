@@ -34,7 +34,8 @@ app = typer.Typer(help="Declarative interpretability audits of PyTorch/ONNX mode
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 report_app = typer.Typer(help="Read published reports: list, show, diff, html, query.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
-store_app = typer.Typer(help="Look after the report store: check its files, remove crash leftovers.",
+store_app = typer.Typer(help="Look after the report store: check its files, remove crash leftovers, record "
+                             "runs written before manifests.",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
@@ -436,6 +437,9 @@ def store_check(store: ReadStoreOpt = DEFAULT_STORE) -> None:
                 ("missing (listed by a manifest, gone from the store)", found.missing),
                 ("foreign (published by no run, never shown by the readers)", found.foreign),
                 ("unreadable manifests", found.bad_manifests),
+                ("unrecorded: files of complete runs and their reviews that no manifest lists, as stores written "
+                 "before manifests hold them; not shown until `interp-audit store adopt` records them",
+                 found.unrecorded),
                 ("staging left by interrupted runs (interp-audit store gc removes them)", found.staging),
                 ("orphans of runs that never finished publishing (interp-audit store gc removes them)",
                  found.orphans))
@@ -447,6 +451,25 @@ def store_check(store: ReadStoreOpt = DEFAULT_STORE) -> None:
     if found.intact:
         console.print("[green]intact:[/] every published file matches its manifest; nothing foreign")
     raise typer.Exit(EXIT_PASSED if found.intact else EXIT_FAILED)
+
+
+@store_app.command("adopt")
+@exits
+def store_adopt(store: ReadStoreOpt = DEFAULT_STORE) -> None:
+    """Record with manifests the runs that are complete on disk but have none (a store written before
+    manifests), with their reviews and requested diffs, so that the readers show them again. Files are hashed as
+    they are now; nothing is moved or rewritten."""
+    adopted = _existing_store(store).adopt()
+    runs = [manifest for manifest in adopted if manifest.kind == "run"]
+    for manifest in runs:
+        records = sum(other.run_id == manifest.run_id and other.kind != "run" for other in adopted)
+        console.print(f"recorded run {manifest.run_id} ({manifest.model} v{manifest.version}): "
+                      f"{len(manifest.files)} table file(s), {records} review(s) or diff(s)", markup=False)
+    if any(file.table == "reviews" for manifest in adopted for file in manifest.files):
+        console.print("note: sign-offs given before manifests hashed the files another way; `report show` says "
+                      "they do not match the current tables: review those runs again", markup=False)
+    console.print(f"{len(runs)} run(s) recorded" if runs else "nothing to record: every complete run has its "
+                  "manifest", markup=False)
 
 
 @store_app.command("gc")

@@ -31,6 +31,7 @@ from interp_audit.errors import NotFoundError, SpecError
 
 RUNS_TABLE = "audit_runs"
 REVIEWS_TABLE = "reviews"
+APPENDED_TABLES = (REVIEWS_TABLE, "version_diffs")  # records appended to a run after it is published
 STAGING = "_staging"
 MANIFESTS = "_manifests"
 MANIFEST_FORMAT = 1
@@ -73,8 +74,10 @@ class Manifest:
 @dataclass(frozen=True)
 class StoreCheck:
     """What ``check`` found besides the published files. Staging leftovers and orphans (files of commits that
-    never completed) are crash debris that ``gc`` removes; foreign files were put there by someone else, and
-    modified or missing files are published files whose content no longer matches their manifest."""
+    never completed) are crash debris that ``gc`` removes; foreign files were put there by someone else;
+    modified or missing files are published files whose content no longer matches their manifest; unrecorded
+    files are whole runs (their ``audit_runs`` file included) and their reviews with no manifest, as stores
+    written before manifests hold them: ``adopt`` records them, ``gc`` never removes them."""
 
     published: int
     staging: list[str]
@@ -83,10 +86,11 @@ class StoreCheck:
     modified: list[str]
     missing: list[str]
     bad_manifests: list[str]
+    unrecorded: list[str]
 
     @property
     def intact(self) -> bool:
-        return not (self.foreign or self.modified or self.missing or self.bad_manifests)
+        return not (self.foreign or self.modified or self.missing or self.bad_manifests or self.unrecorded)
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ class ReportStore:
         staged = [info.base_name for info in self.filesystem.get_file_info(pafs.FileSelector(self._path(STAGING, run_id)))]
         if RUNS_TABLE not in staged:
             raise RuntimeError(f"run {run_id}: nothing staged for {RUNS_TABLE}; refusing to publish")
-        return self._commit(run_id, "run", run_id, model, version, sorted(staged))
+        # audit_runs moves last: a run whose audit_runs file is in place has all its tables in place
+        return self._commit(run_id, "run", run_id, model, version, sorted(staged, key=lambda t: (t == RUNS_TABLE, t)))
 
     def append(self, table: str, file_id: str, model: str, version: str, rows: pa.Table) -> None:
         """Add rows in a file of their own (reviews, requested diffs), committed by a manifest of their own.
@@ -192,13 +197,18 @@ class ReportStore:
         for published in files:
             self.filesystem.create_dir(self._path(published.path.rsplit("/", 1)[0]), recursive=True)
             self.filesystem.move(self._path(STAGING, commit_id, published.path), self._path(published.path))
-        staged_manifest = self._path(STAGING, commit_id, "manifest.json")
-        with self.filesystem.open_output_stream(staged_manifest) as stream:
+        self._write_manifest(manifest)
+        return manifest
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        """Write the manifest aside, then move it into ``_manifests/`` (the commit) and drop the staging folder."""
+        staged = self._path(STAGING, manifest.commit_id, "manifest.json")
+        self.filesystem.create_dir(self._path(STAGING, manifest.commit_id), recursive=True)
+        with self.filesystem.open_output_stream(staged) as stream:
             stream.write(manifest.to_json())
         self.filesystem.create_dir(self._path(MANIFESTS), recursive=True)
-        self.filesystem.move(staged_manifest, self._path(MANIFESTS, f"{commit_id}.json"))  # the commit
-        self.filesystem.delete_dir(self._path(STAGING, commit_id))
-        return manifest
+        self.filesystem.move(staged, self._path(MANIFESTS, f"{manifest.commit_id}.json"))
+        self.filesystem.delete_dir(self._path(STAGING, manifest.commit_id))
 
     def discard(self, run_id: str) -> None:
         if self._exists(self._path(STAGING, run_id)):
@@ -296,12 +306,12 @@ class ReportStore:
                   for file in manifest.files}
         staging = self._staging_dirs()
         interrupted = {path.removeprefix(f"{STAGING}/") for path in staging}
+        unrecorded = {path for paths in self._unrecorded(listed, committed).values() for path in paths}
         orphans, foreign = [], []
         for path in self._table_files():
-            if path in listed:
+            if path in listed or path in unrecorded:
                 continue
-            match = _PARTITION_PATH.match(path)
-            commit = match["name"].removesuffix(".parquet") if match and match["name"].endswith(".parquet") else None
+            commit = _commit_id(path)
             is_orphan = commit is not None and commit not in committed and \
                 (commit in interrupted or _looks_like_commit_id(commit))
             (orphans if is_orphan else foreign).append(path)
@@ -315,7 +325,63 @@ class ReportStore:
         return StoreCheck(published=len(listed), staging=staging, orphans=sorted(orphans),
                           foreign=sorted(foreign), modified=modified, missing=missing,
                           bad_manifests=[f"{MANIFESTS}/{name}: {reason}" for name, reason in manifests.items()
-                                         if isinstance(reason, str)])
+                                         if isinstance(reason, str)], unrecorded=sorted(unrecorded))
+
+    def _unrecorded(self, listed: dict, committed: set[str]) -> dict[tuple[str, str, str], list[str]]:
+        """Runs complete on disk but recorded by no manifest, as (run id, model, version) -> their files: every
+        unlisted ``<run_id>.parquet`` of the run's partitions once its ``audit_runs`` file is there (it is moved
+        last), and the unlisted reviews and requested diffs of those runs."""
+        unlisted = [path for path in self._table_files() if path not in listed]
+        runs = {}
+        for path in unlisted:
+            match = _PARTITION_PATH.match(path)
+            commit = _commit_id(path)
+            if match and match["table"] == RUNS_TABLE and commit is not None and commit not in committed:
+                runs[(commit, match["model"], match["version"])] = []
+        by_run = {key[0]: key for key in runs}
+        for path in unlisted:
+            match, commit = _PARTITION_PATH.match(path), _commit_id(path)
+            if match is None or commit is None:
+                continue
+            if (commit, match["model"], match["version"]) in runs:
+                runs[(commit, match["model"], match["version"])].append(path)
+            elif match["table"] in APPENDED_TABLES and _looks_like_commit_id(commit) and commit not in committed:
+                owner = self._single_run_id(path)
+                if owner in by_run:
+                    runs[by_run[owner]].append(path)
+        return runs
+
+    def _single_run_id(self, relative: str) -> str | None:
+        try:
+            run_ids = set(pq.read_table(self._path(relative), columns=["run_id"],
+                                        filesystem=self.filesystem).column("run_id").to_pylist())
+        except (pa.ArrowException, OSError):
+            return None
+        return run_ids.pop() if len(run_ids) == 1 else None
+
+    def adopt(self) -> list[Manifest]:
+        """Record, with manifests, the runs that are complete on disk but have none (stores written before
+        manifests): each run's own files as its run commit, each of its reviews and requested diffs as a record.
+        Their files are hashed as they are now; nothing is moved or rewritten."""
+        manifests = self._read_manifests()
+        listed = {file.path for manifest in manifests.values() if isinstance(manifest, Manifest)
+                  for file in manifest.files}
+        adopted = []
+        for (run_id, model, version), paths in sorted(self._unrecorded(listed, set(manifests)).items()):
+            own = [path for path in paths if _commit_id(path) == run_id]
+            adopted.append(self._record(run_id, "run", run_id, model, version, own))
+            for path in sorted(set(paths) - set(own)):
+                adopted.append(self._record(_commit_id(path), "append", run_id, model, version, [path]))
+        return adopted
+
+    def _record(self, commit_id: str, kind: str, run_id: str, model: str, version: str,
+                paths: list[str]) -> Manifest:
+        files = tuple(PublishedFile(_PARTITION_PATH.match(path)["table"], path, self._sha256(path),
+                                    pq.ParquetFile(self.filesystem.open_input_file(self._path(path))).metadata.num_rows)
+                      for path in sorted(paths))
+        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(timezone.utc).isoformat(), files)
+        self._write_manifest(manifest)
+        return manifest
 
     def foreign_files(self) -> list[str]:
         """Files in the table folders that no commit made (neither published nor crash debris); listing only."""
@@ -366,6 +432,12 @@ class ReportStore:
         if not self._exists(folder):
             return []
         return sorted(f"{STAGING}/{info.base_name}" for info in self.filesystem.get_file_info(pafs.FileSelector(folder)))
+
+
+def _commit_id(path: str) -> str | None:
+    """The commit a table file belongs to by its name (``<commit_id>.parquet`` in a model/version partition)."""
+    match = _PARTITION_PATH.match(path)
+    return match["name"].removesuffix(".parquet") if match and match["name"].endswith(".parquet") else None
 
 
 def _looks_like_commit_id(name: str) -> bool:

@@ -223,3 +223,33 @@ def test_reading_commands_refuse_a_store_that_is_not_there(tmp_path):
         for command in (("report", "list"), ("report", "query", "SELECT 1"), ("store", "check")):
             code, output = cli(*command, "--store", store)
             assert code == 2 and "report store" in output, (command, output)
+
+
+# ------------------------------------------------------------------------------- stores written before manifests
+
+def test_runs_written_before_manifests_are_kept_listed_and_adopted(tmp_path):
+    import shutil
+
+    published(tmp_path)
+    assert cli("review", RUN, "--approve", "--reviewer", "ada", "--comment", "ok", "--store", tmp_path)[0] == 0
+    crash_during_publish(tmp_path, "0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5")
+    shutil.rmtree(tmp_path / "_manifests")  # what a store written before manifests holds: the files alone
+    assert report.list_runs(tmp_path).empty  # not shown: nothing says these files are what a run published
+
+    code, output = cli("store", "check", "--store", tmp_path)
+    assert code == 1 and "3 unrecorded" in output and "store adopt" in output, output
+    old = time.time() - 2 * 3600
+    for path in tmp_path.rglob("*.parquet"):
+        os.utime(path, (old, old))
+    cli("store", "gc", "--grace", "0", "--store", tmp_path)
+    assert (tmp_path / "audit_runs" / PARTITION / f"{RUN}.parquet").exists()  # gc never removes a whole run
+    assert len(list((tmp_path / "reviews" / PARTITION).iterdir())) == 1
+
+    code, output = cli("store", "adopt", "--store", tmp_path)
+    assert code == 0 and f"recorded run {RUN}" in output and "1 run(s) recorded" in output, output
+    assert list(report.list_runs(tmp_path).run_id) == [RUN]
+    assert report.load_table(tmp_path, "onnx_parity").run_id.tolist() == [RUN]
+    assert report.load_table(tmp_path, "reviews").reviewer.tolist() == ["ada"]
+    assert "matches the current tables: ok" in cli("report", "show", RUN, "--store", tmp_path)[1]
+    assert cli("store", "check", "--store", tmp_path)[0] == 0  # the crashed run's orphan went with gc
+    assert "nothing to record" in cli("store", "adopt", "--store", tmp_path)[1]
