@@ -64,7 +64,10 @@ def prefect_api() -> Iterator[str]:
                       "creates its database and can take a minute. Set PREFECT_API_URL to use a running server")
         _wait_until_healthy(server, url, log)
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _send_queued()
     finally:
         _stop(server)
         log.close()
@@ -83,6 +86,17 @@ def _wait_until_healthy(server: subprocess.Popen, url: str, log) -> None:
             time.sleep(0.25)
     raise AuditError(f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {_tail(log)}; "
                      "start one with `prefect server start` and set PREFECT_API_URL")
+
+
+def _send_queued() -> None:
+    """Logs and events Prefect still queues for the server go out before it stops (else its log worker complains
+    on the console that it cannot reach the API)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # a worker never started, or one stuck: stopping must go on
+            worker.drain_all(timeout=10)
 
 
 def _tail(log, limit: int = 2000) -> str:
