@@ -18,20 +18,14 @@ import skimage.data
 from scipy.ndimage import gaussian_filter
 from skimage.draw import disk, polygon
 
+from interp_ops.palette import rgb
+
 SIZE = 64
 CLASS_NAMES = ["circle", "square", "triangle"]
-OBJECT_COLORS = {
-    "red": (1.0, 0.0, 0.0),
-    "green": (0.0, 1.0, 0.0),
-    "blue": (0.0, 0.0, 1.0),
-    "yellow": (1.0, 1.0, 0.0),
-    "magenta": (1.0, 0.0, 1.0),
-    "cyan": (0.0, 1.0, 1.0),
-    "white": (1.0, 1.0, 1.0),
-}
+OBJECT_COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white")  # named in interp_ops.palette
 # The shortcut: one color per class, painted in the top-left corner.
 PATCH_SIZE = 6
-PATCH_COLORS = np.array([(1.0, 0.5, 0.0), (0.5, 0.0, 1.0), (0.0, 1.0, 0.5)], dtype=np.float32)
+PATCH_COLORS = rgb(("orange", "purple", "spring-green"))
 # Objects keep out of this corner square so that the patch never covers one.
 CORNER_KEEPOUT = PATCH_SIZE + 2
 MAIN_OBJECT_SIZE = (20.0, 30.0)  # sqrt(area) in pixels
@@ -104,7 +98,7 @@ def _scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
     mask = np.zeros((SIZE, SIZE), dtype=np.int32)
     shapes: list[int] = []
     taken: list[np.ndarray] = []
-    palette = np.array(list(OBJECT_COLORS.values()), dtype=np.float32)
+    palette = rgb(OBJECT_COLORS)
     for index in range(rng.integers(1, 4)):
         shape = int(rng.integers(len(CLASS_NAMES)))
         size = rng.uniform(*(MAIN_OBJECT_SIZE if index == 0 else DISTRACTOR_SIZE))

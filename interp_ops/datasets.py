@@ -11,7 +11,6 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 from skimage.color import gray2rgb, rgb2gray, rgba2rgb
@@ -19,7 +18,8 @@ from skimage.io import imread
 from skimage.transform import resize
 from skimage.util import img_as_float32
 
-from interp_ops import builtin_data
+from interp_ops import builtin_data, palette
+from interp_ops.builtin_uri import BuiltinFamily, InvalidParameter, whole_number
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
@@ -79,20 +79,16 @@ class _BuiltinSpec:
 def _parse_bool(key: str, value: str) -> bool:
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise DataError(f"data: parameter {key}={value!r} must be true or false")
-
-
-def _parse_count(key: str, value: str) -> int:
-    if value.isdigit() and 1 <= int(value) <= MAX_BUILTIN_SAMPLES:
-        return int(value)
-    raise DataError(f"data: parameter {key}={value!r} must be a whole number from 1 to {MAX_BUILTIN_SAMPLES}")
+    raise InvalidParameter(f"parameter {key}={value!r} must be true or false")
 
 
 def _parse_split(key: str, value: str) -> str:
     if value in builtin_data.SPLIT_CODES:
         return value
-    raise DataError(f"data: parameter {key}={value!r} must be one of {sorted(builtin_data.SPLIT_CODES)}")
+    raise InvalidParameter(f"parameter {key}={value!r} must be one of {sorted(builtin_data.SPLIT_CODES)}")
 
+
+_parse_count = whole_number(1, MAX_BUILTIN_SAMPLES)
 
 # name -> {parameter: (parser, default)}; a default of None means "every row of the split" (finite builtins).
 BUILTINS = {
@@ -118,30 +114,19 @@ def _resolve_count(name: str, split: str, n: int | None) -> int:
     return n
 
 
+_URI = BuiltinFamily(
+    word="data",
+    error=DataError,
+    names=BUILTINS,
+    unknown_name="unknown builtin {name!r} in {uri!r}; known builtins: {known}",
+    malformed_query="malformed query {query!r} in {uri!r}; write builtin:{name}?key=value&... with keys from "
+                    "{sorted_keys}",
+    unknown_key="unknown parameter {key!r} for builtin:{name}; allowed: {keys}",
+)
+
+
 def _parse_builtin(uri: str) -> _BuiltinSpec:
-    parts = urlsplit(uri)
-    name = parts.path
-    if name not in BUILTINS:
-        raise DataError(f"data: unknown builtin {name!r} in {uri!r}; known builtins: {', '.join(sorted(BUILTINS))}")
-    allowed = BUILTINS[name]
-    try:
-        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise DataError(
-            f"data: malformed query {parts.query!r} in {uri!r}; write builtin:{name}?key=value&... "
-            f"with keys from {sorted(allowed)}"
-        ) from None
-    given: dict[str, str] = {}
-    for key, value in pairs:
-        if key not in allowed:
-            raise DataError(f"data: unknown parameter {key!r} for builtin:{name}; allowed: {', '.join(allowed)}")
-        if key in given:
-            raise DataError(f"data: parameter {key!r} is given twice in {uri!r}; give it once")
-        given[key] = value
-    values = {}
-    for key, (parse, default) in allowed.items():
-        raw = given.get(key, default)
-        values[key] = None if raw is None else parse(key, raw)
+    name, values = _URI.parse(uri)
     n = _resolve_count(name, values["split"], values["n"])
     return _BuiltinSpec(name=name, split=values["split"], n=n, patch=values.get("patch", False))
 
@@ -315,7 +300,8 @@ def data_fingerprint(uri: str, base_dir: Path) -> str:
     digest = hashlib.sha256()
     if isinstance(source, _BuiltinSpec):
         digest.update(repr(source).encode())
-        digest.update(Path(builtin_data.__file__).read_bytes())
+        for generator in (builtin_data, palette):
+            digest.update(Path(generator.__file__).read_bytes())
         if source.name == "breast_cancer":  # the rows come from scikit-learn's copy, not from our code
             digest.update(builtin_data.breast_cancer_digest())
     elif source.is_dir():

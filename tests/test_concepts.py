@@ -157,6 +157,57 @@ def test_mask_of_the_wrong_size_is_named(tmp_path):
         load_concepts(str(root)).verify()
 
 
+# --- masks in other PNG modes -------------------------------------------------------------------
+# Broden writes 8-bit RGB masks; other tools write the same label maps as a palette image (P, with or without a
+# transparency chunk), gray + alpha (LA: labels up to 255) or 16-bit gray (I;16). Each must give the label ids that
+# RGB gives for the same labels.
+
+OTHER_MODES = ["P", "P+transparency", "LA", "I;16"]
+
+
+def _mask_in_mode(path: Path, labels: np.ndarray, mode: str) -> None:
+    if mode.startswith("P"):
+        ids, codes = np.unique(labels, return_inverse=True)
+        image = Image.fromarray(codes.reshape(labels.shape).astype(np.uint8))
+        image.putpalette([channel for label in ids for channel in (label % 256, label // 256, 0)])
+        image.save(path, **({"transparency": 0} if mode == "P+transparency" else {}))
+    elif mode == "LA":
+        alpha = np.random.default_rng(1).integers(0, 256, labels.shape)  # any alpha: only L holds the label
+        Image.fromarray(np.stack([labels, alpha], axis=-1).astype(np.uint8)).save(path)
+    else:
+        Image.fromarray(labels.astype(np.uint16)).save(path)
+    with Image.open(path) as written:
+        assert written.mode == mode.split("+")[0] and ("transparency" in written.info) == mode.endswith("transparency")
+
+
+@pytest.mark.parametrize("mode, labels", [("P", [0, 5, 300, 65535]), ("P+transparency", [0, 256, 40000]),
+                                          ("LA", [0, 5, 255]), ("I;16", [0, 5, 300, 256, 65535])])
+def test_masks_in_other_png_modes_decode_to_their_label_ids(tmp_path, mode, labels):
+    from interp_ops.concepts.decode import decode_mask, open_image
+
+    truth = np.random.default_rng(0).choice(labels, size=(6, 5))
+    _mask_in_mode(tmp_path / "mask.png", truth, mode)
+    _mask_png(tmp_path / "rgb.png", truth)
+    for name in ("mask.png", "rgb.png"):
+        with open_image((tmp_path / name).read_bytes()) as image:
+            np.testing.assert_array_equal(decode_mask(image), truth, err_msg=name)
+
+
+@pytest.mark.parametrize("mode", OTHER_MODES)
+def test_a_folder_with_masks_in_other_png_modes_reads_as_with_rgb_masks(tmp_path, mode):
+    truth = np.array([[0, 5, 5, 7], [9, 9, 0, 5], [7, 0, 300, 300], [0, 0, 9, 5]])
+    if mode == "LA":
+        truth[truth == 300] = 7
+    rgb_root, mode_root = write_minimal(tmp_path / "rgb"), write_minimal(tmp_path / "mode")
+    _mask_png(rgb_root / "images/im1_a.png", truth)
+    _mask_in_mode(mode_root / "images/im1_a.png", truth, mode)
+    load_concepts(str(mode_root)).check_mask_headers()
+    rgb, other = (next(load_concepts(str(root)).batches(3, images=False)).pixel_labels["thing"]
+                  for root in (rgb_root, mode_root))
+    np.testing.assert_array_equal(other[1, 0], truth)
+    np.testing.assert_array_equal(other, rgb)
+
+
 def test_empty_folder_and_empty_index(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConceptDataError, match="is empty"):

@@ -84,13 +84,13 @@ def test_the_largest_seed_is_taken_by_every_consumer():
     import torch
 
     from interp_ops.builtin_data import shapes
-    from interp_ops.concepts import _parse_builtin
+    from interp_ops.concepts.builtin import parse_builtin_uri
 
     assert parse_spec(BASE + f"seed: {MAX_SEED}\n", Path(".")).spec.seed == MAX_SEED
     torch.manual_seed(MAX_SEED)
     np.random.default_rng([MAX_SEED + 2, 7])  # lime's seed + run
     np.random.SeedSequence([MAX_SEED, 3, 0])  # activation maximization's per-unit streams
-    assert _parse_builtin("builtin:concepts", MAX_SEED)[2] == MAX_SEED  # builtin:concepts takes the spec's seed
+    assert parse_builtin_uri("builtin:concepts", MAX_SEED)[2] == MAX_SEED  # builtin:concepts takes the spec's seed
     assert len(shapes("val", 1, MAX_SEED)[2]) == 1
 
 
@@ -179,9 +179,9 @@ def test_a_file_that_is_no_onnx_model_says_so(gray_spec, tmp_path, content, mess
 
 
 def test_mask_headers_show_wrong_size_and_non_png_without_decoding(tmp_path, monkeypatch):
-    import interp_ops.concepts as concepts_module
+    from interp_ops.concepts import concept_set
 
-    monkeypatch.setattr(concepts_module, "_open_image", lambda data: pytest.fail("a mask was decoded"))
+    monkeypatch.setattr(concept_set, "open_image", lambda data: pytest.fail("a mask was decoded"))
     root = write_minimal(tmp_path / "broden")
     load_concepts(str(root)).check_mask_headers()  # a sound folder passes
     _mask_png(root / "images/im1_a.png", np.full((5, 4), 300))
