@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from interp_ops import builtin_data, datasets
+from interp_ops import builtin_data, datasets, palette
 
 DEMO_INPUT = dict(shape=[3, 64, 64], range=[0, 1], mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
 DEMO_LAYERS = ["features.4", "features.8", "features.12"]
@@ -77,7 +77,7 @@ def _paths(name: str, out_dir: Path) -> tuple[Path, Path]:
 def _content_key(settings: dict) -> str:
     """Changes whenever the data, the model, the training code or its settings change."""
     digest = hashlib.sha256()
-    for source in (builtin_data.__file__, datasets.__file__, __file__):
+    for source in (builtin_data.__file__, datasets.__file__, palette.__file__, __file__):
         digest.update(Path(source).read_bytes())
     digest.update(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True).encode())
     return digest.hexdigest()
