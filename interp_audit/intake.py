@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from interp_audit import registry
 from interp_audit.errors import SpecError
+from interp_audit.hashing import sha256_file
 from interp_audit.spec import FACTORY_REF, InputSpec, LoadedSpec, MlflowModelSpec, OnnxModelSpec, TorchModelSpec
 
 MAX_LISTED = 40
@@ -35,14 +37,6 @@ class ModelRef:
     trust_pickle: bool
     base_dir: str
     version: str  # the version the report records: a registry's resolved number, never 'latest' or an alias
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
@@ -69,15 +63,11 @@ def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
 
 def tracking_uri(model: MlflowModelSpec, store: str) -> str:
     """The spec's registry, else MLFLOW_TRACKING_URI, else a SQLite registry inside the report store."""
-    from interp_audit import registry
-
     return model.tracking_uri or registry.default_tracking_uri(store)
 
 
 def registry_model(model: MlflowModelSpec, store: str, base_dir: str) -> ModelRef:
     """Resolve the spec's version ('latest', '@alias' or a number) and download it into a local cache."""
-    from interp_audit import registry
-
     uri = tracking_uri(model, store)
     version = registry.resolve_version(uri, model.name, model.version)
     key = hashlib.sha256(f"{uri}\0{model.name}\0{version}".encode()).hexdigest()[:16]

@@ -6,39 +6,29 @@ MLflow's HTTP retries are switched off and its request timeout lowered for the d
 unreachable server raises :class:`RegistryUnavailable` in seconds; retrying is the caller's policy (Prefect task
 retries), not this module's.
 
-Nothing here unpickles: a version holding a pickled torch module is recognised from its layout (and torch files
-are inspected statically with :mod:`pickletools`), and handed on only when the spec says ``trust_pickle: true``.
-mlflow is imported inside the functions, so importing this module (and ``interp-audit validate``) stays fast.
+What a downloaded version holds, and the layout :func:`log_model` writes, is :mod:`interp_audit.model_artifacts`
+(nothing there unpickles). mlflow is imported inside the functions, so importing this module (and
+``interp-audit validate``) stays fast.
 """
 
 from __future__ import annotations
 
 import os
-import pickletools
 import shutil
 import tempfile
 import threading
 import urllib.parse
-import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal
-
-import yaml
+from typing import TYPE_CHECKING, Iterator
 
 from interp_audit.errors import AuditError, SpecError
-from interp_audit.intake import sha256_file
+from interp_audit.model_artifacts import FetchedModel, classify, shorten, write_model_files
 from interp_audit.spec import FACTORY_REF, SAFE_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-FLAVOR = "interp_audit"
-"""Our MLmodel flavor: a safetensors state dict plus the factory that rebuilds the module it loads into."""
-FORMAT = "state_dict/v1"
-WEIGHTS_FILE = "state_dict.safetensors"
 MODEL_DIR = "model"  # artifact path of log_model's files inside its run
 EXPERIMENT = "interp-audit"  # the experiment log_model's runs go to
 TAG_STATUS, TAG_RUN_ID, TAG_REPORT = "interp_audit.status", "interp_audit.run_id", "interp_audit.report"
@@ -49,30 +39,12 @@ FAIL_FAST_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
-MAX_LISTED = 40
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
 class RegistryUnavailable(AuditError):
     """The MLflow registry cannot be reached or failed while answering (exit 3); the message names the URI."""
 
     exit_code = 3
-
-
-@dataclass(frozen=True)
-class FetchedModel:
-    """What a downloaded model version holds.
-
-    ``kind`` is ``onnx`` (``path`` is the .onnx file), ``state_dict`` (``path`` is a .safetensors file, or a
-    .pt/.pth that statically holds only tensors; ``factory`` rebuilds the module, or is None when the version does
-    not say and the spec's ``model.factory`` must) or ``pickle`` (``path`` is a pickled torch module, handed out
-    only with ``trust_pickle``).
-    """
-
-    kind: Literal["onnx", "state_dict", "pickle"]
-    path: str
-    factory: str | None
-    sha256: str
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -194,14 +166,6 @@ def _check_name(name: str) -> None:
         )
 
 
-def _shorten(items: list[str]) -> str:
-    if not items:
-        return "(none)"
-    if len(items) <= MAX_LISTED:
-        return ", ".join(items)
-    return ", ".join(items[:5]) + ", ..., " + ", ".join(items[-(MAX_LISTED - 5):])
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Versions
 
@@ -232,7 +196,7 @@ def _missing_model(client, tracking_uri: str, name: str) -> SpecError:
     names = sorted(model.name for model in client.search_registered_models(max_results=200))
     return SpecError(
         f"model.name: no registered model '{name}' in the MLflow registry at '{_display_uri(tracking_uri)}'; "
-        f"registered models: {_shorten(names)}. Check the name, or the registry URI (MLFLOW_TRACKING_URI)"
+        f"registered models: {shorten(names)}. Check the name, or the registry URI (MLFLOW_TRACKING_URI)"
     )
 
 
@@ -268,7 +232,7 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
                     raise
             aliases = client.get_registered_model(name).aliases or {}
             listed = [f"@{key} (version {value})" for key, value in sorted(aliases.items())]
-            raise SpecError(f"model.version: {name} has no alias '@{alias}'; aliases: {_shorten(listed)}. "
+            raise SpecError(f"model.version: {name} has no alias '@{alias}'; aliases: {shorten(listed)}. "
                             f"Set it in MLflow or give a version number or 'latest'")
         versions = _versions(client, name)
         if not versions:
@@ -279,18 +243,12 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
         if version == "latest":
             return versions[-1]
         if str(int(version)) not in versions:
-            raise SpecError(f"model.version: {name} has no version {version}; versions: {_shorten(versions)}")
+            raise SpecError(f"model.version: {name} has no version {version}; versions: {shorten(versions)}")
         return str(int(version))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Fetching
-
-
-def _listing(root: Path) -> list[str]:
-    if root.is_file():
-        return [root.name]
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
 
 def _download_source(client, name: str, version: str) -> str:
@@ -311,166 +269,6 @@ def _download_source(client, name: str, version: str) -> str:
             base, extra = client.get_model_version_download_uri(parts[0], parts[1]), parts[2:]
         source = "/".join([base.rstrip("/"), *extra])
     return source
-
-
-def _safe_globals() -> set[str]:
-    """Globals that torch's ``weights_only`` unpickler accepts: tensors, storages, dtypes, plain containers."""
-    allowed = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
-               "torch.FloatStorage", "torch.DoubleStorage", "torch.HalfStorage", "torch.BFloat16Storage",
-               "torch.LongStorage", "torch.IntStorage", "torch.ShortStorage", "torch.CharStorage",
-               "torch.ByteStorage", "torch.BoolStorage", "torch.Size"}
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        allowed |= {key for key in _get_allowed_globals() if isinstance(key, str)}
-    except Exception:  # private API: the short list above covers state dicts saved by torch.save
-        pass
-    return allowed
-
-
-def _pickle_globals(data: bytes) -> set[str]:
-    """The ``module.name`` globals a pickle stream references, read with pickletools (nothing is executed).
-    Raises ValueError when a STACK_GLOBAL operand is not a literal, so callers fail closed."""
-    referenced: set[str] = set()
-    strings: list[str] = []  # the string literals pushed since the last other opcode (top of stack last)
-    memo: dict[int, str] = {}
-    memoized = 0
-    for opcode, arg, _ in pickletools.genops(data):
-        name = opcode.name
-        if name == "GLOBAL":
-            module, attr = arg.split(" ", 1)
-            referenced.add(f"{module}.{attr}")
-            strings = []
-        elif name == "STACK_GLOBAL":
-            if len(strings) < 2:
-                raise ValueError("STACK_GLOBAL operands are not string literals")
-            referenced.add(f"{strings[-2]}.{strings[-1]}")
-            strings = []
-        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
-                      "BINUNICODE8"):
-            strings.append(arg)
-        elif name == "MEMOIZE":
-            if strings:
-                memo[memoized] = strings[-1]
-            memoized += 1
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            if strings:
-                memo[arg] = strings[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            if arg in memo:
-                strings.append(memo[arg])
-            else:
-                strings = []
-        else:
-            strings = []
-    return referenced
-
-
-def _is_plain_state_dict(path: Path) -> bool:
-    """True when a torch.save zip archive references only tensor-rebuilding globals (a state dict of tensors);
-    anything else, including legacy non-zip files, counts as a pickle."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = [item for item in archive.namelist() if item.rsplit("/", 1)[-1] == "data.pkl"]
-            if len(members) != 1:
-                return False
-            referenced = _pickle_globals(archive.read(members[0]))
-    except Exception:
-        return False
-    return referenced <= _safe_globals()
-
-
-def _inside(root: Path, relative: str, what: str, name: str, version: str) -> Path:
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
-        raise SpecError(f"model.version: {name} version {version}: its MLmodel names {what} '{relative}', which is "
-                        f"not a file of the version (files: {_shorten(_listing(root))})")
-    return path
-
-
-def _refuse_pickle(name: str, version: str, relative: str, how: str) -> SpecError:
-    return SpecError(
-        f"model.trust_pickle: {name} version {version} holds a pickled torch module ({relative}, {how}); loading it "
-        f"runs whatever code the pickle names, so interp-audit refuses it unless the spec sets "
-        f"`model.trust_pickle: true`. Set that only if you trust whoever registered this version, or register the "
-        f"weights as a state dict with interp_audit.registry.log_model (or as ONNX) instead"
-    )
-
-
-def _classify(root: Path, name: str, version: str, trust_pickle: bool) -> FetchedModel:
-    files = _listing(root)
-    mlmodels = [item for item in files if item.rsplit("/", 1)[-1] == "MLmodel"]
-    if len(mlmodels) == 1:
-        model_root = (root / mlmodels[0]).parent
-        try:
-            mlmodel = yaml.safe_load((model_root / "MLmodel").read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise SpecError(f"model.version: {name} version {version}: its MLmodel file is not valid YAML "
-                            f"({' '.join(str(exc).split())[:200]})") from None
-        flavors = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
-        flavors = flavors if isinstance(flavors, dict) else {}
-        if isinstance(flavors.get(FLAVOR), dict):
-            conf = flavors[FLAVOR]
-            weights = _inside(model_root, str(conf.get("weights", WEIGHTS_FILE)), "weights", name, version)
-            digest = sha256_file(weights)
-            if conf.get("weights_sha256") and conf["weights_sha256"] != digest:
-                raise AuditError(f"model.version: {name} version {version}: the downloaded weights do not match the "
-                                 f"sha256 recorded when they were logged; the artifact store holds a damaged or "
-                                 f"replaced file ({weights.name}); re-register the version")
-            factory = conf.get("factory")
-            if conf.get("factory_file"):  # a 'file.py:fn' factory travels with the version
-                code = _inside(model_root, str(conf["factory_file"]), "factory file", name, version)
-                factory = f"{code}:{str(factory).rsplit(':', 1)[1]}"
-            return FetchedModel("state_dict", str(weights), factory, digest)
-        if isinstance(flavors.get("onnx"), dict):
-            onnx_file = _inside(model_root, str(flavors["onnx"].get("data", "model.onnx")), "ONNX file", name,
-                                version)
-            return FetchedModel("onnx", str(onnx_file), None, sha256_file(onnx_file))
-        if isinstance(flavors.get("pytorch"), dict):
-            data_dir = model_root / str(flavors["pytorch"].get("model_data", "data"))
-            pickled, exported = data_dir / "model.pth", data_dir / "model.pt2"
-            if pickled.is_file():
-                relative = str(pickled.relative_to(root))
-                if not trust_pickle:
-                    raise _refuse_pickle(name, version, relative, "MLflow's pytorch flavor, pickle format")
-                return FetchedModel("pickle", str(pickled), None, sha256_file(pickled))
-            if exported.is_file():
-                raise SpecError(
-                    f"model.version: {name} version {version} holds a torch.export program "
-                    f"({exported.relative_to(root)}, MLflow 3's default PyTorch format), which interp-audit cannot "
-                    f"audit: it needs the module's named layers. Register the model with "
-                    f"interp_audit.registry.log_model (state dict + factory), as ONNX (mlflow.onnx.log_model), or "
-                    f"with mlflow.pytorch.log_model(..., serialization_format='pickle') and trust_pickle: true"
-                )
-        raise SpecError(
-            f"model.version: {name} version {version} is an MLflow model with flavors "
-            f"{', '.join(sorted(flavors)) or '(none)'}, none of which interp-audit can audit; it reads the "
-            f"'{FLAVOR}' (interp_audit.registry.log_model), 'onnx' and 'pytorch' flavors. "
-            f"Files: {_shorten(files)}"
-        )
-    if len(mlmodels) > 1:
-        raise SpecError(f"model.version: {name} version {version} holds {len(mlmodels)} MLmodel files "
-                        f"({', '.join(mlmodels)}); register one model per version")
-
-    def single(suffixes: tuple[str, ...]) -> list[Path]:
-        return [root / item for item in files if item.lower().endswith(suffixes)]
-
-    onnx_files, tensors, torch_files = single((".onnx",)), single((".safetensors",)), single(TORCH_SUFFIXES)
-    if len(onnx_files) == 1 and not tensors and not torch_files:
-        return FetchedModel("onnx", str(onnx_files[0]), None, sha256_file(onnx_files[0]))
-    if len(tensors) == 1 and not onnx_files and not torch_files:
-        return FetchedModel("state_dict", str(tensors[0]), None, sha256_file(tensors[0]))
-    if len(torch_files) == 1 and not onnx_files and not tensors:
-        path = torch_files[0]
-        if _is_plain_state_dict(path):
-            return FetchedModel("state_dict", str(path), None, sha256_file(path))
-        if not trust_pickle:
-            raise _refuse_pickle(name, version, str(path.relative_to(root)), "a torch file with Python objects")
-        return FetchedModel("pickle", str(path), None, sha256_file(path))
-    raise SpecError(
-        f"model.version: {name} version {version} holds no model interp-audit can read (files: {_shorten(files)}); "
-        f"register an MLflow onnx or pytorch model, or a state dict with interp_audit.registry.log_model"
-    )
 
 
 def _check_version_exists(client, tracking_uri: str, name: str, version: str) -> None:
@@ -518,7 +316,7 @@ def fetch_model(tracking_uri: str, name: str, version: str, dest_dir: Path, trus
             os.replace(local, final / local.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _classify(final, name, version, trust_pickle)
+    return classify(final, name, version, trust_pickle)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -552,7 +350,6 @@ def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: s
     is created if missing. ``tags`` become version tags.
     """
     import torch
-    from safetensors.torch import save_file
 
     _check_name(name)
     if not isinstance(model, torch.nn.Module):
@@ -561,27 +358,11 @@ def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: s
         raise SpecError(f"log_model: factory must be 'package.module:callable' or 'path/to/file.py:callable' "
                         f"(got {factory!r})")
     tracking_uri = tracking_uri or default_tracking_uri("./reports")
-    target, attr = factory.rsplit(":", 1)
-    flavor: dict = {"format": FORMAT, "weights": WEIGHTS_FILE, "factory": factory,
-                    "torch_version": str(torch.__version__)}
     with tempfile.TemporaryDirectory(prefix="interp-audit-log-") as tmp:
         folder = Path(tmp) / MODEL_DIR
         folder.mkdir()
-        if target.endswith(".py"):
-            source = Path(target).expanduser().resolve()
-            if not source.is_file():
-                raise SpecError(f"log_model: factory file '{target}' does not exist (resolved to {source})")
-            (folder / "code").mkdir()
-            shutil.copy2(source, folder / "code" / source.name)
-            flavor["factory_file"] = f"code/{source.name}"
-        # safetensors refuses tensors that share memory; contiguous copies keep tied weights loadable.
-        state = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
-        flavor["weights_sha256"] = sha256_file(folder / WEIGHTS_FILE)
-        mlmodel = {"flavors": {FLAVOR: flavor},
-                   "utc_time_created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
-        (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
-        version_tags = {"interp_audit.factory": factory, "interp_audit.weights_sha256": flavor["weights_sha256"]}
+        weights_sha256 = write_model_files(model, factory, folder)["weights_sha256"]
+        version_tags = {"interp_audit.factory": factory, "interp_audit.weights_sha256": weights_sha256}
         version_tags.update({str(key): str(value) for key, value in (tags or {}).items()})
         with _client(tracking_uri) as client:
             run = client.create_run(_experiment_id(client, tracking_uri), run_name=f"log_model {name}",

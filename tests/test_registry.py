@@ -292,6 +292,32 @@ def test_plain_state_dict_torch_file_is_a_state_dict(registry, tmp_path):
     assert fetched.kind == "state_dict" and fetched.factory is None and fetched.path.endswith("weights.pt")
 
 
+TORCH_FILES = {  # how a lone torch file is written -> whether it counts as a state dict
+    "state dict": (lambda path: torch.save(tiny_linear().state_dict(), path), True),
+    "checkpoint of tensors, numbers and sizes": (
+        lambda path: torch.save({"model": tiny_linear().state_dict(), "epoch": 3, "shape": torch.Size([4])}, path),
+        True),
+    "whole module": (lambda path: torch.save(tiny_linear(), path), False),
+    "code in a torch.save archive": (lambda path: torch.save({"w": _Marker(str(path) + ".marker")}, path), False),
+    "plain pickle, not an archive": (lambda path: path.write_bytes(pickle.dumps({"w": 1})), False),
+    "legacy torch.save format": (
+        lambda path: torch.save(tiny_linear().state_dict(), path, _use_new_zipfile_serialization=False), False),
+    # torch.load(weights_only=True) cannot read protocol 4 either: unsupported opcodes
+    "pickle protocol 4": (lambda path: torch.save(tiny_linear().state_dict(), path, pickle_protocol=4), False),
+}
+
+
+@pytest.mark.parametrize("how", TORCH_FILES)
+def test_lone_torch_files_are_judged_without_unpickling(tmp_path, how):
+    from interp_audit.model_artifacts import holds_only_tensors
+
+    write, plain = TORCH_FILES[how]
+    path = tmp_path / "weights.pt"
+    write(path)
+    assert holds_only_tensors(path) is plain
+    assert not Path(str(path) + ".marker").exists()
+
+
 def test_mlflow_default_torch_export_version_is_explained(registry, tmp_path, monkeypatch):
     import mlflow
     import mlflow.pytorch
