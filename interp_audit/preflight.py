@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from interp_audit.errors import SpecError
+from interp_audit.inputs import ModelInputs  # noqa: F401 (tests/test_cache_keys.py imports it from here)
+from interp_audit.inputs import concepts_error, load_concepts, model_inputs
 from interp_audit.intake import (
     LayerShapes,
     ModelRef,
@@ -21,22 +23,11 @@ from interp_audit.intake import (
     check_torch_model,
     resolve_model,
 )
-from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec, LoadedSpec
+from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, LimeSpec, LoadedSpec
 from interp_audit.store import ReportStore
-from interp_ops.datasets import DataError, data_fingerprint, load_samples, to_model_input
+from interp_ops.datasets import DataError, data_fingerprint
 
 PROBE_SAMPLES = 32
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """Samples converted to what the model takes."""
-
-    ids: list[str]
-    x: np.ndarray
-    labels: np.ndarray | None
-    class_names: list[str] | None
-    feature_names: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,19 +50,6 @@ def resolve_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise SpecError("--device cuda: CUDA is not available on this machine; use --device auto or cpu")
     return "cuda:0" if requested != "cpu" and torch.cuda.is_available() else "cpu"
-
-
-def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec) -> ModelInputs:
-    try:
-        samples = load_samples(data_uri, base_dir, seed)
-        x = to_model_input(samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean,
-                           input_spec.std)
-    except DataError as exc:
-        raise SpecError(str(exc)) from None
-    if len(samples.ids) == 0:
-        raise SpecError(f"data: '{data_uri}' holds no samples; give at least one")
-    return ModelInputs(samples.ids, x, samples.labels, input_spec.class_names or samples.class_names,
-                       getattr(samples, "feature_names", None))
 
 
 def preflight(loaded: LoadedSpec, device: str = "auto", store: str | None = None,
@@ -127,24 +105,6 @@ def dissection_layers(params: DissectionSpec, model_layers: list[str], layer_sha
         raise SpecError(f"ops.dissection.layers: none of model.layers {model_layers} has spatial output (C, H, W); "
                         "list a convolutional layer in model.layers")
     return spatial
-
-
-def load_concepts(uri: str, base_dir: Path, seed: int):
-    """The spec's concept set (a builtin one is written on first use); a broken or empty one is bad input."""
-    from interp_ops.concepts import ConceptDataError, resolve_concepts
-
-    try:
-        concepts = resolve_concepts(uri, base_dir, seed)
-        if len(concepts) == 0:
-            raise ConceptDataError(f"'{uri}' holds no images; give a Broden folder with images, or builtin:concepts")
-        return concepts
-    except (ConceptDataError, OSError) as exc:
-        raise concepts_error(exc) from None
-
-
-def concepts_error(exc: Exception) -> SpecError:
-    """Broken concept data is bad input (exit 2), named as the spec names it."""
-    return SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}")
 
 
 def check_concepts(uri: str, base_dir: Path, seed: int) -> str:

@@ -7,8 +7,8 @@ import math
 from prefect import task
 
 from interp_audit.errors import SpecError
+from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.preflight import ModelInputs
 from interp_audit.spec import ActivationMaxSpec, InputSpec
 from interp_ops import actmax, onnx_bundle
 from interp_ops.datasets import to_display

@@ -8,8 +8,8 @@ import numpy as np
 from prefect import task
 
 from interp_audit.errors import SpecError
+from interp_audit.inputs import concepts_error, load_concepts
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.preflight import concepts_error, load_concepts
 from interp_audit.spec import DissectionSpec, InputSpec
 from interp_ops import dissection, onnx_bundle
 from interp_ops.concepts import ConceptDataError, ConceptSet

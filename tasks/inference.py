@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
+from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.preflight import ModelInputs
 from interp_ops import onnx_bundle
 from tasks import CACHED, UNCACHED
 from tasks.gpu import gpu_slot

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import task
 
+from interp_audit.inputs import ModelInputs, model_inputs
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.preflight import ModelInputs, model_inputs
 from interp_audit.spec import InputSpec
 from interp_ops import onnx_bundle
 from tasks import CACHED
