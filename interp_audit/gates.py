@@ -8,23 +8,14 @@ measure (no baseline version yet, no rows) is ``skipped``, never passed or faile
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from interp_audit.diff import RunTables
+from interp_audit.report import Baseline
 from interp_audit.spec import ActmaxGate, DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
 from interp_ops.images import read_label_map_png
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The earlier version's run a run was compared with, and how it was chosen (approved or passed)."""
-
-    run_id: str
-    version: str
-    basis: str
 
 
 def evaluate_gates(gates: list, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> list[dict]:

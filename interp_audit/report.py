@@ -10,6 +10,7 @@ Only published runs (those listed in ``audit_runs``) are ever returned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,6 @@ import pyarrow as pa
 from data_contracts import TABLES
 from interp_audit.diff import RunTables, version_diff
 from interp_audit.errors import NotFoundError, QueryError
-from interp_audit.gates import Baseline
 from interp_audit.store import ReportStore
 
 
@@ -134,6 +134,15 @@ def approval(store: str | Path | ReportStore, run: dict) -> pd.Timestamp | None:
     latest = reviews.iloc[-1]
     current = opened.tables_sha256(run["run_id"])
     return latest.reviewed_at if latest.tables_sha256 == current else None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The earlier version's run a run was compared with, and how it was chosen (approved or passed)."""
+
+    run_id: str
+    version: str
+    basis: str
 
 
 def find_baseline(store: str | Path | ReportStore, model: str, version: str) -> Baseline | None:

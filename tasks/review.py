@@ -6,8 +6,8 @@ import pyarrow as pa
 from prefect import task
 
 from interp_audit.diff import tables_of, version_diff
-from interp_audit.gates import Baseline, evaluate_gates
-from interp_audit.report import find_baseline, run_tables
+from interp_audit.gates import evaluate_gates
+from interp_audit.report import Baseline, find_baseline, run_tables
 from tasks import UNCACHED
 
 
