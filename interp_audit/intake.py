@@ -211,8 +211,8 @@ def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str
 
     check_layers(spec.layers, torch_layer_names(module), "layer")
     try:
-        with torch.no_grad():
-            out, *layers = WithLayerOutputs(module, spec.layers)(torch.from_numpy(x))
+        with torch.no_grad(), WithLayerOutputs(module, spec.layers) as wrapper:
+            out, *layers = wrapper(torch.from_numpy(x))
     except Exception as exc:
         raise SpecError(
             f"model: forward pass on input of shape {tuple(x.shape)} failed: {type(exc).__name__}: {exc}; "

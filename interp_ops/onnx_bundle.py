@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import torch
 
+from interp_ops.layer_capture import LayerCapture
+
 LOGITS = "logits"
 # the exporter warns, once per process, about every torchvision operator it cannot register; we never use them
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -27,27 +29,25 @@ class OnnxBundleError(RuntimeError):
 
 
 class WithLayerOutputs(torch.nn.Module):
-    """Returns ``(logits, *audited layer activations)``, captured by forward hooks on only those layers."""
+    """Returns ``(logits, *audited layer activations)``, captured by forward hooks on only those layers, which are
+    on ``model`` only inside ``with WithLayerOutputs(model, layers) as wrapper:``."""
 
     def __init__(self, model: torch.nn.Module, layers: list[str]):
         super().__init__()
         self.model = model
-        self.layers = list(layers)
-        self._captured: dict[str, torch.Tensor] = {}
-        modules = dict(model.named_modules())
-        for name in self.layers:
-            modules[name].register_forward_hook(self._capture(name))
+        self.capture = LayerCapture(model, layers)
 
-    def _capture(self, name: str):
-        def hook(_module, _inputs, output):
-            self._captured[name] = output
+    def __enter__(self) -> WithLayerOutputs:
+        self.capture.__enter__()
+        return self
 
-        return hook
+    def __exit__(self, *exc_info) -> None:
+        self.capture.__exit__(*exc_info)
 
     def forward(self, x):
-        self._captured.clear()
+        self.capture.outputs.clear()
         logits = self.model(x)
-        return (logits, *[self._captured[name] for name in self.layers])
+        return (logits, *[self.capture.outputs[name] for name in self.capture.layers])
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -80,7 +80,7 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
     batch = torch.export.Dim("batch", min=1)
     output_names = [LOGITS, *layers]
     try:
-        with warnings.catch_warnings():
+        with wrapper, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the exporter prints progress, and on failure the whole traced graph; our error says what matters
             with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -208,7 +208,7 @@ def run_torch(model, x: np.ndarray, layers: list[str], device: str, batch_size: 
     """The same outputs as :func:`run_session`, computed by torch, for parity."""
     wrapper = WithLayerOutputs(model, layers).eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in (LOGITS, *layers)}
-    with torch.no_grad():
+    with wrapper, torch.no_grad():
         for start in range(0, len(x), batch_size):
             batch = torch.from_numpy(x[start:start + batch_size]).to(device)
             for key, value in zip(chunks, wrapper(batch)):

@@ -182,3 +182,22 @@ def test_top_exemplars_defaults_and_errors(gray_session, rng):
         top_exemplars(session, x, ["body.act2"], {"body.act2": [6]})
     with pytest.raises(ActmaxError, match="unknown objective 'mean'"):
         top_exemplars(session, x, ["body.act2"], {}, objective="mean")
+
+
+def test_no_forward_hook_is_left_on_the_callers_model(gray_session):
+    """Export, parity run and render hook the audited layers only while they run, also when they fail."""
+    model, _ = gray_session  # exported by the fixture
+    layers = ["body.conv1", "body.act2"]
+
+    def hooked() -> list[str]:
+        return [name or "(root)" for name, module in model.named_modules() if module._forward_hooks]
+
+    assert hooked() == []
+    onnx_bundle.run_torch(model, np.zeros((2, 1, 28, 28), np.float32), layers, "cpu")
+    render_units(model, "body.act2", [0], steps=2, **GRAY)
+    assert hooked() == []
+    with pytest.raises(RuntimeError):  # three channels into a one-channel convolution
+        onnx_bundle.run_torch(model, np.zeros((2, 3, 28, 28), np.float32), layers, "cpu")
+    with pytest.raises(ActmaxError, match="the model fails on a 3x28x28 input"):
+        render_units(model, "body.act2", [0], steps=2, input_shape=(3, 28, 28))
+    assert hooked() == []

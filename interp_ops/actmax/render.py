@@ -25,6 +25,7 @@ from torch import Tensor
 from interp_ops.actmax import param as parameterizations
 from interp_ops.actmax.objectives import OBJECTIVES, Objective
 from interp_ops.actmax.transforms import TRANSFORMS, TransformChain
+from interp_ops.layer_capture import LayerCapture, LayersReached
 
 
 class ActmaxError(ValueError):
@@ -56,14 +57,11 @@ class UnitRenders:
     diversity: np.ndarray | None  # (len(units),) float32, None with one render per unit
 
 
-class _LayersReached(Exception):
-    """Raised by a forward hook once every hooked layer has run: the rest of the model is skipped."""
-
-
-class LayerOutputs:
+class LayerOutputs(LayerCapture):
     """Runs a model only as far as the named layers and returns their outputs as (B, K, h, w) maps.
 
-    Hooks only those modules, and only inside the ``with`` block. A module that runs twice is read the first time.
+    Hooks only those modules, and only inside the ``with`` block. The renderer hooks one layer, so the forward
+    stops at that layer's first call.
     """
 
     def __init__(self, model: torch.nn.Module, layers: Sequence[str]):
@@ -73,37 +71,18 @@ class LayerOutputs:
                 names = [name for name in modules if name]
                 shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
                 raise ActmaxError(f"layer: the model has no module named {layer!r}; its modules are: {shown}")
-        self.model = model
-        self.modules = {layer: modules[layer] for layer in layers}
-        self._outputs: dict[str, Tensor] = {}
-        self._handles = []
-
-    def __enter__(self) -> LayerOutputs:
-        self._handles = [module.register_forward_hook(self._hook(layer)) for layer, module in self.modules.items()]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def _hook(self, layer: str):
-        def hook(_module, _inputs, output):
-            self._outputs.setdefault(layer, output)
-            if len(self._outputs) == len(self.modules):
-                raise _LayersReached
-
-        return hook
+        super().__init__(model, layers, stop=True)
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        self._outputs = {}
+        self.outputs = {}
         try:
             self.model(x)
-        except _LayersReached:
+        except LayersReached:
             pass
-        missing = [layer for layer in self.modules if layer not in self._outputs]
+        missing = [layer for layer in self.modules if layer not in self.outputs]
         if missing:
             raise ActmaxError(f"layer: {missing} never ran in the model's forward; audit a module the forward uses")
-        return {layer: _as_maps(layer, output) for layer, output in self._outputs.items()}
+        return {layer: _as_maps(layer, output) for layer, output in self.outputs.items()}
 
 
 def _as_maps(layer: str, output) -> Tensor:
@@ -162,7 +141,9 @@ def element_generator(seed: int, unit: int, render_index: int) -> torch.Generato
 @dataclass(frozen=True)
 class _InputMap:
     """[0, 1] display space -> model input, as datasets.to_model_input: x * (high - low) + low, then (x - mean) / std,
-    folded into one multiply-add."""
+    folded into one multiply-add. That rounds differently from the data path's three steps (by up to one float32
+    ulp where std is not a power of two), so the two stay apart: one arithmetic for both would change either the
+    inputs every method reads or the renders."""
 
     scale: Tensor  # (C, 1, 1)
     shift: Tensor  # (C, 1, 1)
