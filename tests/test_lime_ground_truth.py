@@ -70,7 +70,7 @@ def test_attribution_order_beats_a_random_order(trained, monkeypatch):
     _, ours = explain_shapes(predict, "builtin:shapes?split=val&n=12")
     rng = np.random.default_rng(0)
     original = lime.deletion_insertion_masks
-    monkeypatch.setattr(lime, "deletion_insertion_masks", lambda order: original(rng.permuted(order, axis=1)))
+    monkeypatch.setattr(lime.explain, "deletion_insertion_masks", lambda order: original(rng.permuted(order, axis=1)))
     _, shuffled = explain_shapes(predict, "builtin:shapes?split=val&n=12")
     mean = lambda rows, key: np.mean([row[key] for row in rows])  # noqa: E731
     assert mean(ours.explanations, "deletion_auc") < mean(shuffled.explanations, "deletion_auc")

@@ -1,0 +1,82 @@
+"""The two report tables LIME returns: one row per sample x label (explanations), one per feature too
+(attributions), with the columns every kind of data shares; each explainer adds its own through callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from interp_ops.lime.explain import Fit
+from interp_ops.lime.scores import attribution_order
+
+
+@dataclass(frozen=True)
+class LimeResult:
+    """The two report tables as lists of rows, plus the segment maps the image explanations refer to.
+
+    explanations, one row per sample x label: sample_index, label, probability (the model's, on the input),
+    intercept, local_prediction (the surrogate's with every feature on), r2_in_sample, r2_heldout (None
+    without held-out rows), prediction_gap (|local_prediction - probability|), stability (mean pairwise
+    Jaccard of the top-k sets over the stability seeds; None for one seed), deletion_auc, insertion_auc,
+    kernel_width, num_samples, num_features, top_features, and for images overlay_png and segments_png (the
+    superpixel map).
+    attributions, one row per sample x label x feature: sample_index, label, feature (the original segment
+    id, or the feature name), weight, rank (1 = most positive weight for images, largest |weight| for tables),
+    and area_fraction (images) or bin (tables: the instance's quartile bin, named as lime names it).
+    """
+
+    explanations: list[dict]
+    attributions: list[dict]
+    segment_maps: list[np.ndarray] = field(default_factory=list)  # images only: the (H, W) maps, original ids
+
+
+def table_rows(fits: list[Fit], features: list[Sequence], *, top_k: int, kernel_width: float, num_samples: int,
+               explanation_extra: Callable[[int, np.ndarray], dict],
+               attribution_extra: Callable[[int, int], dict],
+               by_magnitude: bool = False) -> tuple[list[dict], list[dict]]:
+    """Rows of the explanations and attributions tables, features named by `features` (one sequence per
+    sample); the callbacks add the method-specific columns for (sample, top features) and (sample, feature).
+
+    Features rank by weight (images: the superpixels that support the label, as lime's positive-only mask) or,
+    ``by_magnitude``, by |weight| (tabular: a column that argues against the label matters too, as lime's
+    ``as_list``)."""
+    explanations, attributions = [], []
+    for index, fit in enumerate(fits):
+        names = features[index]
+        for row, label in enumerate(fit.labels):
+            weights = fit.coef[row : row + 1]
+            order = attribution_order(np.abs(weights) if by_magnitude else weights)[0]
+            top = order[: min(top_k, len(order))]
+            local_prediction = float(fit.intercept[row] + fit.coef[row].sum())
+            explanations.append({
+                "sample_index": index,
+                "label": int(label),
+                "probability": float(fit.probability[row]),
+                "intercept": float(fit.intercept[row]),
+                "local_prediction": local_prediction,
+                "r2_in_sample": float(fit.r2_in_sample[row]),
+                "r2_heldout": None if fit.r2_heldout is None else float(fit.r2_heldout[row]),
+                "prediction_gap": abs(local_prediction - float(fit.probability[row])),
+                "stability": None if fit.stability is None else float(fit.stability[row]),
+                "deletion_auc": float(fit.deletion_auc[row]),
+                "insertion_auc": float(fit.insertion_auc[row]),
+                "kernel_width": float(kernel_width),
+                "num_samples": num_samples,
+                "num_features": len(order),
+                "top_features": [names[f] for f in top],
+                **explanation_extra(index, top),
+            })
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(1, len(order) + 1)
+            for feature in order:
+                attributions.append({
+                    "sample_index": index,
+                    "label": int(label),
+                    "feature": names[feature],
+                    "weight": float(fit.coef[row, feature]),
+                    "rank": int(rank[feature]),
+                    **attribution_extra(index, feature),
+                })
+    return explanations, attributions
