@@ -199,8 +199,9 @@ def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
     for start in range(0, len(indices), params.samples_per_task):
         batch = indices[start:start + params.samples_per_task]
         futures.append(explain_with_lime.submit(
-            onnx_bytes, inputs.x[batch], [inputs.ids[i] for i in batch], batch, labels, params, spec.model.input,
-            spec.seed, checked.device, class_names=inputs.class_names,
+            onnx_bytes, inputs.x[batch], sample_ids=[inputs.ids[i] for i in batch], sample_keys=batch,
+            labels=labels, settings=params.explainer_settings(), input_spec=spec.model.input, seed=spec.seed,
+            device=checked.device, class_names=inputs.class_names,
             training_data=inputs.x if inputs.x.ndim == 2 else None, feature_names=inputs.feature_names))
     return futures
 
@@ -211,8 +212,9 @@ def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, objec
     exemplars = find_exemplars.submit(onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective,
                                       checked.device)
     renders = [
-        render_unit_batch.submit(checked.model, layer, units[start:start + params.batch_units], params,
-                                 spec.model.input, spec.seed, checked.device)
+        render_unit_batch.submit(checked.model, layer, units[start:start + params.batch_units],
+                                 settings=params.render_settings(), input_spec=spec.model.input, seed=spec.seed,
+                                 device=checked.device)
         for layer, units in checked.actmax_units.items()
         for start in range(0, len(units), params.batch_units)
     ]
@@ -223,14 +225,16 @@ def submit_dissection(loaded, onnx_bytes: bytes, checked) -> tuple[list, list | 
     """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
     here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
     spec, params = loaded.spec, loaded.spec.ops.dissection
-    common = (params.concepts, str(loaded.base_dir), checked.concepts_fingerprint, params,
-              spec.model.input, spec.seed, checked.device)
-    results = [dissect_layer.submit(onnx_bytes, layer, *common) for layer in checked.dissection_layers]
+    concept_pass = dict(concepts_uri=params.concepts, base_dir=str(loaded.base_dir),
+                        concepts_fingerprint=checked.concepts_fingerprint, quantile=params.quantile,
+                        batch_size=params.batch_size, input_spec=spec.model.input, seed=spec.seed,
+                        device=checked.device)
+    results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     baselines = None
     if params.baseline == "random_init":
         baseline_bytes = export_random_baseline.submit(checked.model, tuple(spec.model.input.shape),
                                                        checked.dissection_layers, spec.seed).result()
-        baselines = [dissect_layer.submit(baseline_bytes, layer, *common) for layer in checked.dissection_layers]
+        baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     return results, baselines
 
 

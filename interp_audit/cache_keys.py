@@ -13,7 +13,7 @@ import enum
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -105,35 +105,17 @@ def canonical(value: Any, where: str = "value") -> Any:
                     "refusing to fall back to a pickle, whose bytes change from process to process")
 
 
-def _drop(content: dict, dotted: str) -> None:
-    """Remove ``a.b.c`` from canonical content (fields of models and dataclasses are under ``fields``)."""
-    *parents, last = dotted.split(".")
-    target = content
-    for name in parents:
-        target = target.get(name) if isinstance(target, dict) else None
-        if isinstance(target, dict) and "__type__" in target:
-            target = target["fields"]
-        if not isinstance(target, dict):
-            return
-    if isinstance(target, dict) and "__type__" in target:
-        target = target["fields"]
-    if isinstance(target, dict):
-        target.pop(last, None)
-
-
-def canonical_json(parameters: Mapping[str, Any], ignore: Iterable[str] = (),
+def canonical_json(parameters: Mapping[str, Any],
                    extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> str:
-    """Canonical JSON of a task's parameters; ``ignore`` drops parameters (or fields, ``params.samples``) the task
-    does not read, ``extra`` adds content they only point at (e.g. the fingerprint of files behind a path)."""
+    """Canonical JSON of a task's parameters (a task takes exactly what it reads); ``extra`` adds content they
+    only point at (e.g. the fingerprint of files behind a path)."""
     content = {"parameters": canonical(dict(parameters), "parameters")}
-    for dotted in ignore:
-        _drop(content["parameters"], dotted)
     if extra is not None:
         content["extra"] = canonical(dict(extra(parameters)), "extra")
     return _dumps(content)
 
 
-def content_key(parameters: Mapping[str, Any], ignore: Iterable[str] = (),
+def content_key(parameters: Mapping[str, Any],
                 extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> str:
     """sha256 of ``canonical_json``: the content part of a task's cache key."""
-    return hashlib.sha256(canonical_json(parameters, ignore, extra).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(parameters, extra).encode()).hexdigest()

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from interp_audit.errors import SpecError
-from interp_audit.inputs import ModelInputs  # noqa: F401 (tests/test_cache_keys.py imports it from here)
 from interp_audit.inputs import concepts_error, load_concepts, model_inputs
 from interp_audit.intake import (
     LayerShapes,

@@ -240,6 +240,10 @@ class LimeSpec(StrictModel):
             raise ValueError(f"must be at least 2 perturbations to fit a surrogate (got {value})")
         return value
 
+    def explainer_settings(self) -> dict:
+        """What a LIME task reads: how to explain, not which samples or labels nor how the flow batches them."""
+        return self.model_dump(exclude={"samples", "labels", "samples_per_task"})
+
 
 UNITS_FIRST = re.compile(r"^first:(?P<count>[1-9][0-9]*)$")
 
@@ -272,6 +276,10 @@ class ActivationMaxSpec(StrictModel):
         if isinstance(units, list) and not units:
             raise ValueError("must name at least one unit (got [])")
         return units
+
+    def render_settings(self) -> dict:
+        """What a render task reads: how to optimise, not which layers and units nor the exemplars."""
+        return self.model_dump(exclude={"layers", "units", "exemplars"})
 
 
 class DissectionSpec(StrictModel):

@@ -21,23 +21,20 @@ from interp_audit.cache_keys import content_key
 class CanonicalInputs(CachePolicy):
     """Cache key from the canonical content of the task's parameters (see ``interp_audit.cache_keys``).
 
-    ``ignore``: parameters, or fields of a parameter (``params.samples``), that the task does not read;
     ``extra``: content the parameters only point at, as ``f(parameters) -> dict``.
     A parameter of a type without a canonical form fails the key (Prefect then logs it and runs uncached).
     """
 
-    ignore: tuple[str, ...] = ()
     extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
                     ) -> str | None:
-        return content_key(inputs or {}, self.ignore, self.extra)
+        return content_key(inputs or {}, self.extra)
 
 
-def cached(ignore: tuple[str, ...] = (), extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
-           ) -> dict:
+def cached(extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> dict:
     """Decorator options of a task that computes: persisted, keyed by its inputs' content and its source."""
-    return dict(cache_policy=CanonicalInputs(ignore=ignore, extra=extra) + TASK_SOURCE, persist_result=True)
+    return dict(cache_policy=CanonicalInputs(extra=extra) + TASK_SOURCE, persist_result=True)
 
 
 CACHED = cached()

@@ -9,28 +9,25 @@ from prefect import task
 from interp_audit.errors import SpecError
 from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.spec import ActivationMaxSpec, InputSpec
+from interp_audit.spec import InputSpec
 from interp_ops import actmax, onnx_bundle
 from interp_ops.datasets import to_display
 from interp_ops.images import png_bytes
-from tasks import CACHED, cached
+from tasks import CACHED
 from tasks.gpu import gpu_slot
 
 
-@task(name="actmax-render", **cached(ignore=("params.layers", "params.units", "params.exemplars")))
-def render_unit_batch(model: ModelRef, layer: str, units: list[int], params: ActivationMaxSpec,
-                      input_spec: InputSpec, seed: int, device: str) -> actmax.UnitRenders:
-    """Renders of ``units`` of ``layer``, optimised as one batch; each unit's seed does not depend on the batch."""
+@task(name="actmax-render", **CACHED)
+def render_unit_batch(model: ModelRef, layer: str, units: list[int], settings: dict, input_spec: InputSpec,
+                      seed: int, device: str) -> actmax.UnitRenders:
+    """Renders of ``units`` of ``layer``, optimised as one batch; each unit's seed does not depend on the batch.
+    ``settings``: ``ActivationMaxSpec.render_settings``, passed on to the renderer as they are."""
     torch_model = build_torch_model(model)
     with gpu_slot(device):
         try:
             return actmax.render_units(
                 torch_model, layer, units, input_shape=tuple(input_spec.shape), value_range=tuple(input_spec.range),
-                mean=input_spec.mean, std=input_spec.std, objective=params.objective, steps=params.steps,
-                lr=params.lr, param=params.param, decorrelate=params.decorrelate, transforms=params.transforms,
-                image_size=params.image_size, batch_units=params.batch_units,
-                renders_per_unit=params.renders_per_unit, seed=seed, device=device,
-                mixed_precision=params.mixed_precision)
+                mean=input_spec.mean, std=input_spec.std, seed=seed, device=device, **settings)
         except actmax.ActmaxError as exc:  # e.g. a render size the model cannot take: bad input, exit 2
             raise SpecError(f"ops.activation_max: {exc}") from None
 

@@ -10,7 +10,7 @@ from prefect import task
 from interp_audit.errors import SpecError
 from interp_audit.inputs import concepts_error, load_concepts
 from interp_audit.intake import ModelRef, build_torch_model
-from interp_audit.spec import DissectionSpec, InputSpec
+from interp_audit.spec import InputSpec
 from interp_ops import dissection, onnx_bundle
 from interp_ops.concepts import ConceptDataError, ConceptSet
 from tasks import CACHED, cached
@@ -35,10 +35,9 @@ def export_random_baseline(model: ModelRef, input_shape: tuple[int, ...], layers
     return onnx_bundle.export_torch(dissection.random_init_copy(build_torch_model(model), seed), input_shape, layers)
 
 
-@task(name="dissection", **cached(ignore=("params.layers", "params.concepts", "params.iou_threshold",
-                                           "params.baseline")))
+@task(name="dissection", **CACHED)
 def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: str, concepts_fingerprint: str,
-                  params: DissectionSpec, input_spec: InputSpec, seed: int, device: str
+                  quantile: float, batch_size: int, input_spec: InputSpec, seed: int, device: str
                   ) -> dissection.DissectionResult:
     """IoU of every unit of ``layer`` with every concept; ``concepts_fingerprint`` keys the cache on their content."""
     concepts = _concepts(concepts_uri, base_dir, seed)
@@ -47,7 +46,7 @@ def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: st
             return dissection.dissect(
                 onnx_bundle.make_session(onnx_bytes, device), concepts, [layer],
                 input_shape=input_spec.shape, value_range=tuple(input_spec.range), mean=input_spec.mean,
-                std=input_spec.std, quantile=params.quantile, batch_size=params.batch_size)[layer]
+                std=input_spec.std, quantile=quantile, batch_size=batch_size)[layer]
         except ConceptDataError as exc:  # a mask holding an unknown label: bad input, exit 2, named as preflight would
             raise concepts_error(exc) from None
         except dissection.DissectionError as exc:

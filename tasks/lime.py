@@ -6,10 +6,10 @@ import numpy as np
 from prefect import task
 
 from interp_audit.errors import SpecError
-from interp_audit.spec import InputSpec, LimeSpec
+from interp_audit.spec import InputSpec
 from interp_ops import lime, onnx_bundle
 from interp_ops.datasets import to_display
-from tasks import cached
+from tasks import CACHED
 from tasks.gpu import gpu_slot
 
 
@@ -22,28 +22,29 @@ def _predict(onnx_bytes: bytes, device: str) -> lime.Predict:
     return predict
 
 
-@task(name="lime", **cached(ignore=("params.samples", "params.labels", "params.samples_per_task")))
+@task(name="lime", **CACHED)
 def explain_with_lime(onnx_bytes: bytes, x: np.ndarray, sample_ids: list[str], sample_keys: list[int],
-                      labels: list[int] | None, params: LimeSpec, input_spec: InputSpec, seed: int, device: str,
+                      labels: list[int] | None, settings: dict, input_spec: InputSpec, seed: int, device: str,
                       class_names: list[str] | None = None, training_data: np.ndarray | None = None,
                       feature_names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """Explanation and attribution rows for ``x``; ``sample_keys`` (positions in the data) seed each sample,
-    so the result does not depend on how the flow batches samples."""
+    so the result does not depend on how the flow batches samples. ``settings``: ``LimeSpec.explainer_settings``."""
     per_sample_labels = None if labels is None else [labels] * len(x)
-    common = dict(num_samples=params.num_samples, top_k=params.top_k, seed=seed, sample_keys=sample_keys,
-                  stability_seeds=params.stability_seeds, heldout_samples=params.heldout_samples)
+    common = dict(num_samples=settings["num_samples"], top_k=settings["top_k"], seed=seed, sample_keys=sample_keys,
+                  stability_seeds=settings["stability_seeds"], heldout_samples=settings["heldout_samples"])
     with gpu_slot(device):
         predict = _predict(onnx_bytes, device)
         try:
             if x.ndim == 4:
-                segmentation = lime.Segmentation(**params.segmentation.model_dump())
-                result = lime.ImageLime(predict, params.batch_size).attribute(
+                segmentation = lime.Segmentation(**settings["segmentation"])
+                result = lime.ImageLime(predict, settings["batch_size"]).attribute(
                     x, to_display(x, input_spec.range, input_spec.mean, input_spec.std), per_sample_labels,
-                    kernel_width=params.kernel_width or 0.25, hide=params.hide, segmentation=segmentation, **common)
+                    kernel_width=settings["kernel_width"] or 0.25, hide=settings["hide"], segmentation=segmentation,
+                    **common)
             else:
                 names = feature_names or [f"x{i}" for i in range(x.shape[1])]
-                result = lime.TabularLime(predict, training_data, names, params.batch_size).attribute(
-                    x, per_sample_labels, kernel_width=params.kernel_width, **common)
+                result = lime.TabularLime(predict, training_data, names, settings["batch_size"]).attribute(
+                    x, per_sample_labels, kernel_width=settings["kernel_width"], **common)
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None
     explanations = [{"overlay_png": None, "segments_png": None, **_with_sample(row, sample_ids)} for row in result.explanations]

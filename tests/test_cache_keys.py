@@ -28,7 +28,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 def task_cases() -> dict:
     """Every computing task with realistic parameters of every kind it takes: name -> (task, parameters)."""
     from interp_audit.intake import ModelRef
-    from interp_audit.preflight import ModelInputs
+    from interp_audit.inputs import ModelInputs
     from interp_audit.spec import ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec
     from interp_ops.dissection import DissectionResult
     from tasks.actmax import find_exemplars, render_unit_batch
@@ -67,17 +67,17 @@ def task_cases() -> dict:
         "predict": (predict, dict(onnx_bytes=onnx, inputs=inputs, device="cpu")),
         "onnx-parity": (check_parity, dict(model=ref, onnx_bytes=onnx, inputs=inputs, layers=layers, device="cpu")),
         "lime": (explain_with_lime, dict(onnx_bytes=onnx, x=inputs.x[:2], sample_ids=["s0", "s1"], sample_keys=[0, 1],
-                                         labels=[0, 1], params=lime, class_names=names,
+                                         labels=[0, 1], settings=lime.explainer_settings(), class_names=names,
                                          training_data=rng.random((5, 2)), feature_names=["a", "b"], **common)),
-        "actmax-render": (render_unit_batch, dict(model=ref, layer="body.conv1", units=[0, 1], params=actmax,
-                                                  **common)),
+        "actmax-render": (render_unit_batch, dict(model=ref, layer="body.conv1", units=[0, 1],
+                                                  settings=actmax.render_settings(), **common)),
         "actmax-exemplars": (find_exemplars, dict(onnx_bytes=onnx, inputs=inputs, units={"body.conv1": [0, 1, 2]},
                                                   k=4, objective="channel", device="cpu")),
         "random-init-baseline": (export_random_baseline, dict(model=ref, input_shape=(1, 28, 28), layers=layers,
                                                               seed=3)),
         "dissection": (dissect_layer, dict(onnx_bytes=onnx, layer="body.conv1", concepts_uri=concepts,
-                                           base_dir="/specs", concepts_fingerprint="c" * 64, params=dissection,
-                                           **common)),
+                                           base_dir="/specs", concepts_fingerprint="c" * 64,
+                                           quantile=dissection.quantile, batch_size=dissection.batch_size, **common)),
         "dissection-tables": (dissection_tables, dict(results=[result("body.conv1", 1)],
                                                       baselines=[result("body.conv1", 2)], concepts_uri=concepts,
                                                       base_dir="/specs", seed=3, iou_threshold=0.04)),
@@ -177,12 +177,9 @@ VALID = {  # parameters whose arbitrary variants would not parse: one real chang
 }
 
 
-def ignored(task, where: str) -> bool:
-    ignore = task.cache_policy.policies[0].ignore
-    return any(where == name or where.startswith((name + ".", name + "[")) for name in ignore)
-
-
-def test_keys_change_with_every_parameter_the_task_reads_and_only_with_those():
+def test_keys_change_with_every_parameter_a_task_takes():
+    """Tasks take exactly what they read (LIME and render settings without the samples, units or batching the
+    flow decides), so every change of every parameter must change the key."""
     for name, (task, parameters) in task_cases().items():
         base = task_key(task, parameters)
         assert task_key(task, dict(parameters)) == base, name
@@ -192,21 +189,18 @@ def test_keys_change_with_every_parameter_the_task_reads_and_only_with_those():
             for where, changed in found:
                 where = parameter + where
                 key = task_key(task, {**parameters, parameter: changed})
-                if ignored(task, where):
-                    assert key == base, f"{name}: {where} is not read, yet changes the key"
-                else:
-                    assert key != base, f"{name}: {where} changed and the key did not"
-                    changes += 1
+                assert key != base, f"{name}: {where} changed and the key did not"
+                changes += 1
         assert changes >= len(parameters), name
 
 
-def test_ignored_names_are_parameters_and_fields_the_task_really_has():
-    for name, (task, parameters) in task_cases().items():
-        for dotted in task.cache_policy.policies[0].ignore:
-            parameter, *field = dotted.split(".")
-            assert parameter in parameters, (name, dotted)
-            if field:
-                assert field[0] in type(parameters[parameter]).model_fields, (name, dotted)
+def test_task_settings_leave_out_only_what_the_flow_decides():
+    from interp_audit.spec import ActivationMaxSpec, LimeSpec
+
+    assert set(LimeSpec.model_fields) - set(LimeSpec().explainer_settings()) == \
+        {"samples", "labels", "samples_per_task"}
+    assert set(ActivationMaxSpec.model_fields) - set(ActivationMaxSpec().render_settings()) == \
+        {"layers", "units", "exemplars"}
 
 
 def test_the_weights_and_a_factory_file_key_by_content(tmp_path):
@@ -306,6 +300,16 @@ def test_a_rerun_in_another_process_serves_every_computing_task_from_the_cache(g
         assert set(served[name]) == {"Cached"}, (name, served)
     assert len(served["lime"]) == 2 and len(served["dissection"]) == 2  # two batches; the model and its baseline
     assert all(state != "Cached" for name, states in served.items() if name not in CACHED_TASKS for state in states)
+
+    # a setting only the tables step reads recomputes the tables, not the pass over the concept set
+    text = spec.read_text()
+    assert "iou_threshold" not in text
+    spec.write_text(text.replace("concepts: builtin:concepts?n=12&size=28",
+                                 "concepts: builtin:concepts?n=12&size=28\n    iou_threshold: 0.02"))
+    third = task_run_states(audit("33"), expected=sum(len(states) for states in computed.values()))
+    assert set(third["dissection-tables"]) == {"Completed"}, third
+    for name in CACHED_TASKS - {"dissection-tables"}:
+        assert set(third[name]) == {"Cached"}, (name, third)
 
     store = tmp_path / "reports"
     for table in ("lime_attributions", "actmax_units", "dissection_units", "onnx_parity"):
