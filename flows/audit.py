@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -93,19 +94,9 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
 
     ``version`` pins a registry model (model.source: mlflow) to another version than the spec names.
     """
-    loaded = load_spec(spec_path)
-    if version is not None:
-        loaded = with_model_version(loaded, version)
-    spec = loaded.spec
-    store_uri = store or spec.report.store
-    registered = fetch_registered_model(spec.model, store_uri, str(loaded.base_dir)) \
-        if spec.model.source == "mlflow" else None
-    checked = preflight(loaded, device, store_uri, registered)
-    version = checked.model.version
-    run_id = str(flow_run.get_id() or "")
+    loaded, checked, store_uri = checked_spec(spec_path, store, device, version)
+    spec, version, run_id = loaded.spec, checked.model.version, str(flow_run.get_id() or "")
     started = datetime.now(timezone.utc)
-    if checked.device.startswith("cuda"):
-        ensure_gpu_limit()
     methods = spec.selected_methods(only)
     progress.step(f"audit [bold]{spec.name}[/] of {spec.model.name} v{version} on {checked.device}")
 
@@ -114,79 +105,129 @@ def audit(spec_path: str, store: str | None = None, only: list[str] | None = Non
     onnx_bytes = export_onnx(checked.model, tuple(spec.model.input.shape), spec.model.layers)
     progress.step(f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "
                   f"methods: {', '.join(methods) or 'none'}")
+    tables = method_tables(loaded, checked, inputs, onnx_bytes, methods, run_id)
+    diffs, baseline = compare_with_baseline(store_uri, spec.model.name, version, tables)
+    if diffs:
+        tables["version_diffs"] = data_contracts.conform("version_diffs", diff_table(run_id, baseline, diffs))
+        progress.step(f"compared with v{baseline.version} ({baseline.basis} run {baseline.run_id[:8]}): "
+                      f"{len(diffs)} differences recorded")
+    verdict = judge(spec, tables, diffs, baseline)
+    run_row = run_record(loaded, checked, onnx_bytes, len(inputs.ids), started, verdict.status,
+                         ort_providers(onnx_bytes, checked.device))
+    tables |= record_tables(run_id, run_row, verdict)
+    location = publish_report(store_uri, run_id, spec.model.name, version, tables)
+    return conclude(spec, store_uri, version, run_id, location, verdict)
+
+
+def checked_spec(spec_path: str, store: str | None, device: str, version: str | None):
+    """The spec (pinned to ``version``), its registry model fetched when it names one, checked by preflight."""
+    loaded = load_spec(spec_path)
+    if version is not None:
+        loaded = with_model_version(loaded, version)
+    store_uri = store or loaded.spec.report.store
+    registered = fetch_registered_model(loaded.spec.model, store_uri, str(loaded.base_dir)) \
+        if loaded.spec.model.source == "mlflow" else None
+    checked = preflight(loaded, device, store_uri, registered)
+    if checked.device.startswith("cuda"):
+        ensure_gpu_limit()
+    return loaded, checked, store_uri
+
+
+def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str], run_id: str) -> dict[str, pa.Table]:
+    """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
+    spec = loaded.spec
     predictions = predict.submit(onnx_bytes, inputs, checked.device)
     parity = check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device) \
         if checked.model.source == "torch" else None
     lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
     actmax = submit_actmax(spec, inputs, onnx_bytes, checked) if "activation_max" in methods else None
     dissected = submit_dissection(loaded, onnx_bytes, checked) if "dissection" in methods else None
-    tables = {"predictions": with_run_id(run_id, predictions.result())}
+
+    rows = {"predictions": predictions.result()}
     if lime_batches:
-        explanations, attributions = zip(*(future.result() for future in lime_batches))
-        tables["lime_explanations"] = with_run_id(run_id, [row for rows in explanations for row in rows])
-        tables["lime_attributions"] = with_run_id(run_id, [row for rows in attributions for row in rows])
-        progress.step(f"LIME: {len(tables['lime_explanations'])} explanations")
+        explanations, attributions = zip(*resolved(lime_batches))
+        rows["lime_explanations"] = [row for batch in explanations for row in batch]
+        rows["lime_attributions"] = [row for batch in attributions for row in batch]
+        progress.step(f"LIME: {len(rows['lime_explanations'])} explanations")
     if actmax is not None:
         renders, exemplars = actmax
-        units, exemplar_rows = actmax_rows([future.result() for future in renders], exemplars.result(), inputs,
-                                           spec.model.input)
-        tables["actmax_units"] = with_run_id(run_id, units)
-        tables["actmax_exemplars"] = with_run_id(run_id, exemplar_rows)
-        above = sum(row["final_activation"] >= row["dataset_max"] for row in units)
-        progress.step(f"activation maximization: {len(units)} renders, {above} drive their unit past every "
-                      "dataset image")
+        rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(resolved(renders), exemplars.result(), inputs,
+                                                                     spec.model.input)
+        above = sum(row["final_activation"] >= row["dataset_max"] for row in rows["actmax_units"])
+        progress.step(f"activation maximization: {len(rows['actmax_units'])} renders, {above} drive their unit "
+                      "past every dataset image")
     if dissected is not None:
-        dissection = dissection_rows(loaded, *dissected)
-        for name, rows in dissection.items():
-            tables[name] = with_run_id(run_id, rows)
-        progress.step(f"dissection: {sum(r['is_detector'] for r in dissection['dissection_units'])} "
-                      f"detectors among {len(tables['dissection_units'])} units")
+        rows |= dissection_rows(loaded, *dissected)
+        progress.step(f"dissection: {sum(r['is_detector'] for r in rows['dissection_units'])} detectors among "
+                      f"{len(rows['dissection_units'])} units")
     if parity is not None:
-        tables["onnx_parity"] = with_run_id(run_id, parity.result())
-        progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in parity.result()):.2e}")
-    tables = {name: data_contracts.conform(name, table) for name, table in tables.items()}
-    diffs, baseline = compare_with_baseline(store_uri, spec.model.name, version, tables)
-    if diffs:
-        tables["version_diffs"] = data_contracts.conform("version_diffs", diff_table(run_id, baseline, diffs))
-        progress.step(f"compared with v{baseline.version} ({baseline.basis} run {baseline.run_id[:8]}): "
-                      f"{len(diffs)} differences recorded")
+        rows["onnx_parity"] = parity.result()
+        progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
+    return {name: data_contracts.conform(name, with_run_id(run_id, table)) for name, table in rows.items()}
 
+
+@dataclass(frozen=True)
+class Verdict:
+    """The contracts' expectation results, the gates' outcomes and the run's status that follows from them."""
+
+    results: list[dict]
+    gates: list[dict]
+
+    @property
+    def failed_expectations(self) -> int:
+        return sum(not row["success"] for row in self.results)
+
+    @property
+    def failed_gates(self) -> list[str]:
+        return [gate["gate"] for gate in self.gates if gate["outcome"] == "failed"]
+
+    @property
+    def status(self) -> str:
+        return "failed_contracts" if self.failed_expectations else "failed_gates" if self.failed_gates else "passed"
+
+
+def judge(spec, tables: dict[str, pa.Table], diffs: list[dict], baseline) -> Verdict:
+    """Validate every table against its contract, then evaluate the spec's gates on the run as a whole."""
     results = validate_contracts(tables, spec.contracts)
-    failed = sum(not row["success"] for row in results)
-    progress.step(f"contracts: {len(results) - failed}/{len(results)} expectations met")
+    progress.step(f"contracts: {sum(row['success'] for row in results)}/{len(results)} expectations met")
     gates = check_gates(spec.gates, tables, diffs, baseline) if spec.gates else []
     for gate in gates:
         value = "-" if gate["value"] is None else f"{gate['value']:.3g}"
         progress.step(f"gate {escape(gate['gate'])}: {gate['outcome']} ({value}; {escape(gate['detail'])})")
-    status = "failed_contracts" if failed else "failed_gates" if any(g["outcome"] == "failed" for g in gates) \
-        else "passed"
+    return Verdict(results, gates)
 
-    run_row = run_record(loaded, checked, onnx_bytes, len(inputs.ids), started, status,
-                         ort_providers(onnx_bytes, checked.device))
-    tables["audit_runs"] = data_contracts.conform("audit_runs", with_run_id(run_id, [run_row]))
-    tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results))
-    if gates:
-        tables["gate_results"] = data_contracts.conform("gate_results", with_run_id(run_id, gates))
-    own = validate_contracts({name: tables[name] for name in ("audit_runs", "contract_results", "gate_results")
-                              if name in tables}, {})
+
+def record_tables(run_id: str, run_row: dict, verdict: Verdict) -> dict[str, pa.Table]:
+    """``audit_runs``, ``contract_results`` and ``gate_results``; our own bookkeeping tables must hold their
+    contracts too (a failure is a bug, never published), and their checks are recorded with the rest."""
+    tables = {"audit_runs": with_run_id(run_id, [run_row]),
+              "contract_results": with_run_id(run_id, verdict.results)}
+    if verdict.gates:
+        tables["gate_results"] = with_run_id(run_id, verdict.gates)
+    tables = {name: data_contracts.conform(name, table) for name, table in tables.items()}
+    own = validate_contracts(tables, {})
     broken = [row for row in own if not row["success"]]
-    if broken:  # our own bookkeeping tables must always hold their contract: a bug, never published
+    if broken:
         raise AuditError([f"internal: {r['table_name']} breaks {r['expectation']} on {r['column']}" for r in broken])
-    tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, results + own))
+    tables["contract_results"] = data_contracts.conform("contract_results",
+                                                        with_run_id(run_id, verdict.results + own))
+    return tables
 
-    location = publish_report(store_uri, run_id, spec.model.name, version, tables)
-    waits = spec.review.wait_for_sign_off and status == "passed"
+
+def conclude(spec, store_uri: str, version: str, run_id: str, location: str, verdict: Verdict) -> dict:
+    """Tag the registry version, leave the summary artifact, and wait for a sign-off where the spec asks for one."""
+    waits = spec.review.wait_for_sign_off and verdict.status == "passed"
     if spec.model.source == "mlflow":
-        write_back(spec.model, store_uri, version, status, run_id, location, alias_allowed=not waits)
-    summary = {"run_id": run_id, "status": status, "store": location, "model": spec.model.name,
-               "version": version, "failed_expectations": failed,
-               "failed_gates": [gate["gate"] for gate in gates if gate["outcome"] == "failed"], "review": None}
-    create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, results, gates),
+        write_back(spec.model, store_uri, version, verdict.status, run_id, location, alias_allowed=not waits)
+    summary = {"run_id": run_id, "status": verdict.status, "store": location, "model": spec.model.name,
+               "version": version, "failed_expectations": verdict.failed_expectations,
+               "failed_gates": verdict.failed_gates, "review": None}
+    create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, verdict),
                              description=f"interp-audit report of {spec.model.name} v{version}")
     if waits:  # the report is published and summarised first: the reviewer reads it while the run waits
         summary["review"] = wait_for_sign_off(store_uri, run_id, spec.review.timeout_seconds)["decision"]
         if summary["review"] == "approved" and spec.model.source == "mlflow":
-            write_back(spec.model, store_uri, version, status, run_id, location)
+            write_back(spec.model, store_uri, version, verdict.status, run_id, location)
     return summary
 
 
@@ -256,14 +297,14 @@ def _artifact_key(name: str) -> str:
     return "interp-audit-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
-def _summary_markdown(summary: dict, results: list[dict], gates: list[dict]) -> str:
+def _summary_markdown(summary: dict, verdict: Verdict) -> str:
     lines = [
         f"# Audit of {summary['model']} v{summary['version']}: **{summary['status']}**", "",
         f"- run id: `{summary['run_id']}`", f"- report store: `{summary['store']}`",
-        f"- expectations failed: {summary['failed_expectations']} of {len(results)}",
-        *(f"- gate {g['gate']}: **{g['outcome']}** ({g['detail']})" for g in gates), "",
+        f"- expectations failed: {summary['failed_expectations']} of {len(verdict.results)}",
+        *(f"- gate {g['gate']}: **{g['outcome']}** ({g['detail']})" for g in verdict.gates), "",
     ]
-    failed = [row for row in results if not row["success"]]
+    failed = [row for row in verdict.results if not row["success"]]
     if failed:
         lines += ["| table | expectation | column | observed |", "|---|---|---|---|"]
         lines += [f"| {r['table_name']} | {r['expectation']} | {r['column'] or ''} | {r['observed_value'] or ''} |"
