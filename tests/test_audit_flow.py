@@ -30,6 +30,17 @@ def cli(*args):
     return result.exit_code, " ".join(result.output.split())
 
 
+def expected_ort_providers(device: str) -> list[str]:
+    """What ONNX Runtime reports for a session on `device` on this machine: CUDA first, CPU as its fallback, when
+    the device is CUDA (the CUDA provider must then be in this ONNX Runtime build); CPU alone on the CPU."""
+    import onnxruntime
+
+    if device.startswith("cuda"):
+        assert "CUDAExecutionProvider" in onnxruntime.get_available_providers(), onnxruntime.get_available_providers()
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def test_audit_of_a_grayscale_user_model_end_to_end(gray_spec, tmp_path):
     spec = gray_spec()
     code, output = cli("run", spec)
@@ -42,7 +53,9 @@ def test_audit_of_a_grayscale_user_model_end_to_end(gray_spec, tmp_path):
     assert (run.status, run.model_name, run.model_version, run.seed) == ("passed", "gray-net", "7", 3)
     assert run.weights_sha256 == hashlib.sha256((tmp_path / "gray.pt").read_bytes()).hexdigest()
     assert run.spec_sha256 == hashlib.sha256(spec.read_bytes()).hexdigest()
-    assert list(run.ort_providers) == ["CPUExecutionProvider"]
+    # `--device auto` (the default) takes CUDA where torch sees it, and ONNX Runtime must then run on it
+    assert run.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert list(run.ort_providers) == expected_ort_providers(run.device)
 
     # read back with bare pyarrow: hive partitions, one file per table for the run
     parity = ds.dataset(store / "onnx_parity", partitioning="hive").to_table().to_pandas()
@@ -205,7 +218,7 @@ def test_schedule_serves_a_deployment_with_the_cron_and_runs_it(gray_spec, tmp_p
 
 
 def test_gpu_work_takes_a_slot_of_the_gpu_limit():
-    """No GPU here: we call the guard as a CUDA task would and watch the real limit on the test server."""
+    """Needs no GPU: we call the guard as a CUDA task would and watch the real limit on the test server."""
     from prefect.client.orchestration import get_client
 
     from tasks.gpu import GPU_LIMIT, ensure_gpu_limit, gpu_slot

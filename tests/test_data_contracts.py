@@ -4,7 +4,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -99,11 +98,7 @@ def failures(rows: list[dict]) -> list[tuple]:
 
 
 def test_good_tables_pass_every_expectation(tables):
-    start = time.perf_counter()
     rows = dc.validate_tables(tables, THRESHOLDS_OK)
-    elapsed = time.perf_counter() - start
-    print(f"validate_tables on {len(tables)} tables, {len(rows)} expectations: {elapsed:.2f} s")
-
     assert failures(rows) == []
     assert [r["table_name"] for r in rows] == sorted(
         (r["table_name"] for r in rows), key=list(tables).index
@@ -125,7 +120,6 @@ def test_good_tables_pass_every_expectation(tables):
              if r["expectation"] == "expect_column_values_to_be_of_type"}
     assert ("predictions", "label") in typed and ("audit_runs", "started_at") in typed
     assert ("onnx_parity", "shape") not in typed
-    assert elapsed < 10
 
 
 def test_rows_are_deterministic(tables):

@@ -39,6 +39,20 @@ def tiny_settings(monkeypatch):
     monkeypatch.setattr(demo_models, "HYPERPARAMETERS", {"honest": TINY, "shortcut": TINY})
 
 
+@pytest.fixture
+def training_calls(monkeypatch):
+    """How many models were really trained (calls of demo_models._train) since the test started."""
+    calls = []
+    train = demo_models._train
+
+    def counting(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return train(model, *args, **kwargs)
+
+    monkeypatch.setattr(demo_models, "_train", counting)
+    return calls
+
+
 def _accuracy(weights_path: Path, uri: str) -> float:
     model = shapes_cnn()
     model.load_state_dict(load_file(weights_path))
@@ -91,18 +105,20 @@ def test_shortcut_model_relies_on_the_patch(trained):
     )
 
 
-def test_real_models_come_from_the_cache_the_second_time(trained):
+def test_real_models_come_from_the_cache_the_second_time(trained, training_calls):
     weights = trained["honest"].weights_path
     modified = weights.stat().st_mtime_ns
     again = ensure_demo_models(weights.parent)
     assert again == trained
+    assert training_calls == []
     assert weights.stat().st_mtime_ns == modified
 
 
-def test_training_is_deterministic_and_restores_torch_settings(tmp_path, tiny_settings):
+def test_training_is_deterministic_and_restores_torch_settings(tmp_path, tiny_settings, training_calls):
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     first = train_demo_model("shortcut", tmp_path / "a")
     second = train_demo_model("shortcut", tmp_path / "b")
+    assert training_calls == ["ShapesCNN", "ShapesCNN"]  # two trainings compared, not one and its cache
     assert first.weights_path.read_bytes() == second.weights_path.read_bytes()
     assert first.cache_key == second.cache_key
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)
@@ -117,15 +133,20 @@ def test_cache_key_follows_variant_seed_and_settings(tmp_path, tiny_settings, mo
     assert train_demo_model("honest", tmp_path).cache_key != reseeded.cache_key
 
 
-def test_stale_or_corrupt_sidecar_means_retraining(tmp_path, tiny_settings):
+def test_stale_or_corrupt_sidecar_means_retraining(tmp_path, tiny_settings, training_calls):
     first = train_demo_model("honest", tmp_path)
+    assert len(training_calls) == 1
     sidecar = tmp_path / "shapes_cnn_honest.json"
     assert train_demo_model("honest", tmp_path) == first, "a matching key returns the stored result"
+    assert len(training_calls) == 1, "served from the cache, not trained again"
     sidecar.write_text("{not json")
     retrained = train_demo_model("honest", tmp_path)
-    assert retrained.cache_key == first.cache_key and retrained.train_seconds != first.train_seconds
+    assert len(training_calls) == 2, "a corrupt sidecar means training again"
+    assert retrained.cache_key == first.cache_key
+    assert json.loads(sidecar.read_text())["cache_key"] == first.cache_key  # the sidecar is rewritten
     first.weights_path.unlink()
     assert train_demo_model("honest", tmp_path).weights_path.is_file()
+    assert len(training_calls) == 3, "missing weights mean training again"
 
 
 def test_unknown_variant_names_the_choices(tmp_path):
@@ -202,11 +223,12 @@ def test_breast_cancer_model_reaches_its_target(tabular_trained):
     assert len(samples.x) == 171, "reported on the whole val split"
 
 
-def test_tabular_models_come_from_the_cache_the_second_time(tabular_trained):
+def test_tabular_models_come_from_the_cache_the_second_time(tabular_trained, training_calls):
     weights = tabular_trained["breast_cancer"].weights_path
     modified = weights.stat().st_mtime_ns
     again = ensure_tabular_demo_models(weights.parent)
     assert again == tabular_trained
+    assert training_calls == []
     assert weights.stat().st_mtime_ns == modified
     sidecar = json.loads(weights.with_suffix(".json").read_text())
     assert sidecar["cache_key"] == tabular_trained["breast_cancer"].cache_key
@@ -214,9 +236,11 @@ def test_tabular_models_come_from_the_cache_the_second_time(tabular_trained):
     assert not list(weights.parent.glob("shapes_cnn_*")), "the image demo models are not trained here"
 
 
-def test_tabular_training_is_deterministic_keyed_and_restores_torch_settings(tmp_path, tabular_trained):
+def test_tabular_training_is_deterministic_keyed_and_restores_torch_settings(tmp_path, tabular_trained,
+                                                                             training_calls):
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     again = train_tabular_model("breast_cancer", tmp_path / "a")
+    assert training_calls == ["TabularMLP"]  # trained here, compared with the session's training
     assert again.weights_path.read_bytes() == tabular_trained["breast_cancer"].weights_path.read_bytes()
     assert again.cache_key == tabular_trained["breast_cancer"].cache_key
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)

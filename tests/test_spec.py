@@ -60,4 +60,6 @@ def test_errors_name_the_path_and_the_fix(changes, message):
 def test_every_error_is_reported_at_once():
     with pytest.raises(SpecError) as error:
         parse_spec(minimal(seed="x", extra=1), Path("."))
-    assert len(error.value.messages) == 2
+    messages = sorted(error.value.messages)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("extra: unknown key") and messages[1] == "seed: must be an integer (got 'x')"
