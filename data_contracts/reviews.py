@@ -15,9 +15,12 @@ CONTRACT = TableContract(
             column("decision", pa.string(), "approved or rejected."),
             column("comment", pa.string(), "The reviewer's comment.", nullable=True),
             column("reviewed_at", pa.timestamp("us", tz="UTC"), "When the review was recorded."),
-            column("tables_sha256", pa.string(),
-                   "SHA-256 over the run's published table files at review time: a later change to any of them "
-                   "no longer matches."),
+            column(
+                "tables_sha256",
+                pa.string(),
+                "SHA-256 over the run's published table files at review time: a later change to any of them "
+                "no longer matches.",
+            ),
         ]
     ),
     unique_key=("run_id", "review_id"),
