@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test browser clean
+.PHONY: install demo test lint browser clean
 
 install: $(STAMP)
 
@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/interp-audit demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q
+
+# ruff (line length 120, rules in pyproject.toml): lint and formatting are checked before the tests run
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The HTML report's tests open it in Debian's Chromium (driven by playwright, whose own browser downloads are never
 # used); without it they are skipped, or fail where INTERP_AUDIT_REQUIRE_BROWSER=1 (CI). `make demo` needs no browser.

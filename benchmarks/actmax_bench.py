@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_results
 
 from interp_ops.actmax import render_units
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
-from _results import write_results
 
 sys.path.insert(0, str(Path(__file__).parent / "shims"))
 
@@ -64,8 +64,15 @@ def lucent_one_per_call(model, units: list[int], steps: int) -> float:
 
     def run():
         for unit in units:
-            render.render_vis(copy.deepcopy(model), objectives.channel(LUCENT_LAYER, unit), lambda: param.image(SIZE),
-                              thresholds=(steps,), progress=False, show_image=False, fixed_image_size=SIZE)
+            render.render_vis(
+                copy.deepcopy(model),
+                objectives.channel(LUCENT_LAYER, unit),
+                lambda: param.image(SIZE),
+                thresholds=(steps,),
+                progress=False,
+                show_image=False,
+                fixed_image_size=SIZE,
+            )
 
     return timed(run)
 
@@ -76,14 +83,33 @@ def lucent_batched(model, units: list[int], steps: int) -> float:
     objective = objectives.Objective.sum(
         [objectives.channel(LUCENT_LAYER, unit, batch=i) for i, unit in enumerate(units)]
     )
-    return timed(lambda: render.render_vis(copy.deepcopy(model), objective, lambda: param.image(SIZE, batch=len(units)),
-                                           thresholds=(steps,), progress=False, show_image=False,
-                                           fixed_image_size=SIZE))
+    return timed(
+        lambda: render.render_vis(
+            copy.deepcopy(model),
+            objective,
+            lambda: param.image(SIZE, batch=len(units)),
+            thresholds=(steps,),
+            progress=False,
+            show_image=False,
+            fixed_image_size=SIZE,
+        )
+    )
 
 
 def ours(model, units: list[int], steps: int) -> float:
-    return timed(lambda: render_units(model, LAYER, units, input_shape=(3, SIZE, SIZE), mean=DEMO_INPUT["mean"],
-                                      std=DEMO_INPUT["std"], steps=steps, lr=LR, batch_units=len(units)))
+    return timed(
+        lambda: render_units(
+            model,
+            LAYER,
+            units,
+            input_shape=(3, SIZE, SIZE),
+            mean=DEMO_INPUT["mean"],
+            std=DEMO_INPUT["std"],
+            steps=steps,
+            lr=LR,
+            batch_units=len(units),
+        )
+    )
 
 
 def floor(model, units: list[int], steps: int) -> float:
@@ -132,7 +158,7 @@ def main() -> None:
     seconds = {name: min(times) for name, times in runs.items()}
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__} "
-                   f"with {torch.get_num_threads()} threads",
+        f"with {torch.get_num_threads()} threads",
         "model": "demo CNN (shapes_cnn), seeded random weights",
         "layer": LAYER,
         "units": len(UNITS),

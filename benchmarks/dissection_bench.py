@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_results
 from PIL import Image
 from torch import nn
 
@@ -38,7 +39,6 @@ from interp_ops.datasets import Samples, to_model_input
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
 from interp_ops.dissection import dissect
 from interp_ops.onnx_bundle import export_torch, make_session
-from _results import write_results
 
 QUANTILE = 0.005
 BATCH_SIZE = 64
@@ -59,8 +59,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                            nn.BatchNorm2d(out_channels))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -135,8 +136,9 @@ def measured(run) -> tuple[float, int, int, object]:
 def model_inputs(concepts: ConceptSet, input_shape, mean, std) -> list[np.ndarray]:
     batches = []
     for batch in concepts.batches(BATCH_SIZE, masks=False):
-        samples = Samples(ids=[str(i) for i in batch.indices], x=batch.images, labels=None, masks=None,
-                          class_names=None)
+        samples = Samples(
+            ids=[str(i) for i in batch.indices], x=batch.images, labels=None, masks=None, class_names=None
+        )
         batches.append(to_model_input(samples, input_shape, (0.0, 1.0), mean, std))
     return batches
 
@@ -152,8 +154,9 @@ def _extract(session, concepts, layers, input_shape, mean, std) -> dict[str, np.
     name = session.get_inputs()[0].name
     features = {layer: None for layer in layers}
     for batch in concepts.batches(BATCH_SIZE, masks=False):
-        samples = Samples(ids=[str(i) for i in batch.indices], x=batch.images, labels=None, masks=None,
-                          class_names=None)
+        samples = Samples(
+            ids=[str(i) for i in batch.indices], x=batch.images, labels=None, masks=None, class_names=None
+        )
         outputs = session.run(layers, {name: to_model_input(samples, input_shape, (0.0, 1.0), mean, std)})
         for layer, output in zip(layers, outputs):
             if features[layer] is None:
@@ -209,7 +212,7 @@ def netdissect_lite(session, concepts, layers, input_shape, mean, std) -> tuple[
                 tally_label = np.bincount(pixels.ravel())
                 if len(tally_label) > 0:
                     tally_label[0] = 0
-                tally_labels[:len(tally_label)] += tally_label
+                tally_labels[: len(tally_label)] += tally_label
             for unit_id in range(units):
                 feature_map = feature[img_index][unit_id]
                 if feature_map.max() > threshold[unit_id]:
@@ -221,8 +224,8 @@ def netdissect_lite(session, concepts, layers, input_shape, mean, std) -> tuple[
                         tally_bt = np.bincount(pixels[:, indexes[:, 0], indexes[:, 1]].ravel())
                         if len(tally_bt) > 0:
                             tally_bt[0] = 0
-                        tally_cat = np.dot(tally_bt[None, :], labelcat[:len(tally_bt), :])[0]
-                        tally_both[unit_id, :len(tally_bt)] += tally_bt
+                        tally_cat = np.dot(tally_bt[None, :], labelcat[: len(tally_bt), :])[0]
+                        tally_both[unit_id, : len(tally_bt)] += tally_bt
                     for scalar in scalars:
                         tally_cat += labelcat[scalar]
                         tally_both[unit_id, scalar] += len(indexes)
@@ -239,8 +242,17 @@ def ours(session, concepts, layers, input_shape, mean, std) -> tuple[dict, dict]
     pass 2 (read masks, tally)."""
     stamps = []
     started = time.perf_counter()
-    results = dissect(session, concepts, layers, input_shape=input_shape, mean=mean, std=std, quantile=QUANTILE,
-                      batch_size=BATCH_SIZE, progress=lambda done, total: stamps.append(time.perf_counter()))
+    results = dissect(
+        session,
+        concepts,
+        layers,
+        input_shape=input_shape,
+        mean=mean,
+        std=std,
+        quantile=QUANTILE,
+        batch_size=BATCH_SIZE,
+        progress=lambda done, total: stamps.append(time.perf_counter()),
+    )
     pass_one = stamps[len(stamps) // 2 - 1] - started
     return results, {"pass1": pass_one, "pass2": stamps[-1] - started - pass_one}
 
@@ -265,8 +277,12 @@ def dense_procedure(session, concepts, layers, input_shape, mean, std, images: i
         intersection = np.zeros((units, len(label_ids)))
         activation = np.zeros((units, len(categories)))
         for img_index, pixel_groups, scalars in _image_records(subset):
-            up = torch.nn.functional.interpolate(torch.from_numpy(feature[img_index].astype(np.float32))[None],
-                                                 size=concepts.mask_size, mode="bilinear", align_corners=False)
+            up = torch.nn.functional.interpolate(
+                torch.from_numpy(feature[img_index].astype(np.float32))[None],
+                size=concepts.mask_size,
+                mode="bilinear",
+                align_corners=False,
+            )
             active = up[0].numpy() > threshold[:, None, None]  # (U, sh, sw)
             pixels = np.concatenate(pixel_groups) if pixel_groups else np.zeros((0, *concepts.mask_size), int)
             for column, label in enumerate(label_ids):
@@ -295,8 +311,9 @@ def dense_seconds_for_all(session, concepts, layers, input_shape, mean, std) -> 
     return seconds * len(concepts) / images, images, seconds
 
 
-def bench_case(name: str, model: nn.Module, input_shape, layers, concepts: ConceptSet, mean, std, rounds: int,
-               lite_rounds: int) -> dict:
+def bench_case(
+    name: str, model: nn.Module, input_shape, layers, concepts: ConceptSet, mean, std, rounds: int, lite_rounds: int
+) -> dict:
     model = model.eval()
     started = time.perf_counter()
     session = make_session(export_torch(model, input_shape, layers), "cpu")
@@ -312,7 +329,7 @@ def bench_case(name: str, model: nn.Module, input_shape, layers, concepts: Conce
     rounds_of = {"forward_floor": rounds, "ours": rounds, "netdissect_lite": lite_rounds, "read_data": rounds}
     runs: dict[str, list[tuple[float, int, int, object]]] = {key: [] for key in contenders}
     for round_index in range(max(rounds_of.values())):
-        order = list(contenders)[round_index % 4:] + list(contenders)[:round_index % 4]
+        order = list(contenders)[round_index % 4 :] + list(contenders)[: round_index % 4]
         for key in order:
             if len(runs[key]) < rounds_of[key]:
                 runs[key].append(measured(contenders[key]))
@@ -340,15 +357,21 @@ def bench_case(name: str, model: nn.Module, input_shape, layers, concepts: Conce
         "export_seconds": round(export_seconds, 2),
         "seconds": {key: round(value, 3) for key, value in seconds.items()},
         "seconds_all_rounds": {key: [round(run[0], 3) for run in values] for key, values in runs.items()},
-        "dense_procedure": {"images_run": dense_images, "seconds_on_subset": round(dense_seconds, 3),
-                            "seconds_extrapolated": round(dense_full, 1),
-                            "extrapolated": dense_images < len(concepts)},
-        "stages_seconds": {"ours": {key: round(value, 3) for key, value in our_stages.items()},
-                           "netdissect_lite": {key: round(value, 3) for key, value in lite_stages.items()}},
+        "dense_procedure": {
+            "images_run": dense_images,
+            "seconds_on_subset": round(dense_seconds, 3),
+            "seconds_extrapolated": round(dense_full, 1),
+            "extrapolated": dense_images < len(concepts),
+        },
+        "stages_seconds": {
+            "ours": {key: round(value, 3) for key, value in our_stages.items()},
+            "netdissect_lite": {key: round(value, 3) for key, value in lite_stages.items()},
+        },
         "speedup_vs_naive": round(seconds["netdissect_lite"] / seconds["ours"], 2),
         "tally_speedup_vs_naive": round(lite_stages["tally"] / our_stages["pass2"], 1),
         "overhead_vs_forward_and_data_floor": round(
-            seconds["ours"] / (seconds["forward_floor"] + seconds["read_data"]), 3),
+            seconds["ours"] / (seconds["forward_floor"] + seconds["read_data"]), 3
+        ),
         "speedup_vs_dense_procedure": round(dense_full / seconds["ours"], 1),
         "overhead_vs_forward_floor": round(seconds["ours"] / seconds["forward_floor"], 3),
         "naive_overhead_vs_forward_floor": round(seconds["netdissect_lite"] / seconds["forward_floor"], 3),
@@ -374,14 +397,30 @@ def main() -> None:
     torch.manual_seed(0)
     demo_concepts = load_concepts(str(builtin_concepts_dir(f"builtin:concepts?n={n_demo}&size=64", 0, cache)))
     report["cases"]["demo_cnn"] = bench_case(
-        "demo CNN (shapes_cnn, seeded random weights)", shapes_cnn(), (3, 64, 64), ["features.8", "features.12"],
-        demo_concepts, DEMO_INPUT["mean"], DEMO_INPUT["std"], rounds, lite_rounds)
+        "demo CNN (shapes_cnn, seeded random weights)",
+        shapes_cnn(),
+        (3, 64, 64),
+        ["features.8", "features.12"],
+        demo_concepts,
+        DEMO_INPUT["mean"],
+        DEMO_INPUT["std"],
+        rounds,
+        lite_rounds,
+    )
     print(json.dumps(report["cases"]["demo_cnn"], indent=2), flush=True)
     torch.manual_seed(0)
     resnet_concepts = load_concepts(str(builtin_concepts_dir(f"builtin:concepts?n={n_resnet}&size=112", 0, cache)))
     report["cases"]["resnet18"] = bench_case(
-        "ResNet-18-shaped (random init)", ResNet18(), (3, 112, 112), ["layer3", "layer4"], resnet_concepts,
-        IMAGENET["mean"], IMAGENET["std"], rounds, lite_rounds)
+        "ResNet-18-shaped (random init)",
+        ResNet18(),
+        (3, 112, 112),
+        ["layer3", "layer4"],
+        resnet_concepts,
+        IMAGENET["mean"],
+        IMAGENET["std"],
+        rounds,
+        lite_rounds,
+    )
     print(json.dumps(report["cases"]["resnet18"], indent=2), flush=True)
     write_results("dissection", report, args.quick)
 

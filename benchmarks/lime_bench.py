@@ -24,17 +24,36 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # lime draws a progress bar per imag
 import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
+from _results import write_results  # noqa: E402
 from skimage.color import gray2rgb, rgba2rgb  # noqa: E402
 from skimage.transform import resize  # noqa: E402
 
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn  # noqa: E402
 from interp_ops.lime import ImageLime, Segmentation  # noqa: E402
 from interp_ops.onnx_bundle import export_torch, make_session, softmax  # noqa: E402
-from _results import write_results  # noqa: E402
 
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",
-          "colorwheel", "logo", "retina", "camera", "moon", "page", "coins", "clock", "text", "brick", "grass",
-          "gravel", "cell"]
+PHOTOS = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "cat",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+    "logo",
+    "retina",
+    "camera",
+    "moon",
+    "page",
+    "coins",
+    "clock",
+    "text",
+    "brick",
+    "grass",
+    "gravel",
+    "cell",
+]
 NUM_SAMPLES = 1000
 MEAN, STD = np.float32(DEMO_INPUT["mean"][0]), np.float32(DEMO_INPUT["std"][0])
 # lime's default quickshift (kernel_size 4) gives 1-8 segments at 64x64 (1 for rocket, which LIME cannot
@@ -94,7 +113,11 @@ def lime_package(predict, display: np.ndarray, segmentation: Segmentation, batch
     def explain_all():
         for image in display:
             LimeImageExplainer(random_state=0).explain_instance(
-                image, classifier_fn, top_labels=1, num_samples=NUM_SAMPLES, batch_size=batch_size,
+                image,
+                classifier_fn,
+                top_labels=1,
+                num_samples=NUM_SAMPLES,
+                batch_size=batch_size,
                 segmentation_fn=segmentation,
             )
 
@@ -103,8 +126,11 @@ def lime_package(predict, display: np.ndarray, segmentation: Segmentation, batch
 
 def ours(predict, display: np.ndarray, segmentation: Segmentation, batch_size: int, **settings) -> float:
     explainer = ImageLime(predict, batch_size=batch_size)
-    return timed(lambda: explainer.attribute(to_model_input(display), display, num_samples=NUM_SAMPLES,
-                                             segmentation=segmentation, **settings))
+    return timed(
+        lambda: explainer.attribute(
+            to_model_input(display), display, num_samples=NUM_SAMPLES, segmentation=segmentation, **settings
+        )
+    )
 
 
 def bench_size(size: int, names: list[str], rounds: int) -> dict:
@@ -121,7 +147,7 @@ def bench_size(size: int, names: list[str], rounds: int) -> dict:
     # Other work shares these cores: rounds in rotating order, and each contender's fastest round counts.
     runs: dict[str, list[float]] = {name: [] for name in contenders}
     for round_index in range(rounds):
-        order = list(contenders)[round_index % len(contenders):] + list(contenders)[:round_index % len(contenders)]
+        order = list(contenders)[round_index % len(contenders) :] + list(contenders)[: round_index % len(contenders)]
         for name in order:
             runs[name].append(contenders[name]())
     seconds = {name: min(times) for name, times in runs.items()}
@@ -147,8 +173,14 @@ def bench_size(size: int, names: list[str], rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 images, 64x64 only; prints, writes nothing")
-    parser.add_argument("--rounds", type=int, nargs=2, default=[3, 2], metavar=("AT_64", "AT_224"),
-                        help="timing rounds per image size (default 3 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        nargs=2,
+        default=[3, 2],
+        metavar=("AT_64", "AT_224"),
+        help="timing rounds per image size (default 3 2)",
+    )
     args = parser.parse_args()
     names, sizes = (PHOTOS[:4], [64]) if args.quick else (PHOTOS, [64, 224])
     rounds = dict(zip([64, 224], args.rounds))

@@ -65,9 +65,7 @@ class TableContract:
         """Reject a malformed contract at import time rather than at the first audit run."""
         names = self.schema.names
         undocumented = [f.name for f in self.schema if not (f.metadata or {}).get(b"doc")]
-        unknown = sorted(
-            {*self.unique_key, *self.allowed_values, *self.ranges}.difference(names)
-        )
+        unknown = sorted({*self.unique_key, *self.allowed_values, *self.ranges}.difference(names))
         problems = []
         if names[:1] != ["run_id"] or self.unique_key[:1] != ("run_id",):
             problems.append("the schema and the unique key must start with run_id")
@@ -95,11 +93,7 @@ class TableContract:
             if is_required(field) or name in self.unique_key:
                 suite.append(expect.ExpectColumnValuesToNotBeNull(column=name))
             if name in self.allowed_values:
-                suite.append(
-                    expect.ExpectColumnValuesToBeInSet(
-                        column=name, value_set=list(self.allowed_values[name])
-                    )
-                )
+                suite.append(expect.ExpectColumnValuesToBeInSet(column=name, value_set=list(self.allowed_values[name])))
             if name in self.ranges:
                 lo, hi = self.ranges[name]
                 bounds = {k: v for k, v in (("min_value", lo), ("max_value", hi)) if v is not None}
@@ -127,8 +121,13 @@ class Threshold:
     def refusal(self, value: float) -> str | None:
         """Why ``value`` is no usable threshold, or None when it is one."""
         lo, hi = self.allowed
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (lo is not None and value < lo) or (hi is not None and value > hi):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or (lo is not None and value < lo)
+            or (hi is not None and value > hi)
+        ):
             return f"must be {self.allowed_text()} (got {value!r})"
         return None
 
@@ -170,9 +169,7 @@ def _to_arrow(name: str, table: pa.Table | pd.DataFrame | list[dict], names: lis
         try:
             arrays[key] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ContractSchemaError(
-                f"table {name!r}: column {key!r} cannot be converted to Arrow: {err}"
-            ) from err
+            raise ContractSchemaError(f"table {name!r}: column {key!r} cannot be converted to Arrow: {err}") from err
     return pa.table(arrays)
 
 
@@ -185,11 +182,7 @@ def conform_to(contract: TableContract, table: pa.Table | pd.DataFrame | list[di
     missing = [n for n in schema.names if n not in data.column_names]
     extra = [n for n in data.column_names if n not in schema.names]
     if missing or extra:
-        problems = [
-            f"{what} columns {cols}"
-            for what, cols in (("missing", missing), ("unexpected", extra))
-            if cols
-        ]
+        problems = [f"{what} columns {cols}" for what, cols in (("missing", missing), ("unexpected", extra)) if cols]
         raise ContractSchemaError(f"table {contract.name!r}: " + ", ".join(problems))
     arrays = []
     for field in schema:

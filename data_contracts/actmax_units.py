@@ -15,19 +15,30 @@ CONTRACT = TableContract(
             column("render", pa.int64(), "Index of the render among the unit's renders (0 unless several asked)."),
             column("objective", pa.string(), "What was maximized, e.g. channel(features.12, 5)."),
             column("render_png", pa.binary(), "PNG of the render, in the model's display space."),
-            column("final_activation", pa.float64(),
-                   "The objective on the final render, without transforms."),
+            column("final_activation", pa.float64(), "The objective on the final render, without transforms."),
             column("dataset_max", pa.float64(), "The unit's largest objective value over the audit's data."),
-            column("ratio", pa.float64(),
-                   "final_activation / dataset_max; >= 1 means the render drives the unit harder than any "
-                   "real image. Null when dataset_max <= 0.", nullable=True),
-            column("robustness", pa.float64(),
-                   "Mean objective under fresh random transforms / final_activation: near 1 means the "
-                   "pattern is robust, not a pixel-exact adversarial trick. Null when final_activation is 0 "
-                   "(a dead unit).", nullable=True),
-            column("diversity", pa.float64(),
-                   "Mean pairwise cosine distance of the layer's features among the unit's renders; null "
-                   "with one render per unit.", nullable=True),
+            column(
+                "ratio",
+                pa.float64(),
+                "final_activation / dataset_max; >= 1 means the render drives the unit harder than any "
+                "real image. Null when dataset_max <= 0.",
+                nullable=True,
+            ),
+            column(
+                "robustness",
+                pa.float64(),
+                "Mean objective under fresh random transforms / final_activation: near 1 means the "
+                "pattern is robust, not a pixel-exact adversarial trick. Null when final_activation is 0 "
+                "(a dead unit).",
+                nullable=True,
+            ),
+            column(
+                "diversity",
+                pa.float64(),
+                "Mean pairwise cosine distance of the layer's features among the unit's renders; null "
+                "with one render per unit.",
+                nullable=True,
+            ),
             column("curve_steps", pa.list_(pa.int64()), "Optimisation steps at which `curve` was recorded."),
             column("curve", pa.list_(pa.float64()), "The objective at each of `curve_steps`."),
         ]
@@ -38,10 +49,19 @@ CONTRACT = TableContract(
 )
 
 THRESHOLDS = (
-    Threshold(key="actmax.min_ratio", table="actmax_units", column="ratio", bound="min",
-              doc="Smallest render/dataset-max ratio of any unit: below it a render is a weak picture of "
-                  "what the unit responds to."),
-    Threshold(key="actmax.min_robustness", table="actmax_units", column="robustness", bound="min",
-              doc="Smallest transformation robustness of any render: below it the render relies on exact "
-                  "pixels."),
+    Threshold(
+        key="actmax.min_ratio",
+        table="actmax_units",
+        column="ratio",
+        bound="min",
+        doc="Smallest render/dataset-max ratio of any unit: below it a render is a weak picture of "
+        "what the unit responds to.",
+    ),
+    Threshold(
+        key="actmax.min_robustness",
+        table="actmax_units",
+        column="robustness",
+        bound="min",
+        doc="Smallest transformation robustness of any render: below it the render relies on exact pixels.",
+    ),
 )

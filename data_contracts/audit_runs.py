@@ -9,8 +9,7 @@ _UTC = pa.timestamp("us", tz="UTC")
 
 CONTRACT = TableContract(
     name="audit_runs",
-    description="One row per audit run: what was audited, with which spec, data and software, "
-    "and the outcome.",
+    description="One row per audit run: what was audited, with which spec, data and software, and the outcome.",
     schema=pa.schema(
         [
             RUN_ID,

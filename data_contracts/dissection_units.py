@@ -17,12 +17,19 @@ CONTRACT = TableContract(
             column("iou", pa.float64(), "Data-set-wide IoU of the unit's top-quantile mask with the concept."),
             column("threshold", pa.float64(), "The unit's activation threshold (its top-quantile value)."),
             column("is_detector", pa.bool_(), "iou >= the spec's iou_threshold."),
-            column("baseline_iou", pa.float64(),
-                   "IoU of the same unit of the random-init model on the same concept; null without a baseline.",
-                   nullable=True),
-            column("baseline_max_iou", pa.float64(),
-                   "Highest IoU any unit of the random-init layer reaches on this concept: an IoU above it is "
-                   "more than chance alone gives. Null without a baseline.", nullable=True),
+            column(
+                "baseline_iou",
+                pa.float64(),
+                "IoU of the same unit of the random-init model on the same concept; null without a baseline.",
+                nullable=True,
+            ),
+            column(
+                "baseline_max_iou",
+                pa.float64(),
+                "Highest IoU any unit of the random-init layer reaches on this concept: an IoU above it is "
+                "more than chance alone gives. Null without a baseline.",
+                nullable=True,
+            ),
         ]
     ),
     unique_key=("run_id", "layer", "unit"),

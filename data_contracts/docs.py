@@ -38,8 +38,7 @@ def _table_section(contract: TableContract) -> list[str]:
         nullable = "no" if is_required(field) or field.name in contract.unique_key else "yes"
         doc = field.metadata[b"doc"].decode()
         lines.append(
-            f"| `{field.name}` | `{_cell(str(field.type))}` | {nullable} "
-            f"| {_cell('; '.join(rules))} | {_cell(doc)} |"
+            f"| `{field.name}` | `{_cell(str(field.type))}` | {nullable} | {_cell('; '.join(rules))} | {_cell(doc)} |"
         )
     thresholds = [t for t in THRESHOLDS.values() if t.table == contract.name]
     if thresholds:
@@ -61,8 +60,7 @@ def table_docs_markdown() -> str:
     lines = [
         "# Report tables",
         "",
-        "<!-- Generated from data_contracts by `python -m data_contracts > docs/tables.md`; "
-        "do not edit by hand. -->",
+        "<!-- Generated from data_contracts by `python -m data_contracts > docs/tables.md`; do not edit by hand. -->",
         "",
         "Each table is stored as Parquet, hive-partitioned by `model=<name>/version=<version>/`; "
         "the partition columns `model` and `version` are not part of the schemas below. "

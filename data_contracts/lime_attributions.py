@@ -12,15 +12,27 @@ CONTRACT = TableContract(
             RUN_ID,
             column("sample_id", pa.string(), "Id of the explained sample."),
             column("label", pa.int64(), "Explained class index."),
-            column("feature", pa.string(),
-                   "Superpixel id as produced by the segmentation (images) or the column name (tabular)."),
+            column(
+                "feature",
+                pa.string(),
+                "Superpixel id as produced by the segmentation (images) or the column name (tabular).",
+            ),
             column("weight", pa.float64(), "Surrogate weight: the change in probability the feature accounts for."),
-            column("rank", pa.int64(), "1 for the most important feature: the most positive weight (images) or the "
-                   "largest |weight| (tabular)."),
-            column("area_fraction", pa.float64(), "Share of the image the superpixel covers (images only).",
-                   nullable=True),
-            column("bin", pa.string(), "The instance's quartile bin of the column, e.g. '0.2 < age <= 0.5' "
-                   "(tabular only).", nullable=True),
+            column(
+                "rank",
+                pa.int64(),
+                "1 for the most important feature: the most positive weight (images) or the "
+                "largest |weight| (tabular).",
+            ),
+            column(
+                "area_fraction", pa.float64(), "Share of the image the superpixel covers (images only).", nullable=True
+            ),
+            column(
+                "bin",
+                pa.string(),
+                "The instance's quartile bin of the column, e.g. '0.2 < age <= 0.5' (tabular only).",
+                nullable=True,
+            ),
         ]
     ),
     unique_key=("run_id", "sample_id", "label", "feature"),

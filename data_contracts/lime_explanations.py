@@ -18,27 +18,51 @@ CONTRACT = TableContract(
             column("local_prediction", pa.float64(), "Surrogate prediction at the unperturbed (all-on) row."),
             column("prediction_gap", pa.float64(), "|local_prediction - probability|: 0 is a perfect local fit."),
             column("r2_in_sample", pa.float64(), "Weighted R^2 of the surrogate on the perturbations it was fit on."),
-            column("r2_heldout", pa.float64(),
-                   "Weighted R^2 on fresh perturbations not used in the fit; null when none were asked for.",
-                   nullable=True),
-            column("stability", pa.float64(),
-                   "Mean pairwise Jaccard of the top-k features across stability seeds; null with one seed.",
-                   nullable=True),
-            column("deletion_auc", pa.float64(),
-                   "Area under the probability curve while removing features in attribution order, sampled at up to 21 "
-                   "points (lower is better)."),
-            column("insertion_auc", pa.float64(),
-                   "Area under the probability curve while adding features in attribution order, sampled at up to 21 "
-                   "points (higher is better)."),
+            column(
+                "r2_heldout",
+                pa.float64(),
+                "Weighted R^2 on fresh perturbations not used in the fit; null when none were asked for.",
+                nullable=True,
+            ),
+            column(
+                "stability",
+                pa.float64(),
+                "Mean pairwise Jaccard of the top-k features across stability seeds; null with one seed.",
+                nullable=True,
+            ),
+            column(
+                "deletion_auc",
+                pa.float64(),
+                "Area under the probability curve while removing features in attribution order, sampled at up to 21 "
+                "points (lower is better).",
+            ),
+            column(
+                "insertion_auc",
+                pa.float64(),
+                "Area under the probability curve while adding features in attribution order, sampled at up to 21 "
+                "points (higher is better).",
+            ),
             column("kernel_width", pa.float64(), "Width of the exponential kernel on the distance."),
             column("num_samples", pa.int64(), "Perturbations the surrogate was fit on (the all-on row included)."),
             column("num_features", pa.int64(), "Interpretable features: superpixels (images) or columns (tabular)."),
-            column("top_features", pa.list_(pa.string()), "The top-k features, most important first (see lime_attributions.rank)."),
-            column("overlay_png", pa.binary(), "PNG of the image with the top-k superpixels outlined (images only).",
-                   nullable=True),
-            column("segments_png", pa.binary(),
-                   "16-bit greyscale PNG of the superpixels: pixel value v is the v-th smallest segment id of "
-                   "lime_attributions.feature (images only).", nullable=True),
+            column(
+                "top_features",
+                pa.list_(pa.string()),
+                "The top-k features, most important first (see lime_attributions.rank).",
+            ),
+            column(
+                "overlay_png",
+                pa.binary(),
+                "PNG of the image with the top-k superpixels outlined (images only).",
+                nullable=True,
+            ),
+            column(
+                "segments_png",
+                pa.binary(),
+                "16-bit greyscale PNG of the superpixels: pixel value v is the v-th smallest segment id of "
+                "lime_attributions.feature (images only).",
+                nullable=True,
+            ),
         ]
     ),
     unique_key=("run_id", "sample_id", "label"),
@@ -59,8 +83,18 @@ CONTRACT = TableContract(
 )
 
 THRESHOLDS = (
-    Threshold(key="lime.min_r2_heldout", table="lime_explanations", column="r2_heldout", bound="min",
-              doc="Smallest held-out R^2 of any LIME surrogate: below it the explanation is not faithful."),
-    Threshold(key="lime.min_stability", table="lime_explanations", column="stability", bound="min",
-              doc="Smallest top-k Jaccard across seeds of any LIME explanation: below it the ranking is noise."),
+    Threshold(
+        key="lime.min_r2_heldout",
+        table="lime_explanations",
+        column="r2_heldout",
+        bound="min",
+        doc="Smallest held-out R^2 of any LIME surrogate: below it the explanation is not faithful.",
+    ),
+    Threshold(
+        key="lime.min_stability",
+        table="lime_explanations",
+        column="stability",
+        bound="min",
+        doc="Smallest top-k Jaccard across seeds of any LIME explanation: below it the ranking is noise.",
+    ),
 )

@@ -6,8 +6,7 @@ from data_contracts._core import RUN_ID, TableContract, Threshold, column
 
 CONTRACT = TableContract(
     name="onnx_parity",
-    description="One row per compared output: the differences between PyTorch and ONNX Runtime "
-    "on the same inputs.",
+    description="One row per compared output: the differences between PyTorch and ONNX Runtime on the same inputs.",
     schema=pa.schema(
         [
             RUN_ID,
@@ -22,8 +21,7 @@ CONTRACT = TableContract(
             column(
                 "argmax_agreement",
                 pa.float64(),
-                "Share of samples whose argmax over the flattened output agrees between "
-                "PyTorch and ONNX Runtime.",
+                "Share of samples whose argmax over the flattened output agrees between PyTorch and ONNX Runtime.",
             ),
         ]
     ),

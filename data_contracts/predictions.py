@@ -11,9 +11,7 @@ CONTRACT = TableContract(
         [
             RUN_ID,
             column("sample_id", pa.string(), "Id of the sample within the data set."),
-            column(
-                "label", pa.int64(), "True class index; null for unlabeled data.", nullable=True
-            ),
+            column("label", pa.int64(), "True class index; null for unlabeled data.", nullable=True),
             column("label_name", pa.string(), "Name of the true class, if known.", nullable=True),
             column("predicted", pa.int64(), "Predicted class index."),
             column(

@@ -6,9 +6,20 @@ from importlib import import_module
 from data_contracts._core import TableContract, Threshold
 
 _TABLE_MODULES = (
-    "audit_runs", "onnx_parity", "predictions", "lime_explanations", "lime_attributions", "actmax_units",
-    "actmax_exemplars", "dissection_units", "dissection_tally", "dissection_summary", "contract_results", "reviews",
-    "version_diffs", "gate_results",
+    "audit_runs",
+    "onnx_parity",
+    "predictions",
+    "lime_explanations",
+    "lime_attributions",
+    "actmax_units",
+    "actmax_exemplars",
+    "dissection_units",
+    "dissection_tally",
+    "dissection_summary",
+    "contract_results",
+    "reviews",
+    "version_diffs",
+    "gate_results",
 )
 
 _modules = [import_module(f"data_contracts.{name}") for name in _TABLE_MODULES]
@@ -17,5 +28,6 @@ TABLES: dict[str, TableContract] = {m.CONTRACT.name: m.CONTRACT for m in _module
 # a threshold may take the values its column can hold: the column's range in its table's contract
 THRESHOLDS: dict[str, Threshold] = {
     t.key: replace(t, allowed=TABLES[t.table].ranges.get(t.column, (None, None)))
-    for m in _modules for t in m.THRESHOLDS
+    for m in _modules
+    for t in m.THRESHOLDS
 }

@@ -61,9 +61,7 @@ def validate_tables(tables: dict[str, pa.Table], thresholds: dict[str, float]) -
 
 
 def _details(kwargs: dict) -> str:
-    return json.dumps(
-        {k: v for k, v in kwargs.items() if k != "batch_id"}, sort_keys=True, default=str
-    )
+    return json.dumps({k: v for k, v in kwargs.items() if k != "batch_id"}, sort_keys=True, default=str)
 
 
 def _row(table_name: str, result) -> dict:

@@ -13,17 +13,26 @@ CONTRACT = TableContract(
             RUN_ID,
             column("baseline_run_id", pa.string(), "The earlier version's run this run is compared with."),
             column("baseline_version", pa.string(), "Model version of the baseline run."),
-            column("baseline_basis", pa.string(),
-                   "How the baseline was chosen: `approved` (latest approved version whose tables still match "
-                   "the approval), `passed` (latest passed version, none approved) or `requested` (report diff)."),
+            column(
+                "baseline_basis",
+                pa.string(),
+                "How the baseline was chosen: `approved` (latest approved version whose tables still match "
+                "the approval), `passed` (latest passed version, none approved) or `requested` (report diff).",
+            ),
             column("method", pa.string(), "lime, dissection or activation_max."),
-            column("metric", pa.string(),
-                   "lime: topk_jaccard (top-k superpixel sets, same segmentation), attribution_shift (total "
-                   "variation between the normalized |weight| distributions, 0 same to 1 disjoint); dissection: "
-                   "detectors, detectors_gained, detectors_lost (units); activation_max: ratio (render "
-                   "activation / dataset max)."),
-            column("scope", pa.string(), "What a row is about: sample, concept, category, unit, or overall (mean "
-                                         "or total over the others)."),
+            column(
+                "metric",
+                pa.string(),
+                "lime: topk_jaccard (top-k superpixel sets, same segmentation), attribution_shift (total "
+                "variation between the normalized |weight| distributions, 0 same to 1 disjoint); dissection: "
+                "detectors, detectors_gained, detectors_lost (units); activation_max: ratio (render "
+                "activation / dataset max).",
+            ),
+            column(
+                "scope",
+                pa.string(),
+                "What a row is about: sample, concept, category, unit, or overall (mean or total over the others).",
+            ),
             column("layer", pa.string(), "Layer compared (`output` for LIME, which explains the model output)."),
             column("item", pa.string(), "Sample id, concept name, category, unit index, or `*` for overall."),
             column("category", pa.string(), "Concept category (dissection), else null.", nullable=True),

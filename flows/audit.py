@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 
 import pyarrow as pa
@@ -54,8 +54,17 @@ for _run_logger in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_run_logger).addFilter(BadInputWithoutTraceback())
 
 
-PACKAGES = ("interp-audit", "torch", "onnx", "onnxruntime-gpu", "prefect", "great-expectations", "pyarrow",
-            "pandas", "numpy")
+PACKAGES = (
+    "interp-audit",
+    "torch",
+    "onnx",
+    "onnxruntime-gpu",
+    "prefect",
+    "great-expectations",
+    "pyarrow",
+    "pandas",
+    "numpy",
+)
 
 
 def package_versions() -> str:
@@ -68,18 +77,29 @@ def package_versions() -> str:
     return json.dumps(versions, sort_keys=True)
 
 
-def run_record(loaded, checked, onnx_bytes: bytes, num_samples: int, started: datetime, status: str,
-               providers: list[str]) -> dict:
+def run_record(
+    loaded, checked, onnx_bytes: bytes, num_samples: int, started: datetime, status: str, providers: list[str]
+) -> dict:
     """The ``audit_runs`` row: everything needed to reproduce and trust the run."""
     spec = loaded.spec
     return {
-        "audit_name": spec.name, "model_name": spec.model.name, "model_version": checked.model.version,
+        "audit_name": spec.name,
+        "model_name": spec.model.name,
+        "model_version": checked.model.version,
         "model_source": spec.model.source,
         "weights_sha256": checked.model.sha256 if checked.model.source == "torch" else None,
-        "onnx_sha256": onnx_sha256(onnx_bytes), "spec_sha256": loaded.sha256, "spec_text": loaded.text,
-        "seed": spec.seed, "data_uri": spec.data, "num_samples": num_samples,
-        "started_at": started, "finished_at": datetime.now(timezone.utc), "status": status,
-        "device": checked.device, "ort_providers": providers, "package_versions": package_versions(),
+        "onnx_sha256": onnx_sha256(onnx_bytes),
+        "spec_sha256": loaded.sha256,
+        "spec_text": loaded.text,
+        "seed": spec.seed,
+        "data_uri": spec.data,
+        "num_samples": num_samples,
+        "started_at": started,
+        "finished_at": datetime.now(UTC),
+        "status": status,
+        "device": checked.device,
+        "ort_providers": providers,
+        "package_versions": package_versions(),
     }
 
 
@@ -88,32 +108,41 @@ def with_run_id(run_id: str, rows: list[dict]) -> pa.Table:
 
 
 @flow(name="interp-audit", log_prints=False, validate_parameters=True)
-def audit(spec_path: str, store: str | None = None, only: list[str] | None = None, device: str = "auto",
-          version: str | None = None) -> dict:
+def audit(
+    spec_path: str,
+    store: str | None = None,
+    only: list[str] | None = None,
+    device: str = "auto",
+    version: str | None = None,
+) -> dict:
     """Run one audit spec end to end and publish its report; returns the run's summary.
 
     ``version`` pins a registry model (model.source: mlflow) to another version than the spec names.
     """
     loaded, checked, store_uri = checked_spec(spec_path, store, device, version)
     spec, version, run_id = loaded.spec, checked.model.version, str(flow_run.get_id() or "")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     methods = spec.selected_methods(only)
     progress.step(f"audit [bold]{spec.name}[/] of {spec.model.name} v{version} on {checked.device}")
 
-    inputs = load_model_inputs(spec.data, str(loaded.base_dir), checked.data_fingerprint, spec.seed,
-                               spec.model.input)
+    inputs = load_model_inputs(spec.data, str(loaded.base_dir), checked.data_fingerprint, spec.seed, spec.model.input)
     onnx_bytes = export_onnx(checked.model, tuple(spec.model.input.shape), spec.model.layers)
-    progress.step(f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "
-                  f"methods: {', '.join(methods) or 'none'}")
+    progress.step(
+        f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "
+        f"methods: {', '.join(methods) or 'none'}"
+    )
     tables = method_tables(loaded, checked, inputs, onnx_bytes, methods, run_id)
     diffs, baseline = compare_with_baseline(store_uri, spec.model.name, version, tables)
     if diffs:
         tables["version_diffs"] = data_contracts.conform("version_diffs", diff_table(run_id, baseline, diffs))
-        progress.step(f"compared with v{baseline.version} ({baseline.basis} run {baseline.run_id[:8]}): "
-                      f"{len(diffs)} differences recorded")
+        progress.step(
+            f"compared with v{baseline.version} ({baseline.basis} run {baseline.run_id[:8]}): "
+            f"{len(diffs)} differences recorded"
+        )
     verdict = judge(spec, tables, diffs, baseline)
-    run_row = run_record(loaded, checked, onnx_bytes, len(inputs.ids), started, verdict.status,
-                         ort_providers(onnx_bytes, checked.device))
+    run_row = run_record(
+        loaded, checked, onnx_bytes, len(inputs.ids), started, verdict.status, ort_providers(onnx_bytes, checked.device)
+    )
     tables |= record_tables(run_id, run_row, verdict)
     location = publish_report(store_uri, run_id, spec.model.name, version, tables)
     return conclude(spec, store_uri, version, run_id, location, verdict)
@@ -125,8 +154,11 @@ def checked_spec(spec_path: str, store: str | None, device: str, version: str | 
     if version is not None:
         loaded = with_model_version(loaded, version)
     store_uri = store or loaded.spec.report.store
-    registered = fetch_registered_model(loaded.spec.model, store_uri, str(loaded.base_dir)) \
-        if loaded.spec.model.source == "mlflow" else None
+    registered = (
+        fetch_registered_model(loaded.spec.model, store_uri, str(loaded.base_dir))
+        if loaded.spec.model.source == "mlflow"
+        else None
+    )
     checked = preflight(loaded, device, store_uri, registered)
     if checked.device.startswith("cuda"):
         ensure_gpu_limit()
@@ -137,8 +169,11 @@ def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str]
     """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
     spec = loaded.spec
     predictions = predict.submit(onnx_bytes, inputs, checked.device)
-    parity = check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device) \
-        if checked.model.source == "torch" else None
+    parity = (
+        check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device)
+        if checked.model.source == "torch"
+        else None
+    )
     lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
     actmax = submit_actmax(spec, inputs, onnx_bytes, checked) if "activation_max" in methods else None
     dissected = submit_dissection(loaded, onnx_bytes, checked) if "dissection" in methods else None
@@ -151,15 +186,20 @@ def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str]
         progress.step(f"LIME: {len(rows['lime_explanations'])} explanations")
     if actmax is not None:
         renders, exemplars = actmax
-        rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(resolved(renders), exemplars.result(), inputs,
-                                                                     spec.model.input)
+        rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(
+            resolved(renders), exemplars.result(), inputs, spec.model.input
+        )
         above = sum(row["final_activation"] >= row["dataset_max"] for row in rows["actmax_units"])
-        progress.step(f"activation maximization: {len(rows['actmax_units'])} renders, {above} drive their unit "
-                      "past every dataset image")
+        progress.step(
+            f"activation maximization: {len(rows['actmax_units'])} renders, {above} drive their unit "
+            "past every dataset image"
+        )
     if dissected is not None:
         rows |= dissection_rows(loaded, *dissected)
-        progress.step(f"dissection: {sum(r['is_detector'] for r in rows['dissection_units'])} detectors among "
-                      f"{len(rows['dissection_units'])} units")
+        progress.step(
+            f"dissection: {sum(r['is_detector'] for r in rows['dissection_units'])} detectors among "
+            f"{len(rows['dissection_units'])} units"
+        )
     if parity is not None:
         rows["onnx_parity"] = parity.result()
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
@@ -200,8 +240,7 @@ def judge(spec, tables: dict[str, pa.Table], diffs: list[dict], baseline) -> Ver
 def record_tables(run_id: str, run_row: dict, verdict: Verdict) -> dict[str, pa.Table]:
     """``audit_runs``, ``contract_results`` and ``gate_results``; our own bookkeeping tables must hold their
     contracts too (a failure is a bug, never published), and their checks are recorded with the rest."""
-    tables = {"audit_runs": with_run_id(run_id, [run_row]),
-              "contract_results": with_run_id(run_id, verdict.results)}
+    tables = {"audit_runs": with_run_id(run_id, [run_row]), "contract_results": with_run_id(run_id, verdict.results)}
     if verdict.gates:
         tables["gate_results"] = with_run_id(run_id, verdict.gates)
     tables = {name: data_contracts.conform(name, table) for name, table in tables.items()}
@@ -209,8 +248,7 @@ def record_tables(run_id: str, run_row: dict, verdict: Verdict) -> dict[str, pa.
     broken = [row for row in own if not row["success"]]
     if broken:
         raise AuditError([f"internal: {r['table_name']} breaks {r['expectation']} on {r['column']}" for r in broken])
-    tables["contract_results"] = data_contracts.conform("contract_results",
-                                                        with_run_id(run_id, verdict.results + own))
+    tables["contract_results"] = data_contracts.conform("contract_results", with_run_id(run_id, verdict.results + own))
     return tables
 
 
@@ -219,11 +257,21 @@ def conclude(spec, store_uri: str, version: str, run_id: str, location: str, ver
     waits = spec.review.wait_for_sign_off and verdict.status == "passed"
     if spec.model.source == "mlflow":
         write_back(spec.model, store_uri, version, verdict.status, run_id, location, alias_allowed=not waits)
-    summary = {"run_id": run_id, "status": verdict.status, "store": location, "model": spec.model.name,
-               "version": version, "failed_expectations": verdict.failed_expectations,
-               "failed_gates": verdict.failed_gates, "review": None}
-    create_markdown_artifact(key=_artifact_key(spec.name), markdown=_summary_markdown(summary, verdict),
-                             description=f"interp-audit report of {spec.model.name} v{version}")
+    summary = {
+        "run_id": run_id,
+        "status": verdict.status,
+        "store": location,
+        "model": spec.model.name,
+        "version": version,
+        "failed_expectations": verdict.failed_expectations,
+        "failed_gates": verdict.failed_gates,
+        "review": None,
+    }
+    create_markdown_artifact(
+        key=_artifact_key(spec.name),
+        markdown=_summary_markdown(summary, verdict),
+        description=f"interp-audit report of {spec.model.name} v{version}",
+    )
     if waits:  # the report is published and summarised first: the reviewer reads it while the run waits
         summary["review"] = wait_for_sign_off(store_uri, run_id, spec.review.timeout_seconds)["decision"]
         if summary["review"] == "approved" and spec.model.source == "mlflow":
@@ -238,24 +286,42 @@ def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
     labels = lime_labels(params, inputs.class_names, checked.num_classes)
     futures = []
     for start in range(0, len(indices), params.samples_per_task):
-        batch = indices[start:start + params.samples_per_task]
-        futures.append(explain_with_lime.submit(
-            onnx_bytes, inputs.x[batch], sample_ids=[inputs.ids[i] for i in batch], sample_keys=batch,
-            labels=labels, settings=params.explainer_settings(), input_spec=spec.model.input, seed=spec.seed,
-            device=checked.device, class_names=inputs.class_names,
-            training_data=inputs.x if inputs.x.ndim == 2 else None, feature_names=inputs.feature_names))
+        batch = indices[start : start + params.samples_per_task]
+        futures.append(
+            explain_with_lime.submit(
+                onnx_bytes,
+                inputs.x[batch],
+                sample_ids=[inputs.ids[i] for i in batch],
+                sample_keys=batch,
+                labels=labels,
+                settings=params.explainer_settings(),
+                input_spec=spec.model.input,
+                seed=spec.seed,
+                device=checked.device,
+                class_names=inputs.class_names,
+                training_data=inputs.x if inputs.x.ndim == 2 else None,
+                feature_names=inputs.feature_names,
+            )
+        )
     return futures
 
 
 def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, object]:
     """One render task per layer and batch of units, and one exemplar pass over the data, all at once."""
     params = spec.ops.activation_max
-    exemplars = find_exemplars.submit(onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective,
-                                      checked.device)
+    exemplars = find_exemplars.submit(
+        onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective, checked.device
+    )
     renders = [
-        render_unit_batch.submit(checked.model, layer, units[start:start + params.batch_units],
-                                 settings=params.render_settings(), input_spec=spec.model.input, seed=spec.seed,
-                                 device=checked.device)
+        render_unit_batch.submit(
+            checked.model,
+            layer,
+            units[start : start + params.batch_units],
+            settings=params.render_settings(),
+            input_spec=spec.model.input,
+            seed=spec.seed,
+            device=checked.device,
+        )
         for layer, units in checked.actmax_units.items()
         for start in range(0, len(units), params.batch_units)
     ]
@@ -266,15 +332,22 @@ def submit_dissection(loaded, onnx_bytes: bytes, checked) -> tuple[list, list | 
     """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
     here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
     spec, params = loaded.spec, loaded.spec.ops.dissection
-    concept_pass = dict(concepts_uri=params.concepts, base_dir=str(loaded.base_dir),
-                        concepts_fingerprint=checked.concepts_fingerprint, quantile=params.quantile,
-                        batch_size=params.batch_size, input_spec=spec.model.input, seed=spec.seed,
-                        device=checked.device)
+    concept_pass = dict(
+        concepts_uri=params.concepts,
+        base_dir=str(loaded.base_dir),
+        concepts_fingerprint=checked.concepts_fingerprint,
+        quantile=params.quantile,
+        batch_size=params.batch_size,
+        input_spec=spec.model.input,
+        seed=spec.seed,
+        device=checked.device,
+    )
     results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     baselines = None
     if params.baseline == "random_init":
-        baseline_bytes = export_random_baseline.submit(checked.model, tuple(spec.model.input.shape),
-                                                       checked.dissection_layers, spec.seed).result()
+        baseline_bytes = export_random_baseline.submit(
+            checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
+        ).result()
         baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     return results, baselines
 
@@ -284,8 +357,14 @@ def dissection_rows(loaded, results: list, baselines: list | None) -> dict[str, 
     holding an unknown label: bad input) raises its own error here; handing the futures on to the tables task
     would raise only Prefect's UnfinishedRun of that task, and exit 3 instead of 2."""
     params = loaded.spec.ops.dissection
-    return dissection_tables(resolved(results), None if baselines is None else resolved(baselines), params.concepts,
-                             str(loaded.base_dir), loaded.spec.seed, params.iou_threshold)
+    return dissection_tables(
+        resolved(results),
+        None if baselines is None else resolved(baselines),
+        params.concepts,
+        str(loaded.base_dir),
+        loaded.spec.seed,
+        params.iou_threshold,
+    )
 
 
 def resolved(futures: list) -> list:
@@ -299,14 +378,19 @@ def _artifact_key(name: str) -> str:
 
 def _summary_markdown(summary: dict, verdict: Verdict) -> str:
     lines = [
-        f"# Audit of {summary['model']} v{summary['version']}: **{summary['status']}**", "",
-        f"- run id: `{summary['run_id']}`", f"- report store: `{summary['store']}`",
+        f"# Audit of {summary['model']} v{summary['version']}: **{summary['status']}**",
+        "",
+        f"- run id: `{summary['run_id']}`",
+        f"- report store: `{summary['store']}`",
         f"- expectations failed: {summary['failed_expectations']} of {len(verdict.results)}",
-        *(f"- gate {g['gate']}: **{g['outcome']}** ({g['detail']})" for g in verdict.gates), "",
+        *(f"- gate {g['gate']}: **{g['outcome']}** ({g['detail']})" for g in verdict.gates),
+        "",
     ]
     failed = [row for row in verdict.results if not row["success"]]
     if failed:
         lines += ["| table | expectation | column | observed |", "|---|---|---|---|"]
-        lines += [f"| {r['table_name']} | {r['expectation']} | {r['column'] or ''} | {r['observed_value'] or ''} |"
-                  for r in failed]
+        lines += [
+            f"| {r['table_name']} | {r['expectation']} | {r['column'] or ''} | {r['observed_value'] or ''} |"
+            for r in failed
+        ]
     return "\n".join(lines)

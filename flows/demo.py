@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.prefect_api import die_with_parent, prefect_api
@@ -43,8 +43,9 @@ def register_demo_model(models: dict, store: str, variant: str) -> str:
     if version not in registry.list_versions(uri, spec.model.name):
         module = shapes_cnn()
         module.load_state_dict(load_file(models[variant].weights_path))
-        version = registry.log_model(module, spec.model.name, "interp_ops.demo_models:shapes_cnn", uri,
-                                     tags={"demo_variant": variant})
+        version = registry.log_model(
+            module, spec.model.name, "interp_ops.demo_models:shapes_cnn", uri, tags={"demo_variant": variant}
+        )
         progress.step(f"registered {spec.model.name} v{version} ({variant}) in {uri}")
     return version
 
@@ -60,12 +61,16 @@ def review_story(models: dict, store: str) -> dict:
     name, model = loaded.spec.name, loaded.spec.model.name
     with prefect_api() as api_url:
         env = {**os.environ, "PREFECT_API_URL": api_url, "INTERP_AUDIT_STORE": store}
-        since = datetime.now(timezone.utc)
-        served = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(SPEC), "--store", store,
-                                   "--interval", "3600"], env=env, preexec_fn=die_with_parent)
+        since = datetime.now(UTC)
+        served = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "watch", str(SPEC), "--store", store, "--interval", "3600"],
+            env=env,
+            preexec_fn=die_with_parent,
+        )
         try:
-            _wait_for_deployments([f"interp-audit-watch/{name}-watch", f"interp-audit-registry-version/{name}"],
-                                  served, since)
+            _wait_for_deployments(
+                [f"interp-audit-watch/{name}-watch", f"interp-audit-registry-version/{name}"], served, since
+            )
             progress.step("watcher served")
             runs = {}
             for variant in VARIANTS:
@@ -79,10 +84,16 @@ def review_story(models: dict, store: str) -> dict:
                     time.sleep(2)
                 runs[variant] = run
                 if variant == "honest" and run["status"] == "passed" and approval(store, run) is None:
-                    review_run(store, run["run_id"], approve=True, reviewer=REVIEWER,
-                               comment="demo: the honest model, approved as the baseline for later versions")
-                    progress.step(f"v{version} approved by {REVIEWER} (interp-audit review {run['run_id'][:8]} "
-                                  "--approve)")
+                    review_run(
+                        store,
+                        run["run_id"],
+                        approve=True,
+                        reviewer=REVIEWER,
+                        comment="demo: the honest model, approved as the baseline for later versions",
+                    )
+                    progress.step(
+                        f"v{version} approved by {REVIEWER} (interp-audit review {run['run_id'][:8]} --approve)"
+                    )
         finally:
             os.killpg(served.pid, signal.SIGINT)
             served.wait(timeout=60)

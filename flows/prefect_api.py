@@ -54,14 +54,38 @@ def prefect_api() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env={**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-             "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],
+        env={
+            **os.environ,
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
     try:
-        progress.step(f"starting a local Prefect API at {url} (pid {server.pid}); the first start on a machine "
-                      "creates its database and can take a minute. Set PREFECT_API_URL to use a running server")
+        progress.step(
+            f"starting a local Prefect API at {url} (pid {server.pid}); the first start on a machine "
+            "creates its database and can take a minute. Set PREFECT_API_URL to use a running server"
+        )
         _wait_until_healthy(server, url, log)
         with temporary_settings({PREFECT_API_URL: url}):
             try:
@@ -78,14 +102,18 @@ def _wait_until_healthy(server: subprocess.Popen, url: str, log) -> None:
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
             if server.poll() is not None:
-                raise AuditError(f"the local Prefect API exited with code {server.returncode} while starting: "
-                                 f"{_tail(log)}; check PREFECT_HOME, or set PREFECT_API_URL to a running server")
+                raise AuditError(
+                    f"the local Prefect API exited with code {server.returncode} while starting: "
+                    f"{_tail(log)}; check PREFECT_HOME, or set PREFECT_API_URL to a running server"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(f"{url}/health").status_code == 200:
                     return
             time.sleep(0.25)
-    raise AuditError(f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {_tail(log)}; "
-                     "start one with `prefect server start` and set PREFECT_API_URL")
+    raise AuditError(
+        f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {_tail(log)}; "
+        "start one with `prefect server start` and set PREFECT_API_URL"
+    )
 
 
 def _send_queued() -> None:

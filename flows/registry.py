@@ -37,8 +37,10 @@ def audit_key(model: str, version: str, spec_sha256: str) -> str:
 def _registry_spec(spec_path: str) -> LoadedSpec:
     loaded = load_spec(spec_path)
     if loaded.spec.model.source != "mlflow":
-        raise SpecError(f"{spec_path}: model.source is {loaded.spec.model.source}; watching needs a registry model "
-                        "(model.source: mlflow)")
+        raise SpecError(
+            f"{spec_path}: model.source is {loaded.spec.model.source}; watching needs a registry model "
+            "(model.source: mlflow)"
+        )
     return loaded
 
 
@@ -73,18 +75,21 @@ def watch_registry(spec_path: str, store: str | None = None) -> list[str]:
     store_uri = store or loaded.spec.report.store
     versions = list_registered_versions(model, store_uri)
     since = 0 if model.backfill else _watermark(model.name, loaded.sha256, versions)
-    pending = [v for v in versions
-               if int(v) > since and published_run(store_uri, model.name, v, loaded.sha256) is None]
+    pending = [v for v in versions if int(v) > since and published_run(store_uri, model.name, v, loaded.sha256) is None]
     for version in pending:
         emit_event(
             event=EVENT,
-            resource={"prefect.resource.id": f"mlflow.model-version.{model.name}.{version}",
-                      "interp_audit.spec": loaded.sha256[:16]},
+            resource={
+                "prefect.resource.id": f"mlflow.model-version.{model.name}.{version}",
+                "interp_audit.spec": loaded.sha256[:16],
+            },
             payload={"name": model.name, "version": version, "spec_sha256": loaded.sha256},
             id=uuid.uuid5(EVENT_NAMESPACE, audit_key(model.name, version, loaded.sha256)),
         )
-    progress.step(f"watch {model.name}: versions {', '.join(versions) or 'none'}; "
-                  f"new for this spec: {', '.join(pending) or 'none'}")
+    progress.step(
+        f"watch {model.name}: versions {', '.join(versions) or 'none'}; "
+        f"new for this spec: {', '.join(pending) or 'none'}"
+    )
     return pending
 
 
@@ -106,16 +111,24 @@ def registry_deployments(loaded: LoadedSpec, spec_path: Path, store: str | None,
     """The watcher on an interval, and the per-version audit with a trigger on the watcher's events."""
     name = loaded.spec.name
     watcher = watch_registry.to_deployment(
-        name=f"{name}-watch", parameters={"spec_path": str(spec_path), "store": store},
-        interval=timedelta(seconds=interval_seconds), tags=["interp-audit"],
-        description=f"lists versions of {loaded.spec.model.name} and announces new ones")
-    trigger = DeploymentEventTrigger(
-        expect={EVENT}, match={"interp_audit.spec": loaded.sha256[:16]},
-        parameters={"spec_path": str(spec_path), "store": store, "version": "{{ event.payload.version }}"})
-    auditor = audit_registered_version.to_deployment(
-        name=name, triggers=[trigger], tags=["interp-audit"],
+        name=f"{name}-watch",
         parameters={"spec_path": str(spec_path), "store": store},
-        description=f"audits each new version of {loaded.spec.model.name} once")
+        interval=timedelta(seconds=interval_seconds),
+        tags=["interp-audit"],
+        description=f"lists versions of {loaded.spec.model.name} and announces new ones",
+    )
+    trigger = DeploymentEventTrigger(
+        expect={EVENT},
+        match={"interp_audit.spec": loaded.sha256[:16]},
+        parameters={"spec_path": str(spec_path), "store": store, "version": "{{ event.payload.version }}"},
+    )
+    auditor = audit_registered_version.to_deployment(
+        name=name,
+        triggers=[trigger],
+        tags=["interp-audit"],
+        parameters={"spec_path": str(spec_path), "store": store},
+        description=f"audits each new version of {loaded.spec.model.name} once",
+    )
     return watcher, auditor
 
 

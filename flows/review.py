@@ -27,13 +27,17 @@ class SignOff(RunInput):
 
 def wait_for_sign_off(store: str, run_id: str, timeout_seconds: int, poll_seconds: int = 2) -> dict:
     """Pause the flow run until a reviewer decides; append the review and return its row."""
-    progress.step(f"waiting up to {timeout_seconds} s for a reviewer: interp-audit review {run_id} --approve|"
-                  "--reject --reviewer NAME, or Resume in the Prefect UI")
+    progress.step(
+        f"waiting up to {timeout_seconds} s for a reviewer: interp-audit review {run_id} --approve|"
+        "--reject --reviewer NAME, or Resume in the Prefect UI"
+    )
     try:
         decision = pause_flow_run(wait_for_input=SignOff, timeout=timeout_seconds, poll_interval=poll_seconds)
     except FlowPauseTimeout:
-        raise RuntimeError(f"no sign-off within {timeout_seconds} s; the report stays published and the registry "
-                           f"alias unset; sign it off later with `interp-audit review {run_id}`") from None
+        raise RuntimeError(
+            f"no sign-off within {timeout_seconds} s; the report stays published and the registry "
+            f"alias unset; sign it off later with `interp-audit review {run_id}`"
+        ) from None
     row = review_run(store, run_id, approve=decision.approve, reviewer=decision.reviewer, comment=decision.comment)
     progress.step(f"{row['decision']} by {row['reviewer']}")
     return row

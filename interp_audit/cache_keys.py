@@ -39,11 +39,17 @@ def _float(value: float) -> Any:
 
 def _array(value: np.ndarray, where: str) -> dict:
     if value.dtype.hasobject:  # the raw bytes of an object array are pointers: hash its items instead
-        return {"__ndarray__": {"dtype": "object", "shape": list(value.shape),
-                                "items": canonical(value.tolist(), where)}}
+        return {
+            "__ndarray__": {"dtype": "object", "shape": list(value.shape), "items": canonical(value.tolist(), where)}
+        }
     data = np.ascontiguousarray(value).reshape(-1)  # C order, whatever the strides; the shape is keyed apart
-    return {"__ndarray__": {"dtype": value.dtype.str, "shape": list(value.shape),
-                            "sha256": sha256_bytes(data.view(np.uint8))}}
+    return {
+        "__ndarray__": {
+            "dtype": value.dtype.str,
+            "shape": list(value.shape),
+            "sha256": sha256_bytes(data.view(np.uint8)),
+        }
+    }
 
 
 def _model_ref(ref: ModelRef, where: str) -> dict:
@@ -58,8 +64,10 @@ def _model_ref(ref: ModelRef, where: str) -> dict:
 
 
 def _fields(value: Any, where: str) -> dict:
-    return {field.name: canonical(getattr(value, field.name), f"{where}.{field.name}")
-            for field in dataclasses.fields(value)}
+    return {
+        field.name: canonical(getattr(value, field.name), f"{where}.{field.name}")
+        for field in dataclasses.fields(value)
+    }
 
 
 def _type_name(value: Any) -> str:
@@ -100,13 +108,16 @@ def canonical(value: Any, where: str = "value") -> Any:
         return [canonical(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, (set, frozenset)):
         return {"__set__": sorted((canonical(item, f"{where} item") for item in value), key=_dumps)}
-    raise TypeError(f"no stable cache key for {where}: {_type_name(value)} is not a kind of value cache keys know "
-                    "(JSON scalars, lists, dicts, sets, bytes, paths, numpy arrays, pydantic models, dataclasses); "
-                    "refusing to fall back to a pickle, whose bytes change from process to process")
+    raise TypeError(
+        f"no stable cache key for {where}: {_type_name(value)} is not a kind of value cache keys know "
+        "(JSON scalars, lists, dicts, sets, bytes, paths, numpy arrays, pydantic models, dataclasses); "
+        "refusing to fall back to a pickle, whose bytes change from process to process"
+    )
 
 
-def canonical_json(parameters: Mapping[str, Any],
-                   extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> str:
+def canonical_json(
+    parameters: Mapping[str, Any], extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+) -> str:
     """Canonical JSON of a task's parameters (a task takes exactly what it reads); ``extra`` adds content they
     only point at (e.g. the fingerprint of files behind a path)."""
     content = {"parameters": canonical(dict(parameters), "parameters")}
@@ -115,7 +126,8 @@ def canonical_json(parameters: Mapping[str, Any],
     return _dumps(content)
 
 
-def content_key(parameters: Mapping[str, Any],
-                extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> str:
+def content_key(
+    parameters: Mapping[str, Any], extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+) -> str:
     """sha256 of ``canonical_json``: the content part of a task's cache key."""
     return hashlib.sha256(canonical_json(parameters, extra).encode()).hexdigest()

@@ -37,13 +37,32 @@ def version_diff(old: RunTables, new: RunTables) -> list[dict]:
     return [*lime_diff(old, new), *dissection_diff(old, new), *actmax_diff(old, new)]
 
 
-def _row(method: str, metric: str, scope: str, layer: str, item: str, value: float, old_value=None, new_value=None,
-         category: str | None = None) -> dict:
-    return {"method": method, "metric": metric, "scope": scope, "layer": layer, "item": item, "category": category,
-            "old_value": old_value, "new_value": new_value, "value": float(value)}
+def _row(
+    method: str,
+    metric: str,
+    scope: str,
+    layer: str,
+    item: str,
+    value: float,
+    old_value=None,
+    new_value=None,
+    category: str | None = None,
+) -> dict:
+    return {
+        "method": method,
+        "metric": metric,
+        "scope": scope,
+        "layer": layer,
+        "item": item,
+        "category": category,
+        "old_value": old_value,
+        "new_value": new_value,
+        "value": float(value),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ LIME
+
 
 def _explained(run: RunTables) -> pd.DataFrame:
     """One row per sample and label position (the k-th label explained for the sample), with its weights."""
@@ -53,10 +72,12 @@ def _explained(run: RunTables) -> pd.DataFrame:
     explanations = explanations.sort_values(["sample_id", "label"]).copy()
     explanations["position"] = explanations.groupby("sample_id").cumcount()
     attributions = run("lime_attributions")
-    weights = {key: dict(zip(group["feature"], group["weight"]))
-               for key, group in attributions.groupby(["sample_id", "label"])}
-    explanations["weights"] = [weights.get((s, label), {}) for s, label in
-                               zip(explanations["sample_id"], explanations["label"])]
+    weights = {
+        key: dict(zip(group["feature"], group["weight"])) for key, group in attributions.groupby(["sample_id", "label"])
+    }
+    explanations["weights"] = [
+        weights.get((s, label), {}) for s, label in zip(explanations["sample_id"], explanations["label"])
+    ]
     return explanations
 
 
@@ -65,7 +86,8 @@ def _same_features(old: pd.Series, new: pd.Series) -> bool:
     if old["segments_png"] is None or new["segments_png"] is None:
         return old["segments_png"] is None and new["segments_png"] is None
     return old["segments_png"] == new["segments_png"] or np.array_equal(
-        read_label_map_png(old["segments_png"]), read_label_map_png(new["segments_png"]))
+        read_label_map_png(old["segments_png"]), read_label_map_png(new["segments_png"])
+    )
 
 
 def attribution_shift(old: Mapping[str, float], new: Mapping[str, float]) -> float:
@@ -94,8 +116,16 @@ def lime_diff(old: RunTables, new: RunTables) -> list[dict]:
         jaccard = len(top_old & top_new) / len(top_old | top_new)
         item = pair["sample_id"] if pair["position"] == 0 else f"{pair['sample_id']}#{pair['position']}"
         rows.append(_row("lime", "topk_jaccard", "sample", LIME_LAYER, item, jaccard))
-        rows.append(_row("lime", "attribution_shift", "sample", LIME_LAYER, item,
-                         attribution_shift(old_side["weights"], new_side["weights"])))
+        rows.append(
+            _row(
+                "lime",
+                "attribution_shift",
+                "sample",
+                LIME_LAYER,
+                item,
+                attribution_shift(old_side["weights"], new_side["weights"]),
+            )
+        )
     for metric in ("topk_jaccard", "attribution_shift"):
         values = [row["value"] for row in rows if row["metric"] == metric]
         if values:
@@ -104,6 +134,7 @@ def lime_diff(old: RunTables, new: RunTables) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ dissection
+
 
 def dissection_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Detectors per concept and per category of each layer both runs dissected: counts, gained, lost."""
@@ -117,16 +148,26 @@ def dissection_diff(old: RunTables, new: RunTables) -> list[dict]:
         for scope, key in (("concept", "concept"), ("category", "category")):
             detected_old = group[key + "_old"].where(group["is_detector_old"])
             detected_new = group[key + "_new"].where(group["is_detector_new"])
-            categories = dict(zip(group["concept_old"], group["category_old"])) | \
-                dict(zip(group["concept_new"], group["category_new"]))
+            categories = dict(zip(group["concept_old"], group["category_old"])) | dict(
+                zip(group["concept_new"], group["category_new"])
+            )
             for item in sorted(set(detected_old.dropna()) | set(detected_new.dropna())):
                 count_old, count_new = int((detected_old == item).sum()), int((detected_new == item).sum())
                 gained = int(((detected_new == item) & (detected_old != item)).sum())
                 lost = int(((detected_old == item) & (detected_new != item)).sum())
                 category = categories[item] if scope == "concept" else item
                 rows += [
-                    _row("dissection", "detectors", scope, layer, item, count_new - count_old, count_old, count_new,
-                         category),
+                    _row(
+                        "dissection",
+                        "detectors",
+                        scope,
+                        layer,
+                        item,
+                        count_new - count_old,
+                        count_old,
+                        count_new,
+                        category,
+                    ),
                     _row("dissection", "detectors_gained", scope, layer, item, gained, category=category),
                     _row("dissection", "detectors_lost", scope, layer, item, lost, category=category),
                 ]
@@ -137,6 +178,7 @@ def dissection_diff(old: RunTables, new: RunTables) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ activation maximization
 
+
 def actmax_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Per unit of the layers both runs rendered: the change in the render-to-dataset ratio (first render), for the
     units that have a ratio in both runs."""
@@ -144,20 +186,41 @@ def actmax_diff(old: RunTables, new: RunTables) -> list[dict]:
     if before.empty or after.empty:
         return []
     columns = ["layer", "unit", "ratio"]
-    units = before[before["render"] == 0][columns].merge(after[after["render"] == 0][columns], on=["layer", "unit"],
-                                                         suffixes=("_old", "_new"))
+    units = before[before["render"] == 0][columns].merge(
+        after[after["render"] == 0][columns], on=["layer", "unit"], suffixes=("_old", "_new")
+    )
     units = units.dropna(subset=["ratio_old", "ratio_new"])  # no ratio where the data never drives the unit above 0
-    rows = [_row("activation_max", "ratio", "unit", unit["layer"], str(unit["unit"]),
-                 unit["ratio_new"] - unit["ratio_old"], unit["ratio_old"], unit["ratio_new"])
-            for unit in units.sort_values(["layer", "unit"]).to_dict("records")]
+    rows = [
+        _row(
+            "activation_max",
+            "ratio",
+            "unit",
+            unit["layer"],
+            str(unit["unit"]),
+            unit["ratio_new"] - unit["ratio_old"],
+            unit["ratio_old"],
+            unit["ratio_new"],
+        )
+        for unit in units.sort_values(["layer", "unit"]).to_dict("records")
+    ]
     for layer, group in units.groupby("layer", sort=True):
-        rows.append(_row("activation_max", "ratio", "overall", layer, "*",
-                         group["ratio_new"].mean() - group["ratio_old"].mean(),
-                         group["ratio_old"].mean(), group["ratio_new"].mean()))
+        rows.append(
+            _row(
+                "activation_max",
+                "ratio",
+                "overall",
+                layer,
+                "*",
+                group["ratio_new"].mean() - group["ratio_old"].mean(),
+                group["ratio_old"].mean(),
+                group["ratio_new"].mean(),
+            )
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------------------------- reading
+
 
 def records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with NaN/NaT turned into None."""
@@ -171,36 +234,51 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
     (overall detectors per layer, categories, concepts that gained or lost detectors) or None; actmax (overall
     ratios per layer, units by |change|, largest first) or None."""
     summaries = []
-    for (baseline, version, basis), rows in diffs.groupby(["baseline_run_id", "baseline_version", "baseline_basis"],
-                                                          sort=False, dropna=False):
-        summary: dict[str, Any] = {"run_id": baseline, "version": version, "basis": basis, "lime": None,
-                                   "dissection": None, "actmax": None}
+    for (baseline, version, basis), rows in diffs.groupby(
+        ["baseline_run_id", "baseline_version", "baseline_basis"], sort=False, dropna=False
+    ):
+        summary: dict[str, Any] = {
+            "run_id": baseline,
+            "version": version,
+            "basis": basis,
+            "lime": None,
+            "dissection": None,
+            "actmax": None,
+        }
         lime = rows[rows["method"] == "lime"]
         if not lime.empty:
             overall = lime[lime["scope"] == "overall"].set_index("metric")["value"]
-            samples = lime[lime["scope"] == "sample"].pivot_table(index="item", columns="metric", values="value",
-                                                                  aggfunc="first")
+            samples = lime[lime["scope"] == "sample"].pivot_table(
+                index="item", columns="metric", values="value", aggfunc="first"
+            )
             summary["lime"] = {
-                "jaccard": overall.get("topk_jaccard"), "shift": overall.get("attribution_shift"),
-                "samples": [{"item": item, "jaccard": values.get("topk_jaccard"),
-                             "shift": values.get("attribution_shift")}
-                            for item, values in samples.sort_index().to_dict("index").items()],
+                "jaccard": overall.get("topk_jaccard"),
+                "shift": overall.get("attribution_shift"),
+                "samples": [
+                    {"item": item, "jaccard": values.get("topk_jaccard"), "shift": values.get("attribution_shift")}
+                    for item, values in samples.sort_index().to_dict("index").items()
+                ],
             }
         dissection = rows[rows["method"] == "dissection"]
         if not dissection.empty:
             summary["dissection"] = {
                 "categories": _detector_changes(dissection, "category"),
                 "concepts": [row for row in _detector_changes(dissection, "concept") if row["gained"] or row["lost"]],
-                "overall": records(dissection[(dissection["scope"] == "overall")
-                                              & (dissection["metric"] == "detectors")].sort_values("layer")),
+                "overall": records(
+                    dissection[(dissection["scope"] == "overall") & (dissection["metric"] == "detectors")].sort_values(
+                        "layer"
+                    )
+                ),
             }
         actmax = rows[rows["method"] == "activation_max"]
         if not actmax.empty:
             units = actmax[actmax["scope"] == "unit"].copy()
             units["size"] = units["value"].abs()
             units = units.sort_values(["size", "layer", "item"], ascending=[False, True, True], na_position="last")
-            summary["actmax"] = {"overall": records(actmax[actmax["scope"] == "overall"].sort_values("layer")),
-                                 "units": records(units.drop(columns="size"))}
+            summary["actmax"] = {
+                "overall": records(actmax[actmax["scope"] == "overall"].sort_values("layer")),
+                "units": records(units.drop(columns="size")),
+            }
         summaries.append(summary)
     return summaries
 
@@ -210,10 +288,17 @@ def _detector_changes(rows: pd.DataFrame, scope: str) -> list[dict]:
     for (layer, item), group in rows[rows["scope"] == scope].groupby(["layer", "item"], sort=True):
         by_metric = {row["metric"]: row for row in records(group)}
         detectors = by_metric.get("detectors", {})
-        changes.append({"layer": layer, "item": item, "category": group["category"].iloc[0],
-                        "old": detectors.get("old_value"), "new": detectors.get("new_value"),
-                        "gained": (by_metric.get("detectors_gained") or {}).get("value") or 0,
-                        "lost": (by_metric.get("detectors_lost") or {}).get("value") or 0})
+        changes.append(
+            {
+                "layer": layer,
+                "item": item,
+                "category": group["category"].iloc[0],
+                "old": detectors.get("old_value"),
+                "new": detectors.get("new_value"),
+                "gained": (by_metric.get("detectors_gained") or {}).get("value") or 0,
+                "lost": (by_metric.get("detectors_lost") or {}).get("value") or 0,
+            }
+        )
     return changes
 
 
@@ -221,8 +306,9 @@ def headline(summary: dict) -> str:
     """One line per baseline: LIME agreement, detectors and render ratios per layer."""
     parts = []
     if summary["lime"]:
-        parts.append(f"LIME top-k agreement {summary['lime']['jaccard']:.2f}, attribution shift "
-                     f"{summary['lime']['shift']:.2f}")
+        parts.append(
+            f"LIME top-k agreement {summary['lime']['jaccard']:.2f}, attribution shift {summary['lime']['shift']:.2f}"
+        )
     for row in (summary["dissection"] or {}).get("overall", []):
         parts.append(f"{row['layer']} detectors {row['old_value']:.0f} -> {row['new_value']:.0f}")
     for row in (summary["actmax"] or {}).get("overall", []):

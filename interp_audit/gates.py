@@ -30,9 +30,16 @@ def _verdict(gate, value: float | None, detail: str) -> dict:
         low = gate.min is None or value >= gate.min
         high = gate.max is None or value <= gate.max
         outcome = "passed" if low and high else "failed"
-    return {"gate": gate.label, "metric": gate.metric,
-            "params": json.dumps(gate.model_dump(exclude_none=True), sort_keys=True),
-            "value": value, "min": gate.min, "max": gate.max, "outcome": outcome, "detail": detail}
+    return {
+        "gate": gate.label,
+        "metric": gate.metric,
+        "params": json.dumps(gate.model_dump(exclude_none=True), sort_keys=True),
+        "value": value,
+        "min": gate.min,
+        "max": gate.max,
+        "outcome": outcome,
+        "detail": detail,
+    }
 
 
 def _measure(gate, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> tuple[float | None, str]:
@@ -102,8 +109,10 @@ def _region_share(region: RegionSpec, explanations: pd.DataFrame, attributions: 
             shares.append(share)
     if not shares:
         return None, "no explanation has a superpixel with positive weight"
-    return float(np.mean(shares)), (f"mean over {len(shares)} explanations (largest {max(shares):.3f}); region "
-                                    f"{region.model_dump(exclude_none=True)}")
+    return float(np.mean(shares)), (
+        f"mean over {len(shares)} explanations (largest {max(shares):.3f}); region "
+        f"{region.model_dump(exclude_none=True)}"
+    )
 
 
 DIFF_METRICS = {  # gate metric -> (version_diffs method, metric, scope) whose overall rows it reads
@@ -117,8 +126,10 @@ def _diff_metric(gate: DiffGate, diffs: list[dict], baseline: Baseline | None) -
     if baseline is None:
         return None, "no earlier version to compare with (this is the first audited version)"
     if gate.against == "approved" and baseline.basis != "approved":
-        return None, (f"no approved earlier version; compared with passed v{baseline.version} instead (see "
-                      "version_diffs), which this gate does not accept (against: approved)")
+        return None, (
+            f"no approved earlier version; compared with passed v{baseline.version} instead (see "
+            "version_diffs), which this gate does not accept (against: approved)"
+        )
     method, metric, scope = DIFF_METRICS[gate.metric]
     rows = [row for row in diffs if (row["method"], row["metric"], row["scope"]) == (method, metric, scope)]
     if not rows:
@@ -130,8 +141,8 @@ def _diff_metric(gate: DiffGate, diffs: list[dict], baseline: Baseline | None) -
         return row["value"], f"mean top-k Jaccard over {compared} explanations against {against}"
     if gate.metric == "dissection.detectors_lost":
         lost = sum(row["value"] for row in rows)
-        return float(lost), f"detector units lost (per category, {len({r['layer'] for r in rows})} layer(s)) " \
-                            f"against {against}"
+        return float(
+            lost
+        ), f"detector units lost (per category, {len({r['layer'] for r in rows})} layer(s)) against {against}"
     change = float(np.mean([row["value"] for row in rows]))
     return change, f"mean change of the render ratio over {len(rows)} layer(s) against {against}"
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ DASH = "\u2013"
 
 
 # ----------------------------------------------------------------------------------------------- formatting
+
 
 def _missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
@@ -70,7 +71,7 @@ def fmt_time(value: Any) -> str:
         return DASH
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return value.strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
@@ -92,18 +93,35 @@ def _mean(series: pd.Series) -> float | None:
 
 # ------------------------------------------------------------------------------------------------- sections
 
+
 def _summary(run: dict) -> dict:
-    return {"audit": run["audit_name"], "model": run["model_name"], "version": run["model_version"],
-            "source": run["model_source"], "status": run["status"], "passed": run["status"] == "passed",
-            "run_id": run["run_id"], "started": fmt_time(run["started_at"]), "finished": fmt_time(run["finished_at"]),
-            "num_samples": run["num_samples"]}
+    return {
+        "audit": run["audit_name"],
+        "model": run["model_name"],
+        "version": run["model_version"],
+        "source": run["model_source"],
+        "status": run["status"],
+        "passed": run["status"] == "passed",
+        "run_id": run["run_id"],
+        "started": fmt_time(run["started_at"]),
+        "finished": fmt_time(run["finished_at"]),
+        "num_samples": run["num_samples"],
+    }
 
 
 def _review(store: ReportStore, run: dict) -> dict:
     reviews, current = review_state(store, run)
-    rows = [{"decision": row["decision"], "reviewer": row["reviewer"], "time": fmt_time(row["reviewed_at"]),
-             "comment": row["comment"], "matches": row["tables_sha256"] == current,
-             "sha256": row["tables_sha256"]} for row in records(reviews)]
+    rows = [
+        {
+            "decision": row["decision"],
+            "reviewer": row["reviewer"],
+            "time": fmt_time(row["reviewed_at"]),
+            "comment": row["comment"],
+            "matches": row["tables_sha256"] == current,
+            "sha256": row["tables_sha256"],
+        }
+        for row in records(reviews)
+    ]
     return {"reviews": rows, "current": current, "run_id": run["run_id"]}
 
 
@@ -113,8 +131,12 @@ def _gates(frame: pd.DataFrame) -> dict | None:
     rows = records(frame.sort_values("gate"))
     order = {"failed": 0, "skipped": 1, "passed": 2}
     rows.sort(key=lambda row: order.get(row["outcome"], 3))
-    return {"rows": rows, "failed": sum(row["outcome"] == "failed" for row in rows),
-            "passed": sum(row["outcome"] == "passed" for row in rows), "total": len(rows)}
+    return {
+        "rows": rows,
+        "failed": sum(row["outcome"] == "failed" for row in rows),
+        "passed": sum(row["outcome"] == "passed" for row in rows),
+        "total": len(rows),
+    }
 
 
 def _diff(frame: pd.DataFrame) -> list[dict] | None:
@@ -132,8 +154,10 @@ def _diff(frame: pd.DataFrame) -> list[dict] | None:
 def _parity(frame: pd.DataFrame) -> list[dict] | None:
     if frame.empty:
         return None
-    return [{**row, "shape": " \u00d7 ".join(str(int(n)) for n in row["shape"])}
-            for row in records(frame.sort_values("output"))]
+    return [
+        {**row, "shape": " \u00d7 ".join(str(int(n)) for n in row["shape"])}
+        for row in records(frame.sort_values("output"))
+    ]
 
 
 def _contracts(frame: pd.DataFrame) -> dict | None:
@@ -157,16 +181,32 @@ def _predictions(frame: pd.DataFrame) -> dict | None:
     per_class = []
     for cls in classes:
         true = labelled[labelled["label"] == cls]
-        per_class.append({"index": cls, "name": names.get(cls), "predicted": int((frame["predicted"] == cls).sum()),
-                          "true": len(true) if len(labelled) else None,
-                          "accuracy": float(true["correct"].astype(bool).mean()) if len(true) else None})
-    return {"samples": len(frame), "labelled": len(labelled), "accuracy": accuracy, "classes": per_class,
-            "mean_probability": _mean(frame["probability"])}
+        per_class.append(
+            {
+                "index": cls,
+                "name": names.get(cls),
+                "predicted": int((frame["predicted"] == cls).sum()),
+                "true": len(true) if len(labelled) else None,
+                "accuracy": float(true["correct"].astype(bool).mean()) if len(true) else None,
+            }
+        )
+    return {
+        "samples": len(frame),
+        "labelled": len(labelled),
+        "accuracy": accuracy,
+        "classes": per_class,
+        "mean_probability": _mean(frame["probability"]),
+    }
 
 
-LIME_SCORES = (("probability", "probability"), ("r2_heldout", "R\u00b2 held out"), ("stability", "stability"),
-               ("deletion_auc", "deletion AUC \u2193"), ("insertion_auc", "insertion AUC \u2191"),
-               ("prediction_gap", "prediction gap"))
+LIME_SCORES = (
+    ("probability", "probability"),
+    ("r2_heldout", "R\u00b2 held out"),
+    ("stability", "stability"),
+    ("deletion_auc", "deletion AUC \u2193"),
+    ("insertion_auc", "insertion AUC \u2191"),
+    ("prediction_gap", "prediction gap"),
+)
 
 
 def _lime(explanations: pd.DataFrame, attributions: pd.DataFrame) -> dict | None:
@@ -177,14 +217,21 @@ def _lime(explanations: pd.DataFrame, attributions: pd.DataFrame) -> dict | None
     cards, tabular = [], []
     for row in records(explanations):
         image = png_uri(row.get("overlay_png"))
-        base = {"sample_id": row["sample_id"], "label": row["label"], "label_name": row["label_name"],
-                **{column: row[column] for column, _ in LIME_SCORES}}
+        base = {
+            "sample_id": row["sample_id"],
+            "label": row["label"],
+            "label_name": row["label_name"],
+            **{column: row[column] for column, _ in LIME_SCORES},
+        }
         if image is not None:
             cards.append({**base, "image": image})
         else:
             top_k = len(row["top_features"]) if row.get("top_features") is not None else 5
-            mine = attributions[(attributions["sample_id"] == row["sample_id"])
-                                & (attributions["label"] == row["label"]) & (attributions["rank"] <= top_k)]
+            mine = attributions[
+                (attributions["sample_id"] == row["sample_id"])
+                & (attributions["label"] == row["label"])
+                & (attributions["rank"] <= top_k)
+            ]
             tabular.append({**base, "features": records(mine.sort_values("rank"))})
     return {"count": len(explanations), "means": means, "cards": cards, "tabular": tabular}
 
@@ -198,20 +245,43 @@ def _actmax(units: pd.DataFrame, exemplars: pd.DataFrame) -> dict | None:
         for row in records(kept.drop(columns=[c for c in ("model", "version") if c in kept])):
             image = png_uri(row["thumbnail_png"])
             by_unit.setdefault((row["layer"], int(row["unit"])), []).append(
-                {"rank": row["rank"], "sample_id": row["sample_id"], "activation": row["activation"], "image": image})
+                {"rank": row["rank"], "sample_id": row["sample_id"], "activation": row["activation"], "image": image}
+            )
     cards = []
     for row in records(units.sort_values(["layer", "unit", "render"]).drop(columns=["curve", "curve_steps"])):
-        cards.append({"layer": row["layer"], "unit": row["unit"], "render": row["render"],
-                      "objective": row["objective"], "image": png_uri(row["render_png"]), "ratio": row["ratio"],
-                      "robustness": row["robustness"], "diversity": row["diversity"],
-                      "final_activation": row["final_activation"], "dataset_max": row["dataset_max"],
-                      "exemplars": by_unit.get((row["layer"], int(row["unit"])), []) if row["render"] == 0 else []})
-    layers = [{"layer": layer, "units": int(group["unit"].nunique()), "ratio": _mean(group["ratio"]),
-               "above_one": int((group["ratio"] >= 1).sum()), "robustness": _mean(group["robustness"])}
-              for layer, group in units.groupby("layer", sort=True)]
+        cards.append(
+            {
+                "layer": row["layer"],
+                "unit": row["unit"],
+                "render": row["render"],
+                "objective": row["objective"],
+                "image": png_uri(row["render_png"]),
+                "ratio": row["ratio"],
+                "robustness": row["robustness"],
+                "diversity": row["diversity"],
+                "final_activation": row["final_activation"],
+                "dataset_max": row["dataset_max"],
+                "exemplars": by_unit.get((row["layer"], int(row["unit"])), []) if row["render"] == 0 else [],
+            }
+        )
+    layers = [
+        {
+            "layer": layer,
+            "units": int(group["unit"].nunique()),
+            "ratio": _mean(group["ratio"]),
+            "above_one": int((group["ratio"] >= 1).sum()),
+            "robustness": _mean(group["robustness"]),
+        }
+        for layer, group in units.groupby("layer", sort=True)
+    ]
     total_exemplars = int(exemplars.groupby(["layer", "unit"]).size().max()) if not exemplars.empty else 0
-    return {"cards": cards, "layers": layers, "max_exemplars": MAX_EXEMPLARS, "total_exemplars": total_exemplars,
-            "multiple_renders": bool((units["render"] > 0).any())}
+    return {
+        "cards": cards,
+        "layers": layers,
+        "max_exemplars": MAX_EXEMPLARS,
+        "total_exemplars": total_exemplars,
+        "multiple_renders": bool((units["render"] > 0).any()),
+    }
 
 
 def _dissection(summary: pd.DataFrame, units: pd.DataFrame) -> dict | None:
@@ -219,20 +289,31 @@ def _dissection(summary: pd.DataFrame, units: pd.DataFrame) -> dict | None:
         return None
     layers = []
     for layer, group in summary.groupby("layer", sort=True):
-        scale = max(1, int(group["detectors"].max()),
-                    int(pd.to_numeric(group["baseline_detectors"], errors="coerce").fillna(0).max()))
+        scale = max(
+            1,
+            int(group["detectors"].max()),
+            int(pd.to_numeric(group["baseline_detectors"], errors="coerce").fillna(0).max()),
+        )
         bars = []
         for row in records(group.sort_values("category")):
             baseline = row["baseline_detectors"]
-            bars.append({**row, "width": round(100 * row["detectors"] / scale, 1),
-                         "baseline_width": None if baseline is None else round(100 * baseline / scale, 1)})
+            bars.append(
+                {
+                    **row,
+                    "width": round(100 * row["detectors"] / scale, 1),
+                    "baseline_width": None if baseline is None else round(100 * baseline / scale, 1),
+                }
+            )
         total_units = int((units["layer"] == layer).sum()) if not units.empty else None
-        layers.append({"layer": layer, "bars": bars, "units": total_units,
-                       "detectors": int(group["detectors"].sum())})
+        layers.append({"layer": layer, "bars": bars, "units": total_units, "detectors": int(group["detectors"].sum())})
     detectors = units[units["is_detector"].astype(bool)] if not units.empty else units
     rows = records(detectors.sort_values(["layer", "iou"], ascending=[True, False])) if not units.empty else []
-    return {"layers": layers, "detectors": rows, "total_units": len(units),
-            "has_baseline": bool(summary["baseline_detectors"].notna().any()) if not summary.empty else False}
+    return {
+        "layers": layers,
+        "detectors": rows,
+        "total_units": len(units),
+        "has_baseline": bool(summary["baseline_detectors"].notna().any()) if not summary.empty else False,
+    }
 
 
 def _reproducibility(run: dict) -> dict:
@@ -243,21 +324,34 @@ def _reproducibility(run: dict) -> dict:
     except (TypeError, ValueError):
         packages, raw_versions = [], run["package_versions"]
     providers = run["ort_providers"]
-    fields = [("run id", run["run_id"]), ("model source", run["model_source"]),
-              ("weights sha256", run["weights_sha256"]), ("onnx sha256", run["onnx_sha256"]),
-              ("spec sha256", run["spec_sha256"]), ("seed", run["seed"]), ("data uri", run["data_uri"]),
-              ("samples", run["num_samples"]), ("device", run["device"]),
-              ("ONNX Runtime providers", ", ".join(providers) if providers is not None else None),
-              ("started", fmt_time(run["started_at"])), ("finished", fmt_time(run["finished_at"]))]
+    fields = [
+        ("run id", run["run_id"]),
+        ("model source", run["model_source"]),
+        ("weights sha256", run["weights_sha256"]),
+        ("onnx sha256", run["onnx_sha256"]),
+        ("spec sha256", run["spec_sha256"]),
+        ("seed", run["seed"]),
+        ("data uri", run["data_uri"]),
+        ("samples", run["num_samples"]),
+        ("device", run["device"]),
+        ("ONNX Runtime providers", ", ".join(providers) if providers is not None else None),
+        ("started", fmt_time(run["started_at"])),
+        ("finished", fmt_time(run["finished_at"])),
+    ]
     return {"fields": fields, "packages": packages, "raw_versions": raw_versions, "spec_text": run["spec_text"]}
 
 
 # ----------------------------------------------------------------------------------------------- rendering
 
+
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("interp_audit", "templates"),
-                      autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("interp_audit", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html", "j2"), default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = fmt
     return env
 
@@ -283,7 +377,7 @@ def render_html(store: str | Path | ReportStore, run_id: str) -> str:
         "actmax": _actmax(table("actmax_units"), table("actmax_exemplars")),
         "dissection": _dissection(table("dissection_summary"), table("dissection_units")),
         "repro": _reproducibility(run),
-        "generated": fmt_time(datetime.now(timezone.utc)),
+        "generated": fmt_time(datetime.now(UTC)),
     }
     return _environment().get_template("report.html.j2").render(**context)
 

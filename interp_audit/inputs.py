@@ -31,14 +31,18 @@ class ModelInputs:
 def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec) -> ModelInputs:
     try:
         samples = load_samples(data_uri, base_dir, seed)
-        x = to_model_input(samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean,
-                           input_spec.std)
+        x = to_model_input(samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean, input_spec.std)
     except DataError as exc:
         raise SpecError(str(exc)) from None
     if len(samples.ids) == 0:
         raise SpecError(f"data: '{data_uri}' holds no samples; give at least one")
-    return ModelInputs(samples.ids, x, samples.labels, input_spec.class_names or samples.class_names,
-                       getattr(samples, "feature_names", None))
+    return ModelInputs(
+        samples.ids,
+        x,
+        samples.labels,
+        input_spec.class_names or samples.class_names,
+        getattr(samples, "feature_names", None),
+    )
 
 
 def load_concepts(uri: str, base_dir: Path, seed: int):

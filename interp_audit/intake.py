@@ -48,8 +48,10 @@ def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
     key = "model.weights" if isinstance(model, TorchModelSpec) else "model.path"
     path = (loaded.base_dir / relative).resolve()
     if not path.is_file():
-        raise SpecError(f"{key}: file '{relative}' does not exist (resolved to {path}); "
-                        f"paths are relative to the spec file's folder")
+        raise SpecError(
+            f"{key}: file '{relative}' does not exist (resolved to {path}); "
+            f"paths are relative to the spec file's folder"
+        )
     return ModelRef(
         source=model.source,
         path=str(path),
@@ -75,10 +77,19 @@ def registry_model(model: MlflowModelSpec, store: str, base_dir: str) -> ModelRe
     fetched = registry.fetch_model(uri, model.name, version, cache, model.trust_pickle)
     factory = fetched.factory or model.factory
     if fetched.kind == "state_dict" and factory is None:
-        raise SpecError(f"model.factory: {model.name} v{version} holds a state dict that does not say which module it "
-                        "loads into; give model.factory (or register versions with interp_audit.registry.log_model)")
-    return ModelRef(source="onnx" if fetched.kind == "onnx" else "torch", path=fetched.path, sha256=fetched.sha256,
-                    factory=factory, trust_pickle=model.trust_pickle, base_dir=base_dir, version=version)
+        raise SpecError(
+            f"model.factory: {model.name} v{version} holds a state dict that does not say which module it "
+            "loads into; give model.factory (or register versions with interp_audit.registry.log_model)"
+        )
+    return ModelRef(
+        source="onnx" if fetched.kind == "onnx" else "torch",
+        path=fetched.path,
+        sha256=fetched.sha256,
+        factory=factory,
+        trust_pickle=model.trust_pickle,
+        base_dir=base_dir,
+        version=version,
+    )
 
 
 def import_factory(ref: str, base_dir: Path):
@@ -103,8 +114,10 @@ def import_factory(ref: str, base_dir: Path):
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SpecError(f"model.factory: '{target}' has no attribute '{attr}'; "
-                            f"give 'module:callable' naming a function that returns the torch module")
+            raise SpecError(
+                f"model.factory: '{target}' has no attribute '{attr}'; "
+                f"give 'module:callable' naming a function that returns the torch module"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise SpecError(f"model.factory: '{ref}' is not callable")
@@ -122,8 +135,9 @@ def _load_weights(path: Path, trust_pickle: bool):
         except Exception as exc:
             raise SpecError(f"model.weights: '{path.name}' is not a readable safetensors file ({exc})") from None
     if path.suffix not in (".pt", ".pth", ".bin"):
-        raise SpecError(f"model.weights: unsupported file type '{path.suffix}'; "
-                        f"give a state dict as .pt/.pth or .safetensors")
+        raise SpecError(
+            f"model.weights: unsupported file type '{path.suffix}'; give a state dict as .pt/.pth or .safetensors"
+        )
     if trust_pickle:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -147,8 +161,9 @@ def build_torch_model(ref: ModelRef):
     if isinstance(weights, torch.nn.Module):
         return weights.eval()
     if not isinstance(weights, dict):
-        raise SpecError(f"model.weights: expected a state dict (a mapping of names to tensors), "
-                        f"found {type(weights).__name__}")
+        raise SpecError(
+            f"model.weights: expected a state dict (a mapping of names to tensors), found {type(weights).__name__}"
+        )
     if ref.factory is None:
         raise SpecError("model.factory: required, because the weights file is a state dict")
     module = import_factory(ref.factory, Path(ref.base_dir))()

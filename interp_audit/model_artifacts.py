@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -53,18 +53,22 @@ def shorten(items: list[str]) -> str:
         return "(none)"
     if len(items) <= MAX_LISTED:
         return ", ".join(items)
-    return ", ".join(items[:5]) + ", ..., " + ", ".join(items[-(MAX_LISTED - 5):])
+    return ", ".join(items[:5]) + ", ..., " + ", ".join(items[-(MAX_LISTED - 5) :])
 
 
-def write_model_files(model: "torch.nn.Module", factory: str, folder: Path) -> dict:
+def write_model_files(model: torch.nn.Module, factory: str, folder: Path) -> dict:
     """Write our layout into ``folder``: the state dict as safetensors, a 'file.py:fn' factory's file under
     ``code/``, and the ``MLmodel`` file naming them; returns the flavor it records."""
     import torch
     from safetensors.torch import save_file
 
     target = factory.rsplit(":", 1)[0]
-    flavor: dict = {"format": FORMAT, "weights": WEIGHTS_FILE, "factory": factory,
-                    "torch_version": str(torch.__version__)}
+    flavor: dict = {
+        "format": FORMAT,
+        "weights": WEIGHTS_FILE,
+        "factory": factory,
+        "torch_version": str(torch.__version__),
+    }
     if target.endswith(".py"):
         source = Path(target).expanduser().resolve()
         if not source.is_file():
@@ -76,8 +80,7 @@ def write_model_files(model: "torch.nn.Module", factory: str, folder: Path) -> d
     state = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     flavor["weights_sha256"] = sha256_file(folder / WEIGHTS_FILE)
-    mlmodel = {"flavors": {FLAVOR: flavor},
-               "utc_time_created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
+    mlmodel = {"flavors": {FLAVOR: flavor}, "utc_time_created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")}
     (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
     return flavor
 
@@ -105,8 +108,10 @@ def _listing(root: Path) -> list[str]:
 def _inside(root: Path, relative: str, what: str, name: str, version: str) -> Path:
     path = (root / relative).resolve()
     if not path.is_relative_to(root.resolve()) or not path.is_file():
-        raise SpecError(f"model.version: {name} version {version}: its MLmodel names {what} '{relative}', which is "
-                        f"not a file of the version (files: {shorten(_listing(root))})")
+        raise SpecError(
+            f"model.version: {name} version {version}: its MLmodel names {what} '{relative}', which is "
+            f"not a file of the version (files: {shorten(_listing(root))})"
+        )
     return path
 
 
@@ -128,8 +133,10 @@ def classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetched
         try:
             mlmodel = yaml.safe_load((model_root / "MLmodel").read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise SpecError(f"model.version: {name} version {version}: its MLmodel file is not valid YAML "
-                            f"({' '.join(str(exc).split())[:200]})") from None
+            raise SpecError(
+                f"model.version: {name} version {version}: its MLmodel file is not valid YAML "
+                f"({' '.join(str(exc).split())[:200]})"
+            ) from None
         flavors = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
         flavors = flavors if isinstance(flavors, dict) else {}
         if isinstance(flavors.get(FLAVOR), dict):
@@ -137,17 +144,18 @@ def classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetched
             weights = _inside(model_root, str(conf.get("weights", WEIGHTS_FILE)), "weights", name, version)
             digest = sha256_file(weights)
             if conf.get("weights_sha256") and conf["weights_sha256"] != digest:
-                raise AuditError(f"model.version: {name} version {version}: the downloaded weights do not match the "
-                                 f"sha256 recorded when they were logged; the artifact store holds a damaged or "
-                                 f"replaced file ({weights.name}); re-register the version")
+                raise AuditError(
+                    f"model.version: {name} version {version}: the downloaded weights do not match the "
+                    f"sha256 recorded when they were logged; the artifact store holds a damaged or "
+                    f"replaced file ({weights.name}); re-register the version"
+                )
             factory = conf.get("factory")
             if conf.get("factory_file"):  # a 'file.py:fn' factory travels with the version
                 code = _inside(model_root, str(conf["factory_file"]), "factory file", name, version)
                 factory = f"{code}:{str(factory).rsplit(':', 1)[1]}"
             return FetchedModel("state_dict", str(weights), factory, digest)
         if isinstance(flavors.get("onnx"), dict):
-            onnx_file = _inside(model_root, str(flavors["onnx"].get("data", "model.onnx")), "ONNX file", name,
-                                version)
+            onnx_file = _inside(model_root, str(flavors["onnx"].get("data", "model.onnx")), "ONNX file", name, version)
             return FetchedModel("onnx", str(onnx_file), None, sha256_file(onnx_file))
         if isinstance(flavors.get("pytorch"), dict):
             data_dir = model_root / str(flavors["pytorch"].get("model_data", "data"))
@@ -172,8 +180,10 @@ def classify(root: Path, name: str, version: str, trust_pickle: bool) -> Fetched
             f"Files: {shorten(files)}"
         )
     if len(mlmodels) > 1:
-        raise SpecError(f"model.version: {name} version {version} holds {len(mlmodels)} MLmodel files "
-                        f"({', '.join(mlmodels)}); register one model per version")
+        raise SpecError(
+            f"model.version: {name} version {version} holds {len(mlmodels)} MLmodel files "
+            f"({', '.join(mlmodels)}); register one model per version"
+        )
 
     def single(suffixes: tuple[str, ...]) -> list[Path]:
         return [root / item for item in files if item.lower().endswith(suffixes)]

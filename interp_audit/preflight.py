@@ -51,8 +51,9 @@ def resolve_device(requested: str) -> str:
     return "cuda:0" if requested != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def preflight(loaded: LoadedSpec, device: str = "auto", store: str | None = None,
-              model: ModelRef | None = None) -> Preflight:
+def preflight(
+    loaded: LoadedSpec, device: str = "auto", store: str | None = None, model: ModelRef | None = None
+) -> Preflight:
     """``model``: the model already resolved (a registry version fetched by its retried task)."""
     spec = loaded.spec
     resolved_device = resolve_device(device)
@@ -72,8 +73,11 @@ def preflight(loaded: LoadedSpec, device: str = "auto", store: str | None = None
     if spec.ops.lime is not None:
         lime_sample_indices(spec.ops.lime, inputs.ids)
         lime_labels(spec.ops.lime, inputs.class_names, num_classes)
-    units = {} if spec.ops.activation_max is None else \
-        actmax_units(spec.ops.activation_max, spec.model.layers, layer_shapes)
+    units = (
+        {}
+        if spec.ops.activation_max is None
+        else actmax_units(spec.ops.activation_max, spec.model.layers, layer_shapes)
+    )
     dissected, concepts = [], None
     if spec.ops.dissection is not None:
         dissected = dissection_layers(spec.ops.dissection, spec.model.layers, layer_shapes)
@@ -84,11 +88,15 @@ def preflight(loaded: LoadedSpec, device: str = "auto", store: str | None = None
 def check_needs_torch(spec, what: str) -> None:
     """Methods that need the torch module (gradients, re-initialisation) cannot run on an ONNX-only model."""
     if spec.ops.activation_max is not None:
-        raise SpecError(f"ops.activation_max: {what}, which gives no gradients; register the torch model "
-                        "(interp_audit.registry.log_model) or remove ops.activation_max")
+        raise SpecError(
+            f"ops.activation_max: {what}, which gives no gradients; register the torch model "
+            "(interp_audit.registry.log_model) or remove ops.activation_max"
+        )
     if spec.ops.dissection is not None and spec.ops.dissection.baseline == "random_init":
-        raise SpecError(f"ops.dissection.baseline: {what}, whose architecture cannot be re-initialised; register "
-                        "the torch model or set baseline: none")
+        raise SpecError(
+            f"ops.dissection.baseline: {what}, whose architecture cannot be re-initialised; register "
+            "the torch model or set baseline: none"
+        )
 
 
 def dissection_layers(params: DissectionSpec, model_layers: list[str], layer_shapes: LayerShapes) -> list[str]:
@@ -96,13 +104,17 @@ def dissection_layers(params: DissectionSpec, model_layers: list[str], layer_sha
     if params.layers:
         for index, layer in enumerate(params.layers):
             if len(layer_shapes[layer]) != 3:
-                raise SpecError(f"ops.dissection.layers[{index}]: {layer!r} outputs shape {layer_shapes[layer]} "
-                                "per sample, with no spatial dimensions; dissect a convolutional layer (C, H, W)")
+                raise SpecError(
+                    f"ops.dissection.layers[{index}]: {layer!r} outputs shape {layer_shapes[layer]} "
+                    "per sample, with no spatial dimensions; dissect a convolutional layer (C, H, W)"
+                )
         return list(params.layers)
     spatial = [layer for layer in model_layers if len(layer_shapes[layer]) == 3]
     if not spatial:
-        raise SpecError(f"ops.dissection.layers: none of model.layers {model_layers} has spatial output (C, H, W); "
-                        "list a convolutional layer in model.layers")
+        raise SpecError(
+            f"ops.dissection.layers: none of model.layers {model_layers} has spatial output (C, H, W); "
+            "list a convolutional layer in model.layers"
+        )
     return spatial
 
 
@@ -120,8 +132,7 @@ def check_concepts(uri: str, base_dir: Path, seed: int) -> str:
     return concepts_fingerprint(uri, base_dir, seed)
 
 
-def actmax_units(params: ActivationMaxSpec, model_layers: list[str], layer_shapes: LayerShapes
-                 ) -> dict[str, list[int]]:
+def actmax_units(params: ActivationMaxSpec, model_layers: list[str], layer_shapes: LayerShapes) -> dict[str, list[int]]:
     """Layer -> unit indices to visualize, checked against each layer's real number of units (channels)."""
     resolved = {}
     for layer in params.layers or model_layers[-1:]:
@@ -133,8 +144,10 @@ def actmax_units(params: ActivationMaxSpec, model_layers: list[str], layer_shape
         else:
             outside = [unit for unit in params.units if unit >= count]
             if outside:
-                raise SpecError(f"ops.activation_max.units: unit {outside[0]} is out of range for layer {layer!r}, "
-                                f"which has {count} units (0..{count - 1})")
+                raise SpecError(
+                    f"ops.activation_max.units: unit {outside[0]} is out of range for layer {layer!r}, "
+                    f"which has {count} units (0..{count - 1})"
+                )
             resolved[layer] = list(params.units)
     return resolved
 
@@ -146,8 +159,9 @@ def lime_sample_indices(lime: LimeSpec, ids: list[str]) -> list[int]:
     position = {sample_id: index for index, sample_id in enumerate(ids)}
     for index, sample_id in enumerate(lime.samples):
         if sample_id not in position:
-            raise SpecError(f"ops.lime.samples[{index}]: no sample {sample_id!r} in the data; ids look like: "
-                            f"{', '.join(ids[:5])}")
+            raise SpecError(
+                f"ops.lime.samples[{index}]: no sample {sample_id!r} in the data; ids look like: {', '.join(ids[:5])}"
+            )
     return [position[sample_id] for sample_id in lime.samples]
 
 
@@ -159,12 +173,15 @@ def lime_labels(lime: LimeSpec, class_names: list[str] | None, num_classes: int)
     for index, label in enumerate(lime.labels):
         if isinstance(label, str):
             if not class_names or label not in class_names:
-                raise SpecError(f"ops.lime.labels[{index}]: no class named {label!r}; classes are: "
-                                f"{', '.join(class_names) if class_names else 'unnamed (give indices or model.input.class_names)'}")
+                raise SpecError(
+                    f"ops.lime.labels[{index}]: no class named {label!r}; classes are: "
+                    f"{', '.join(class_names) if class_names else 'unnamed (give indices or model.input.class_names)'}"
+                )
             label = class_names.index(label)
         if not 0 <= label < num_classes:
-            raise SpecError(f"ops.lime.labels[{index}]: class {label} is outside the model's classes "
-                            f"0..{num_classes - 1}")
+            raise SpecError(
+                f"ops.lime.labels[{index}]: class {label} is outside the model's classes 0..{num_classes - 1}"
+            )
         resolved.append(label)
     return resolved
 

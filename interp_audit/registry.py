@@ -18,9 +18,10 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from interp_audit.errors import AuditError, SpecError
 from interp_audit.model_artifacts import FetchedModel, classify, shorten, write_model_files
@@ -86,7 +87,7 @@ def _sqlite_artifact_root(tracking_uri: str) -> str | None:
     which for SQLite would be ``./mlruns`` in whatever the current directory happens to be)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    path = urllib.parse.unquote(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    path = urllib.parse.unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
     if not path or path == ":memory:":
         return None
     return str(Path(path).expanduser().resolve().parent / "artifacts")
@@ -138,15 +139,19 @@ def _client(tracking_uri: str):
         try:
             from mlflow import MlflowClient
         except ImportError as exc:
-            raise AuditError(f"model.source mlflow: the mlflow client is not installed ({exc}); "
-                             f"install it with pip install 'mlflow-skinny>=3.10,<4'") from None
+            raise AuditError(
+                f"model.source mlflow: the mlflow client is not installed ({exc}); "
+                f"install it with pip install 'mlflow-skinny>=3.10,<4'"
+            ) from None
         try:
             yield MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except AuditError:
             raise
         except Exception as exc:
-            if type(exc).__name__ in ("UnsupportedModelRegistryStoreURIException",
-                                      "UnsupportedModelRegistryStoreURIError"):
+            if type(exc).__name__ in (
+                "UnsupportedModelRegistryStoreURIException",
+                "UnsupportedModelRegistryStoreURIError",
+            ):
                 raise SpecError(
                     f"MLflow registry URI '{_display_uri(tracking_uri)}' is not supported by MLflow; give "
                     f"sqlite:///path/to/registry.db, http(s)://host:port of an MLflow server, a database URI "
@@ -218,8 +223,10 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
     _check_name(name)
     version = str(version).strip()
     if not (version.isdigit() or version == "latest" or (version.startswith("@") and len(version) > 1)):
-        raise SpecError(f"model.version: {version!r} is not a version of a registered model; give a version "
-                        f"number ('3'), 'latest' or an alias ('@champion')")
+        raise SpecError(
+            f"model.version: {version!r} is not a version of a registered model; give a version "
+            f"number ('3'), 'latest' or an alias ('@champion')"
+        )
     with _client(tracking_uri) as client:
         if version.startswith("@"):
             alias = version[1:]
@@ -232,14 +239,18 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
                     raise
             aliases = client.get_registered_model(name).aliases or {}
             listed = [f"@{key} (version {value})" for key, value in sorted(aliases.items())]
-            raise SpecError(f"model.version: {name} has no alias '@{alias}'; aliases: {shorten(listed)}. "
-                            f"Set it in MLflow or give a version number or 'latest'")
+            raise SpecError(
+                f"model.version: {name} has no alias '@{alias}'; aliases: {shorten(listed)}. "
+                f"Set it in MLflow or give a version number or 'latest'"
+            )
         versions = _versions(client, name)
         if not versions:
             if not _model_exists(client, name):
                 raise _missing_model(client, tracking_uri, name)
-            raise SpecError(f"model.version: {name} has no versions yet; register one (e.g. with "
-                            f"interp_audit.registry.log_model) before auditing it")
+            raise SpecError(
+                f"model.version: {name} has no versions yet; register one (e.g. with "
+                f"interp_audit.registry.log_model) before auditing it"
+            )
         if version == "latest":
             return versions[-1]
         if str(int(version)) not in versions:
@@ -258,7 +269,7 @@ def _download_source(client, name: str, version: str) -> str:
     for _ in range(5):
         if not source.startswith("models:/"):
             return source
-        parts = source[len("models:/"):].strip("/").split("/")
+        parts = source[len("models:/") :].strip("/").split("/")
         if "@" in parts[0]:  # models:/<name>@<alias>[/path]
             other_name, alias = parts[0].split("@", 1)
             other_version = client.get_model_version_by_alias(other_name, alias).version
@@ -305,8 +316,11 @@ def fetch_model(tracking_uri: str, name: str, version: str, dest_dir: Path, trus
             source = _download_source(client, name, version)
             import mlflow.artifacts
 
-            local = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri, registry_uri=tracking_uri))
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri, registry_uri=tracking_uri
+                )
+            )
         if final.exists():
             shutil.rmtree(final)
         if local.is_dir():
@@ -335,8 +349,9 @@ def _experiment_id(client, tracking_uri: str) -> str:
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
-def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: str | None = None,
-              tags: dict | None = None) -> str:
+def log_model(
+    model: torch.nn.Module, name: str, factory: str, tracking_uri: str | None = None, tags: dict | None = None
+) -> str:
     """Register a new version of ``name`` that interp-audit can rebuild without unpickling; returns its number.
 
     The version holds ``model.state_dict()`` as safetensors plus an ``MLmodel`` file whose ``interp_audit`` flavor
@@ -355,8 +370,9 @@ def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: s
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"log_model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(factory, str) or not FACTORY_REF.match(factory):
-        raise SpecError(f"log_model: factory must be 'package.module:callable' or 'path/to/file.py:callable' "
-                        f"(got {factory!r})")
+        raise SpecError(
+            f"log_model: factory must be 'package.module:callable' or 'path/to/file.py:callable' (got {factory!r})"
+        )
     tracking_uri = tracking_uri or default_tracking_uri("./reports")
     with tempfile.TemporaryDirectory(prefix="interp-audit-log-") as tmp:
         folder = Path(tmp) / MODEL_DIR
@@ -365,8 +381,9 @@ def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: s
         version_tags = {"interp_audit.factory": factory, "interp_audit.weights_sha256": weights_sha256}
         version_tags.update({str(key): str(value) for key, value in (tags or {}).items()})
         with _client(tracking_uri) as client:
-            run = client.create_run(_experiment_id(client, tracking_uri), run_name=f"log_model {name}",
-                                    tags={"interp_audit.model": name})
+            run = client.create_run(
+                _experiment_id(client, tracking_uri), run_name=f"log_model {name}", tags={"interp_audit.model": name}
+            )
             run_id = run.info.run_id
             try:
                 client.log_artifacts(run_id, str(folder), MODEL_DIR)
@@ -380,13 +397,13 @@ def log_model(model: "torch.nn.Module", name: str, factory: str, tracking_uri: s
                 except Exception as exc:
                     if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                         raise
-            created = client.create_model_version(name, f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id,
-                                                  tags=version_tags)
+            created = client.create_model_version(name, f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id, tags=version_tags)
             return str(created.version)
 
 
-def write_back(tracking_uri: str, name: str, version: str, *, status: str, run_id: str, report: str,
-               alias: str | None = None) -> None:
+def write_back(
+    tracking_uri: str, name: str, version: str, *, status: str, run_id: str, report: str, alias: str | None = None
+) -> None:
     """Tag the version with the audit's outcome (interp_audit.status / .run_id / .report) and, when given, point
     ``alias`` at it (the caller decides: only for passed audits). A leading '@' on the alias is ignored."""
     _check_name(name)
@@ -404,5 +421,7 @@ def write_back(tracking_uri: str, name: str, version: str, *, status: str, run_i
             except Exception as exc:
                 if _error_code(exc) != "INVALID_PARAMETER_VALUE":
                     raise
-                raise SpecError(f"alias: MLflow rejects the alias '{alias}' ({_first_line(exc, 200)}); use "
-                                f"letters, digits, '_' and '-', not 'latest' or 'v<number>'") from None
+                raise SpecError(
+                    f"alias: MLflow rejects the alias '{alias}' ({_first_line(exc, 200)}); use "
+                    f"letters, digits, '_' and '-', not 'latest' or 'v<number>'"
+                ) from None

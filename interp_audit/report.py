@@ -11,6 +11,7 @@ Only published runs (those listed in ``audit_runs``) are ever returned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 import pandas as pd
@@ -30,14 +31,22 @@ def list_runs(store: str | Path | ReportStore, model: str | None = None, version
     return _store(store).runs(model, version).to_pandas()
 
 
-def load_table(store: str | Path | ReportStore, table: str, model: str | None = None, version: str | None = None,
-               run_id: str | None = None, as_arrow: bool = False) -> pd.DataFrame | pa.Table:
+def load_table(
+    store: str | Path | ReportStore,
+    table: str,
+    model: str | None = None,
+    version: str | None = None,
+    run_id: str | None = None,
+    as_arrow: bool = False,
+) -> pd.DataFrame | pa.Table:
     data = _store(store).read(table, model, version, run_id)
     return data if as_arrow else data.to_pandas()
 
 
-READ_ONLY = ("queries are read-only over the store's tables: one SELECT statement, no files read or written "
-             "outside the store's published tables, no extensions, no settings")
+READ_ONLY = (
+    "queries are read-only over the store's tables: one SELECT statement, no files read or written "
+    "outside the store's published tables, no extensions, no settings"
+)
 
 
 def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
@@ -57,9 +66,14 @@ def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         kinds = ", ".join(statement.type.name for statement in statements) or "none"
         raise QueryError(f"refused ({len(statements)} statement(s): {kinds}): {READ_ONLY}")
-    connection = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
-                                        "python_enable_replacements": False,  # no Python variable as a table
-                                        "temp_directory": ""})  # no spill files outside the store
+    connection = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "python_enable_replacements": False,  # no Python variable as a table
+            "temp_directory": "",
+        }
+    )  # no spill files outside the store
     for name in TABLES:  # every table, empty where nothing is published yet, so counts are 0, not errors
         connection.register(name, opened.read(name))
     connection.execute("SET enable_external_access = false")
@@ -77,8 +91,9 @@ def query(store: str | Path | ReportStore, sql: str) -> pa.Table:
 def _table_list(store: ReportStore) -> str:
     with_data = store.tables_with_data()
     empty = [name for name in TABLES if name not in with_data]
-    return ", ".join(with_data or ["none with rows yet (run an audit first)"]) + \
-        (f"; empty so far: {', '.join(empty)}" if empty else "")
+    return ", ".join(with_data or ["none with rows yet (run an audit first)"]) + (
+        f"; empty so far: {', '.join(empty)}" if empty else ""
+    )
 
 
 def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
@@ -91,18 +106,22 @@ def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
     return matches[0]
 
 
-def review_run(store: str | Path | ReportStore, run_id: str, *, approve: bool, reviewer: str,
-               comment: str | None) -> dict:
+def review_run(
+    store: str | Path | ReportStore, run_id: str, *, approve: bool, reviewer: str, comment: str | None
+) -> dict:
     """Append a sign-off of a run, bound to the SHA-256 of its published tables; returns the review row."""
     import uuid
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     opened = _store(store)
     run = find_run(opened, run_id)
     row = {
-        "run_id": run["run_id"], "review_id": str(uuid.uuid4()), "reviewer": reviewer,
-        "decision": "approved" if approve else "rejected", "comment": comment,
-        "reviewed_at": datetime.now(timezone.utc),
+        "run_id": run["run_id"],
+        "review_id": str(uuid.uuid4()),
+        "reviewer": reviewer,
+        "decision": "approved" if approve else "rejected",
+        "comment": comment,
+        "reviewed_at": datetime.now(UTC),
         "tables_sha256": opened.tables_sha256(run["run_id"]),
     }
     opened.append("reviews", row["review_id"], run["model_name"], run["model_version"], pa.Table.from_pylist([row]))
@@ -167,8 +186,10 @@ def latest_comparable_run(store: str | Path | ReportStore, model: str, version: 
     comparable = [run for run in runs if run["status"] in COMPARABLE]
     if not comparable:
         found = ", ".join(f"{run['run_id'][:8]} {run['status']}" for run in runs) or "no runs"
-        raise NotFoundError(f"{model} v{version} has no run whose contracts held ({found}); `interp-audit report "
-                            f"list --model {model}` shows the runs")
+        raise NotFoundError(
+            f"{model} v{version} has no run whose contracts held ({found}); `interp-audit report "
+            f"list --model {model}` shows the runs"
+        )
     return comparable[-1]
 
 
@@ -179,6 +200,7 @@ def diff_versions(store: str | Path | ReportStore, model: str, old_version: str,
 
     opened = _store(store)
     old, new = (latest_comparable_run(opened, model, v) for v in (old_version, new_version))
+
     def recorded() -> pd.DataFrame:
         diffs = opened.read("version_diffs", run_id=new["run_id"]).to_pandas()
         return diffs[diffs["baseline_run_id"] == old["run_id"]].reset_index(drop=True)
@@ -187,8 +209,10 @@ def diff_versions(store: str | Path | ReportStore, model: str, old_version: str,
         return recorded()
     rows = version_diff(run_tables(opened, old["run_id"]), run_tables(opened, new["run_id"]))
     if not rows:
-        raise NotFoundError(f"{model} v{old_version} and v{new_version} share no method results to compare "
-                            "(same samples for LIME, same layers for dissection and activation maximization)")
+        raise NotFoundError(
+            f"{model} v{old_version} and v{new_version} share no method results to compare "
+            "(same samples for LIME, same layers for dissection and activation maximization)"
+        )
     table = diff_table(new["run_id"], Baseline(old["run_id"], old_version, "requested"), rows)
     file_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"version-diff:{old['run_id']}:{new['run_id']}"))
     opened.append("version_diffs", file_id, model, new_version, table)
@@ -196,6 +220,15 @@ def diff_versions(store: str | Path | ReportStore, model: str, old_version: str,
 
 
 def diff_table(run_id: str, baseline: Baseline, rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist([{"run_id": run_id, "baseline_run_id": baseline.run_id,
-                                  "baseline_version": baseline.version, "baseline_basis": baseline.basis, **row}
-                                 for row in rows])
+    return pa.Table.from_pylist(
+        [
+            {
+                "run_id": run_id,
+                "baseline_run_id": baseline.run_id,
+                "baseline_version": baseline.version,
+                "baseline_basis": baseline.basis,
+                **row,
+            }
+            for row in rows
+        ]
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -71,16 +71,24 @@ def _not_bool(kind: str):
 # Every integer and float of the spec is one of these; NaN and infinity are refused by StrictModel's config.
 Int = Annotated[int, _not_bool("an integer")]
 Float = Annotated[float, _not_bool("a number")]
-PositiveInt = Annotated[Int, _check(lambda v: v > 0, "must be a positive integer"), Field(json_schema_extra={"minimum": 1})]
+PositiveInt = Annotated[
+    Int, _check(lambda v: v > 0, "must be a positive integer"), Field(json_schema_extra={"minimum": 1})
+]
 NonNegativeInt = Annotated[Int, _check(lambda v: v >= 0, "must be 0 or more"), Field(json_schema_extra={"minimum": 0})]
-PositiveFloat = Annotated[Float, _check(lambda v: v > 0, "must be > 0"), Field(json_schema_extra={"exclusiveMinimum": 0})]
-Fraction = Annotated[Float, _check(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-                     Field(json_schema_extra={"minimum": 0, "maximum": 1})]
+PositiveFloat = Annotated[
+    Float, _check(lambda v: v > 0, "must be > 0"), Field(json_schema_extra={"exclusiveMinimum": 0})
+]
+Fraction = Annotated[
+    Float, _check(lambda v: 0 <= v <= 1, "must be in [0, 1]"), Field(json_schema_extra={"minimum": 0, "maximum": 1})
+]
 # The seed reaches numpy (any size >= 0), torch.manual_seed (up to 2**64 - 1), sums like seed + run, the int64
 # `seed` column of audit_runs, and builtin:concepts' seed (0 to 2**32 - 1, numpy's legacy range): the smallest wins.
 MAX_SEED = 2**32 - 1
-Seed = Annotated[Int, _check(lambda v: 0 <= v <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
-                 Field(json_schema_extra={"minimum": 0, "maximum": MAX_SEED})]
+Seed = Annotated[
+    Int,
+    _check(lambda v: 0 <= v <= MAX_SEED, f"must be a whole number from 0 to {MAX_SEED}"),
+    Field(json_schema_extra={"minimum": 0, "maximum": MAX_SEED}),
+]
 
 
 class StrictModel(BaseModel):
@@ -156,9 +164,7 @@ class TorchModelSpec(_ModelBase):
     @classmethod
     def _factory_ref(cls, value: str | None) -> str | None:
         if value is not None and not FACTORY_REF.match(value):
-            raise ValueError(
-                f"must be 'package.module:callable' or 'path/to/file.py:callable' (got {value!r})"
-            )
+            raise ValueError(f"must be 'package.module:callable' or 'path/to/file.py:callable' (got {value!r})")
         return value
 
     @model_validator(mode="after")
@@ -182,14 +188,22 @@ class MlflowModelSpec(_ModelBase):
 
     source: Literal["mlflow"]
     version: str = Field(description="a version number, 'latest', or '@alias'; the report records the number")
-    tracking_uri: str | None = Field(None, description="registry location; default MLFLOW_TRACKING_URI, else a "
-                                                        "SQLite registry inside the report store")
-    trust_pickle: bool = Field(False, description="allow versions that hold a pickled module; only registries you trust")
-    factory: str | None = Field(None, description="for versions holding a bare state dict: 'package.module:callable' "
-                                                  "or 'file.py:callable' (versions logged with log_model record it)")
+    tracking_uri: str | None = Field(
+        None,
+        description="registry location; default MLFLOW_TRACKING_URI, else a SQLite registry inside the report store",
+    )
+    trust_pickle: bool = Field(
+        False, description="allow versions that hold a pickled module; only registries you trust"
+    )
+    factory: str | None = Field(
+        None,
+        description="for versions holding a bare state dict: 'package.module:callable' "
+        "or 'file.py:callable' (versions logged with log_model record it)",
+    )
     backfill: bool = Field(False, description="watch: also audit the versions that existed before the watcher started")
-    alias_on_pass: SafeName | None = Field(None, description="alias set on the version when its audit passes, "
-                                                             "e.g. 'audited'")
+    alias_on_pass: SafeName | None = Field(
+        None, description="alias set on the version when its audit passes, e.g. 'audited'"
+    )
 
     _factory_ref = field_validator("factory")(TorchModelSpec._factory_ref.__func__)
 
@@ -202,7 +216,7 @@ class MlflowModelSpec(_ModelBase):
         return value
 
 
-ModelSpec = Annotated[Union[TorchModelSpec, OnnxModelSpec, MlflowModelSpec], Field(discriminator="source")]
+ModelSpec = Annotated[TorchModelSpec | OnnxModelSpec | MlflowModelSpec, Field(discriminator="source")]
 
 
 class SegmentationSpec(StrictModel):
@@ -221,13 +235,15 @@ class LimeSpec(StrictModel):
 
     samples: PositiveInt | list[str] = Field(16, description="how many samples to explain (the first N), or their ids")
     labels: Literal["top1"] | list[Int | str] = Field(
-        "top1", description="'top1' (the model's decision) or class indices/names to explain for every sample")
+        "top1", description="'top1' (the model's decision) or class indices/names to explain for every sample"
+    )
     num_samples: PositiveInt = Field(1000, description="perturbations per explanation")
     segmentation: SegmentationSpec = Field(default_factory=SegmentationSpec)
     kernel_width: PositiveFloat | None = Field(None, description="default 0.25 (images) or 0.75*sqrt(features)")
     top_k: PositiveInt = Field(5, description="features reported as the explanation, and used for stability")
-    hide: Literal["mean"] | Float = Field("mean", description="fill of hidden superpixels: their mean, or a constant "
-                                                               "in model-input units")
+    hide: Literal["mean"] | Float = Field(
+        "mean", description="fill of hidden superpixels: their mean, or a constant in model-input units"
+    )
     batch_size: PositiveInt = Field(256, description="images per ONNX Runtime call")
     stability_seeds: PositiveInt = Field(3, description="seeds whose top-k are compared for stability (1 = off)")
     heldout_samples: NonNegativeInt = Field(200, description="fresh perturbations for the held-out R^2 (0 = off)")
@@ -251,16 +267,21 @@ UNITS_FIRST = re.compile(r"^first:(?P<count>[1-9][0-9]*)$")
 class ActivationMaxSpec(StrictModel):
     """Activation maximization (Olah et al. 2017): a synthesized image per unit, beside its dataset exemplars."""
 
-    layers: list[str] | None = Field(None, min_length=1, description="layers to visualize, each one of model.layers "
-                                                                      "(default: the last of model.layers)")
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers to visualize, each one of model.layers (default: the last of model.layers)",
+    )
     units: str | list[NonNegativeInt] = Field("all", description="'all', 'first:N', or a list of unit indices")
     objective: Literal["channel", "neuron"] = Field(
-        "channel", description="channel: the unit's mean over space; neuron: the unit at the centre")
+        "channel", description="channel: the unit's mean over space; neuron: the unit at the centre"
+    )
     steps: PositiveInt = Field(256, description="optimisation steps per render")
     param: Literal["fft", "pixel"] = Field("fft", description="image parameterization (fft: 1/f-scaled spectrum)")
     decorrelate: bool = Field(True, description="decorrelated colour (3-channel inputs only)")
     transforms: Literal["standard", "none"] = Field(
-        "standard", description="random pad, jitter, scale and rotate at every step (Lucent's standard set)")
+        "standard", description="random pad, jitter, scale and rotate at every step (Lucent's standard set)"
+    )
     lr: PositiveFloat = Field(0.05, description="Adam learning rate")
     image_size: PositiveInt | None = Field(None, description="render side in pixels (default: the model's input)")
     batch_units: PositiveInt = Field(32, description="units optimised together in one batch (one Prefect task)")
@@ -285,17 +306,26 @@ class ActivationMaxSpec(StrictModel):
 class DissectionSpec(StrictModel):
     """Network dissection (Bau et al. 2017): which units detect which labelled concepts, against a random baseline."""
 
-    layers: list[str] | None = Field(None, min_length=1, description="layers to dissect, each one of model.layers "
-                                                                      "with spatial output (default: all of them)")
-    concepts: str = Field("builtin:concepts", description="builtin:concepts?n=&size= or a Broden-format folder "
-                                                          "(path relative to the spec, or a pyarrow/fsspec URI)")
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers to dissect, each one of model.layers with spatial output (default: all of them)",
+    )
+    concepts: str = Field(
+        "builtin:concepts",
+        description="builtin:concepts?n=&size= or a Broden-format folder "
+        "(path relative to the spec, or a pyarrow/fsspec URI)",
+    )
     quantile: Annotated[Float, _check(lambda v: 0 < v < 0.5, "must lie strictly between 0 and 0.5")] = Field(
-        0.005, description="share of each unit's activations counted as active (NetDissect: 0.005)")
+        0.005, description="share of each unit's activations counted as active (NetDissect: 0.005)"
+    )
     iou_threshold: Annotated[Float, _check(lambda v: 0 < v <= 1, "must be in (0, 1]")] = Field(
-        0.04, description="a unit detects its best concept when their IoU reaches this (NetDissect: 0.04)")
+        0.04, description="a unit detects its best concept when their IoU reaches this (NetDissect: 0.04)"
+    )
     batch_size: PositiveInt = Field(64, description="concept images per ONNX Runtime call")
     baseline: Literal["random_init", "none"] = Field(
-        "random_init", description="also dissect the same architecture with seeded random weights")
+        "random_init", description="also dissect the same architecture with seeded random weights"
+    )
 
 
 class OpsSpec(StrictModel):
@@ -310,18 +340,24 @@ class RegionSpec(StrictModel):
     """An image region as fractions of width and height: the four corner squares, or explicit boxes."""
 
     corners: Annotated[Float, _check(lambda v: 0 < v <= 0.5, "must be in (0, 0.5]")] | None = Field(
-        None, description="side of the four corner squares, as a fraction of the image side")
+        None, description="side of the four corner squares, as a fraction of the image side"
+    )
     boxes: list[tuple[Float, Float, Float, Float]] | None = Field(
-        None, min_length=1, description="[x0, y0, x1, y1] boxes, fractions of width and height (0,0 = top left)")
+        None, min_length=1, description="[x0, y0, x1, y1] boxes, fractions of width and height (0,0 = top left)"
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> RegionSpec:
         if (self.corners is None) == (self.boxes is None):
-            raise ValueError("give exactly one of corners (e.g. corners: 0.15) or boxes (e.g. boxes: [[0, 0, 0.2, 0.2]])")
+            raise ValueError(
+                "give exactly one of corners (e.g. corners: 0.15) or boxes (e.g. boxes: [[0, 0, 0.2, 0.2]])"
+            )
         for index, (x0, y0, x1, y1) in enumerate(self.boxes or []):
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-                raise ValueError(f"boxes[{index}]: must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
-                                 f"0 <= y0 < y1 <= 1 (got {[x0, y0, x1, y1]})")
+                raise ValueError(
+                    f"boxes[{index}]: must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+                    f"0 <= y0 < y1 <= 1 (got {[x0, y0, x1, y1]})"
+                )
         return self
 
     def as_boxes(self) -> list[tuple[float, float, float, float]]:
@@ -353,32 +389,37 @@ class _GateBase(StrictModel):
 
 class DetectorsGate(_GateBase):
     metric: Literal["dissection.detectors", "dissection.detectors_above_baseline"] = Field(
-        description="units detecting a concept (above_baseline: beating the random-init model on it)")
+        description="units detecting a concept (above_baseline: beating the random-init model on it)"
+    )
     layer: str | None = Field(None, description="only this dissected layer (default: all)")
     category: str | None = Field(None, description="only concepts of this category (default: all)")
 
 
 class LimeRegionGate(_GateBase):
     metric: Literal["lime.region_share"] = Field(
-        description="mean share of the positive LIME attribution that falls inside the region (images)")
+        description="mean share of the positive LIME attribution that falls inside the region (images)"
+    )
     region: RegionSpec
 
 
 class DiffGate(_GateBase):
     metric: Literal["lime.agreement", "dissection.detectors_lost", "activation_max.ratio_change"] = Field(
         description="against the baseline version: mean top-k Jaccard of LIME, detectors lost, mean change "
-                    "of the render ratio")
+        "of the render ratio"
+    )
     against: Literal["approved", "passed"] = Field(
-        "approved", description="baseline: the latest approved version, or also the latest passed one")
+        "approved", description="baseline: the latest approved version, or also the latest passed one"
+    )
 
 
 class ActmaxGate(_GateBase):
     metric: Literal["activation_max.share_beating_dataset"] = Field(
-        description="share of rendered units whose render drives them past every dataset image")
+        description="share of rendered units whose render drives them past every dataset image"
+    )
 
 
 GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate)
-Gate = Annotated[Union[GATES], Field(discriminator="metric")]
+Gate = Annotated[DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate, Field(discriminator="metric")]
 
 
 def gate_metrics() -> list[str]:
@@ -388,12 +429,16 @@ def gate_metrics() -> list[str]:
 class ReviewSpec(StrictModel):
     """Human sign-off inside the flow: a passed audit waits (paused in Prefect) until a reviewer decides."""
 
-    wait_for_sign_off: bool = Field(False, description="pause the flow run after publishing until `interp-audit "
-                                                       "review` or the Prefect UI resumes it with a decision; the "
-                                                       "registry alias is set only on approval (needs a Prefect "
-                                                       "server: PREFECT_API_URL)")
-    timeout_seconds: PositiveInt = Field(3600, description="the flow run fails if nobody decides by then (the "
-                                                           "report stays published, the alias unset)")
+    wait_for_sign_off: bool = Field(
+        False,
+        description="pause the flow run after publishing until `interp-audit "
+        "review` or the Prefect UI resumes it with a decision; the "
+        "registry alias is set only on approval (needs a Prefect "
+        "server: PREFECT_API_URL)",
+    )
+    timeout_seconds: PositiveInt = Field(
+        3600, description="the flow run fails if nobody decides by then (the report stays published, the alias unset)"
+    )
 
 
 class ReportSpec(StrictModel):
@@ -429,13 +474,17 @@ class AuditSpec(StrictModel):
     model: ModelSpec
     data: str = Field(description="builtin:NAME?k=v, a directory of PNG/JPEG images, or a .npy/.npz file")
     ops: OpsSpec = Field(default_factory=OpsSpec)
-    contracts: dict[str, Float] = Field(default_factory=dict, description="threshold key -> value, each within "
-                                                                          "the range its key allows (docs/tables.md)")
+    contracts: dict[str, Float] = Field(
+        default_factory=dict,
+        description="threshold key -> value, each within the range its key allows (docs/tables.md)",
+    )
     report: ReportSpec = Field(default_factory=ReportSpec)
     schedule: ScheduleSpec | None = None
     review: ReviewSpec = Field(default_factory=ReviewSpec)
-    gates: list[Gate] = Field(default_factory=list, description="verdicts on metrics and on the diff with the "
-                                                                "baseline version, evaluated after the contracts")
+    gates: list[Gate] = Field(
+        default_factory=list,
+        description="verdicts on metrics and on the diff with the baseline version, evaluated after the contracts",
+    )
 
     @field_validator("contracts")
     @classmethod
@@ -444,9 +493,7 @@ class AuditSpec(StrictModel):
 
         unknown = sorted(set(contracts) - set(THRESHOLDS))
         if unknown:
-            raise ValueError(
-                f"unknown contract key {unknown[0]!r}; known keys are: {', '.join(sorted(THRESHOLDS))}"
-            )
+            raise ValueError(f"unknown contract key {unknown[0]!r}; known keys are: {', '.join(sorted(THRESHOLDS))}")
         return contracts
 
     @model_validator(mode="after")
@@ -455,8 +502,11 @@ class AuditSpec(StrictModel):
         run or by none: a typo, never a policy."""
         from data_contracts import THRESHOLDS
 
-        problems = [f"contracts.{key}: {refusal}, the values {THRESHOLDS[key].table}.{THRESHOLDS[key].column} can take"
-                    for key, value in self.contracts.items() if (refusal := THRESHOLDS[key].refusal(value))]
+        problems = [
+            f"contracts.{key}: {refusal}, the values {THRESHOLDS[key].table}.{THRESHOLDS[key].column} can take"
+            for key, value in self.contracts.items()
+            if (refusal := THRESHOLDS[key].refusal(value))
+        ]
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -467,17 +517,23 @@ class AuditSpec(StrictModel):
         if params is None:
             return self
         if len(self.model.input.shape) != 3:
-            raise ValueError("ops.dissection: needs an image model (model.input.shape [C, H, W]); "
-                             f"this model takes {self.model.input.shape}")
+            raise ValueError(
+                "ops.dissection: needs an image model (model.input.shape [C, H, W]); "
+                f"this model takes {self.model.input.shape}"
+            )
         if params.baseline == "random_init" and self.model.source == "onnx":
-            raise ValueError("ops.dissection.baseline: random_init re-initialises the torch architecture, which an "
-                             "ONNX file does not give; audit the torch model or set baseline: none")
+            raise ValueError(
+                "ops.dissection.baseline: random_init re-initialises the torch architecture, which an "
+                "ONNX file does not give; audit the torch model or set baseline: none"
+            )
         if not params.layers and not self.model.layers:
             raise ValueError("ops.dissection.layers: no layer to dissect; list convolutional layers in model.layers")
         for index, layer in enumerate(params.layers or []):
             if layer not in self.model.layers:
-                raise ValueError(f"ops.dissection.layers[{index}]: {layer!r} is not one of model.layers "
-                                 f"{self.model.layers}; add it there (its activations are exported for dissection)")
+                raise ValueError(
+                    f"ops.dissection.layers[{index}]: {layer!r} is not one of model.layers "
+                    f"{self.model.layers}; add it there (its activations are exported for dissection)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -486,20 +542,25 @@ class AuditSpec(StrictModel):
         if params is None:
             return self
         if self.model.source == "onnx":
-            raise ValueError("ops.activation_max: activation maximization follows gradients, which an ONNX file "
-                             "does not give; audit the torch model (model.source: torch) or remove "
-                             "ops.activation_max")
+            raise ValueError(
+                "ops.activation_max: activation maximization follows gradients, which an ONNX file "
+                "does not give; audit the torch model (model.source: torch) or remove "
+                "ops.activation_max"
+            )
         if not params.layers and not self.model.layers:
             raise ValueError("ops.activation_max.layers: no layer to visualize; list one in model.layers")
         if len(self.model.input.shape) != 3:
-            raise ValueError("ops.activation_max: needs an image model (model.input.shape [C, H, W]); "
-                             f"this model takes {self.model.input.shape}")
+            raise ValueError(
+                "ops.activation_max: needs an image model (model.input.shape [C, H, W]); "
+                f"this model takes {self.model.input.shape}"
+            )
         for index, layer in enumerate(params.layers or []):
             if layer not in self.model.layers:
-                raise ValueError(f"ops.activation_max.layers[{index}]: {layer!r} is not one of model.layers "
-                                 f"{self.model.layers}; add it there (its activations give the exemplars)")
+                raise ValueError(
+                    f"ops.activation_max.layers[{index}]: {layer!r} is not one of model.layers "
+                    f"{self.model.layers}; add it there (its activations give the exemplars)"
+                )
         return self
-
 
     @model_validator(mode="after")
     def _gates_fit_ops(self) -> AuditSpec:
@@ -507,14 +568,21 @@ class AuditSpec(StrictModel):
         for index, gate in enumerate(self.gates):
             method = gate.metric.split(".")[0]
             if getattr(self.ops, method) is None:
-                raise ValueError(f"gates[{index}]: {gate.metric} measures {method}, which the spec does not run; "
-                                 f"add ops.{method} or remove the gate")
+                raise ValueError(
+                    f"gates[{index}]: {gate.metric} measures {method}, which the spec does not run; "
+                    f"add ops.{method} or remove the gate"
+                )
             if isinstance(gate, LimeRegionGate) and len(self.model.input.shape) != 3:
                 raise ValueError(f"gates[{index}]: lime.region_share needs an image model")
-            if isinstance(gate, DetectorsGate) and gate.layer is not None and \
-                    gate.layer not in (self.ops.dissection.layers or self.model.layers):
-                raise ValueError(f"gates[{index}].layer: {gate.layer!r} is not a dissected layer "
-                                 f"{self.ops.dissection.layers or self.model.layers}")
+            if (
+                isinstance(gate, DetectorsGate)
+                and gate.layer is not None
+                and gate.layer not in (self.ops.dissection.layers or self.model.layers)
+            ):
+                raise ValueError(
+                    f"gates[{index}].layer: {gate.layer!r} is not a dissected layer "
+                    f"{self.ops.dissection.layers or self.model.layers}"
+                )
             if gate.label in seen:
                 raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")
             seen.add(gate.label)
@@ -525,8 +593,10 @@ class AuditSpec(StrictModel):
         declared = [name for name in OpsSpec.model_fields if getattr(self.ops, name) is not None]
         unknown = sorted(set(only or []) - set(declared))
         if unknown:
-            raise SpecError(f"--only: {', '.join(unknown)} not declared under ops in the spec; "
-                            f"declared methods: {', '.join(declared) or 'none'}")
+            raise SpecError(
+                f"--only: {', '.join(unknown)} not declared under ops in the spec; "
+                f"declared methods: {', '.join(declared) or 'none'}"
+            )
         return [name for name in declared if only is None or name in only]
 
 
@@ -546,8 +616,15 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("torch", "onnx", "mlflow") and path == "model" or isinstance(part, str) and path.endswith("]") \
-                and path.startswith("gates[") and "." in part and "[" not in part:
+        elif (
+            part in ("torch", "onnx", "mlflow")
+            and path == "model"
+            or isinstance(part, str)
+            and path.endswith("]")
+            and path.startswith("gates[")
+            and "." in part
+            and "[" not in part
+        ):
             continue  # discriminator tag, not a key the user wrote
         elif isinstance(part, str) and (part.startswith("function-") or "[" in part or part in UNION_BRANCHES):
             continue  # which branch of a union pydantic tried: not a key the user wrote
@@ -599,8 +676,9 @@ def format_validation_error(error: ValidationError) -> list[str]:
         elif kind == "literal_error":
             text = f"must be {item['ctx']['expected']}"
         elif kind in ("union_tag_invalid", "union_tag_not_found") and loc[-1] == "metric":
-            text = ("must be" if kind == "union_tag_invalid" else "is required:") + \
-                f" one of {', '.join(gate_metrics())}"
+            text = (
+                "must be" if kind == "union_tag_invalid" else "is required:"
+            ) + f" one of {', '.join(gate_metrics())}"
         else:
             text = _FRIENDLY.get(kind, item["msg"])
         if kind == "extra_forbidden" and where.startswith("ops.") and where.count(".") == 1:
@@ -613,9 +691,12 @@ def format_validation_error(error: ValidationError) -> list[str]:
         if got is not None:
             got_by_path.setdefault(where, got)
     # a whole-spec check names its own path in its message, so it gets no "(top level): " prefix
-    return [("" if where == TOP_LEVEL and where not in got_by_path else f"{where}: ") + " or ".join(texts)
-            + (f" (got {got_by_path[where]!r})" if where in got_by_path else "")
-            for where, texts in by_path.items()]
+    return [
+        ("" if where == TOP_LEVEL and where not in got_by_path else f"{where}: ")
+        + " or ".join(texts)
+        + (f" (got {got_by_path[where]!r})" if where in got_by_path else "")
+        for where, texts in by_path.items()
+    ]
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -639,8 +720,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     continue  # an unhashable key: SafeLoader reports it
                 if line != key_node.start_mark.line:
                     raise DuplicateKeyError(
-                        "while constructing a mapping", node.start_mark,
-                        f"key {key!r} is given twice (first at line {line + 1})", key_node.start_mark)
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"key {key!r} is given twice (first at line {line + 1})",
+                        key_node.start_mark,
+                    )
         return super().construct_mapping(node, deep)
 
 
@@ -654,8 +738,9 @@ def parse_spec(text: str, base_dir: Path, source: str = "<spec>") -> LoadedSpec:
         fix = "keep one of them" if isinstance(exc, DuplicateKeyError) else "fix the syntax and retry"
         raise SpecError([f"{source}: invalid YAML{where}: {problem}; {fix}"]) from None
     if not isinstance(raw, dict):
-        raise SpecError([f"{source}: the spec must be a YAML mapping with keys name, model, data, ... "
-                         f"(got {type(raw).__name__})"])
+        raise SpecError(
+            [f"{source}: the spec must be a YAML mapping with keys name, model, data, ... (got {type(raw).__name__})"]
+        )
     try:
         spec = AuditSpec.model_validate(raw)
     except ValidationError as exc:
@@ -675,8 +760,10 @@ def with_model_version(loaded: LoadedSpec, version: str) -> LoadedSpec:
     every version audited from one spec shares the spec's identity."""
     model = loaded.spec.model
     if not isinstance(model, MlflowModelSpec):
-        raise SpecError(f"version {version!r} given for a {model.source} model; only registry models "
-                        "(model.source: mlflow) have versions to choose from")
+        raise SpecError(
+            f"version {version!r} given for a {model.source} model; only registry models "
+            "(model.source: mlflow) have versions to choose from"
+        )
     try:
         pinned = MlflowModelSpec.model_validate({**model.model_dump(), "version": version})
     except ValidationError as exc:

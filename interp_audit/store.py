@@ -17,7 +17,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -108,8 +108,10 @@ class ReportStore:
             try:
                 filesystem, root = pafs.FileSystem.from_uri(text)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-                raise SpecError(f"report store {text!r}: {' '.join(str(exc).split())}; give a local path or a URI "
-                                "pyarrow can open (file://, s3://, gs://, hdfs://)") from None
+                raise SpecError(
+                    f"report store {text!r}: {' '.join(str(exc).split())}; give a local path or a URI "
+                    "pyarrow can open (file://, s3://, gs://, hdfs://)"
+                ) from None
         else:
             filesystem, root = pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
         return cls(filesystem, root.rstrip("/") or "/", text)
@@ -121,11 +123,15 @@ class ReportStore:
             path = Path(self.root)
             existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
             if not existing.is_dir():
-                raise SpecError(f"report store {self.uri!r}: {existing} is a file, not a folder; point report.store "
-                                "(or --store) at a folder")
+                raise SpecError(
+                    f"report store {self.uri!r}: {existing} is a file, not a folder; point report.store "
+                    "(or --store) at a folder"
+                )
             if not os.access(existing, os.W_OK | os.X_OK):
-                raise SpecError(f"report store {self.uri!r}: {existing} is not writable by this user; choose "
-                                "another report.store or fix the folder's permissions")
+                raise SpecError(
+                    f"report store {self.uri!r}: {existing} is not writable by this user; choose "
+                    "another report.store or fix the folder's permissions"
+                )
             return
         try:
             info = self.filesystem.get_file_info(self.root)
@@ -165,7 +171,9 @@ class ReportStore:
 
     def publish(self, run_id: str, model: str, version: str) -> Manifest:
         """Move the staged tables into place, then commit them with the run's manifest and drop the staging."""
-        staged = [info.base_name for info in self.filesystem.get_file_info(pafs.FileSelector(self._path(STAGING, run_id)))]
+        staged = [
+            info.base_name for info in self.filesystem.get_file_info(pafs.FileSelector(self._path(STAGING, run_id)))
+        ]
         if RUNS_TABLE not in staged:
             raise RuntimeError(f"run {run_id}: nothing staged for {RUNS_TABLE}; refusing to publish")
         # audit_runs moves last: a run whose audit_runs file is in place has all its tables in place
@@ -175,8 +183,9 @@ class ReportStore:
         """Add rows in a file of their own (reviews, requested diffs), committed by a manifest of their own.
 
         Nothing is ever rewritten, and these files are not the run's own, so they are outside ``tables_sha256``."""
-        if self._exists(self._path(MANIFESTS, f"{file_id}.json")) or \
-                self._exists(self._path(self._partition(table, model, version), f"{file_id}.parquet")):
+        if self._exists(self._path(MANIFESTS, f"{file_id}.json")) or self._exists(
+            self._path(self._partition(table, model, version), f"{file_id}.parquet")
+        ):
             raise FileExistsError(f"{table}: {file_id} is recorded already and is never rewritten")
         run_ids = set(rows.column("run_id").to_pylist())
         if len(run_ids) != 1:
@@ -184,16 +193,14 @@ class ReportStore:
         self.stage(file_id, model, version, {table: rows})
         self._commit(file_id, "append", run_ids.pop(), model, version, [table])
 
-    def _commit(self, commit_id: str, kind: str, run_id: str, model: str, version: str,
-                tables: list[str]) -> Manifest:
+    def _commit(self, commit_id: str, kind: str, run_id: str, model: str, version: str, tables: list[str]) -> Manifest:
         files = []
         for name in tables:
             relative = f"{self._partition(name, model, version)}/{commit_id}.parquet"
             staged = self._path(STAGING, commit_id, relative)
             rows = pq.ParquetFile(self.filesystem.open_input_file(staged)).metadata.num_rows
             files.append(PublishedFile(name, relative, self._sha256(f"{STAGING}/{commit_id}/{relative}"), rows))
-        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(timezone.utc).isoformat(),
-                            tuple(files))
+        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(UTC).isoformat(), tuple(files))
         for published in files:
             self.filesystem.create_dir(self._path(published.path.rsplit("/", 1)[0]), recursive=True)
             self.filesystem.move(self._path(STAGING, commit_id, published.path), self._path(published.path))
@@ -240,28 +247,39 @@ class ReportStore:
             found[info.base_name] = self._manifests[info.base_name]
         return found
 
-
     def _read_files(self, table: str, paths: list[str], filter_expr=None) -> pa.Table:
         schema = TABLES[table].schema
         for column in PARTITIONING.schema:
             schema = schema.append(column)
         if not paths:
             return schema.empty_table()
-        dataset = ds.dataset([self._path(path) for path in paths], schema=schema, format="parquet",
-                             filesystem=self.filesystem, partitioning=PARTITIONING,
-                             partition_base_dir=self._path(table))
+        dataset = ds.dataset(
+            [self._path(path) for path in paths],
+            schema=schema,
+            format="parquet",
+            filesystem=self.filesystem,
+            partitioning=PARTITIONING,
+            partition_base_dir=self._path(table),
+        )
         return dataset.to_table(filter=filter_expr)
 
     def runs(self, model: str | None = None, version: str | None = None) -> pa.Table:
         """Published runs, oldest first."""
-        paths = [file.path for manifest in self.manifests() if manifest.kind == "run"
-                 and (model is None or manifest.model == model) and (version is None or manifest.version == version)
-                 for file in manifest.files if file.table == RUNS_TABLE]
+        paths = [
+            file.path
+            for manifest in self.manifests()
+            if manifest.kind == "run"
+            and (model is None or manifest.model == model)
+            and (version is None or manifest.version == version)
+            for file in manifest.files
+            if file.table == RUNS_TABLE
+        ]
         runs = self._read_files(RUNS_TABLE, paths)
         return runs.sort_by([("started_at", "ascending"), ("run_id", "ascending")])
 
-    def read(self, table: str, model: str | None = None, version: str | None = None,
-             run_id: str | None = None) -> pa.Table:
+    def read(
+        self, table: str, model: str | None = None, version: str | None = None, run_id: str | None = None
+    ) -> pa.Table:
         """A table's rows from the files published runs and their records committed, optionally narrowed to a
         model, version or run; rows are only shown as the run their manifest names."""
         if table not in TABLES:
@@ -269,9 +287,15 @@ class ReportStore:
         published = set(self.runs(model, version).column("run_id").to_pylist())
         if run_id is not None:
             published &= {run_id}
-        paths = [file.path for manifest in self.manifests() if manifest.run_id in published
-                 and (model is None or manifest.model == model) and (version is None or manifest.version == version)
-                 for file in manifest.files if file.table == table]
+        paths = [
+            file.path
+            for manifest in self.manifests()
+            if manifest.run_id in published
+            and (model is None or manifest.model == model)
+            and (version is None or manifest.version == version)
+            for file in manifest.files
+            if file.table == table
+        ]
         filter_expr = pc.field("run_id").isin(pa.array(sorted(published), pa.string()))
         return self._read_files(table, paths, filter_expr)
 
@@ -302,8 +326,12 @@ class ReportStore:
         published files whose content no longer matches their manifest."""
         manifests = self._read_manifests()
         committed = {name.removesuffix(".json") for name in manifests}
-        listed = {file.path: file for manifest in manifests.values() if isinstance(manifest, Manifest)
-                  for file in manifest.files}
+        listed = {
+            file.path: file
+            for manifest in manifests.values()
+            if isinstance(manifest, Manifest)
+            for file in manifest.files
+        }
         staging = self._staging_dirs()
         interrupted = {path.removeprefix(f"{STAGING}/") for path in staging}
         unrecorded = {path for paths in self._unrecorded(listed, committed).values() for path in paths}
@@ -312,8 +340,11 @@ class ReportStore:
             if path in listed or path in unrecorded:
                 continue
             commit = _commit_id(path)
-            is_orphan = commit is not None and commit not in committed and \
-                (commit in interrupted or _looks_like_commit_id(commit))
+            is_orphan = (
+                commit is not None
+                and commit not in committed
+                and (commit in interrupted or _looks_like_commit_id(commit))
+            )
             (orphans if is_orphan else foreign).append(path)
         modified, missing = [], []
         if verify:
@@ -322,10 +353,18 @@ class ReportStore:
                     missing.append(path)
                 elif self._sha256(path) != file.sha256:
                     modified.append(path)
-        return StoreCheck(published=len(listed), staging=staging, orphans=sorted(orphans),
-                          foreign=sorted(foreign), modified=modified, missing=missing,
-                          bad_manifests=[f"{MANIFESTS}/{name}: {reason}" for name, reason in manifests.items()
-                                         if isinstance(reason, str)], unrecorded=sorted(unrecorded))
+        return StoreCheck(
+            published=len(listed),
+            staging=staging,
+            orphans=sorted(orphans),
+            foreign=sorted(foreign),
+            modified=modified,
+            missing=missing,
+            bad_manifests=[
+                f"{MANIFESTS}/{name}: {reason}" for name, reason in manifests.items() if isinstance(reason, str)
+            ],
+            unrecorded=sorted(unrecorded),
+        )
 
     def _unrecorded(self, listed: dict, committed: set[str]) -> dict[tuple[str, str, str], list[str]]:
         """Runs complete on disk but recorded by no manifest, as (run id, model, version) -> their files: every
@@ -353,8 +392,11 @@ class ReportStore:
 
     def _single_run_id(self, relative: str) -> str | None:
         try:
-            run_ids = set(pq.read_table(self._path(relative), columns=["run_id"],
-                                        filesystem=self.filesystem).column("run_id").to_pylist())
+            run_ids = set(
+                pq.read_table(self._path(relative), columns=["run_id"], filesystem=self.filesystem)
+                .column("run_id")
+                .to_pylist()
+            )
         except (pa.ArrowException, OSError):
             return None
         return run_ids.pop() if len(run_ids) == 1 else None
@@ -364,8 +406,9 @@ class ReportStore:
         manifests): each run's own files as its run commit, each of its reviews and requested diffs as a record.
         Their files are hashed as they are now; nothing is moved or rewritten."""
         manifests = self._read_manifests()
-        listed = {file.path for manifest in manifests.values() if isinstance(manifest, Manifest)
-                  for file in manifest.files}
+        listed = {
+            file.path for manifest in manifests.values() if isinstance(manifest, Manifest) for file in manifest.files
+        }
         adopted = []
         for (run_id, model, version), paths in sorted(self._unrecorded(listed, set(manifests)).items()):
             own = [path for path in paths if _commit_id(path) == run_id]
@@ -374,12 +417,17 @@ class ReportStore:
                 adopted.append(self._record(_commit_id(path), "append", run_id, model, version, [path]))
         return adopted
 
-    def _record(self, commit_id: str, kind: str, run_id: str, model: str, version: str,
-                paths: list[str]) -> Manifest:
-        files = tuple(PublishedFile(_PARTITION_PATH.match(path)["table"], path, self._sha256(path),
-                                    pq.ParquetFile(self.filesystem.open_input_file(self._path(path))).metadata.num_rows)
-                      for path in sorted(paths))
-        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(timezone.utc).isoformat(), files)
+    def _record(self, commit_id: str, kind: str, run_id: str, model: str, version: str, paths: list[str]) -> Manifest:
+        files = tuple(
+            PublishedFile(
+                _PARTITION_PATH.match(path)["table"],
+                path,
+                self._sha256(path),
+                pq.ParquetFile(self.filesystem.open_input_file(self._path(path))).metadata.num_rows,
+            )
+            for path in sorted(paths)
+        )
+        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(UTC).isoformat(), files)
         self._write_manifest(manifest)
         return manifest
 
@@ -413,8 +461,10 @@ class ReportStore:
         info = self.filesystem.get_file_info(self._path(relative))
         times = [info.mtime]
         if info.type == pafs.FileType.Directory:
-            times += [item.mtime for item in self.filesystem.get_file_info(
-                pafs.FileSelector(self._path(relative), recursive=True))]
+            times += [
+                item.mtime
+                for item in self.filesystem.get_file_info(pafs.FileSelector(self._path(relative), recursive=True))
+            ]
         return max((t.timestamp() for t in times if t is not None), default=0.0)
 
     def _table_files(self) -> list[str]:
@@ -422,16 +472,20 @@ class ReportStore:
         for table in TABLES:
             folder = self._path(table)
             if self._exists(folder):
-                paths += [info.path.removeprefix(self.root + "/")
-                          for info in self.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
-                          if info.type != pafs.FileType.Directory]
+                paths += [
+                    info.path.removeprefix(self.root + "/")
+                    for info in self.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
+                    if info.type != pafs.FileType.Directory
+                ]
         return sorted(paths)
 
     def _staging_dirs(self) -> list[str]:
         folder = self._path(STAGING)
         if not self._exists(folder):
             return []
-        return sorted(f"{STAGING}/{info.base_name}" for info in self.filesystem.get_file_info(pafs.FileSelector(folder)))
+        return sorted(
+            f"{STAGING}/{info.base_name}" for info in self.filesystem.get_file_info(pafs.FileSelector(folder))
+        )
 
 
 def _commit_id(path: str) -> str | None:

@@ -11,7 +11,7 @@ Two tabular builtins follow: ``tabular-planted``, whose label depends on two kno
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import skimage.data
@@ -35,7 +35,7 @@ PLACEMENT_TRIES = 50
 TEXTURES = ("brick", "grass", "gravel")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """scikit-image ships these photographs, so they load offline."""
     image = getattr(skimage.data, name)().astype(np.float32)
@@ -76,9 +76,7 @@ def _half_extent(outline: np.ndarray | float) -> np.ndarray:
     return np.abs(outline).max(axis=0)
 
 
-def _place(
-    rng: np.random.Generator, half: np.ndarray, taken: list[np.ndarray]
-) -> np.ndarray | None:
+def _place(rng: np.random.Generator, half: np.ndarray, taken: list[np.ndarray]) -> np.ndarray | None:
     """A center whose bounding box fits the image, misses the corner and every box in ``taken``."""
     for _ in range(PLACEMENT_TRIES):
         center = rng.uniform(half + 1, SIZE - 1 - half)
@@ -180,7 +178,7 @@ BREAST_CANCER_VAL_FRACTION = 0.3
 _BREAST_CANCER_SPLIT_SEED = 20240601
 
 
-@lru_cache(maxsize=None)
+@cache
 def _breast_cancer_raw() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
     """Features (569, 30) float64, targets, feature names and class names as sklearn ships them (offline)."""
     from sklearn.datasets import load_breast_cancer  # imported here: sklearn takes a second to import
@@ -191,7 +189,7 @@ def _breast_cancer_raw() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple
     return x, y, tuple(map(str, bunch.feature_names)), tuple(map(str, bunch.target_names))
 
 
-@lru_cache(maxsize=None)
+@cache
 def breast_cancer_rows(split: str) -> np.ndarray:
     """Indices into sklearn's rows that form ``split``, in the split's (shuffled) order.
 

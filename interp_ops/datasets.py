@@ -120,7 +120,7 @@ _URI = BuiltinFamily(
     names=BUILTINS,
     unknown_name="unknown builtin {name!r} in {uri!r}; known builtins: {known}",
     malformed_query="malformed query {query!r} in {uri!r}; write builtin:{name}?key=value&... with keys from "
-                    "{sorted_keys}",
+    "{sorted_keys}",
     unknown_key="unknown parameter {key!r} for builtin:{name}; allowed: {keys}",
 )
 
@@ -265,8 +265,14 @@ def _load_builtin(spec: _BuiltinSpec, seed: int) -> Samples:
     ids = [f"{spec.name}-{spec.split}-{i:05d}" for i in range(spec.n)]
     if spec.name == "tabular-planted":
         x, labels = builtin_data.tabular_planted(spec.split, spec.n, seed)
-        return Samples(ids=ids, x=x, labels=labels, masks=None, class_names=list(builtin_data.TABULAR_CLASS_NAMES),
-                       feature_names=list(builtin_data.TABULAR_FEATURE_NAMES))
+        return Samples(
+            ids=ids,
+            x=x,
+            labels=labels,
+            masks=None,
+            class_names=list(builtin_data.TABULAR_CLASS_NAMES),
+            feature_names=list(builtin_data.TABULAR_FEATURE_NAMES),
+        )
     if spec.name == "breast_cancer":
         x, labels = builtin_data.breast_cancer(spec.split, spec.n)
         feature_names, class_names = builtin_data.breast_cancer_names()

@@ -181,10 +181,20 @@ def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed
             val_accuracy = _accuracy(model, f"builtin:shapes-shortcut?{val_n}", seed)
             without_patch = _accuracy(model, f"builtin:shapes-shortcut?{val_n}&patch=false", seed)
 
-    _save_trained(model, weights_path, metrics_path, dict(
-        cache_key=key, variant=variant, seed=seed, hyperparameters=settings, val_accuracy=val_accuracy,
-        val_accuracy_without_patch=without_patch, train_seconds=train_seconds,
-    ))
+    _save_trained(
+        model,
+        weights_path,
+        metrics_path,
+        dict(
+            cache_key=key,
+            variant=variant,
+            seed=seed,
+            hyperparameters=settings,
+            val_accuracy=val_accuracy,
+            val_accuracy_without_patch=without_patch,
+            train_seconds=train_seconds,
+        ),
+    )
     return DemoModel(weights_path, val_accuracy, without_patch, train_seconds, key)
 
 
@@ -207,8 +217,9 @@ TabularDataset = Literal["tabular-planted", "breast_cancer"]
 TABULAR_HIDDEN = 32
 # How a spec declares them: model.input, model.factory (a zero-argument callable) and model.layers.
 TABULAR_DEMO_INPUT = {
-    "tabular-planted": dict(shape=[len(builtin_data.TABULAR_FEATURE_NAMES)],
-                            class_names=list(builtin_data.TABULAR_CLASS_NAMES)),
+    "tabular-planted": dict(
+        shape=[len(builtin_data.TABULAR_FEATURE_NAMES)], class_names=list(builtin_data.TABULAR_CLASS_NAMES)
+    ),
     "breast_cancer": dict(shape=[30], class_names=["malignant", "benign"]),
 }
 TABULAR_DEMO_FACTORY = {
@@ -283,10 +294,15 @@ def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -
     if dataset not in TABULAR_HYPERPARAMETERS:
         raise ValueError(f"tabular demo data set {dataset!r} is unknown; use one of {sorted(TABULAR_HYPERPARAMETERS)}")
     weights_path, metrics_path = _paths(f"tabular_mlp_{dataset}", out_dir)
-    key = _content_key(dict(
-        kind="tabular", dataset=dataset, seed=seed, hyperparameters=TABULAR_HYPERPARAMETERS[dataset],
-        data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
-    ))
+    key = _content_key(
+        dict(
+            kind="tabular",
+            dataset=dataset,
+            seed=seed,
+            hyperparameters=TABULAR_HYPERPARAMETERS[dataset],
+            data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
+        )
+    )
     cached = _cached(metrics_path, weights_path, key)
     if cached is not None:
         return cached
@@ -302,10 +318,20 @@ def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -
         train_seconds = time.perf_counter() - started
         val_accuracy = tabular_val_accuracy(model, dataset, seed)
 
-    _save_trained(model, weights_path, metrics_path, dict(
-        cache_key=key, dataset=dataset, seed=seed, hyperparameters=settings, val_accuracy=val_accuracy,
-        val_accuracy_without_patch=None, train_seconds=train_seconds,
-    ))
+    _save_trained(
+        model,
+        weights_path,
+        metrics_path,
+        dict(
+            cache_key=key,
+            dataset=dataset,
+            seed=seed,
+            hyperparameters=settings,
+            val_accuracy=val_accuracy,
+            val_accuracy_without_patch=None,
+            train_seconds=train_seconds,
+        ),
+    )
     return DemoModel(weights_path, val_accuracy, None, train_seconds, key)
 
 

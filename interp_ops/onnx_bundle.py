@@ -63,8 +63,9 @@ def _failing_part(exc: BaseException) -> str:
     operator = re.search(r"aten[.:]{1,2}[A-Za-z0-9_]+", text)
     if "Failed to convert" in text and operator:
         return f"operator {operator.group(0)}"
-    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
-              if "site-packages" not in f[0]]
+    frames = [
+        f for f in re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text) if "site-packages" not in f[0]
+    ]
     if frames:
         path, line, function, code = frames[-1]
         return f"`{code.strip()}` in {function} ({path.rsplit('/', 1)[-1]}:{line})"
@@ -85,8 +86,14 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
             # the exporter prints progress, and on failure the whole traced graph; our error says what matters
             with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 program = torch.onnx.export(
-                    wrapper, (example,), input_names=["input"], output_names=output_names,
-                    dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False,
+                    wrapper,
+                    (example,),
+                    input_names=["input"],
+                    output_names=output_names,
+                    dynamic_shapes=({0: batch},),
+                    external_data=False,
+                    dynamo=True,
+                    verbose=False,
                 )
         proto = program.model_proto
         onnx.checker.check_model(proto)
@@ -115,17 +122,21 @@ def load_onnx_file(path: str):
     try:
         model = onnx.load(path, load_external_data=True)
     except (DecodeError, ValueError) as exc:
-        raise OnnxBundleError(f"'{name}' is not an ONNX model: it does not parse as one ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]}); is it truncated, or another format? {fix}"
-                              ) from None
+        raise OnnxBundleError(
+            f"'{name}' is not an ONNX model: it does not parse as one ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); is it truncated, or another format? {fix}"
+        ) from None
     if not model.ir_version or not model.graph.node or not model.graph.output:
-        raise OnnxBundleError(f"'{name}' is not an ONNX model: it holds no graph (IR version {model.ir_version}, "
-                              f"{len(model.graph.node)} nodes, {len(model.graph.output)} outputs); {fix}")
+        raise OnnxBundleError(
+            f"'{name}' is not an ONNX model: it holds no graph (IR version {model.ir_version}, "
+            f"{len(model.graph.node)} nodes, {len(model.graph.output)} outputs); {fix}"
+        )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise OnnxBundleError(f"'{name}' is not a valid ONNX model: {' '.join(str(exc).split())[:300]}; {fix}"
-                              ) from None
+        raise OnnxBundleError(
+            f"'{name}' is not a valid ONNX model: {' '.join(str(exc).split())[:300]}; {fix}"
+        ) from None
     return model
 
 
@@ -198,7 +209,7 @@ def run_session(session, x: np.ndarray, batch_size: int = 256) -> dict[str, np.n
     keys = [LOGITS, *names[1:]]
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for start in range(0, len(x), batch_size):
-        results = session.run(names, {input_name: x[start:start + batch_size].astype(np.float32, copy=False)})
+        results = session.run(names, {input_name: x[start : start + batch_size].astype(np.float32, copy=False)})
         for key, value in zip(keys, results):
             chunks[key].append(value)
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
@@ -210,7 +221,7 @@ def run_torch(model, x: np.ndarray, layers: list[str], device: str, batch_size: 
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in (LOGITS, *layers)}
     with wrapper, torch.no_grad():
         for start in range(0, len(x), batch_size):
-            batch = torch.from_numpy(x[start:start + batch_size]).to(device)
+            batch = torch.from_numpy(x[start : start + batch_size]).to(device)
             for key, value in zip(chunks, wrapper(batch)):
                 chunks[key].append(value.float().cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
@@ -222,18 +233,21 @@ def parity_rows(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarra
     for name, ref in reference.items():
         got = candidate[name]
         if ref.shape != got.shape:
-            raise OnnxBundleError(f"parity: output '{name}' has shape {got.shape} in ONNX Runtime "
-                                  f"but {ref.shape} in torch")
+            raise OnnxBundleError(
+                f"parity: output '{name}' has shape {got.shape} in ONNX Runtime but {ref.shape} in torch"
+            )
         diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-        rows.append({
-            "output": name,
-            "shape": list(ref.shape[1:]),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "max_rel_diff": float(diff.max() / scale) if scale > 0 else 0.0,
-            "argmax_agreement": float((flat_ref.argmax(1) == flat_got.argmax(1)).mean()) if len(ref) else 1.0,
-        })
+        rows.append(
+            {
+                "output": name,
+                "shape": list(ref.shape[1:]),
+                "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+                "max_rel_diff": float(diff.max() / scale) if scale > 0 else 0.0,
+                "argmax_agreement": float((flat_ref.argmax(1) == flat_got.argmax(1)).mean()) if len(ref) else 1.0,
+            }
+        )
     return rows
 
 

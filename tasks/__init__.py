@@ -27,8 +27,9 @@ class CanonicalInputs(CachePolicy):
 
     extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
-    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
-                    ) -> str | None:
+    def compute_key(
+        self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         return content_key(inputs or {}, self.extra)
 
 

@@ -18,32 +18,48 @@ from tasks.gpu import gpu_slot
 
 
 @task(name="actmax-render", **CACHED)
-def render_unit_batch(model: ModelRef, layer: str, units: list[int], settings: dict, input_spec: InputSpec,
-                      seed: int, device: str) -> actmax.UnitRenders:
+def render_unit_batch(
+    model: ModelRef, layer: str, units: list[int], settings: dict, input_spec: InputSpec, seed: int, device: str
+) -> actmax.UnitRenders:
     """Renders of ``units`` of ``layer``, optimised as one batch; each unit's seed does not depend on the batch.
     ``settings``: ``ActivationMaxSpec.render_settings``, passed on to the renderer as they are."""
     torch_model = build_torch_model(model)
     with gpu_slot(device):
         try:
             return actmax.render_units(
-                torch_model, layer, units, input_shape=tuple(input_spec.shape), value_range=tuple(input_spec.range),
-                mean=input_spec.mean, std=input_spec.std, seed=seed, device=device, **settings)
+                torch_model,
+                layer,
+                units,
+                input_shape=tuple(input_spec.shape),
+                value_range=tuple(input_spec.range),
+                mean=input_spec.mean,
+                std=input_spec.std,
+                seed=seed,
+                device=device,
+                **settings,
+            )
         except actmax.ActmaxError as exc:  # e.g. a render size the model cannot take: bad input, exit 2
             raise SpecError(f"ops.activation_max: {exc}") from None
 
 
 @task(name="actmax-exemplars", **CACHED)
-def find_exemplars(onnx_bytes: bytes, inputs: ModelInputs, units: dict[str, list[int]], k: int, objective: str,
-                   device: str) -> dict[str, actmax.Exemplars]:
+def find_exemplars(
+    onnx_bytes: bytes, inputs: ModelInputs, units: dict[str, list[int]], k: int, objective: str, device: str
+) -> dict[str, actmax.Exemplars]:
     """The k most activating samples per unit, streamed through the audit's ONNX graph."""
     with gpu_slot(device):
         session = onnx_bundle.make_session(onnx_bytes, device)
-        return actmax.top_exemplars(session, inputs.x, list(units), units, k=min(k, len(inputs.ids)),
-                                    objective=objective)
+        return actmax.top_exemplars(
+            session, inputs.x, list(units), units, k=min(k, len(inputs.ids)), objective=objective
+        )
 
 
-def actmax_rows(renders: list[actmax.UnitRenders], exemplars: dict[str, actmax.Exemplars], inputs: ModelInputs,
-                input_spec: InputSpec) -> tuple[list[dict], list[dict]]:
+def actmax_rows(
+    renders: list[actmax.UnitRenders],
+    exemplars: dict[str, actmax.Exemplars],
+    inputs: ModelInputs,
+    input_spec: InputSpec,
+) -> tuple[list[dict], list[dict]]:
     """Rows of ``actmax_units`` (with each render's ratio to its dataset maximum) and ``actmax_exemplars``."""
     unit_rows = []
     for result in renders:
@@ -53,20 +69,34 @@ def actmax_rows(renders: list[actmax.UnitRenders], exemplars: dict[str, actmax.E
         for row in range(len(result.images)):
             unit = int(result.unit_of_row[row])
             final, best = float(result.final_activation[row]), dataset_max[unit]
-            unit_rows.append({
-                "layer": result.layer, "unit": unit, "render": int(result.render_index[row]),
-                "objective": result.descriptions[row], "render_png": png_bytes(result.images[row].transpose(1, 2, 0)),
-                "final_activation": final, "dataset_max": best, "ratio": final / best if best > 0 else None,
-                "robustness": _finite_or_none(result.robustness[row]),
-                "diversity": None if diversity is None else diversity[unit],
-                "curve_steps": list(result.thresholds), "curve": result.curve[row].astype(float).tolist(),
-            })
+            unit_rows.append(
+                {
+                    "layer": result.layer,
+                    "unit": unit,
+                    "render": int(result.render_index[row]),
+                    "objective": result.descriptions[row],
+                    "render_png": png_bytes(result.images[row].transpose(1, 2, 0)),
+                    "final_activation": final,
+                    "dataset_max": best,
+                    "ratio": final / best if best > 0 else None,
+                    "robustness": _finite_or_none(result.robustness[row]),
+                    "diversity": None if diversity is None else diversity[unit],
+                    "curve_steps": list(result.thresholds),
+                    "curve": result.curve[row].astype(float).tolist(),
+                }
+            )
     shown = sorted({int(i) for found in exemplars.values() for i in found.indices.ravel()})
     display = dict(zip(shown, to_display(inputs.x[shown], input_spec.range, input_spec.mean, input_spec.std)))
     thumbnails = {index: png_bytes(image) for index, image in display.items()}
     exemplar_rows = [
-        {"layer": layer, "unit": unit, "rank": rank + 1, "sample_id": inputs.ids[index],
-         "activation": float(activation), "thumbnail_png": thumbnails[index]}
+        {
+            "layer": layer,
+            "unit": unit,
+            "rank": rank + 1,
+            "sample_id": inputs.ids[index],
+            "activation": float(activation),
+            "thumbnail_png": thumbnails[index],
+        }
         for layer, found in exemplars.items()
         for unit, indices, activations in zip(found.units, found.indices, found.activations)
         for rank, (index, activation) in enumerate(zip(indices.tolist(), activations.tolist()))

@@ -25,8 +25,11 @@ def _concepts_content(parameters) -> dict:
     """The tables read the concepts' names, not only their path: key them on the concept set's fingerprint."""
     from interp_ops.concepts import concepts_fingerprint
 
-    return {"concepts_sha256": concepts_fingerprint(parameters["concepts_uri"], Path(parameters["base_dir"]),
-                                                    parameters["seed"])}
+    return {
+        "concepts_sha256": concepts_fingerprint(
+            parameters["concepts_uri"], Path(parameters["base_dir"]), parameters["seed"]
+        )
+    }
 
 
 @task(name="random-init-baseline", **CACHED)
@@ -36,17 +39,33 @@ def export_random_baseline(model: ModelRef, input_shape: tuple[int, ...], layers
 
 
 @task(name="dissection", **CACHED)
-def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: str, concepts_fingerprint: str,
-                  quantile: float, batch_size: int, input_spec: InputSpec, seed: int, device: str
-                  ) -> dissection.DissectionResult:
+def dissect_layer(
+    onnx_bytes: bytes,
+    layer: str,
+    concepts_uri: str,
+    base_dir: str,
+    concepts_fingerprint: str,
+    quantile: float,
+    batch_size: int,
+    input_spec: InputSpec,
+    seed: int,
+    device: str,
+) -> dissection.DissectionResult:
     """IoU of every unit of ``layer`` with every concept; ``concepts_fingerprint`` keys the cache on their content."""
     concepts = _concepts(concepts_uri, base_dir, seed)
     with gpu_slot(device):
         try:
             return dissection.dissect(
-                onnx_bundle.make_session(onnx_bytes, device), concepts, [layer],
-                input_shape=input_spec.shape, value_range=tuple(input_spec.range), mean=input_spec.mean,
-                std=input_spec.std, quantile=quantile, batch_size=batch_size)[layer]
+                onnx_bundle.make_session(onnx_bytes, device),
+                concepts,
+                [layer],
+                input_shape=input_spec.shape,
+                value_range=tuple(input_spec.range),
+                mean=input_spec.mean,
+                std=input_spec.std,
+                quantile=quantile,
+                batch_size=batch_size,
+            )[layer]
         except ConceptDataError as exc:  # a mask holding an unknown label: bad input, exit 2, named as preflight would
             raise concepts_error(exc) from None
         except dissection.DissectionError as exc:
@@ -54,9 +73,14 @@ def dissect_layer(onnx_bytes: bytes, layer: str, concepts_uri: str, base_dir: st
 
 
 @task(name="dissection-tables", **cached(extra=_concepts_content))
-def dissection_tables(results: list[dissection.DissectionResult],
-                      baselines: list[dissection.DissectionResult] | None, concepts_uri: str, base_dir: str,
-                      seed: int, iou_threshold: float) -> dict[str, list[dict]]:
+def dissection_tables(
+    results: list[dissection.DissectionResult],
+    baselines: list[dissection.DissectionResult] | None,
+    concepts_uri: str,
+    base_dir: str,
+    seed: int,
+    iou_threshold: float,
+) -> dict[str, list[dict]]:
     """Rows of ``dissection_units`` (with the baseline beside each unit), ``dissection_tally`` and
     ``dissection_summary``."""
     concepts = _concepts(concepts_uri, base_dir, seed)
@@ -72,12 +96,18 @@ def dissection_tables(results: list[dissection.DissectionResult],
         chance = dissection.results_tables({r.layer: r for r in baselines}, concepts, iou_threshold)["summary"]
         summary = summary.merge(
             chance.rename(columns={"detectors": "baseline_detectors", "unique_concepts": "baseline_unique_concepts"}),
-            on=["layer", "category"], how="left")
+            on=["layer", "category"],
+            how="left",
+        )
         above = units[units.is_detector & (units.iou > units.baseline_max_iou)].groupby(["layer", "category"]).size()
-        summary["detectors_above_baseline"] = [int(above.get((layer, category), 0))
-                                               for layer, category in zip(summary.layer, summary.category)]
-    return {"dissection_units": units.to_dict("records"), "dissection_tally": tables["tally"].to_dict("records"),
-            "dissection_summary": summary.to_dict("records")}
+        summary["detectors_above_baseline"] = [
+            int(above.get((layer, category), 0)) for layer, category in zip(summary.layer, summary.category)
+        ]
+    return {
+        "dissection_units": units.to_dict("records"),
+        "dissection_tally": tables["tally"].to_dict("records"),
+        "dissection_summary": summary.to_dict("records"),
+    }
 
 
 def _with_baseline(units, results: list[dissection.DissectionResult], baselines: list[dissection.DissectionResult]):

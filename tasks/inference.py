@@ -36,15 +36,17 @@ def predict(onnx_bytes: bytes, inputs: ModelInputs, device: str) -> list[dict]:
     rows = []
     for i, sample_id in enumerate(inputs.ids):
         label = int(inputs.labels[i]) if inputs.labels is not None else None
-        rows.append({
-            "sample_id": sample_id,
-            "label": label,
-            "label_name": name(label) if label is not None else None,
-            "predicted": int(predicted[i]),
-            "predicted_name": name(int(predicted[i])),
-            "probability": float(probabilities[i, predicted[i]]),
-            "correct": bool(label == predicted[i]) if label is not None else None,
-        })
+        rows.append(
+            {
+                "sample_id": sample_id,
+                "label": label,
+                "label_name": name(label) if label is not None else None,
+                "predicted": int(predicted[i]),
+                "predicted_name": name(int(predicted[i])),
+                "probability": float(probabilities[i, predicted[i]]),
+                "correct": bool(label == predicted[i]) if label is not None else None,
+            }
+        )
     return rows
 
 

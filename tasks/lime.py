@@ -23,36 +23,61 @@ def _predict(onnx_bytes: bytes, device: str) -> lime.Predict:
 
 
 @task(name="lime", **CACHED)
-def explain_with_lime(onnx_bytes: bytes, x: np.ndarray, sample_ids: list[str], sample_keys: list[int],
-                      labels: list[int] | None, settings: dict, input_spec: InputSpec, seed: int, device: str,
-                      class_names: list[str] | None = None, training_data: np.ndarray | None = None,
-                      feature_names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+def explain_with_lime(
+    onnx_bytes: bytes,
+    x: np.ndarray,
+    sample_ids: list[str],
+    sample_keys: list[int],
+    labels: list[int] | None,
+    settings: dict,
+    input_spec: InputSpec,
+    seed: int,
+    device: str,
+    class_names: list[str] | None = None,
+    training_data: np.ndarray | None = None,
+    feature_names: list[str] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Explanation and attribution rows for ``x``; ``sample_keys`` (positions in the data) seed each sample,
     so the result does not depend on how the flow batches samples. ``settings``: ``LimeSpec.explainer_settings``."""
     per_sample_labels = None if labels is None else [labels] * len(x)
-    common = dict(num_samples=settings["num_samples"], top_k=settings["top_k"], seed=seed, sample_keys=sample_keys,
-                  stability_seeds=settings["stability_seeds"], heldout_samples=settings["heldout_samples"])
+    common = dict(
+        num_samples=settings["num_samples"],
+        top_k=settings["top_k"],
+        seed=seed,
+        sample_keys=sample_keys,
+        stability_seeds=settings["stability_seeds"],
+        heldout_samples=settings["heldout_samples"],
+    )
     with gpu_slot(device):
         predict = _predict(onnx_bytes, device)
         try:
             if x.ndim == 4:
                 segmentation = lime.Segmentation(**settings["segmentation"])
                 result = lime.ImageLime(predict, settings["batch_size"]).attribute(
-                    x, to_display(x, input_spec.range, input_spec.mean, input_spec.std), per_sample_labels,
-                    kernel_width=settings["kernel_width"] or 0.25, hide=settings["hide"], segmentation=segmentation,
-                    **common)
+                    x,
+                    to_display(x, input_spec.range, input_spec.mean, input_spec.std),
+                    per_sample_labels,
+                    kernel_width=settings["kernel_width"] or 0.25,
+                    hide=settings["hide"],
+                    segmentation=segmentation,
+                    **common,
+                )
             else:
                 names = feature_names or [f"x{i}" for i in range(x.shape[1])]
                 result = lime.TabularLime(predict, training_data, names, settings["batch_size"]).attribute(
-                    x, per_sample_labels, kernel_width=settings["kernel_width"], **common)
+                    x, per_sample_labels, kernel_width=settings["kernel_width"], **common
+                )
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None
-    explanations = [{"overlay_png": None, "segments_png": None, **_with_sample(row, sample_ids)} for row in result.explanations]
+    explanations = [
+        {"overlay_png": None, "segments_png": None, **_with_sample(row, sample_ids)} for row in result.explanations
+    ]
     for row in explanations:
         row["label_name"] = class_names[row["label"]] if class_names and row["label"] < len(class_names) else None
     # images have no bins and tables no superpixel areas: both columns exist in every run, null where not apt
-    attributions = [{"area_fraction": None, "bin": None, **_with_sample(row, sample_ids)}
-                    for row in result.attributions]
+    attributions = [
+        {"area_fraction": None, "bin": None, **_with_sample(row, sample_ids)} for row in result.attributions
+    ]
     return explanations, attributions
 
 

@@ -38,10 +38,12 @@ def list_registered_versions(model: MlflowModelSpec, store: str) -> list[str]:
 
 
 @task(name="registry-write-back", retry_condition_fn=_registry_down, **RETRIES)
-def write_back(model: MlflowModelSpec, store: str, version: str, status: str, run_id: str, report: str,
-               alias_allowed: bool = True) -> None:
+def write_back(
+    model: MlflowModelSpec, store: str, version: str, status: str, run_id: str, report: str, alias_allowed: bool = True
+) -> None:
     """Tags the audited version with the verdict; the alias only when the audit passed (and, where the spec
     waits for a sign-off, only once it is approved)."""
     alias = model.alias_on_pass if status == "passed" and alias_allowed else None
-    registry.write_back(tracking_uri(model, store), model.name, version, status=status, run_id=run_id,
-                        report=report, alias=alias)
+    registry.write_back(
+        tracking_uri(model, store), model.name, version, status=status, run_id=run_id, report=report, alias=alias
+    )

@@ -12,8 +12,9 @@ from tasks import UNCACHED
 
 
 @task(name="compare-with-baseline", retries=2, retry_delay_seconds=2, **UNCACHED)
-def compare_with_baseline(store_uri: str, model: str, version: str,
-                          tables: dict[str, pa.Table]) -> tuple[list[dict], Baseline | None]:
+def compare_with_baseline(
+    store_uri: str, model: str, version: str, tables: dict[str, pa.Table]
+) -> tuple[list[dict], Baseline | None]:
     """``version_diffs`` rows against the approved (else the latest passed) run of another version of the model.
 
     Retries cover a transient fault reading the report store. Uncached: the store's baseline changes as runs

@@ -68,15 +68,18 @@ def open_in_chromium(html_path: str | Path) -> PageCheck:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport=VIEWPORT)
-            page.on("console", lambda message: check.console_errors.append(message.text)
-                    if message.type == "error" else None)
+            page.on(
+                "console",
+                lambda message: check.console_errors.append(message.text) if message.type == "error" else None,
+            )
             page.on("pageerror", lambda error: check.page_errors.append(str(error)))
             page.on("dialog", on_dialog)
             page.on("request", on_request)
             page.route("**/*", route)
             page.goto(url, wait_until="load")
             check.sections = page.eval_on_selector_all(
-                "section", "nodes => nodes.filter(n => n.checkVisibility() && n.offsetHeight > 0).map(n => n.id)")
+                "section", "nodes => nodes.filter(n => n.checkVisibility() && n.offsetHeight > 0).map(n => n.id)"
+            )
             check.text = page.inner_text("body")
             check.screenshot = page.screenshot(full_page=True, type="png")
         finally:

@@ -73,8 +73,11 @@ def gray_spec(tmp_path):
             "name": "gray-audit",
             "seed": 3,
             "model": {
-                "source": "torch", "name": "gray-net", "version": "7",
-                "factory": f"{ASSETS / 'user_models.py'}:gray_net", "weights": weights.name,
+                "source": "torch",
+                "name": "gray-net",
+                "version": "7",
+                "factory": f"{ASSETS / 'user_models.py'}:gray_net",
+                "weights": weights.name,
                 "input": {"shape": [1, 28, 28], "range": [0, 1], "mean": [0.5], "std": [0.5]},
                 "layers": ["body.conv1", "body.act2"],
             },

@@ -29,11 +29,17 @@ def test_demo_cnn_renders_outdo_the_data_on_the_last_conv_layer(tmp_path, traine
     import yaml
 
     spec = {
-        "name": "actmax-demo", "seed": 0,
-        "model": {"source": "torch", "name": "shapes-cnn", "version": "1",
-                  "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(trained["honest"].weights_path),
-                  "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-                  "layers": ["features.8", "features.12"]},
+        "name": "actmax-demo",
+        "seed": 0,
+        "model": {
+            "source": "torch",
+            "name": "shapes-cnn",
+            "version": "1",
+            "factory": "interp_ops.demo_models:shapes_cnn",
+            "weights": str(trained["honest"].weights_path),
+            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+            "layers": ["features.8", "features.12"],
+        },
         "data": "builtin:shapes?split=val&n=200",
         "ops": {"activation_max": {"layers": ["features.12"], "exemplars": 5}},
         "contracts": {"actmax.min_robustness": 0.0},
@@ -62,11 +68,11 @@ def test_demo_cnn_renders_outdo_the_data_on_the_last_conv_layer(tmp_path, traine
 
 def test_a_gray_user_model_gets_renders_and_true_exemplars(gray_spec, tmp_path):
     """A 1x28x28 model we did not design; exemplar activations are checked against torch directly."""
-    from interp_ops.datasets import load_samples, to_model_input
     from user_models import gray_net
 
-    spec = gray_spec(ops={"activation_max": {"layers": ["body.conv1"], "units": "first:3", "steps": 8,
-                                             "exemplars": 4}})
+    from interp_ops.datasets import load_samples, to_model_input
+
+    spec = gray_spec(ops={"activation_max": {"layers": ["body.conv1"], "units": "first:3", "steps": 8, "exemplars": 4}})
     code, output = cli("run", spec)
     assert code == 0, output
     units = report.load_table(tmp_path / "reports", "actmax_units")

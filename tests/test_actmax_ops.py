@@ -53,8 +53,13 @@ def test_batched_equals_one_unit_at_a_time(float64):
         alone = render_units(model, "features.8", [unit], **settings)
         for batched in (together, uneven):
             for field in ("images", "curve", "final_activation", "robustness"):
-                np.testing.assert_allclose(getattr(batched, field)[row], getattr(alone, field)[0], rtol=1e-6,
-                                           atol=0, err_msg=f"unit {unit}: {field}")
+                np.testing.assert_allclose(
+                    getattr(batched, field)[row],
+                    getattr(alone, field)[0],
+                    rtol=1e-6,
+                    atol=0,
+                    err_msg=f"unit {unit}: {field}",
+                )
     assert np.all(together.curve[:, -1] > together.curve[:, 0])  # it does maximise
 
 
@@ -99,8 +104,9 @@ def test_colour_decorrelation_applies_to_three_channels_only(demo_cnn):
 
 
 def test_neuron_objective_pixel_param_and_no_transforms(demo_cnn):
-    renders = render_units(demo_cnn, "features.8", [2], objective="neuron", param="pixel", transforms="none",
-                           steps=2, **DEMO)
+    renders = render_units(
+        demo_cnn, "features.8", [2], objective="neuron", param="pixel", transforms="none", steps=2, **DEMO
+    )
     assert renders.descriptions == ["neuron(features.8, 2)"]
     assert renders.robustness[0] == pytest.approx(1.0)  # no transforms: every draw sees the render itself
 
@@ -136,20 +142,23 @@ def test_model_state_is_restored():
     assert all(torch.equal(before[name], after[name]) for name in before)  # BatchNorm statistics untouched
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(layer="features.99"), r"no module named 'features.99'.*features\.8"),
-    (dict(units=[64]), r"\[64\] are out of range .* 64 units \(0\.\.63\)"),
-    (dict(units=[-1]), r"out of range"),
-    (dict(steps=0), r"steps: 0 must be a whole number >= 1"),
-    (dict(objective="channels"), r"unknown objective 'channels'; use one of channel, neuron"),
-    (dict(param="cppn"), r"unknown param 'cppn'"),
-    (dict(transforms="heavy"), r"unknown transforms 'heavy'; use one of none, standard"),
-    (dict(lr=0), r"lr: 0 must be positive"),
-    (dict(units=[]), r"units: empty"),
-    (dict(thresholds=[0, 2]), r"thresholds: \[0\] are outside 1\.\.2"),
-    (dict(mean=[0.1, 0.2]), r"mean: 2 values for 3 channels"),
-    (dict(device="gpu"), r"device: 'gpu' is not a torch device"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(layer="features.99"), r"no module named 'features.99'.*features\.8"),
+        (dict(units=[64]), r"\[64\] are out of range .* 64 units \(0\.\.63\)"),
+        (dict(units=[-1]), r"out of range"),
+        (dict(steps=0), r"steps: 0 must be a whole number >= 1"),
+        (dict(objective="channels"), r"unknown objective 'channels'; use one of channel, neuron"),
+        (dict(param="cppn"), r"unknown param 'cppn'"),
+        (dict(transforms="heavy"), r"unknown transforms 'heavy'; use one of none, standard"),
+        (dict(lr=0), r"lr: 0 must be positive"),
+        (dict(units=[]), r"units: empty"),
+        (dict(thresholds=[0, 2]), r"thresholds: \[0\] are outside 1\.\.2"),
+        (dict(mean=[0.1, 0.2]), r"mean: 2 values for 3 channels"),
+        (dict(device="gpu"), r"device: 'gpu' is not a torch device"),
+    ],
+)
 def test_bad_input_is_a_clear_error(demo_cnn, settings, message):
     call = dict(layer="features.8", units=[0], steps=2, **DEMO) | settings
     with pytest.raises(ActmaxError, match=message):
@@ -162,8 +171,9 @@ def test_bad_input_is_a_clear_error(demo_cnn, settings, message):
 @pytest.fixture(scope="module")
 def gray_session():
     model = gray_net().eval()
-    return model, onnx_bundle.make_session(onnx_bundle.export_torch(model, (1, 28, 28), ["body.conv1", "body.act2"]),
-                                           "cpu")
+    return model, onnx_bundle.make_session(
+        onnx_bundle.export_torch(model, (1, 28, 28), ["body.conv1", "body.act2"]), "cpu"
+    )
 
 
 def brute_force_top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +192,9 @@ def test_top_exemplars_equal_a_full_sort(gray_session, objective, rng):
     found = top_exemplars(session, x, ["body.conv1", "body.act2"], units, k=6, objective=objective, batch_size=16)
     for layer, chosen in units.items():
         maps = full[layer][:, chosen]
-        values = maps.mean(axis=(2, 3)) if objective == "channel" else maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2]
+        values = (
+            maps.mean(axis=(2, 3)) if objective == "channel" else maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2]
+        )
         indices, activations = brute_force_top_k(values, 6)
         assert found[layer].units == chosen
         np.testing.assert_array_equal(found[layer].indices, indices)

@@ -73,8 +73,15 @@ def test_audit_of_a_grayscale_user_model_end_to_end(gray_spec, tmp_path):
     threshold = contracts[(contracts.table_name == "onnx_parity") & (contracts.details.str.contains("0.0001"))]
     assert len(threshold) == 1
 
-    code, output = cli("report", "query", "SELECT output, max_abs_diff FROM onnx_parity ORDER BY output",
-                       "--store", store, "--format", "csv")
+    code, output = cli(
+        "report",
+        "query",
+        "SELECT output, max_abs_diff FROM onnx_parity ORDER BY output",
+        "--store",
+        store,
+        "--format",
+        "csv",
+    )
     assert code == 0 and output.startswith("output,max_abs_diff body.act2,")
     code, output = cli("report", "show", run.run_id[:8], "--store", store)
     assert code == 0 and "gray-net v7 (passed)" in output and "ONNX parity" in output
@@ -85,7 +92,9 @@ def test_audit_of_a_grayscale_user_model_end_to_end(gray_spec, tmp_path):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["interp-audit-gray-audit"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["interp-audit-gray-audit"]))
+        )
     assert any(run.run_id in artifact.data and "passed" in artifact.data for artifact in artifacts)
 
 
@@ -98,7 +107,8 @@ def test_failed_contract_publishes_with_status_and_exit_1(gray_spec, tmp_path):
     results = report.load_table(tmp_path / "reports", "contract_results", run_id=run.run_id)
     failed = results[~results.success]
     assert failed[["table_name", "expectation", "column"]].values.tolist() == [
-        ["onnx_parity", "expect_column_max_to_be_between", "max_abs_diff"]]
+        ["onnx_parity", "expect_column_max_to_be_between", "max_abs_diff"]
+    ]
 
 
 def test_crash_then_resume_recomputes_nothing_that_finished(gray_spec, tmp_path, monkeypatch):
@@ -109,6 +119,7 @@ def test_crash_then_resume_recomputes_nothing_that_finished(gray_spec, tmp_path,
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return original(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(onnx_bundle, "export_torch", counting("export", onnx_bundle.export_torch))
@@ -151,8 +162,15 @@ def test_onnx_file_from_elsewhere_audits_by_tensor_name(tmp_path, monkeypatch):
     from user_models import tabular_mlp
 
     model = tabular_mlp().eval()
-    torch.onnx.export(model, (torch.zeros(1, 30),), str(tmp_path / "mlp.onnx"), dynamo=False,
-                      input_names=["features"], output_names=["scores"], dynamic_axes={"features": {0: "n"}})
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 30),),
+        str(tmp_path / "mlp.onnx"),
+        dynamo=False,
+        input_names=["features"],
+        output_names=["scores"],
+        dynamic_axes={"features": {0: "n"}},
+    )
     rows = np.random.default_rng(0).random((20, 30)).astype(np.float32)
     np.save(tmp_path / "rows.npy", rows)
     import onnx
@@ -160,10 +178,17 @@ def test_onnx_file_from_elsewhere_audits_by_tensor_name(tmp_path, monkeypatch):
     tensors = onnx_bundle.graph_tensor_names(onnx.load(tmp_path / "mlp.onnx"))
     hidden = next(name for name in tensors if "Relu" in name or "act" in name)
     spec = {
-        "name": "tabular", "model": {"source": "onnx", "name": "mlp", "version": "2024.1", "path": "mlp.onnx",
-                                     "input": {"shape": [30], "class_names": ["benign", "malignant"]},
-                                     "layers": [hidden]},
-        "data": "rows.npy", "report": {"store": "reports"},
+        "name": "tabular",
+        "model": {
+            "source": "onnx",
+            "name": "mlp",
+            "version": "2024.1",
+            "path": "mlp.onnx",
+            "input": {"shape": [30], "class_names": ["benign", "malignant"]},
+            "layers": [hidden],
+        },
+        "data": "rows.npy",
+        "report": {"store": "reports"},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.chdir(tmp_path)  # the store in the spec is relative to the working directory
@@ -194,8 +219,13 @@ def test_schedule_serves_a_deployment_with_the_cron_and_runs_it(gray_spec, tmp_p
 
     spec = gray_spec(seed=31, schedule={"cron": "15 4 * * 1", "timezone": "Europe/Berlin"})
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "schedule", str(spec)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "schedule", str(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deployment = None
         with get_client(sync_client=True) as client:

@@ -44,12 +44,15 @@ def test_unknown_method(gray_spec):
 
 def test_wrong_type(gray_spec):
     assert_refused(gray_spec(seed="seven"), "seed: must be an integer (got 'seven')")
-    assert_refused(gray_spec(**{"model.input.shape": [1, -28, 28]}), "model.input.shape[1]: must be a positive integer (got -28)")
+    assert_refused(
+        gray_spec(**{"model.input.shape": [1, -28, 28]}), "model.input.shape[1]: must be a positive integer (got -28)"
+    )
 
 
 def test_unknown_contract_key(gray_spec):
-    assert_refused(gray_spec(contracts={"onnx.max_abs_dif": 1e-4}), "unknown contract key 'onnx.max_abs_dif'",
-                   "onnx.max_abs_diff")
+    assert_refused(
+        gray_spec(contracts={"onnx.max_abs_dif": 1e-4}), "unknown contract key 'onnx.max_abs_dif'", "onnx.max_abs_diff"
+    )
 
 
 def test_missing_weights_file(gray_spec):
@@ -60,44 +63,71 @@ def test_weights_that_do_not_fit(gray_spec, tmp_path):
     from user_models import tabular_mlp
 
     torch.save(tabular_mlp().state_dict(), tmp_path / "other.pt")
-    assert_refused(gray_spec(**{"model.weights": "other.pt"}), "the weights do not fit the module",
-                   "Missing key(s)", "body.conv1.weight")
+    assert_refused(
+        gray_spec(**{"model.weights": "other.pt"}),
+        "the weights do not fit the module",
+        "Missing key(s)",
+        "body.conv1.weight",
+    )
 
 
 def test_unknown_layer(gray_spec):
-    assert_refused(gray_spec(**{"model.layers": ["body.conv1", "features.9"]}),
-                   "model.layers[1]: no layer 'features.9' in the model; layers are: body, body.conv1, body.act1")
+    assert_refused(
+        gray_spec(**{"model.layers": ["body.conv1", "features.9"]}),
+        "model.layers[1]: no layer 'features.9' in the model; layers are: body, body.conv1, body.act1",
+    )
 
 
-@pytest.mark.parametrize("block, message", [
-    ({"layers": ["body.conv2"]}, "ops.activation_max.layers[0]: 'body.conv2' is not one of model.layers "
-                                 "['body.conv1', 'body.act2']; add it there"),
-    ({"units": [1, 6]}, "ops.activation_max.units: unit 6 is out of range for layer 'body.act2', which has 6 units "
-                        "(0..5)"),
-    ({"units": "first:0"}, "ops.activation_max.units: must be 'all', 'first:N' with N >= 1"),
-    ({"steps": 0}, "ops.activation_max.steps: must be a positive integer (got 0)"),
-    ({"objective": "diversity"}, "ops.activation_max.objective: must be 'channel' or 'neuron' (got 'diversity')"),
-    ({"param": "cppn"}, "ops.activation_max.param: must be 'fft' or 'pixel' (got 'cppn')"),
-])
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (
+            {"layers": ["body.conv2"]},
+            "ops.activation_max.layers[0]: 'body.conv2' is not one of model.layers "
+            "['body.conv1', 'body.act2']; add it there",
+        ),
+        (
+            {"units": [1, 6]},
+            "ops.activation_max.units: unit 6 is out of range for layer 'body.act2', which has 6 units (0..5)",
+        ),
+        ({"units": "first:0"}, "ops.activation_max.units: must be 'all', 'first:N' with N >= 1"),
+        ({"steps": 0}, "ops.activation_max.steps: must be a positive integer (got 0)"),
+        ({"objective": "diversity"}, "ops.activation_max.objective: must be 'channel' or 'neuron' (got 'diversity')"),
+        ({"param": "cppn"}, "ops.activation_max.param: must be 'fft' or 'pixel' (got 'cppn')"),
+    ],
+)
 def test_bad_activation_max_block(gray_spec, block, message):
-    assert_refused(gray_spec(**{"model.layers": ["body.conv1", "body.act2"], "ops": {"activation_max": block}}),
-                   message)
+    assert_refused(
+        gray_spec(**{"model.layers": ["body.conv1", "body.act2"], "ops": {"activation_max": block}}), message
+    )
 
 
 def test_activation_max_needs_a_torch_model(gray_spec):
     # refused from the spec alone, before the file is even looked at
-    spec = gray_spec(**{"model": {"source": "onnx", "name": "gray-net", "version": "7", "path": "gray.onnx",
-                                  "input": {"shape": [1, 28, 28]}}, "ops": {"activation_max": {}}})
-    assert_refused(spec, "ops.activation_max: activation maximization follows gradients, which an ONNX file does not "
-                         "give; audit the torch model (model.source: torch) or remove ops.activation_max")
+    spec = gray_spec(
+        **{
+            "model": {
+                "source": "onnx",
+                "name": "gray-net",
+                "version": "7",
+                "path": "gray.onnx",
+                "input": {"shape": [1, 28, 28]},
+            },
+            "ops": {"activation_max": {}},
+        }
+    )
+    assert_refused(
+        spec,
+        "ops.activation_max: activation maximization follows gradients, which an ONNX file does not "
+        "give; audit the torch model (model.source: torch) or remove ops.activation_max",
+    )
 
 
 def test_pickled_module_refused_without_trust(gray_spec, tmp_path):
     from user_models import gray_net
 
     torch.save(gray_net(), tmp_path / "whole.pt")
-    assert_refused(gray_spec(**{"model.weights": "whole.pt"}), "is not a plain state dict",
-                   "model.trust_pickle: true")
+    assert_refused(gray_spec(**{"model.weights": "whole.pt"}), "is not a plain state dict", "model.trust_pickle: true")
 
 
 class Exploit:
@@ -124,15 +154,26 @@ def test_trusted_pickle_is_accepted(gray_spec, tmp_path):
     from user_models import gray_net
 
     torch.save(gray_net(), tmp_path / "whole.pt")
-    result = runner.invoke(app, ["validate", str(gray_spec(**{"model.weights": "whole.pt", "model.trust_pickle": True,
-                                                            "model.factory": None}))])
+    result = runner.invoke(
+        app,
+        [
+            "validate",
+            str(gray_spec(**{"model.weights": "whole.pt", "model.trust_pickle": True, "model.factory": None})),
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("factory, message", [
-    ("feature_map_net", "output has shape (12, 6, 11, 11) for a batch of 12; an audited model must return class scores"),
-    ("nan_net", "outputs NaN or Inf for 12 of 12 samples"),
-])
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (
+            "feature_map_net",
+            "output has shape (12, 6, 11, 11) for a batch of 12; an audited model must return class scores",
+        ),
+        ("nan_net", "outputs NaN or Inf for 12 of 12 samples"),
+    ],
+)
 def test_bad_model_outputs(gray_spec, factory, message):
     path = gray_spec()
     spec_text = path.read_text().replace(":gray_net", f":{factory}")
@@ -141,8 +182,9 @@ def test_bad_model_outputs(gray_spec, factory, message):
 
 
 def test_class_names_must_match_outputs(gray_spec):
-    assert_refused(gray_spec(**{"model.input.class_names": ["a", "b", "c"]}),
-                   "3 names given but the model outputs 10 classes")
+    assert_refused(
+        gray_spec(**{"model.input.class_names": ["a", "b", "c"]}), "3 names given but the model outputs 10 classes"
+    )
 
 
 def test_missing_data_path(gray_spec):
@@ -175,8 +217,23 @@ def test_only_names_a_method_the_spec_does_not_declare(gray_spec):
     assert store_is_empty(gray_spec().parent / "reports")
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["schedule"], ["watch"], ["demo"], ["schema"], ["report"],
-                                     ["report", "list"], ["report", "show"], ["report", "query"], ["review"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["run"],
+        ["validate"],
+        ["schedule"],
+        ["watch"],
+        ["demo"],
+        ["schema"],
+        ["report"],
+        ["report", "list"],
+        ["report", "show"],
+        ["report", "query"],
+        ["review"],
+    ],
+)
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output, result.output

@@ -27,8 +27,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 def task_cases() -> dict:
     """Every computing task with realistic parameters of every kind it takes: name -> (task, parameters)."""
-    from interp_audit.intake import ModelRef
     from interp_audit.inputs import ModelInputs
+    from interp_audit.intake import ModelRef
     from interp_audit.spec import ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec
     from interp_ops.dissection import DissectionResult
     from tasks.actmax import find_exemplars, render_unit_batch
@@ -39,48 +39,118 @@ def task_cases() -> dict:
 
     rng = np.random.default_rng(0)
     names = ["circle", "square", "triangle"]
-    ref = ModelRef(source="torch", path="/models/gray.pt", sha256="a" * 64,
-                   factory=f"{ASSETS / 'user_models.py'}:gray_net", trust_pickle=False, base_dir="/models",
-                   version="7")
+    ref = ModelRef(
+        source="torch",
+        path="/models/gray.pt",
+        sha256="a" * 64,
+        factory=f"{ASSETS / 'user_models.py'}:gray_net",
+        trust_pickle=False,
+        base_dir="/models",
+        version="7",
+    )
     input_spec = InputSpec(shape=[1, 28, 28], range=(0.0, 1.0), mean=[0.5], std=[0.5], class_names=names)
-    inputs = ModelInputs(ids=["s0", "s1", "s2"], x=rng.random((3, 1, 28, 28), dtype=np.float32),
-                         labels=np.array([0, 1, 2]), class_names=names, feature_names=["f0"])
+    inputs = ModelInputs(
+        ids=["s0", "s1", "s2"],
+        x=rng.random((3, 1, 28, 28), dtype=np.float32),
+        labels=np.array([0, 1, 2]),
+        class_names=names,
+        feature_names=["f0"],
+    )
     onnx = b"\x08\x07onnx-graph" * 20
     layers = ["body.conv1", "body.act2"]
-    lime = LimeSpec(samples=["s0", "s1"], labels=[0, "square"], num_samples=300, heldout_samples=100, hide=0.0,
-                    kernel_width=0.3, samples_per_task=2, segmentation={"method": "slic", "n_segments": 30})
+    lime = LimeSpec(
+        samples=["s0", "s1"],
+        labels=[0, "square"],
+        num_samples=300,
+        heldout_samples=100,
+        hide=0.0,
+        kernel_width=0.3,
+        samples_per_task=2,
+        segmentation={"method": "slic", "n_segments": 30},
+    )
     actmax = ActivationMaxSpec(layers=["body.conv1"], units=[0, 1], steps=8, image_size=28, exemplars=4)
     concepts = "builtin:concepts?n=60&size=48"
     dissection = DissectionSpec(layers=["body.conv1"], concepts=concepts, quantile=0.01, baseline="random_init")
 
     def result(layer, seed):
         r = np.random.default_rng(seed)
-        return DissectionResult(layer=layer, thresholds=r.random(4), iou=r.random((4, 3)),
-                                label_ids=np.array([1, 2, 5]), best_label=np.array([1, 2, 5, 1]),
-                                best_iou=r.random(4))
+        return DissectionResult(
+            layer=layer,
+            thresholds=r.random(4),
+            iou=r.random((4, 3)),
+            label_ids=np.array([1, 2, 5]),
+            best_label=np.array([1, 2, 5, 1]),
+            best_iou=r.random(4),
+        )
 
     common = dict(input_spec=input_spec, seed=3, device="cpu")
     return {
         "export-onnx": (export_onnx, dict(model=ref, input_shape=(1, 28, 28), layers=layers)),
-        "load-samples": (load_model_inputs, dict(data_uri="builtin:shapes?split=val&n=12", base_dir="/specs",
-                                                 data_sha256="b" * 64, seed=3, input_spec=input_spec)),
+        "load-samples": (
+            load_model_inputs,
+            dict(
+                data_uri="builtin:shapes?split=val&n=12",
+                base_dir="/specs",
+                data_sha256="b" * 64,
+                seed=3,
+                input_spec=input_spec,
+            ),
+        ),
         "predict": (predict, dict(onnx_bytes=onnx, inputs=inputs, device="cpu")),
         "onnx-parity": (check_parity, dict(model=ref, onnx_bytes=onnx, inputs=inputs, layers=layers, device="cpu")),
-        "lime": (explain_with_lime, dict(onnx_bytes=onnx, x=inputs.x[:2], sample_ids=["s0", "s1"], sample_keys=[0, 1],
-                                         labels=[0, 1], settings=lime.explainer_settings(), class_names=names,
-                                         training_data=rng.random((5, 2)), feature_names=["a", "b"], **common)),
-        "actmax-render": (render_unit_batch, dict(model=ref, layer="body.conv1", units=[0, 1],
-                                                  settings=actmax.render_settings(), **common)),
-        "actmax-exemplars": (find_exemplars, dict(onnx_bytes=onnx, inputs=inputs, units={"body.conv1": [0, 1, 2]},
-                                                  k=4, objective="channel", device="cpu")),
-        "random-init-baseline": (export_random_baseline, dict(model=ref, input_shape=(1, 28, 28), layers=layers,
-                                                              seed=3)),
-        "dissection": (dissect_layer, dict(onnx_bytes=onnx, layer="body.conv1", concepts_uri=concepts,
-                                           base_dir="/specs", concepts_fingerprint="c" * 64,
-                                           quantile=dissection.quantile, batch_size=dissection.batch_size, **common)),
-        "dissection-tables": (dissection_tables, dict(results=[result("body.conv1", 1)],
-                                                      baselines=[result("body.conv1", 2)], concepts_uri=concepts,
-                                                      base_dir="/specs", seed=3, iou_threshold=0.04)),
+        "lime": (
+            explain_with_lime,
+            dict(
+                onnx_bytes=onnx,
+                x=inputs.x[:2],
+                sample_ids=["s0", "s1"],
+                sample_keys=[0, 1],
+                labels=[0, 1],
+                settings=lime.explainer_settings(),
+                class_names=names,
+                training_data=rng.random((5, 2)),
+                feature_names=["a", "b"],
+                **common,
+            ),
+        ),
+        "actmax-render": (
+            render_unit_batch,
+            dict(model=ref, layer="body.conv1", units=[0, 1], settings=actmax.render_settings(), **common),
+        ),
+        "actmax-exemplars": (
+            find_exemplars,
+            dict(
+                onnx_bytes=onnx, inputs=inputs, units={"body.conv1": [0, 1, 2]}, k=4, objective="channel", device="cpu"
+            ),
+        ),
+        "random-init-baseline": (
+            export_random_baseline,
+            dict(model=ref, input_shape=(1, 28, 28), layers=layers, seed=3),
+        ),
+        "dissection": (
+            dissect_layer,
+            dict(
+                onnx_bytes=onnx,
+                layer="body.conv1",
+                concepts_uri=concepts,
+                base_dir="/specs",
+                concepts_fingerprint="c" * 64,
+                quantile=dissection.quantile,
+                batch_size=dissection.batch_size,
+                **common,
+            ),
+        ),
+        "dissection-tables": (
+            dissection_tables,
+            dict(
+                results=[result("body.conv1", 1)],
+                baselines=[result("body.conv1", 2)],
+                concepts_uri=concepts,
+                base_dir="/specs",
+                seed=3,
+                iou_threshold=0.04,
+            ),
+        ),
     }
 
 
@@ -90,16 +160,21 @@ def task_key(task, parameters: dict) -> str:
 
     bound = inspect.signature(task.fn).bind(**parameters)
     bound.apply_defaults()
-    return task.cache_policy.compute_key(task_ctx=SimpleNamespace(task=task), inputs=dict(bound.arguments),
-                                         flow_parameters={})
+    return task.cache_policy.compute_key(
+        task_ctx=SimpleNamespace(task=task), inputs=dict(bound.arguments), flow_parameters={}
+    )
 
 
 def all_keys() -> dict:
     from interp_audit.cache_keys import canonical_json
 
     keys = {name: task_key(task, parameters) for name, (task, parameters) in task_cases().items()}
-    kinds = {"set": {"b", "a", "c", "interp"}, "frozenset": frozenset({("x", 1), ("y", 2)}),
-             "dict": {"z": 1, "a": {"m": [1, 2]}, "k": None}, "path": Path("/data/x.npy")}
+    kinds = {
+        "set": {"b", "a", "c", "interp"},
+        "frozenset": frozenset({("x", 1), ("y", 2)}),
+        "dict": {"z": 1, "a": {"m": [1, 2]}, "k": None},
+        "path": Path("/data/x.npy"),
+    }
     keys["kinds"] = canonical_json(kinds)
     keys["hash_of_a_str"] = hash("interp-audit")  # differs between the processes: proves randomisation is on
     return keys
@@ -197,10 +272,16 @@ def test_keys_change_with_every_parameter_a_task_takes():
 def test_task_settings_leave_out_only_what_the_flow_decides():
     from interp_audit.spec import ActivationMaxSpec, LimeSpec
 
-    assert set(LimeSpec.model_fields) - set(LimeSpec().explainer_settings()) == \
-        {"samples", "labels", "samples_per_task"}
-    assert set(ActivationMaxSpec.model_fields) - set(ActivationMaxSpec().render_settings()) == \
-        {"layers", "units", "exemplars"}
+    assert set(LimeSpec.model_fields) - set(LimeSpec().explainer_settings()) == {
+        "samples",
+        "labels",
+        "samples_per_task",
+    }
+    assert set(ActivationMaxSpec.model_fields) - set(ActivationMaxSpec().render_settings()) == {
+        "layers",
+        "units",
+        "exemplars",
+    }
 
 
 def test_the_weights_and_a_factory_file_key_by_content(tmp_path):
@@ -209,8 +290,15 @@ def test_the_weights_and_a_factory_file_key_by_content(tmp_path):
 
     factory = tmp_path / "net.py"
     factory.write_text("def build(): ...\n")
-    ref = ModelRef(source="torch", path=str(tmp_path / "w.pt"), sha256="a" * 64, factory="net.py:build",
-                   trust_pickle=False, base_dir=str(tmp_path), version="1")
+    ref = ModelRef(
+        source="torch",
+        path=str(tmp_path / "w.pt"),
+        sha256="a" * 64,
+        factory="net.py:build",
+        trust_pickle=False,
+        base_dir=str(tmp_path),
+        version="1",
+    )
     key = content_key({"model": ref})
     assert content_key({"model": dataclasses.replace(ref, sha256="b" * 64)}) != key  # same path, other weights
     factory.write_text("def build(): return 1\n")
@@ -238,8 +326,18 @@ def test_a_value_without_a_canonical_form_is_a_type_error_never_a_pickle():
 
 # --- (b) end to end: a re-run in another process recomputes nothing ------------------------------------
 
-CACHED_TASKS = {"export-onnx", "load-samples", "predict", "onnx-parity", "lime", "actmax-render", "actmax-exemplars",
-                "random-init-baseline", "dissection", "dissection-tables"}
+CACHED_TASKS = {
+    "export-onnx",
+    "load-samples",
+    "predict",
+    "onnx-parity",
+    "lime",
+    "actmax-render",
+    "actmax-exemplars",
+    "random-init-baseline",
+    "dissection",
+    "dissection-tables",
+}
 
 
 def task_run_states(run_id: str, expected: int) -> dict[str, list[str]]:
@@ -270,18 +368,37 @@ def test_a_rerun_in_another_process_serves_every_computing_task_from_the_cache(g
 
     from interp_audit import report
 
-    spec = gray_spec(ops={
-        "lime": {"samples": 2, "samples_per_task": 1, "num_samples": 40, "stability_seeds": 1, "heldout_samples": 0,
-                 "segmentation": {"method": "slic", "n_segments": 8}},
-        "activation_max": {"layers": ["body.conv1"], "units": "first:2", "steps": 4, "exemplars": 2},
-        "dissection": {"layers": ["body.conv1"], "concepts": "builtin:concepts?n=12&size=28"},
-    }, data="builtin:shapes?split=val&n=6")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "PYTHONPATH": str(ROOT)}
+    spec = gray_spec(
+        ops={
+            "lime": {
+                "samples": 2,
+                "samples_per_task": 1,
+                "num_samples": 40,
+                "stability_seeds": 1,
+                "heldout_samples": 0,
+                "segmentation": {"method": "slic", "n_segments": 8},
+            },
+            "activation_max": {"layers": ["body.conv1"], "units": "first:2", "steps": 4, "exemplars": 2},
+            "dissection": {"layers": ["body.conv1"], "concepts": "builtin:concepts?n=12&size=28"},
+        },
+        data="builtin:shapes?split=val&n=6",
+    )
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": str(ROOT),
+    }
 
     def audit(hash_seed: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=240, env={**env, "PYTHONHASHSEED": hash_seed})
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", str(spec)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**env, "PYTHONHASHSEED": hash_seed},
+        )
         assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: a contract failed, still published
         assert "computing cache key" not in done.stdout + done.stderr  # a key that fails is logged, runs uncached
         runs = report.list_runs(tmp_path / "reports").sort_values("started_at")
@@ -294,8 +411,9 @@ def test_a_rerun_in_another_process_serves_every_computing_task_from_the_cache(g
     served = task_run_states(second, expected=sum(len(states) for states in computed.values()))
     assert set(computed) >= CACHED_TASKS, computed
     assert not any("Cached" in computed[name] for name in CACHED_TASKS), computed
-    assert {name: len(states) for name, states in served.items()} == \
-        {name: len(states) for name, states in computed.items()}
+    assert {name: len(states) for name, states in served.items()} == {
+        name: len(states) for name, states in computed.items()
+    }
     for name in CACHED_TASKS:
         assert set(served[name]) == {"Cached"}, (name, served)
     assert len(served["lime"]) == 2 and len(served["dissection"]) == 2  # two batches; the model and its baseline
@@ -304,8 +422,12 @@ def test_a_rerun_in_another_process_serves_every_computing_task_from_the_cache(g
     # a setting only the tables step reads recomputes the tables, not the pass over the concept set
     text = spec.read_text()
     assert "iou_threshold" not in text
-    spec.write_text(text.replace("concepts: builtin:concepts?n=12&size=28",
-                                 "concepts: builtin:concepts?n=12&size=28\n    iou_threshold: 0.02"))
+    spec.write_text(
+        text.replace(
+            "concepts: builtin:concepts?n=12&size=28",
+            "concepts: builtin:concepts?n=12&size=28\n    iou_threshold: 0.02",
+        )
+    )
     third = task_run_states(audit("33"), expected=sum(len(states) for states in computed.values()))
     assert set(third["dissection-tables"]) == {"Completed"}, third
     for name in CACHED_TASKS - {"dissection-tables"}:

@@ -53,19 +53,35 @@ def write_minimal(root: Path) -> Path:
     _mask_png(images / "im0_a.png", first)
     _mask_png(images / "im0_b.png", second)
     _mask_png(images / "im1_a.png", np.full((4, 4), 300))
-    _write_csv(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", "thing", "kind"], [
-        ["im0.png", "train", 8, 8, 4, 4, "im0_a.png;im0_b.png", "7"],
-        ["im1.png", "train", 8, 8, 4, 4, "im1_a.png", "7;9"],
-        ["im2.png", "val", 12, 12, 4, 4, "", ""],
-    ])
-    _write_csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
-               [[number, name, category, 1, 0.5, name] for number, name, category in LABELS])
-    _write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"],
-               [["thing", 1, 2, 2, 2], ["kind", 1, 2, 2, 2]])
-    _write_csv(root / "c_thing.csv", ["code", "number", "name", "frequency", "coverage"],
-               [[1, 5, "sky", 1, 0.5], [2, 300, "tree", 2, 1.25]])
-    _write_csv(root / "c_kind.csv", ["code", "number", "name", "frequency", "coverage"],
-               [[1, 7, "wet", 2, 2.0], [2, 9, "dry", 1, 1.0]])
+    _write_csv(
+        root / "index.csv",
+        ["image", "split", "ih", "iw", "sh", "sw", "thing", "kind"],
+        [
+            ["im0.png", "train", 8, 8, 4, 4, "im0_a.png;im0_b.png", "7"],
+            ["im1.png", "train", 8, 8, 4, 4, "im1_a.png", "7;9"],
+            ["im2.png", "val", 12, 12, 4, 4, "", ""],
+        ],
+    )
+    _write_csv(
+        root / "label.csv",
+        ["number", "name", "category", "frequency", "coverage", "syns"],
+        [[number, name, category, 1, 0.5, name] for number, name, category in LABELS],
+    )
+    _write_csv(
+        root / "category.csv",
+        ["name", "first", "last", "count", "frequency"],
+        [["thing", 1, 2, 2, 2], ["kind", 1, 2, 2, 2]],
+    )
+    _write_csv(
+        root / "c_thing.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 5, "sky", 1, 0.5], [2, 300, "tree", 2, 1.25]],
+    )
+    _write_csv(
+        root / "c_kind.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 7, "wet", 2, 2.0], [2, 9, "dry", 1, 1.0]],
+    )
     return root
 
 
@@ -180,8 +196,15 @@ def _mask_in_mode(path: Path, labels: np.ndarray, mode: str) -> None:
         assert written.mode == mode.split("+")[0] and ("transparency" in written.info) == mode.endswith("transparency")
 
 
-@pytest.mark.parametrize("mode, labels", [("P", [0, 5, 300, 65535]), ("P+transparency", [0, 256, 40000]),
-                                          ("LA", [0, 5, 255]), ("I;16", [0, 5, 300, 256, 65535])])
+@pytest.mark.parametrize(
+    "mode, labels",
+    [
+        ("P", [0, 5, 300, 65535]),
+        ("P+transparency", [0, 256, 40000]),
+        ("LA", [0, 5, 255]),
+        ("I;16", [0, 5, 300, 256, 65535]),
+    ],
+)
 def test_masks_in_other_png_modes_decode_to_their_label_ids(tmp_path, mode, labels):
     from interp_ops.concepts.decode import decode_mask, open_image
 
@@ -202,8 +225,9 @@ def test_a_folder_with_masks_in_other_png_modes_reads_as_with_rgb_masks(tmp_path
     _mask_png(rgb_root / "images/im1_a.png", truth)
     _mask_in_mode(mode_root / "images/im1_a.png", truth, mode)
     load_concepts(str(mode_root)).check_mask_headers()
-    rgb, other = (next(load_concepts(str(root)).batches(3, images=False)).pixel_labels["thing"]
-                  for root in (rgb_root, mode_root))
+    rgb, other = (
+        next(load_concepts(str(root)).batches(3, images=False)).pixel_labels["thing"] for root in (rgb_root, mode_root)
+    )
     np.testing.assert_array_equal(other[1, 0], truth)
     np.testing.assert_array_equal(other, rgb)
 
@@ -303,8 +327,14 @@ def test_generated_folder_loads(generated):
 
 def test_generator_is_deterministic_by_seed_and_extends(tmp_path, generated):
     again = write_builtin_concepts(tmp_path / "again", n=24, size=32, seed=3)
-    for name in ("index.csv", "label.csv", "category.csv", "c_color.csv", "images/000005.png",
-                 "images/000005_object.png"):
+    for name in (
+        "index.csv",
+        "label.csv",
+        "category.csv",
+        "c_color.csv",
+        "images/000005.png",
+        "images/000005_object.png",
+    ):
         assert (again / name).read_bytes() == (generated / name).read_bytes(), name
     other = write_builtin_concepts(tmp_path / "other", n=24, size=32, seed=4)
     assert (other / "images/000005.png").read_bytes() != (generated / "images/000005.png").read_bytes()
@@ -328,9 +358,12 @@ def test_builtin_uri_is_cached_and_checked(tmp_path):
     assert builtin_concepts_dir(uri + "&seed=2", seed=9, cache_dir=tmp_path) == folder  # the uri's seed wins
     assert not list(tmp_path.glob(".*partial"))  # no leftovers of the atomic write
     assert concepts_fingerprint(uri, seed=2) != concepts_fingerprint(uri, seed=3)
-    for bad, message in [("builtin:concepts?n=0", "n='0' must be"), ("builtin:concepts?size=9", "size='9'"),
-                         ("builtin:concepts?colour=1", "unknown parameter 'colour'"),
-                         ("builtin:concept", "unknown builtin")]:
+    for bad, message in [
+        ("builtin:concepts?n=0", "n='0' must be"),
+        ("builtin:concepts?size=9", "size='9'"),
+        ("builtin:concepts?colour=1", "unknown parameter 'colour'"),
+        ("builtin:concept", "unknown builtin"),
+    ]:
         with pytest.raises(ConceptDataError, match=message):
             resolve_concepts(bad, cache_dir=tmp_path)
 

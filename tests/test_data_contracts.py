@@ -14,7 +14,7 @@ import data_contracts as dc
 from data_contracts.registry import _TABLE_MODULES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 THRESHOLDS_OK = {"onnx.max_abs_diff": 1e-3, "onnx.min_argmax_agreement": 0.9}
 
 
@@ -82,9 +82,7 @@ def good_tables() -> dict[str, pa.Table]:
         ),
     }
     results = dc.validate_tables(tables, THRESHOLDS_OK)
-    tables["contract_results"] = dc.conform(
-        "contract_results", [{"run_id": "run-1", **row} for row in results]
-    )
+    tables["contract_results"] = dc.conform("contract_results", [{"run_id": "run-1", **row} for row in results])
     return tables
 
 
@@ -100,9 +98,7 @@ def failures(rows: list[dict]) -> list[tuple]:
 def test_good_tables_pass_every_expectation(tables):
     rows = dc.validate_tables(tables, THRESHOLDS_OK)
     assert failures(rows) == []
-    assert [r["table_name"] for r in rows] == sorted(
-        (r["table_name"] for r in rows), key=list(tables).index
-    )
+    assert [r["table_name"] for r in rows] == sorted((r["table_name"] for r in rows), key=list(tables).index)
     expected = []
     for name in tables:
         contract = dc.TABLES[name]
@@ -111,13 +107,10 @@ def test_good_tables_pass_every_expectation(tables):
             expected += ["expect_column_max_to_be_between", "expect_column_min_to_be_between"]
     assert [r["expectation"] for r in rows] == expected
     for row in rows:
-        assert set(row) == {
-            "table_name", "expectation", "column", "success", "observed_value", "details"
-        }
+        assert set(row) == {"table_name", "expectation", "column", "success", "observed_value", "details"}
         assert json.loads(row["details"]).get("column") == row["column"]
     # Every scalar column gets a type check; list columns cannot (see _GX_TYPE_NAMES).
-    typed = {(r["table_name"], r["column"]) for r in rows
-             if r["expectation"] == "expect_column_values_to_be_of_type"}
+    typed = {(r["table_name"], r["column"]) for r in rows if r["expectation"] == "expect_column_values_to_be_of_type"}
     assert ("predictions", "label") in typed and ("audit_runs", "started_at") in typed
     assert ("onnx_parity", "shape") not in typed
 
@@ -147,8 +140,7 @@ def test_rows_are_deterministic(tables):
             "onnx_parity",
             [parity(), parity()],
             ("expect_compound_columns_to_be_unique", None),
-            "2 unexpected: [{'run_id': 'run-1', 'output': 'logits'}, "
-            "{'run_id': 'run-1', 'output': 'logits'}]",
+            "2 unexpected: [{'run_id': 'run-1', 'output': 'logits'}, {'run_id': 'run-1', 'output': 'logits'}]",
             id="duplicate-compound-key",
         ),
         pytest.param(
@@ -198,15 +190,11 @@ def test_missing_column_fails_the_column_set_and_its_own_checks(tables):
         ("predictions", "expect_column_values_to_not_be_null", "probability"),
         ("predictions", "expect_column_values_to_be_between", "probability"),
     ]
-    assert all(
-        r["observed_value"].startswith("error: ") for r in results[1:] if not r["success"]
-    )
+    assert all(r["observed_value"].startswith("error: ") for r in results[1:] if not r["success"])
 
 
 def test_wrong_type_fails_the_type_check(tables):
-    bad = tables["predictions"].set_column(
-        4, "predicted", pa.array([1.0, 0.0], pa.float64())
-    )
+    bad = tables["predictions"].set_column(4, "predicted", pa.array([1.0, 0.0], pa.float64()))
     results = dc.validate_tables({"predictions": bad}, {})
     assert failures(results) == [("predictions", "expect_column_values_to_be_of_type", "predicted")]
     (row,) = [r for r in results if not r["success"]]
@@ -227,9 +215,7 @@ def test_max_threshold_fails_at_zero_and_passes_at_1e_3(tables):
 def test_min_threshold_and_empty_table():
     low = dc.conform("onnx_parity", [parity(), parity("layer4", argmax_agreement=0.5)])
     results = dc.validate_tables({"onnx_parity": low}, {"onnx.min_argmax_agreement": 0.9})
-    assert failures(results) == [
-        ("onnx_parity", "expect_column_min_to_be_between", "argmax_agreement")
-    ]
+    assert failures(results) == [("onnx_parity", "expect_column_min_to_be_between", "argmax_agreement")]
     assert results[-1]["observed_value"] == "min=0.5"
 
     empty = dc.conform("onnx_parity", [])
@@ -334,9 +320,7 @@ def test_malformed_contract_is_rejected():
 
 def test_import_pulls_in_neither_prefect_nor_gx():
     code = "import sys, data_contracts; print(sorted({m.split('.')[0] for m in sys.modules}))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'prefect'" not in out and "'great_expectations'" not in out
 
 

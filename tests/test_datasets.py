@@ -231,8 +231,14 @@ def test_feature_names_are_optional_and_checked():
     with pytest.raises(DataError, match=r"2 feature names for samples of shape \(2, 3\)"):
         Samples(ids=list("ab"), x=table, labels=None, masks=None, class_names=None, feature_names=["u", "v"])
     with pytest.raises(DataError, match=r"one name per column of tabular"):
-        Samples(ids=list("ab"), x=np.zeros((2, 4, 4, 3), np.float32), labels=None, masks=None, class_names=None,
-                feature_names=["r", "g", "b"])
+        Samples(
+            ids=list("ab"),
+            x=np.zeros((2, 4, 4, 3), np.float32),
+            labels=None,
+            masks=None,
+            class_names=None,
+            feature_names=["r", "g", "b"],
+        )
 
 
 # --- to_model_input -----------------------------------------------------------------------------
@@ -402,8 +408,11 @@ def test_missing_path_names_resolved_path_and_accepted_forms(tmp_path):
 @pytest.mark.parametrize(
     ("uri", "pattern"),
     [
-        ("builtin:mnist", r"unknown builtin 'mnist'.*known builtins: breast_cancer, shapes, shapes-shortcut, "
-                          r"tabular-planted"),
+        (
+            "builtin:mnist",
+            r"unknown builtin 'mnist'.*known builtins: breast_cancer, shapes, shapes-shortcut, "
+            r"tabular-planted",
+        ),
         ("builtin:shapes?size=3", r"unknown parameter 'size' for builtin:shapes; allowed: split, n"),
         ("builtin:shapes?patch=true", r"unknown parameter 'patch' for builtin:shapes"),
         ("builtin:shapes?n=abc", r"n='abc' must be a whole number from 1 to"),
@@ -412,12 +421,18 @@ def test_missing_path_names_resolved_path_and_accepted_forms(tmp_path):
         ("builtin:shapes-shortcut?patch=yes", r"patch='yes' must be true or false"),
         ("builtin:shapes?n", r"malformed query 'n'.*key=value"),
         ("builtin:shapes?n=3&n=4", r"parameter 'n' is given twice"),
-        ("builtin:tabular-planted?patch=true", r"unknown parameter 'patch' for builtin:tabular-planted; allowed: "
-                                               r"split, n"),
+        (
+            "builtin:tabular-planted?patch=true",
+            r"unknown parameter 'patch' for builtin:tabular-planted; allowed: "
+            r"split, n",
+        ),
         ("builtin:tabular-planted?n=0", r"n='0' must be a whole number"),
         ("builtin:tabular-planted?split=test", r"split='test' must be one of \['train', 'val'\]"),
-        ("builtin:breast_cancer?n=172", r"builtin:breast_cancer split=val has 171 rows, but n=172 asks for more; "
-                                        r"give n from 1 to 171"),
+        (
+            "builtin:breast_cancer?n=172",
+            r"builtin:breast_cancer split=val has 171 rows, but n=172 asks for more; "
+            r"give n from 1 to 171",
+        ),
         ("builtin:breast_cancer?split=train&n=399", r"split=train has 398 rows, but n=399"),
         ("builtin:breast_cancer?n=-1", r"n='-1' must be a whole number"),
         ("builtin:breast_cancer?n=", r"n='' must be a whole number"),

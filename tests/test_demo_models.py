@@ -236,8 +236,7 @@ def test_tabular_models_come_from_the_cache_the_second_time(tabular_trained, tra
     assert not list(weights.parent.glob("shapes_cnn_*")), "the image demo models are not trained here"
 
 
-def test_tabular_training_is_deterministic_keyed_and_restores_torch_settings(tmp_path, tabular_trained,
-                                                                             training_calls):
+def test_tabular_training_is_deterministic_keyed_and_restores_torch_settings(tmp_path, tabular_trained, training_calls):
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     again = train_tabular_model("breast_cancer", tmp_path / "a")
     assert training_calls == ["TabularMLP"]  # trained here, compared with the session's training

@@ -46,20 +46,27 @@ SAME = label_map_png(np.arange(4).reshape(2, 2))
 
 
 def explanation(sample, top, weights, segments=SAME):
-    return ({"sample_id": sample, "label": 0, "top_features": top, "segments_png": segments},
-            [{"sample_id": sample, "label": 0, "feature": f, "weight": w} for f, w in weights.items()])
+    return (
+        {"sample_id": sample, "label": 0, "top_features": top, "segments_png": segments},
+        [{"sample_id": sample, "label": 0, "feature": f, "weight": w} for f, w in weights.items()],
+    )
 
 
 def lime_frames(*explained):
-    return frames(lime_explanations=pd.DataFrame([e for e, _ in explained]),
-                  lime_attributions=pd.DataFrame([a for _, rows in explained for a in rows]))
+    return frames(
+        lime_explanations=pd.DataFrame([e for e, _ in explained]),
+        lime_attributions=pd.DataFrame([a for _, rows in explained for a in rows]),
+    )
 
 
 def test_lime_diff_compares_top_k_only_where_the_superpixels_are_the_same():
-    old = lime_frames(explanation("s1", ["1", "2"], {"1": 2, "2": 1, "3": 0}),
-                      explanation("s2", ["1", "2"], {"1": 1, "2": 1}))
-    new = lime_frames(explanation("s1", ["2", "3"], {"1": 0, "2": 1, "3": 2}),
-                      explanation("s2", ["1", "2"], {"1": 1, "2": 1}, segments=label_map_png(np.eye(2))))
+    old = lime_frames(
+        explanation("s1", ["1", "2"], {"1": 2, "2": 1, "3": 0}), explanation("s2", ["1", "2"], {"1": 1, "2": 1})
+    )
+    new = lime_frames(
+        explanation("s1", ["2", "3"], {"1": 0, "2": 1, "3": 2}),
+        explanation("s2", ["1", "2"], {"1": 1, "2": 1}, segments=label_map_png(np.eye(2))),
+    )
     rows = {(r["metric"], r["scope"], r["item"]): r["value"] for r in lime_diff(old, new)}
     assert rows[("topk_jaccard", "sample", "s1")] == pytest.approx(1 / 3)
     assert rows[("attribution_shift", "sample", "s1")] == pytest.approx(2 / 3)
@@ -69,12 +76,23 @@ def test_lime_diff_compares_top_k_only_where_the_superpixels_are_the_same():
 
 def test_dissection_diff_counts_detectors_gained_and_lost_per_concept_and_category():
     def units(*detected):
-        return pd.DataFrame([{"layer": "conv", "unit": i, "concept": concept or "red", "is_detector": bool(concept),
-                              "category": {"red": "color", "blue": "color", "disc": "object"}[concept or "red"]}
-                             for i, concept in enumerate(detected)])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": "conv",
+                    "unit": i,
+                    "concept": concept or "red",
+                    "is_detector": bool(concept),
+                    "category": {"red": "color", "blue": "color", "disc": "object"}[concept or "red"],
+                }
+                for i, concept in enumerate(detected)
+            ]
+        )
 
-    rows = dissection_diff(frames(dissection_units=units("red", "red", "disc", None)),
-                           frames(dissection_units=units("red", "blue", None, "disc")))
+    rows = dissection_diff(
+        frames(dissection_units=units("red", "red", "disc", None)),
+        frames(dissection_units=units("red", "blue", None, "disc")),
+    )
     table = {(r["metric"], r["scope"], r["item"]): r for r in rows}
     assert table[("detectors_lost", "concept", "red")]["value"] == 1
     assert table[("detectors_gained", "concept", "blue")]["value"] == 1
@@ -86,18 +104,26 @@ def test_dissection_diff_counts_detectors_gained_and_lost_per_concept_and_catego
 
 
 def test_gates_pass_fail_and_skip():
-    units = pd.DataFrame([{"layer": "a", "unit": 0, "category": "color", "is_detector": True, "iou": 0.2,
-                           "baseline_max_iou": 0.1},
-                          {"layer": "a", "unit": 1, "category": "object", "is_detector": True, "iou": 0.1,
-                           "baseline_max_iou": 0.3}])
+    units = pd.DataFrame(
+        [
+            {"layer": "a", "unit": 0, "category": "color", "is_detector": True, "iou": 0.2, "baseline_max_iou": 0.1},
+            {"layer": "a", "unit": 1, "category": "object", "is_detector": True, "iou": 0.1, "baseline_max_iou": 0.3},
+        ]
+    )
     run = frames(dissection_units=units)
-    gates = [DetectorsGate(metric="dissection.detectors", min=2),
-             DetectorsGate(name="above", metric="dissection.detectors_above_baseline", min=2),
-             DetectorsGate(name="objects", metric="dissection.detectors", category="object", max=0),
-             DiffGate(metric="lime.agreement", min=0.5)]
+    gates = [
+        DetectorsGate(metric="dissection.detectors", min=2),
+        DetectorsGate(name="above", metric="dissection.detectors_above_baseline", min=2),
+        DetectorsGate(name="objects", metric="dissection.detectors", category="object", max=0),
+        DiffGate(metric="lime.agreement", min=0.5),
+    ]
     first = {row["gate"]: row for row in evaluate_gates(gates, run, [], None)}
-    assert [first[g]["outcome"] for g in ("dissection.detectors", "above", "objects", "lime.agreement")] == \
-        ["passed", "failed", "failed", "skipped"]
+    assert [first[g]["outcome"] for g in ("dissection.detectors", "above", "objects", "lime.agreement")] == [
+        "passed",
+        "failed",
+        "failed",
+        "skipped",
+    ]
     assert first["above"]["value"] == 1 and "first audited version" in first["lime.agreement"]["detail"]
     overall = [{"method": "lime", "metric": "topk_jaccard", "scope": "overall", "value": 0.7}]
     passed_only = evaluate_gates(gates[3:], run, overall, Baseline("r0", "1", "passed"))[0]

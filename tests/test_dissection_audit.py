@@ -19,14 +19,21 @@ def cli(*args):
 
 def demo_spec(tmp_path, weights, **dissection) -> str:
     spec = {
-        "name": "dissection-demo", "seed": 0,
-        "model": {"source": "torch", "name": "shapes-cnn", "version": "1",
-                  "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights),
-                  "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-                  "layers": ["features.8", "features.12", "classifier"]},
+        "name": "dissection-demo",
+        "seed": 0,
+        "model": {
+            "source": "torch",
+            "name": "shapes-cnn",
+            "version": "1",
+            "factory": "interp_ops.demo_models:shapes_cnn",
+            "weights": str(weights),
+            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+            "layers": ["features.8", "features.12", "classifier"],
+        },
         "data": "builtin:shapes?split=val&n=8",
-        "ops": {"dissection": {"layers": ["features.8", "features.12"], "concepts": "builtin:concepts?n=200",
-                               **dissection}},
+        "ops": {
+            "dissection": {"layers": ["features.8", "features.12"], "concepts": "builtin:concepts?n=200", **dissection}
+        },
         "report": {"store": str(tmp_path / "reports")},
     }
     path = tmp_path / "spec.yaml"
@@ -60,20 +67,26 @@ def test_demo_cnn_is_dissected_next_to_its_random_baseline(tmp_path, trained):
 
 
 def test_a_gray_user_model_is_dissected_on_rgb_concepts(gray_spec, tmp_path):
-    spec = gray_spec(ops={"dissection": {"layers": ["body.conv1"], "concepts": "builtin:concepts?n=60&size=48",
-                                         "baseline": "none"}})
+    spec = gray_spec(
+        ops={"dissection": {"layers": ["body.conv1"], "concepts": "builtin:concepts?n=60&size=48", "baseline": "none"}}
+    )
     code, output = cli("run", spec)
     assert code == 0, output
     units = report.load_table(tmp_path / "reports", "dissection_units")
     assert sorted(units.unit) == [0, 1, 2, 3] and units.baseline_iou.isna().all()
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"ops.dissection.quantile": 0.5}, "ops.dissection.quantile: must lie strictly between 0 and 0.5 (got 0.5)"),
-    ({"ops.dissection.layers": ["features.8", "classifier"]},
-     "ops.dissection.layers[1]: 'classifier' outputs shape (3,) per sample, with no spatial dimensions"),
-    ({"ops.dissection.concepts": "empty-concepts"}, "ops.dissection.concepts:"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"ops.dissection.quantile": 0.5}, "ops.dissection.quantile: must lie strictly between 0 and 0.5 (got 0.5)"),
+        (
+            {"ops.dissection.layers": ["features.8", "classifier"]},
+            "ops.dissection.layers[1]: 'classifier' outputs shape (3,) per sample, with no spatial dimensions",
+        ),
+        ({"ops.dissection.concepts": "empty-concepts"}, "ops.dissection.concepts:"),
+    ],
+)
 def test_bad_dissection_input_is_refused(tmp_path, trained, changes, message):
     path = demo_spec(tmp_path, trained["honest"].weights_path)
     spec = yaml.safe_load(path.read_text())

@@ -62,9 +62,15 @@ class PlantedNet(nn.Module):
         return self.head(torch.cat([self.color(x).mean(dim=(2, 3)), texture.mean(dim=(2, 3))], dim=1))
 
 
-PLANTED = {("color", 0): "red", ("color", 1): "green", ("color", 2): "blue",
-           ("texture", 0): "stripes-vertical-fine", ("texture", 1): "stripes-horizontal-fine",
-           ("pooled", 0): "stripes-vertical-fine", ("pooled", 1): "stripes-horizontal-fine"}
+PLANTED = {
+    ("color", 0): "red",
+    ("color", 1): "green",
+    ("color", 2): "blue",
+    ("texture", 0): "stripes-vertical-fine",
+    ("texture", 1): "stripes-horizontal-fine",
+    ("pooled", 0): "stripes-vertical-fine",
+    ("pooled", 1): "stripes-horizontal-fine",
+}
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +126,9 @@ def test_trained_demo_model_beats_its_random_init_baseline(concepts, trained):
     units = {}
     for name, candidate in (("trained", model), ("random", random_init_copy(model, seed=0))):
         session = make_session(export_torch(candidate.eval(), (3, SIZE, SIZE), [layer]), "cpu")
-        result = dissect(session, small, [layer], input_shape=(3, SIZE, SIZE), mean=DEMO_INPUT["mean"],
-                         std=DEMO_INPUT["std"])[layer]
+        result = dissect(
+            session, small, [layer], input_shape=(3, SIZE, SIZE), mean=DEMO_INPUT["mean"], std=DEMO_INPUT["std"]
+        )[layer]
         units[name] = detectors(result, small)
     found = units["trained"][units["trained"].is_detector]
     chance = units["random"][units["random"].is_detector]
@@ -147,8 +154,10 @@ def reference_dissection(session, concepts, layer, input_shape, quantile, mean=N
     active = (up.reshape(n, units, sh * sw) > thresholds[None, :, None]) & fires[:, :, None]  # (N, U, S)
     layers = np.concatenate([batch.pixel_labels[c] for c in concepts.pixel_categories()], axis=1)
     layers = layers.reshape(n, layers.shape[1], sh * sw)  # (N, K, S): every mask layer of every category
-    whole = {label: np.array([any(label in per_image[i] for per_image in batch.image_labels.values())
-                              for i in range(n)]) for label in concepts.labels}  # (N,) whole-image labels
+    whole = {
+        label: np.array([any(label in per_image[i] for per_image in batch.image_labels.values()) for i in range(n)])
+        for label in concepts.labels
+    }  # (N,) whole-image labels
     label_ids = sorted(concepts.labels)
     iou = np.zeros((units, len(label_ids)))
     for column, label in enumerate(label_ids):
@@ -201,15 +210,31 @@ def _write_handmade(root: Path, n: int = 12) -> Path:
             csv.writer(stream).writerows([header, *body])
 
     table("index.csv", ["image", "split", "ih", "iw", "sh", "sw", "thing", "kind"], rows)
-    table("label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
-          [[0, "-", "", 0, 0, ""], [3, "a", "thing(1)", 1, 1, ""], [4, "b", "thing(2)", 1, 1, ""],
-           [258, "c", "thing(3);kind(3)", 1, 1, ""], [5, "x", "kind(1)", 1, 1, ""], [6, "y", "kind(2)", 1, 1, ""]])
-    table("category.csv", ["name", "first", "last", "count", "frequency"],
-          [["thing", 1, 3, 3, n], ["kind", 1, 3, 3, n]])
-    table("c_thing.csv", ["code", "number", "name", "frequency", "coverage"],
-          [[1, 3, "a", 1, 1], [2, 4, "b", 1, 1], [3, 258, "c", 1, 2.0]])
-    table("c_kind.csv", ["code", "number", "name", "frequency", "coverage"],
-          [[1, 5, "x", 1, 1], [2, 6, "y", 1, 1], [3, 258, "c", 1, 0.5]])
+    table(
+        "label.csv",
+        ["number", "name", "category", "frequency", "coverage", "syns"],
+        [
+            [0, "-", "", 0, 0, ""],
+            [3, "a", "thing(1)", 1, 1, ""],
+            [4, "b", "thing(2)", 1, 1, ""],
+            [258, "c", "thing(3);kind(3)", 1, 1, ""],
+            [5, "x", "kind(1)", 1, 1, ""],
+            [6, "y", "kind(2)", 1, 1, ""],
+        ],
+    )
+    table(
+        "category.csv", ["name", "first", "last", "count", "frequency"], [["thing", 1, 3, 3, n], ["kind", 1, 3, 3, n]]
+    )
+    table(
+        "c_thing.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 3, "a", 1, 1], [2, 4, "b", 1, 1], [3, 258, "c", 1, 2.0]],
+    )
+    table(
+        "c_kind.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 5, "x", 1, 1], [2, 6, "y", 1, 1], [3, 258, "c", 1, 0.5]],
+    )
     return root
 
 
@@ -218,8 +243,9 @@ def test_iou_matches_reference_with_layers_shrinking_and_normalization(tmp_path,
     handmade = load_concepts(str(_write_handmade(tmp_path / "handmade")))
     assert handmade.label_category[258] == "thing"  # the category where its coverage is largest
     mean, std = [0.4, 0.5, 0.6], [0.3, 0.2, 0.25]
-    results = dissect(session, handmade, PLANTED_LAYERS, input_shape=(3, SIZE, SIZE), mean=mean, std=std,
-                      quantile=0.05, batch_size=5)
+    results = dissect(
+        session, handmade, PLANTED_LAYERS, input_shape=(3, SIZE, SIZE), mean=mean, std=std, quantile=0.05, batch_size=5
+    )
     for layer in PLANTED_LAYERS:
         expected = reference_dissection(session, handmade, layer, (3, SIZE, SIZE), 0.05, mean, std)
         np.testing.assert_allclose(results[layer].iou, expected, atol=1e-6, rtol=0)
@@ -247,12 +273,17 @@ def test_exact_quantile_threshold_equals_numpy(count, quantile):
     top = -np.sort(-values, axis=1)[:, :k]
     expected = np.quantile(values.astype(np.float64), 1 - quantile, axis=1)
     np.testing.assert_array_equal(exact_quantile_threshold(top, count, quantile), expected)
-    np.testing.assert_allclose(exact_quantile_threshold(top, count, quantile),
-                               np.percentile(values.astype(np.float64), 100 * (1 - quantile), axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        exact_quantile_threshold(top, count, quantile),
+        np.percentile(values.astype(np.float64), 100 * (1 - quantile), axis=1),
+        rtol=1e-12,
+    )
 
 
-@pytest.mark.parametrize(("source", "target"), [((8, 8), (64, 64)), ((7, 5), (112, 50)), ((3, 3), (3, 3)),
-                                                ((32, 32), (12, 12)), ((26, 26), (16, 40))])
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((8, 8), (64, 64)), ((7, 5), (112, 50)), ((3, 3), (3, 3)), ((32, 32), (12, 12)), ((26, 26), (16, 40))],
+)
 def test_upsampling_matches_pil_bilinear(source, target):
     """NetDissect-Lite resizes with scipy's imresize(mode='F'), i.e. PIL's BILINEAR on float32 images."""
     maps = np.random.default_rng(0).standard_normal((4, *source)).astype(np.float32)
@@ -269,7 +300,7 @@ def test_random_init_copy_is_seeded_and_resets_batch_norm():
     state = torch.get_rng_state()
     first, second = random_init_copy(model, 5), random_init_copy(model, 5)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
-    for a, b, original in zip(first.state_dict().values(), second.state_dict().values(), model.state_dict().values()):
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
     assert not torch.equal(first[0].weight, model[0].weight)
     assert not torch.equal(random_init_copy(model, 6)[0].weight, first[0].weight)
@@ -335,8 +366,16 @@ def test_empty_concept_folder(tmp_path):
 def test_grayscale_model_on_rgb_concepts(concepts, gray):
     small = concepts.head(40)
     steps = []
-    results = dissect(gray, small, ["body.conv1", "body.act2"], input_shape=(1, 28, 28), mean=[0.5], std=[0.5],
-                      batch_size=16, progress=lambda done, total: steps.append((done, total)))
+    results = dissect(
+        gray,
+        small,
+        ["body.conv1", "body.act2"],
+        input_shape=(1, 28, 28),
+        mean=[0.5],
+        std=[0.5],
+        batch_size=16,
+        progress=lambda done, total: steps.append((done, total)),
+    )
     assert steps[-1] == (6, 6) and len(steps) == 6
     conv1, act2 = results["body.conv1"], results["body.act2"]
     assert conv1.thresholds.shape == (4,) and conv1.iou.shape == (4, len(small.labels))

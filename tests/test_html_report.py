@@ -25,8 +25,19 @@ from interp_audit.store import ReportStore
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = ["summary", "review", "gates", "diff", "parity", "contracts", "predictions", "lime", "activation_max",
-                "dissection", "reproducibility"]
+ALL_SECTIONS = [
+    "summary",
+    "review",
+    "gates",
+    "diff",
+    "parity",
+    "contracts",
+    "predictions",
+    "lime",
+    "activation_max",
+    "dissection",
+    "reproducibility",
+]
 HOSTILE_CLASSES = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "tri&amp; \"angle\" 'q'"]
 
 
@@ -69,8 +80,10 @@ def assert_self_contained(html: str) -> _Links:
     assert not re.search(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?)\s*(?:[a-z][a-z0-9+.-]*:)?//""", html, re.I)
     assert "<script" not in html.lower() and "javascript:" not in html.lower()
     assert "script" not in links.tags and "iframe" not in links.tags and "link" not in links.tags
-    assert '<meta http-equiv="Content-Security-Policy" content="default-src &#39;none&#39;; img-src data:; ' \
-           'style-src &#39;unsafe-inline&#39;">' in html
+    assert (
+        '<meta http-equiv="Content-Security-Policy" content="default-src &#39;none&#39;; img-src data:; '
+        'style-src &#39;unsafe-inline&#39;">' in html
+    )
     assert '<meta name="referrer" content="no-referrer">' in html
     return links
 
@@ -89,6 +102,7 @@ def publish(root: Path, run_id: str, model: str, tables: dict) -> ReportStore:
 
 
 # --------------------------------------------------------------------------------------------- a real audit
+
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory, trained, prefect_server):
@@ -163,40 +177,99 @@ HOSTILE = {
     "audit": "<script>alert('audit')</script>",
     "model": "<img src=x onerror=alert(3)>",
     "reviewer": "<svg onload=alert(4)>",
-    "comment": "</div></section><script>alert(5)</script><a href=\"https://evil.example/\">click</a>",
+    "comment": '</div></section><script>alert(5)</script><a href="https://evil.example/">click</a>',
     "feature": "<b onmouseover=alert(6)>age</b>",
-    "item": "<iframe src=\"//evil.example\"></iframe>",
+    "item": '<iframe src="//evil.example"></iframe>',
 }
 
 
 def hostile_tables(run_id: str) -> dict:
     tables = {name: table.to_pylist() for name, table in run_tables(run_id).items()}
     tables["audit_runs"][0].update(
-        audit_name=HOSTILE["audit"], model_name=HOSTILE["model"], status="failed_gates",
-        spec_text=f"name: x\n# {HOSTILE['comment']}\n", data_uri="file:///<script>alert(7)</script>",
-        package_versions=json.dumps({"<script>alert(8)</script>": "1.0", "torch": "2.13.0"}))
+        audit_name=HOSTILE["audit"],
+        model_name=HOSTILE["model"],
+        status="failed_gates",
+        spec_text=f"name: x\n# {HOSTILE['comment']}\n",
+        data_uri="file:///<script>alert(7)</script>",
+        package_versions=json.dumps({"<script>alert(8)</script>": "1.0", "torch": "2.13.0"}),
+    )
     tables["onnx_parity"][0]["output"] = HOSTILE["item"]
     tables["predictions"] = [
-        {"run_id": run_id, "sample_id": HOSTILE["item"], "label": 0, "label_name": HOSTILE["audit"], "predicted": 0,
-         "predicted_name": HOSTILE["audit"], "probability": 0.9, "correct": True}]
+        {
+            "run_id": run_id,
+            "sample_id": HOSTILE["item"],
+            "label": 0,
+            "label_name": HOSTILE["audit"],
+            "predicted": 0,
+            "predicted_name": HOSTILE["audit"],
+            "probability": 0.9,
+            "correct": True,
+        }
+    ]
     tables["contract_results"] = [
-        {"run_id": run_id, "table_name": "predictions", "expectation": "expect_column_values_to_be_between",
-         "column": "probability", "success": False, "observed_value": HOSTILE["comment"],
-         "details": json.dumps({"max_value": 1})}]
+        {
+            "run_id": run_id,
+            "table_name": "predictions",
+            "expectation": "expect_column_values_to_be_between",
+            "column": "probability",
+            "success": False,
+            "observed_value": HOSTILE["comment"],
+            "details": json.dumps({"max_value": 1}),
+        }
+    ]
     tables["gate_results"] = [
-        {"run_id": run_id, "gate": HOSTILE["audit"], "metric": "lime.region_share", "params": json.dumps(HOSTILE),
-         "value": 0.5, "min": 0.8, "max": None, "outcome": "failed", "detail": HOSTILE["comment"]}]
+        {
+            "run_id": run_id,
+            "gate": HOSTILE["audit"],
+            "metric": "lime.region_share",
+            "params": json.dumps(HOSTILE),
+            "value": 0.5,
+            "min": 0.8,
+            "max": None,
+            "outcome": "failed",
+            "detail": HOSTILE["comment"],
+        }
+    ]
     tables["lime_explanations"] = [
-        {"run_id": run_id, "sample_id": HOSTILE["item"], "label": 0, "label_name": HOSTILE["model"],
-         "probability": 0.9, "intercept": 0.1, "local_prediction": 0.85, "prediction_gap": 0.05, "r2_in_sample": 0.9,
-         "r2_heldout": 0.8, "stability": None, "deletion_auc": 0.2, "insertion_auc": 0.8, "kernel_width": 1.0,
-         "num_samples": 100, "num_features": 3, "top_features": [HOSTILE["feature"], "bmi"],
-         "overlay_png": None, "segments_png": None}]
+        {
+            "run_id": run_id,
+            "sample_id": HOSTILE["item"],
+            "label": 0,
+            "label_name": HOSTILE["model"],
+            "probability": 0.9,
+            "intercept": 0.1,
+            "local_prediction": 0.85,
+            "prediction_gap": 0.05,
+            "r2_in_sample": 0.9,
+            "r2_heldout": 0.8,
+            "stability": None,
+            "deletion_auc": 0.2,
+            "insertion_auc": 0.8,
+            "kernel_width": 1.0,
+            "num_samples": 100,
+            "num_features": 3,
+            "top_features": [HOSTILE["feature"], "bmi"],
+            "overlay_png": None,
+            "segments_png": None,
+        }
+    ]
     tables["lime_attributions"] = [
-        {"run_id": run_id, "sample_id": HOSTILE["item"], "label": 0, "feature": feature, "weight": weight,
-         "rank": rank, "area_fraction": None, "bin": bin_}
-        for feature, weight, rank, bin_ in ((HOSTILE["feature"], 0.4, 1, "<u>0.2 < age <= 0.5</u>"),
-                                            ("bmi", -0.2, 2, "bmi > 30"), ("hidden-third", 0.01, 3, None))]
+        {
+            "run_id": run_id,
+            "sample_id": HOSTILE["item"],
+            "label": 0,
+            "feature": feature,
+            "weight": weight,
+            "rank": rank,
+            "area_fraction": None,
+            "bin": bin_,
+        }
+        for feature, weight, rank, bin_ in (
+            (HOSTILE["feature"], 0.4, 1, "<u>0.2 < age <= 0.5</u>"),
+            ("bmi", -0.2, 2, "bmi > 30"),
+            ("hidden-third", 0.01, 3, None),
+        )
+    ]
     return tables
 
 
@@ -208,16 +281,32 @@ def test_hostile_names_from_tables_and_reviews_are_escaped_in_chromium(tmp_path)
     assert code == 0, output
     html = path.read_text(encoding="utf-8")
     assert_self_contained(html)
-    for raw in ("<script>alert(", "<img src=x", "<svg", "<iframe", "<b onmouseover", "<u>0.2", "evil.example/\">"):
+    for raw in ("<script>alert(", "<img src=x", "<svg", "<iframe", "<b onmouseover", "<u>0.2", 'evil.example/">'):
         assert raw not in html, raw
     assert "&lt;svg onload=alert(4)&gt;" in html and "&lt;img src=x onerror=alert(3)&gt;" in html
 
     page = open_in_chromium(path)
     assert_clean(page)
-    assert page.sections == ["summary", "review", "gates", "parity", "contracts", "predictions", "lime",
-                             "reproducibility"], page.sections
-    for value in (HOSTILE["audit"], HOSTILE["model"], HOSTILE["reviewer"], HOSTILE["comment"], HOSTILE["feature"],
-                  HOSTILE["item"], "<u>0.2 < age <= 0.5</u>", "failed_gates"):
+    assert page.sections == [
+        "summary",
+        "review",
+        "gates",
+        "parity",
+        "contracts",
+        "predictions",
+        "lime",
+        "reproducibility",
+    ], page.sections
+    for value in (
+        HOSTILE["audit"],
+        HOSTILE["model"],
+        HOSTILE["reviewer"],
+        HOSTILE["comment"],
+        HOSTILE["feature"],
+        HOSTILE["item"],
+        "<u>0.2 < age <= 0.5</u>",
+        "failed_gates",
+    ):
         assert value in page.text, value
     assert "hidden-third" not in page.text  # rank 3 > top_k (2 top features)
     assert "0 / 1 expectations met" in " ".join(page.text.split())
@@ -227,48 +316,145 @@ def test_gates_and_version_diffs_are_rendered(tmp_path):
     tables = {name: table.to_pylist() for name, table in run_tables("r2", version="2").items()}
     tables["audit_runs"][0]["status"] = "failed_gates"
     tables["gate_results"] = [
-        {"run_id": "r2", "gate": g, "metric": m, "params": json.dumps({"metric": m}), "value": v, "min": lo,
-         "max": None, "outcome": o, "detail": d}
-        for g, m, v, lo, o, d in (("detectors", "dissection.detectors", 12.0, 10.0, "passed", "features.12: 12"),
-                                  ("region", "lime.region_share", 0.123456, 0.5, "failed", "corner share 0.123"),
-                                  ("drift", "diff.topk_jaccard", None, 0.5, "skipped", "no baseline run"))]
-    base = {"run_id": "r2", "baseline_run_id": "r1-baseline", "baseline_version": "1", "baseline_basis": "approved",
-            "category": None, "old_value": None, "new_value": None}
+        {
+            "run_id": "r2",
+            "gate": g,
+            "metric": m,
+            "params": json.dumps({"metric": m}),
+            "value": v,
+            "min": lo,
+            "max": None,
+            "outcome": o,
+            "detail": d,
+        }
+        for g, m, v, lo, o, d in (
+            ("detectors", "dissection.detectors", 12.0, 10.0, "passed", "features.12: 12"),
+            ("region", "lime.region_share", 0.123456, 0.5, "failed", "corner share 0.123"),
+            ("drift", "diff.topk_jaccard", None, 0.5, "skipped", "no baseline run"),
+        )
+    ]
+    base = {
+        "run_id": "r2",
+        "baseline_run_id": "r1-baseline",
+        "baseline_version": "1",
+        "baseline_basis": "approved",
+        "category": None,
+        "old_value": None,
+        "new_value": None,
+    }
     diffs = [
-        {**base, "method": "lime", "metric": "topk_jaccard", "scope": "overall", "layer": "output", "item": "*",
-         "value": 0.4567},
-        {**base, "method": "lime", "metric": "attribution_shift", "scope": "overall", "layer": "output", "item": "*",
-         "value": 0.2345},
-        {**base, "method": "lime", "metric": "topk_jaccard", "scope": "sample", "layer": "output", "item": "s-007",
-         "value": 0.25},
-        {**base, "method": "lime", "metric": "attribution_shift", "scope": "sample", "layer": "output",
-         "item": "s-007", "value": 0.5},
-        {**base, "method": "dissection", "metric": "detectors", "scope": "overall", "layer": "features.12",
-         "item": "*", "old_value": 40.0, "new_value": 45.0, "value": 5.0},
+        {
+            **base,
+            "method": "lime",
+            "metric": "topk_jaccard",
+            "scope": "overall",
+            "layer": "output",
+            "item": "*",
+            "value": 0.4567,
+        },
+        {
+            **base,
+            "method": "lime",
+            "metric": "attribution_shift",
+            "scope": "overall",
+            "layer": "output",
+            "item": "*",
+            "value": 0.2345,
+        },
+        {
+            **base,
+            "method": "lime",
+            "metric": "topk_jaccard",
+            "scope": "sample",
+            "layer": "output",
+            "item": "s-007",
+            "value": 0.25,
+        },
+        {
+            **base,
+            "method": "lime",
+            "metric": "attribution_shift",
+            "scope": "sample",
+            "layer": "output",
+            "item": "s-007",
+            "value": 0.5,
+        },
+        {
+            **base,
+            "method": "dissection",
+            "metric": "detectors",
+            "scope": "overall",
+            "layer": "features.12",
+            "item": "*",
+            "old_value": 40.0,
+            "new_value": 45.0,
+            "value": 5.0,
+        },
     ]
     for scope, item, category, old, new, gained, lost in (
-            ("category", "object", "object", 30, 38, 9, 1), ("category", "color", "color", 10, 7, 0, 3),
-            ("concept", "red-circle", "object", 2, 5, 3, 0), ("concept", "steady-concept", "object", 4, 4, 0, 0)):
-        cell = {**base, "method": "dissection", "scope": scope, "layer": "features.12", "item": item,
-                "category": category}
-        diffs += [{**cell, "metric": "detectors", "old_value": float(old), "new_value": float(new),
-                   "value": float(new - old)},
-                  {**cell, "metric": "detectors_gained", "value": float(gained)},
-                  {**cell, "metric": "detectors_lost", "value": float(lost)}]
+        ("category", "object", "object", 30, 38, 9, 1),
+        ("category", "color", "color", 10, 7, 0, 3),
+        ("concept", "red-circle", "object", 2, 5, 3, 0),
+        ("concept", "steady-concept", "object", 4, 4, 0, 0),
+    ):
+        cell = {
+            **base,
+            "method": "dissection",
+            "scope": scope,
+            "layer": "features.12",
+            "item": item,
+            "category": category,
+        }
+        diffs += [
+            {
+                **cell,
+                "metric": "detectors",
+                "old_value": float(old),
+                "new_value": float(new),
+                "value": float(new - old),
+            },
+            {**cell, "metric": "detectors_gained", "value": float(gained)},
+            {**cell, "metric": "detectors_lost", "value": float(lost)},
+        ]
     for unit in range(12):  # units 5 and 6 change least, 0 and 11 most
         change = 0.1 * (unit - 5.5)
-        diffs.append({**base, "method": "activation_max", "metric": "ratio", "scope": "unit", "layer": "features.12",
-                      "item": str(unit), "old_value": 2.0, "new_value": 2.0 + change, "value": change})
-    diffs.append({**base, "method": "activation_max", "metric": "ratio", "scope": "overall", "layer": "features.12",
-                  "item": "*", "old_value": 2.0, "new_value": 1.95, "value": -0.05})
+        diffs.append(
+            {
+                **base,
+                "method": "activation_max",
+                "metric": "ratio",
+                "scope": "unit",
+                "layer": "features.12",
+                "item": str(unit),
+                "old_value": 2.0,
+                "new_value": 2.0 + change,
+                "value": change,
+            }
+        )
+    diffs.append(
+        {
+            **base,
+            "method": "activation_max",
+            "metric": "ratio",
+            "scope": "overall",
+            "layer": "features.12",
+            "item": "*",
+            "old_value": 2.0,
+            "new_value": 1.95,
+            "value": -0.05,
+        }
+    )
     tables["version_diffs"] = diffs
     store = publish(tmp_path / "reports", "r2", "m", tables)
 
     html = render_html(store, "r2")
     assert_self_contained(html)
     # the failed gate's row is red (class bad); the passed and skipped ones are not
-    rows = {re.search(r"<td>(\w+)</td>", row).group(1): cls for cls, row in
-            re.findall(r'<tr class="([^"]*)">\s*(<td>.*?)</tr>', html, re.S) if "<td>" in row}
+    rows = {
+        re.search(r"<td>(\w+)</td>", row).group(1): cls
+        for cls, row in re.findall(r'<tr class="([^"]*)">\s*(<td>.*?)</tr>', html, re.S)
+        if "<td>" in row
+    }
     assert rows["region"] == "bad" and rows["detectors"] == "" and rows["drift"] == "skipped", rows
     path = tmp_path / "diff.html"
     path.write_text(html, encoding="utf-8")
@@ -330,9 +516,11 @@ def test_an_unknown_run_is_refused_and_nothing_is_written(tmp_path, monkeypatch)
 def test_the_browser_check_sees_requests_dialogs_and_errors(tmp_path):
     """The Chromium checks above are not vacuous: a page that calls out, alerts and throws is caught."""
     path = tmp_path / "bad.html"
-    path.write_text('<!DOCTYPE html><html><body><section id="s"><h2>s</h2><img src="http://127.0.0.1:9/x.png">'
-                    '</section><section id="hidden" style="display:none">h</section>'
-                    '<script>alert(1); console.error("logged"); throw new Error("boom")</script></body></html>')
+    path.write_text(
+        '<!DOCTYPE html><html><body><section id="s"><h2>s</h2><img src="http://127.0.0.1:9/x.png">'
+        '</section><section id="hidden" style="display:none">h</section>'
+        '<script>alert(1); console.error("logged"); throw new Error("boom")</script></body></html>'
+    )
     page = open_in_chromium(path)
     assert page.requests == ["http://127.0.0.1:9/x.png"]
     assert page.dialogs == ["alert: 1"]
@@ -340,10 +528,23 @@ def test_the_browser_check_sees_requests_dialogs_and_errors(tmp_path):
     assert page.sections == ["s"]
 
 
-@pytest.mark.parametrize("value, text", [(None, "\u2013"), (float("nan"), "\u2013"), (0.123456, "0.123"),
-                                         (1.5e-7, "1.5e-07"), (12345.6, "12,346"), (3, "3"), (np.int64(7), "7"),
-                                         (np.float32(0.25), "0.25"), (True, "yes"), (np.bool_(False), "no"),
-                                         (np.float64("nan"), "\u2013"), ("<b>", "<b>")])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (None, "\u2013"),
+        (float("nan"), "\u2013"),
+        (0.123456, "0.123"),
+        (1.5e-7, "1.5e-07"),
+        (12345.6, "12,346"),
+        (3, "3"),
+        (np.int64(7), "7"),
+        (np.float32(0.25), "0.25"),
+        (True, "yes"),
+        (np.bool_(False), "no"),
+        (np.float64("nan"), "\u2013"),
+        ("<b>", "<b>"),
+    ],
+)
 def test_numbers_are_formatted_to_three_significant_digits(value, text):
     assert fmt(value) == text
 
@@ -355,5 +556,5 @@ def test_a_published_run_renders_without_the_network_or_prefect(tmp_path):
     assert_self_contained(html)
     ids = re.findall(r'<section id="([^"]+)"', html)
     assert ids == ["summary", "review", "reproducibility"]
-    started = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
+    started = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
     assert f"{started:%Y-%m-%d %H:%M:%S} UTC" in html

@@ -49,28 +49,42 @@ def run_cli(*args) -> tuple[int, str]:
 # --- the spec: NaN and infinity, booleans, seeds, thresholds, duplicate keys --------------------------------------
 
 
-@pytest.mark.parametrize("yaml_text, message", [
-    (BASE.replace("shape: [3, 8, 8]", "shape: [3, 8, 8], mean: [0, 0, 0], std: [.inf, 1, 1]"),
-     "model.input.std[0]: must be a finite number, not NaN or infinity (got inf)"),
-    (BASE.replace("shape: [3, 8, 8]", "shape: [3, 8, 8], range: [0, .nan]"), "model.input.range[1]: must be a finite"),
-    (BASE + "ops: {lime: {hide: .nan}}\n", "ops.lime.hide: must be 'mean' or must be a finite number"),
-    (BASE + "ops: {lime: {segmentation: {ratio: .nan}}}\n", "ops.lime.segmentation.ratio: must be a finite number"),
-    (BASE + "ops: {lime: {kernel_width: .inf}}\n", "ops.lime.kernel_width: must be a finite number"),
-    (BASE + "ops: {lime: {}}\ngates: [{metric: lime.agreement, min: .nan}]\n", "gates[0].min: must be a finite"),
-    (BASE + "contracts: {onnx.max_abs_diff: .inf}\n", "contracts.onnx.max_abs_diff: must be a finite number"),
-    (BASE + "contracts: {onnx.min_argmax_agreement: .nan}\n", "contracts.onnx.min_argmax_agreement: must be a finite"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        (
+            BASE.replace("shape: [3, 8, 8]", "shape: [3, 8, 8], mean: [0, 0, 0], std: [.inf, 1, 1]"),
+            "model.input.std[0]: must be a finite number, not NaN or infinity (got inf)",
+        ),
+        (
+            BASE.replace("shape: [3, 8, 8]", "shape: [3, 8, 8], range: [0, .nan]"),
+            "model.input.range[1]: must be a finite",
+        ),
+        (BASE + "ops: {lime: {hide: .nan}}\n", "ops.lime.hide: must be 'mean' or must be a finite number"),
+        (BASE + "ops: {lime: {segmentation: {ratio: .nan}}}\n", "ops.lime.segmentation.ratio: must be a finite number"),
+        (BASE + "ops: {lime: {kernel_width: .inf}}\n", "ops.lime.kernel_width: must be a finite number"),
+        (BASE + "ops: {lime: {}}\ngates: [{metric: lime.agreement, min: .nan}]\n", "gates[0].min: must be a finite"),
+        (BASE + "contracts: {onnx.max_abs_diff: .inf}\n", "contracts.onnx.max_abs_diff: must be a finite number"),
+        (
+            BASE + "contracts: {onnx.min_argmax_agreement: .nan}\n",
+            "contracts.onnx.min_argmax_agreement: must be a finite",
+        ),
+    ],
+)
 def test_no_float_of_the_spec_may_be_nan_or_infinite(yaml_text, message):
     assert message in refusal(yaml_text)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("seed: true", "seed: must be an integer, not true"),
-    ("ops: {lime: {num_samples: true}}", "ops.lime.num_samples: must be an integer, not true"),
-    ("ops: {lime: {labels: [false]}}", "ops.lime.labels[0]: must be an integer, not false"),
-    ("ops: {lime: {hide: true}}", "ops.lime.hide: must be 'mean' or must be a number, not true"),
-    ("contracts: {onnx.max_abs_diff: true}", "contracts.onnx.max_abs_diff: must be a number, not true"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("seed: true", "seed: must be an integer, not true"),
+        ("ops: {lime: {num_samples: true}}", "ops.lime.num_samples: must be an integer, not true"),
+        ("ops: {lime: {labels: [false]}}", "ops.lime.labels[0]: must be an integer, not false"),
+        ("ops: {lime: {hide: true}}", "ops.lime.hide: must be 'mean' or must be a number, not true"),
+        ("contracts: {onnx.max_abs_diff: true}", "contracts.onnx.max_abs_diff: must be a number, not true"),
+    ],
+)
 def test_booleans_are_not_numbers(line, message):
     assert message in refusal(BASE + line + "\n")
 
@@ -94,29 +108,49 @@ def test_the_largest_seed_is_taken_by_every_consumer():
     assert len(shapes("val", 1, MAX_SEED)[2]) == 1
 
 
-@pytest.mark.parametrize("contracts, message", [
-    ("{onnx.max_abs_diff: -1}", "contracts.onnx.max_abs_diff: must be a finite number >= 0 (got -1.0)"),
-    ("{onnx.min_argmax_agreement: 1.5}", "contracts.onnx.min_argmax_agreement: must be a number from 0 to 1 (got 1.5)"),
-    ("{lime.min_stability: -0.1}", "contracts.lime.min_stability: must be a number from 0 to 1 (got -0.1)"),
-    ("{lime.min_r2_heldout: 2}", "contracts.lime.min_r2_heldout: must be a finite number <= 1 (got 2.0)"),
-])
+@pytest.mark.parametrize(
+    "contracts, message",
+    [
+        ("{onnx.max_abs_diff: -1}", "contracts.onnx.max_abs_diff: must be a finite number >= 0 (got -1.0)"),
+        (
+            "{onnx.min_argmax_agreement: 1.5}",
+            "contracts.onnx.min_argmax_agreement: must be a number from 0 to 1 (got 1.5)",
+        ),
+        ("{lime.min_stability: -0.1}", "contracts.lime.min_stability: must be a number from 0 to 1 (got -0.1)"),
+        ("{lime.min_r2_heldout: 2}", "contracts.lime.min_r2_heldout: must be a finite number <= 1 (got 2.0)"),
+    ],
+)
 def test_contract_thresholds_must_lie_in_their_columns_range(contracts, message):
     assert message in refusal(BASE + f"contracts: {contracts}\n")
 
 
 def test_thresholds_inside_their_range_are_kept():
-    spec = parse_spec(BASE + "contracts: {onnx.max_abs_diff: 1e-4, lime.min_r2_heldout: -10, actmax.min_ratio: -1, "
-                             "onnx.min_argmax_agreement: 1}\n", Path(".")).spec
-    assert spec.contracts == {"onnx.max_abs_diff": 1e-4, "lime.min_r2_heldout": -10.0, "actmax.min_ratio": -1.0,
-                              "onnx.min_argmax_agreement": 1.0}
+    spec = parse_spec(
+        BASE + "contracts: {onnx.max_abs_diff: 1e-4, lime.min_r2_heldout: -10, actmax.min_ratio: -1, "
+        "onnx.min_argmax_agreement: 1}\n",
+        Path("."),
+    ).spec
+    assert spec.contracts == {
+        "onnx.max_abs_diff": 1e-4,
+        "lime.min_r2_heldout": -10.0,
+        "actmax.min_ratio": -1.0,
+        "onnx.min_argmax_agreement": 1.0,
+    }
 
 
-@pytest.mark.parametrize("yaml_text, message", [
-    (BASE + "seed: 1\nseed: 2\n",
-     "invalid YAML at line 5, column 1: key 'seed' is given twice (first at line 4); keep one of them"),
-    (BASE + "ops:\n  lime: {top_k: 3,\n         top_k: 4}\n",
-     "line 6, column 10: key 'top_k' is given twice (first at line 5)"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        (
+            BASE + "seed: 1\nseed: 2\n",
+            "invalid YAML at line 5, column 1: key 'seed' is given twice (first at line 4); keep one of them",
+        ),
+        (
+            BASE + "ops:\n  lime: {top_k: 3,\n         top_k: 4}\n",
+            "line 6, column 10: key 'top_k' is given twice (first at line 5)",
+        ),
+    ],
+)
 def test_duplicate_keys_are_refused_with_key_and_lines(yaml_text, message):
     assert message in refusal(yaml_text)
 
@@ -126,14 +160,17 @@ def test_a_merged_key_overridden_is_no_duplicate():
     assert (lime.top_k, lime.num_samples) == (4, 10)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"seed": 2**70}, "seed: must be a whole number from 0 to 4294967295"),
-    ({"seed": True}, "seed: must be an integer, not true"),
-    ({"model.input.std": [float("inf")]}, "model.input.std[0]: must be a finite number, not NaN or infinity"),
-    ({"contracts": {"onnx.max_abs_diff": float("nan")}}, "contracts.onnx.max_abs_diff: must be a finite number"),
-    ({"contracts": {"onnx.max_abs_diff": -1}}, "contracts.onnx.max_abs_diff: must be a finite number >= 0"),
-    ({"ops": {"lime": {"hide": float("nan")}}}, "ops.lime.hide: must be 'mean' or must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"seed": 2**70}, "seed: must be a whole number from 0 to 4294967295"),
+        ({"seed": True}, "seed: must be an integer, not true"),
+        ({"model.input.std": [float("inf")]}, "model.input.std[0]: must be a finite number, not NaN or infinity"),
+        ({"contracts": {"onnx.max_abs_diff": float("nan")}}, "contracts.onnx.max_abs_diff: must be a finite number"),
+        ({"contracts": {"onnx.max_abs_diff": -1}}, "contracts.onnx.max_abs_diff: must be a finite number >= 0"),
+        ({"ops": {"lime": {"hide": float("nan")}}}, "ops.lime.hide: must be 'mean' or must be a finite number"),
+    ],
+)
 def test_cli_refuses_nonsense_with_exit_2(gray_spec, changes, message):
     path = gray_spec(**changes)
     code, output = run_cli("run", path)
@@ -152,24 +189,38 @@ def test_cli_refuses_duplicate_keys_with_exit_2(gray_spec):
 # --- ONNX files that are none --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "'model.onnx' is empty (0 bytes), not an ONNX model"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "'model.onnx' is not an ONNX model: it does not parse as one"),
-    (b"\x08\x07", "'model.onnx' is not an ONNX model: it holds no graph"),  # ir_version 7 and nothing else
-    ("truncated", "'model.onnx' is not an ONNX model"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "'model.onnx' is empty (0 bytes), not an ONNX model"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "'model.onnx' is not an ONNX model: it does not parse as one"),
+        (b"\x08\x07", "'model.onnx' is not an ONNX model: it holds no graph"),  # ir_version 7 and nothing else
+        ("truncated", "'model.onnx' is not an ONNX model"),
+    ],
+)
 def test_a_file_that_is_no_onnx_model_says_so(gray_spec, tmp_path, content, message):
     if content == "truncated":
         from onnx import TensorProto, helper
 
         tensor = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [tensor],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 28, 28])])
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [tensor],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 28, 28])],
+        )
         whole = helper.make_model(graph).SerializeToString()
-        content = whole[:len(whole) // 2]
+        content = whole[: len(whole) // 2]
     (tmp_path / "model.onnx").write_bytes(content)
-    path = gray_spec(model={"source": "onnx", "name": "gray-net", "version": "7", "path": "model.onnx",
-                            "input": {"shape": [1, 28, 28]}})
+    path = gray_spec(
+        model={
+            "source": "onnx",
+            "name": "gray-net",
+            "version": "7",
+            "path": "model.onnx",
+            "input": {"shape": [1, 28, 28]},
+        }
+    )
     code, output = run_cli("validate", path)
     assert code == 2, output
     assert f"model.path: {message}" in output and "tensors are" not in output, output
@@ -185,8 +236,11 @@ def test_mask_headers_show_wrong_size_and_non_png_without_decoding(tmp_path, mon
     root = write_minimal(tmp_path / "broden")
     load_concepts(str(root)).check_mask_headers()  # a sound folder passes
     _mask_png(root / "images/im1_a.png", np.full((5, 4), 300))
-    with pytest.raises(ConceptDataError, match=r"mask 'im1_a\.png' \(index\.csv row 2, category 'thing'\) is 5x4 "
-                                               r"pixels but the row gives sh=4, sw=4"):
+    with pytest.raises(
+        ConceptDataError,
+        match=r"mask 'im1_a\.png' \(index\.csv row 2, category 'thing'\) is 5x4 "
+        r"pixels but the row gives sh=4, sw=4",
+    ):
         load_concepts(str(root)).check_mask_headers()
     (root / "images/im1_a.png").unlink()
     (root / "images/notes.txt").write_text("not a mask")
@@ -214,8 +268,11 @@ def test_links_out_of_the_concept_folder_are_refused_like_dotdot_paths(tmp_path)
     outside.mkdir()
     (root / "images/im0_b.png").rename(outside / "im0_b.png")
     (root / "images/im0_b.png").symlink_to(outside / "im0_b.png")  # a sound PNG, but outside the folder
-    with pytest.raises(ConceptDataError, match=r"index\.csv row 1, column 'thing' names mask 'im0_b\.png', a symbolic "
-                                               r"link to .*elsewhere/im0_b\.png, outside the concept folder"):
+    with pytest.raises(
+        ConceptDataError,
+        match=r"index\.csv row 1, column 'thing' names mask 'im0_b\.png', a symbolic "
+        r"link to .*elsewhere/im0_b\.png, outside the concept folder",
+    ):
         load_concepts(str(root))
     (root / "images/im0_b.png").unlink()
     (outside / "im0_b.png").rename(root / "images/im0_b.png")
@@ -231,29 +288,46 @@ def test_links_out_of_the_concept_folder_are_refused_like_dotdot_paths(tmp_path)
 
 def test_unlisted_index_columns_are_ignored_when_empty_and_named_when_they_hold_labels(tmp_path):
     root = write_minimal(tmp_path / "broden")
-    _rewrite_index(root, lambda rows: [row.extend(["part", "material"] if i == 0 else ["", ""])
-                                       for i, row in enumerate(rows)])
+    _rewrite_index(
+        root, lambda rows: [row.extend(["part", "material"] if i == 0 else ["", ""]) for i, row in enumerate(rows)]
+    )
     assert load_concepts(str(root)).categories == {"thing": "pixel", "kind": "image"}
     _rewrite_index(root, lambda rows: rows[2].__setitem__(9, "im1_a.png"))
-    with pytest.raises(ConceptDataError, match=r"index\.csv column\(s\) \['material'\] hold labels \(row 2: "
-                                               r"'im1_a\.png'\) but category\.csv does not list them"):
+    with pytest.raises(
+        ConceptDataError,
+        match=r"index\.csv column\(s\) \['material'\] hold labels \(row 2: "
+        r"'im1_a\.png'\) but category\.csv does not list them",
+    ):
         load_concepts(str(root))
 
 
 def dissection_spec(gray_spec, concepts: Path) -> Path:
     """The gray model with a small LIME block and a dissection of one layer on ``concepts``."""
-    return gray_spec(ops={
-        "lime": {"samples": 2, "num_samples": 50, "stability_seeds": 1, "heldout_samples": 0,
-                 "segmentation": {"method": "slic", "n_segments": 10}},
-        "dissection": {"layers": ["body.conv1"], "concepts": str(concepts), "baseline": "none"},
-    })
+    return gray_spec(
+        ops={
+            "lime": {
+                "samples": 2,
+                "num_samples": 50,
+                "stability_seeds": 1,
+                "heldout_samples": 0,
+                "segmentation": {"method": "slic", "n_segments": 10},
+            },
+            "dissection": {"layers": ["body.conv1"], "concepts": str(concepts), "baseline": "none"},
+        }
+    )
 
 
 def cli_subprocess(spec: Path, env: dict | None = None) -> tuple[int, str]:
     """`interp-audit run` as a user runs it: everything it prints, stdout and stderr together."""
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -263,8 +337,9 @@ def test_preflight_refuses_a_broken_broden_folder_before_any_method_runs(gray_sp
     spec = dissection_spec(gray_spec, root)
     code, output = run_cli("run", spec)
     assert code == 2, output
-    assert "invalid input: ops.dissection.concepts: mask 'im1_a.png' (index.csv row 2, category 'thing') is 5x4" \
-        in output, output
+    assert (
+        "invalid input: ops.dissection.concepts: mask 'im1_a.png' (index.csv row 2, category 'thing') is 5x4" in output
+    ), output
     assert "Traceback" not in output and "ONNX bundle ready" not in output and "LIME" not in output, output
     assert store_is_empty(tmp_path / "reports")
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(root / "images/im1_a.png", format="JPEG")
@@ -281,10 +356,13 @@ def test_a_mask_with_an_unknown_label_stops_the_run_with_exit_2(gray_spec, tmp_p
     _mask_png(root / "images/im1_a.png", np.full((4, 4), 1234))  # a sound PNG header: seen only when decoded
     spec = dissection_spec(gray_spec, root)
     assert run_cli("validate", spec)[0] == 0
-    code, output = cli_subprocess(spec, {"PREFECT_API_URL": PREFECT_API_URL.value(),
-                                         "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    code, output = cli_subprocess(
+        spec, {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    )
     assert code == 2, output
-    assert "invalid input: ops.dissection.concepts: mask 'im1_a.png' (index.csv row 2, category 'thing') holds " \
-           "label id(s) 1234 that label.csv does not list" in " ".join(output.split()), output
+    assert (
+        "invalid input: ops.dissection.concepts: mask 'im1_a.png' (index.csv row 2, category 'thing') holds "
+        "label id(s) 1234 that label.csv does not list" in " ".join(output.split())
+    ), output
     assert "Traceback" not in output and "UnfinishedRun" not in output, output
     assert store_is_empty(tmp_path / "reports")

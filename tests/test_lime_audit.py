@@ -24,15 +24,32 @@ def lime_spec(tmp_path, trained):
     import yaml
 
     def write(seed=0, store="reports", contracts=None, **lime):
-        block = {"samples": 6, "num_samples": 300, "heldout_samples": 100, "samples_per_task": 4, "hide": 0.0,
-                 "segmentation": {"method": "slic", "n_segments": 30}, **lime}
+        block = {
+            "samples": 6,
+            "num_samples": 300,
+            "heldout_samples": 100,
+            "samples_per_task": 4,
+            "hide": 0.0,
+            "segmentation": {"method": "slic", "n_segments": 30},
+            **lime,
+        }
         spec = {
-            "name": "lime-audit", "seed": seed,
-            "model": {"source": "torch", "name": "shapes-cnn", "version": "1",
-                      "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(trained["honest"].weights_path),
-                      "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3,
-                                "class_names": ["circle", "square", "triangle"]},
-                      "layers": ["features.4"]},
+            "name": "lime-audit",
+            "seed": seed,
+            "model": {
+                "source": "torch",
+                "name": "shapes-cnn",
+                "version": "1",
+                "factory": "interp_ops.demo_models:shapes_cnn",
+                "weights": str(trained["honest"].weights_path),
+                "input": {
+                    "shape": [3, 64, 64],
+                    "mean": [0.5] * 3,
+                    "std": [0.25] * 3,
+                    "class_names": ["circle", "square", "triangle"],
+                },
+                "layers": ["features.4"],
+            },
             "data": "builtin:shapes?split=val&n=8",
             "ops": {"lime": block},
             "contracts": contracts or {},
@@ -85,14 +102,20 @@ def test_lime_contract_failure(lime_spec, tmp_path):
     assert failed.column.tolist() == ["r2_heldout"] and failed.table_name.tolist() == ["lime_explanations"]
 
 
-@pytest.mark.parametrize("lime, message", [
-    ({"num_samples": 0}, "ops.lime.num_samples: must be a positive integer (got 0)"),
-    ({"kernel_width": -0.1}, "ops.lime.kernel_width: must be > 0 (got -0.1)"),
-    ({"labels": [7]}, "ops.lime.labels[0]: class 7 is outside the model's classes 0..2"),
-    ({"labels": ["hexagon"]}, "ops.lime.labels[0]: no class named 'hexagon'; classes are: circle, square, triangle"),
-    ({"samples": ["nope"]}, "ops.lime.samples[0]: no sample 'nope' in the data"),
-    ({"segmentation": {"method": "slic", "n_segments": 1}}, "segment"),
-])
+@pytest.mark.parametrize(
+    "lime, message",
+    [
+        ({"num_samples": 0}, "ops.lime.num_samples: must be a positive integer (got 0)"),
+        ({"kernel_width": -0.1}, "ops.lime.kernel_width: must be > 0 (got -0.1)"),
+        ({"labels": [7]}, "ops.lime.labels[0]: class 7 is outside the model's classes 0..2"),
+        (
+            {"labels": ["hexagon"]},
+            "ops.lime.labels[0]: no class named 'hexagon'; classes are: circle, square, triangle",
+        ),
+        ({"samples": ["nope"]}, "ops.lime.samples[0]: no sample 'nope' in the data"),
+        ({"segmentation": {"method": "slic", "n_segments": 1}}, "segment"),
+    ],
+)
 def test_lime_bad_input(lime_spec, tmp_path, lime, message):
     code, output = cli("run", lime_spec(**lime))
     assert code == 2, output
@@ -104,10 +127,16 @@ def test_lime_on_a_tabular_model(tmp_path, tabular_trained):
     import yaml
 
     spec = {
-        "name": "planted", "model": {"source": "torch", "name": "planted-mlp", "version": "1",
-                                     "factory": TABULAR_DEMO_FACTORY["tabular-planted"],
-                                     "weights": str(tabular_trained["tabular-planted"].weights_path),
-                                     "input": TABULAR_DEMO_INPUT["tabular-planted"], "layers": TABULAR_DEMO_LAYERS},
+        "name": "planted",
+        "model": {
+            "source": "torch",
+            "name": "planted-mlp",
+            "version": "1",
+            "factory": TABULAR_DEMO_FACTORY["tabular-planted"],
+            "weights": str(tabular_trained["tabular-planted"].weights_path),
+            "input": TABULAR_DEMO_INPUT["tabular-planted"],
+            "layers": TABULAR_DEMO_LAYERS,
+        },
         "data": "builtin:tabular-planted?split=val&n=40",
         "ops": {"lime": {"samples": 10, "num_samples": 500, "top_k": 2}},
         "report": {"store": str(tmp_path / "reports")},

@@ -35,13 +35,16 @@ SHAPES_OPTIONS = dict(hide=0.0, segmentation=lime.Segmentation(method="slic", n_
 def explain_shapes(predict, uri):
     samples = load_samples(uri, Path("."), 0)
     x = to_model_input(samples, tuple(DEMO_INPUT["shape"]), DEMO_INPUT["range"], DEMO_INPUT["mean"], DEMO_INPUT["std"])
-    result = lime.ImageLime(predict).attribute(x, samples.x, num_samples=1000, stability_seeds=1,
-                                               heldout_samples=0, **SHAPES_OPTIONS)
+    result = lime.ImageLime(predict).attribute(
+        x, samples.x, num_samples=1000, stability_seeds=1, heldout_samples=0, **SHAPES_OPTIONS
+    )
     return samples, result
 
 
 def test_pointing_game_on_the_honest_model(trained):
-    samples, result = explain_shapes(image_model(trained["honest"].weights_path), f"builtin:shapes?split=val&n={SAMPLES}")
+    samples, result = explain_shapes(
+        image_model(trained["honest"].weights_path), f"builtin:shapes?split=val&n={SAMPLES}"
+    )
     hits = []
     for row in result.explanations:
         i = row["sample_index"]
@@ -54,8 +57,9 @@ def test_pointing_game_on_the_honest_model(trained):
 
 
 def test_the_shortcut_model_is_caught_looking_at_the_corner(trained):
-    samples, result = explain_shapes(image_model(trained["shortcut"].weights_path),
-                                     f"builtin:shapes-shortcut?split=val&n={SAMPLES}")
+    samples, result = explain_shapes(
+        image_model(trained["shortcut"].weights_path), f"builtin:shapes-shortcut?split=val&n={SAMPLES}"
+    )
     patch = np.zeros(samples.x.shape[1:3], bool)
     patch[:PATCH_SIZE, :PATCH_SIZE] = True
     first = []
@@ -84,6 +88,7 @@ def test_the_planted_features_come_first(tabular_trained):
     train = load_samples("builtin:tabular-planted?split=train&n=1000", Path("."), 0)
     rows = load_samples("builtin:tabular-planted?split=val&n=50", Path("."), 0)
     result = lime.TabularLime(predict, train.x, train.feature_names).attribute(
-        rows.x, num_samples=2000, top_k=2, stability_seeds=1, heldout_samples=0)
+        rows.x, num_samples=2000, top_k=2, stability_seeds=1, heldout_samples=0
+    )
     top_two = [set(row["top_features"][:2]) for row in result.explanations]
     assert np.mean([top == set(PLANTED_FEATURES) for top in top_two]) >= 0.9

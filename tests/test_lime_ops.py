@@ -69,7 +69,8 @@ def test_weighted_ridge_equals_sklearn_and_lime_base():
         for selection, num_features in (("none", 12), ("auto", 100000)):
             base = lime_base.LimeBase(kernel_fn=lambda d: d)
             lime_intercept, pairs, score, local_pred = base.explain_instance_with_data(
-                X, Y, weights, label, num_features=num_features, feature_selection=selection)
+                X, Y, weights, label, num_features=num_features, feature_selection=selection
+            )
             lime_coef = np.zeros(12)
             for feature, weight in pairs:
                 lime_coef[feature] = weight
@@ -105,11 +106,23 @@ def test_top_segments_agree_with_the_lime_package():
     label = int(predict(x).argmax())
     overlaps = []
     for seed in range(3):
-        ours = ImageLime(predict).attribute(x, photo[None].astype(np.float32), [[label]], segmentation=Fixed(),
-                                            seed=seed, stability_seeds=1, heldout_samples=0)
+        ours = ImageLime(predict).attribute(
+            x,
+            photo[None].astype(np.float32),
+            [[label]],
+            segmentation=Fixed(),
+            seed=seed,
+            stability_seeds=1,
+            heldout_samples=0,
+        )
         theirs = lime_image.LimeImageExplainer(random_state=seed).explain_instance(
-            photo, lambda images: predict(to_input(images)), labels=(label,), top_labels=None,
-            num_samples=1000, segmentation_fn=lambda image: segment_map)
+            photo,
+            lambda images: predict(to_input(images)),
+            labels=(label,),
+            top_labels=None,
+            num_samples=1000,
+            segmentation_fn=lambda image: segment_map,
+        )
         their_top = [f for f, _ in sorted(theirs.local_exp[label], key=lambda pair: -pair[1])[:5]]
         overlaps.append(len(set(ours.explanations[0]["top_features"]) & set(their_top)))
     assert np.mean(overlaps) >= 3, overlaps
@@ -140,8 +153,11 @@ def test_tabular_weights_track_the_package_on_breast_cancer():
     explainer = lime_tabular.LimeTabularExplainer(X, feature_names=names, feature_selection="none", random_state=0)
     for explanation in ours.explanations:
         i, label = explanation["sample_index"], explanation["label"]
-        theirs = dict(explainer.explain_instance(X[i], model.predict_proba, labels=(label,),
-                                                 num_features=len(names)).local_exp[label])
+        theirs = dict(
+            explainer.explain_instance(X[i], model.predict_proba, labels=(label,), num_features=len(names)).local_exp[
+                label
+            ]
+        )
         our_weights = {a["feature"]: a["weight"] for a in ours.attributions if a["sample_index"] == i}
         correlation = np.corrcoef([our_weights[n] for n in names], [theirs[f] for f in range(len(names))])[0, 1]
         assert correlation > 0.9
@@ -151,8 +167,9 @@ def test_tabular_weights_track_the_package_on_breast_cancer():
 
 
 def test_top_segment_lies_in_the_planted_region(textures):
-    result = ImageLime(planted_predict).attribute(to_input(textures), textures, [[1]] * len(textures),
-                                                  **fast_settings())
+    result = ImageLime(planted_predict).attribute(
+        to_input(textures), textures, [[1]] * len(textures), **fast_settings()
+    )
     region = np.zeros((SIZE, SIZE), bool)
     region[REGION] = True
     overlaps, among_largest = [], []
@@ -191,8 +208,9 @@ def test_tabular_finds_the_two_features_the_model_uses():
         return np.stack([1.0 - p, p], axis=1)
 
     rows = training[:40]
-    result = TabularLime(predict, training, names).attribute(rows, num_samples=2000, stability_seeds=1,
-                                                             heldout_samples=0)
+    result = TabularLime(predict, training, names).attribute(
+        rows, num_samples=2000, stability_seeds=1, heldout_samples=0
+    )
     by_size = {}
     for row in result.attributions:
         by_size.setdefault(row["sample_index"], []).append((abs(row["weight"]), row["feature"]))
@@ -218,7 +236,8 @@ def test_explanation_fields_are_consistent(textures):
         assert explanation["probability"] == pytest.approx(probabilities[i, label])
         assert explanation["local_prediction"] == pytest.approx(explanation["intercept"] + sum(weights))
         assert explanation["prediction_gap"] == pytest.approx(
-            abs(explanation["local_prediction"] - explanation["probability"]))
+            abs(explanation["local_prediction"] - explanation["probability"])
+        )
         assert len(explanation["top_features"]) == 3 and explanation["num_features"] == len(weights)
         assert 0 <= explanation["stability"] <= 1 and explanation["r2_heldout"] is not None
         overlay = Image.open(io.BytesIO(explanation["overlay_png"]))
@@ -227,8 +246,9 @@ def test_explanation_fields_are_consistent(textures):
     assert [r for r, _ in ranks] == list(range(1, len(ranks) + 1))
     assert [w for _, w in ranks] == sorted(w for _, w in ranks)
     assert sum(a["area_fraction"] for a in result.attributions if a["sample_index"] == 0) == pytest.approx(1.0)
-    unscored = ImageLime(planted_predict).attribute(x, textures[:2], **fast_settings(stability_seeds=1,
-                                                                                     heldout_samples=0))
+    unscored = ImageLime(planted_predict).attribute(
+        x, textures[:2], **fast_settings(stability_seeds=1, heldout_samples=0)
+    )
     assert all(e["stability"] is None and e["r2_heldout"] is None for e in unscored.explanations)
 
 
@@ -265,8 +285,9 @@ def test_each_segment_is_shown_or_filled_with_its_own_mean_as_a_whole():
         seen.append(batch.copy())
         return np.stack([batch.mean(axis=(1, 2, 3)), -batch.mean(axis=(1, 2, 3))], axis=1)
 
-    ImageLime(recording_predict, batch_size=7).attribute(x, display, num_samples=60, stability_seeds=1,
-                                                         heldout_samples=0, segmentation=ScatteredIds())
+    ImageLime(recording_predict, batch_size=7).attribute(
+        x, display, num_samples=60, stability_seeds=1, heldout_samples=0, segmentation=ScatteredIds()
+    )
     segments = ScatteredIds()(display[0])
     states = set()
     for row in np.concatenate(seen):
@@ -298,8 +319,9 @@ def weights(result) -> np.ndarray:
 
 def test_same_seed_is_bit_identical_and_another_seed_differs(textures):
     x, display = to_input(textures[:3]), textures[:3]
-    first, again, other = (ImageLime(planted_predict).attribute(x, display, **fast_settings(seed=seed))
-                           for seed in (0, 0, 1))
+    first, again, other = (
+        ImageLime(planted_predict).attribute(x, display, **fast_settings(seed=seed)) for seed in (0, 0, 1)
+    )
     assert numbers(first) == numbers(again)
     assert np.array_equal(weights(first), weights(again))
     assert not np.array_equal(weights(first), weights(other))
@@ -346,8 +368,9 @@ class ArbitraryIds(Segmentation):
 
 
 def test_segment_ids_are_reported_as_given(textures):
-    result = ImageLime(planted_predict).attribute(to_input(textures[:2]), textures[:2],
-                                                  **fast_settings(segmentation=ArbitraryIds(), top_k=2))
+    result = ImageLime(planted_predict).attribute(
+        to_input(textures[:2]), textures[:2], **fast_settings(segmentation=ArbitraryIds(), top_k=2)
+    )
     assert {a["feature"] for a in result.attributions} == {5, 17, 900}
     assert all(set(e["top_features"]) <= {5, 17, 900} for e in result.explanations)
     # REGION (columns 8..23) lies mostly in band 5, partly in band 17, not at all in band 900
@@ -359,14 +382,19 @@ def test_segment_ids_are_reported_as_given(textures):
 # ------------------------------------------------------------------------------------------------ errors
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(num_samples=1), "num_samples=1 must be >= 2"),
-    (dict(kernel_width=0.0), "kernel_width=0.0 must be > 0"),
-    (dict(top_k=0), "top_k=0 must be >= 1"),
-    (dict(segmentation=Segmentation("slic", n_segments=1)), "segmentation gave 1 segment for sample 0; lower "
-                                                             "kernel_size/max_dist or raise n_segments"),
-    (dict(hide="black"), "hide='black' must be 'mean' or a number"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(num_samples=1), "num_samples=1 must be >= 2"),
+        (dict(kernel_width=0.0), "kernel_width=0.0 must be > 0"),
+        (dict(top_k=0), "top_k=0 must be >= 1"),
+        (
+            dict(segmentation=Segmentation("slic", n_segments=1)),
+            "segmentation gave 1 segment for sample 0; lower kernel_size/max_dist or raise n_segments",
+        ),
+        (dict(hide="black"), "hide='black' must be 'mean' or a number"),
+    ],
+)
 def test_image_errors_name_the_parameter_and_the_fix(textures, settings, message):
     flat = np.full((1, SIZE, SIZE, 3), 0.5, dtype=np.float32)  # one colour: slic can only find one segment
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -386,4 +414,5 @@ def test_label_outside_the_classes_is_refused(textures):
         TabularLime(lambda rows: np.full((len(rows), 2), 0.5), training, ["a", "b"]).attribute(training[:1], [[-1]])
     with pytest.raises(ValueError, match="kernel_width=-1 must be > 0"):
         TabularLime(lambda rows: np.full((len(rows), 2), 0.5), training, ["a", "b"]).attribute(
-            training[:1], kernel_width=-1)
+            training[:1], kernel_width=-1
+        )

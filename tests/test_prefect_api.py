@@ -53,12 +53,12 @@ model:
   source: torch
   name: gray-net
   version: "1"
-  factory: {ASSETS / 'user_models.py'}:gray_net
+  factory: {ASSETS / "user_models.py"}:gray_net
   weights: gray.pt
   input: {{shape: [1, 28, 28], range: [0, 1], mean: [0.5], std: [0.5]}}
   layers: [body.conv1]
 data: "builtin:shapes?split=val&n=4"
-report: {{store: {root / 'reports'}}}
+report: {{store: {root / "reports"}}}
 """)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(HOME=str(root / "home"), PYTHONPATH=str(ASSETS))
@@ -67,8 +67,9 @@ report: {{store: {root / 'reports'}}}
 
 def test_the_first_run_on_a_new_machine_works_and_stops_its_server(newcomer):
     root, env = newcomer
-    result = subprocess.run([str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root, capture_output=True, text=True, timeout=600
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "status: passed" in output, output
     assert "Traceback" not in output and "Error logging to API" not in output, output  # queued logs went out first
@@ -95,8 +96,13 @@ def api_server_child(parent: int) -> int | None:
 
 def test_a_killed_run_takes_its_server_with_it(newcomer):
     root, env = newcomer
-    command = subprocess.Popen([str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = subprocess.Popen(
+        [str(CLI), "run", str(root / "spec.yaml")],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while (server := api_server_child(command.pid)) is None:

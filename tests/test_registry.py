@@ -66,8 +66,13 @@ def register_files(uri: str, name: str, files: dict[str, bytes], tmp_path: Path)
     """Register a version holding exactly these files (as someone else's tooling might), through a run."""
     client = client_for(uri)
     experiment = client.get_experiment_by_name("handmade")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        "handmade", artifact_location=str(Path(uri.removeprefix("sqlite:///")).parent / "handmade"))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(
+            "handmade", artifact_location=str(Path(uri.removeprefix("sqlite:///")).parent / "handmade")
+        )
+    )
     folder = tmp_path / f"files-{name}"
     for relative, content in files.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +132,9 @@ def test_log_model_round_trip_rebuilds_the_same_module(registry, tmp_path):
 
     torch.manual_seed(3)
     model = shapes_cnn().eval()
-    version = log_model(model, "rt-shapes", "interp_ops.demo_models:shapes_cnn", tracking_uri=registry,
-                        tags={"team": "vision"})
+    version = log_model(
+        model, "rt-shapes", "interp_ops.demo_models:shapes_cnn", tracking_uri=registry, tags={"team": "vision"}
+    )
     assert version == "1"
 
     fetched = fetch_model(registry, "rt-shapes", version, tmp_path / "dl", trust_pickle=False)
@@ -226,15 +232,26 @@ def test_onnx_flavor_version_is_fetched_as_onnx(registry, tmp_path, monkeypatch)
 
     model = tiny_linear()
     onnx_path = tmp_path / "tiny.onnx"
-    torch.onnx.export(model, (torch.rand(1, 4),), str(onnx_path), dynamo=False, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 4),),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
     experiment_id = mlflow_experiment(registry, monkeypatch)
     with mlflow.start_run(experiment_id=experiment_id):
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", registered_model_name="onnx-model",
-                                     pip_requirements=["onnx"])
+        info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)), name="model", registered_model_name="onnx-model", pip_requirements=["onnx"]
+        )
     # MLflow 3 registers a logged model: the version's source is models:/m-<id>, resolved against our registry.
-    assert client_for(registry).get_model_version("onnx-model", info.registered_model_version).source.startswith(
-        "models:/")
+    assert (
+        client_for(registry)
+        .get_model_version("onnx-model", info.registered_model_version)
+        .source.startswith("models:/")
+    )
 
     fetched = fetch_model(registry, "onnx-model", "latest", tmp_path / "dl", trust_pickle=False)
     assert fetched.kind == "onnx" and fetched.path.endswith("model.onnx") and fetched.factory is None
@@ -250,8 +267,13 @@ def test_mlflow_pickled_pytorch_version_needs_trust(registry, tmp_path, monkeypa
     model = tiny_linear()
     experiment_id = mlflow_experiment(registry, monkeypatch)
     with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.pytorch.log_model(model, name="model", registered_model_name="pickled-model",
-                                 serialization_format="pickle", pip_requirements=["torch"])
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            registered_model_name="pickled-model",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+        )
 
     with pytest.raises(SpecError, match=r"pickled-model version 1 holds a pickled torch module.*trust_pickle: true"):
         fetch_model(registry, "pickled-model", "1", tmp_path / "dl", trust_pickle=False)
@@ -296,12 +318,15 @@ TORCH_FILES = {  # how a lone torch file is written -> whether it counts as a st
     "state dict": (lambda path: torch.save(tiny_linear().state_dict(), path), True),
     "checkpoint of tensors, numbers and sizes": (
         lambda path: torch.save({"model": tiny_linear().state_dict(), "epoch": 3, "shape": torch.Size([4])}, path),
-        True),
+        True,
+    ),
     "whole module": (lambda path: torch.save(tiny_linear(), path), False),
     "code in a torch.save archive": (lambda path: torch.save({"w": _Marker(str(path) + ".marker")}, path), False),
     "plain pickle, not an archive": (lambda path: path.write_bytes(pickle.dumps({"w": 1})), False),
     "legacy torch.save format": (
-        lambda path: torch.save(tiny_linear().state_dict(), path, _use_new_zipfile_serialization=False), False),
+        lambda path: torch.save(tiny_linear().state_dict(), path, _use_new_zipfile_serialization=False),
+        False,
+    ),
     # torch.load(weights_only=True) cannot read protocol 4 either: unsupported opcodes
     "pickle protocol 4": (lambda path: torch.save(tiny_linear().state_dict(), path, pickle_protocol=4), False),
 }
@@ -324,8 +349,13 @@ def test_mlflow_default_torch_export_version_is_explained(registry, tmp_path, mo
 
     experiment_id = mlflow_experiment(registry, monkeypatch)
     with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.pytorch.log_model(tiny_linear(), name="model", registered_model_name="pt2-model",
-                                 input_example=np.zeros((2, 4), dtype=np.float32), pip_requirements=["torch"])
+        mlflow.pytorch.log_model(
+            tiny_linear(),
+            name="model",
+            registered_model_name="pt2-model",
+            input_example=np.zeros((2, 4), dtype=np.float32),
+            pip_requirements=["torch"],
+        )
     with pytest.raises(SpecError, match=r"pt2-model version 1 holds a torch.export program"):
         fetch_model(registry, "pt2-model", "1", tmp_path / "dl", trust_pickle=True)
 
@@ -355,9 +385,12 @@ def test_write_back_tags_and_alias(registry):
 
 def test_unreachable_registry_fails_fast(tmp_path):
     uri = "http://127.0.0.1:9"
-    for call in (lambda: resolve_version(uri, "m", "latest"), lambda: list_versions(uri, "m"),
-                 lambda: fetch_model(uri, "m", "1", tmp_path / "dl", trust_pickle=False),
-                 lambda: write_back(uri, "m", "1", status="passed", run_id="r", report="r")):
+    for call in (
+        lambda: resolve_version(uri, "m", "latest"),
+        lambda: list_versions(uri, "m"),
+        lambda: fetch_model(uri, "m", "1", tmp_path / "dl", trust_pickle=False),
+        lambda: write_back(uri, "m", "1", status="passed", run_id="r", report="r"),
+    ):
         start = time.monotonic()
         with pytest.raises(RegistryUnavailable, match=r"http://127.0.0.1:9") as error:
             call()

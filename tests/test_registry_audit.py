@@ -16,8 +16,11 @@ from typer.testing import CliRunner
 from flows.cli import app
 from interp_audit import report
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("prefect_server"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 runner = CliRunner()
 GRAY_FACTORY = f"{ASSETS / 'user_models.py'}:gray_net"
 
@@ -36,9 +39,9 @@ def registry_uri(tmp_path, monkeypatch):
 
 def register_gray(uri: str, name: str = "gray-net", seed: int = 0) -> str:
     import torch
+    from user_models import GrayNet
 
     from interp_audit.registry import log_model
-    from user_models import GrayNet
 
     torch.manual_seed(seed)
     return log_model(GrayNet(), name, GRAY_FACTORY, tracking_uri=uri)
@@ -46,9 +49,17 @@ def register_gray(uri: str, name: str = "gray-net", seed: int = 0) -> str:
 
 def write_spec(tmp_path, uri: str, name: str = "gray-net", **model) -> str:
     spec = {
-        "name": f"{name}-audit", "seed": 0,
-        "model": {"source": "mlflow", "name": name, "version": "latest", "tracking_uri": uri,
-                  "input": {"shape": [1, 28, 28], "mean": [0.5], "std": [0.5]}, "layers": ["body.conv1"], **model},
+        "name": f"{name}-audit",
+        "seed": 0,
+        "model": {
+            "source": "mlflow",
+            "name": name,
+            "version": "latest",
+            "tracking_uri": uri,
+            "input": {"shape": [1, 28, 28], "mean": [0.5], "std": [0.5]},
+            "layers": ["body.conv1"],
+            **model,
+        },
         "data": "builtin:shapes?split=val&n=6",
         "report": {"store": str(tmp_path / "reports")},
     }
@@ -69,7 +80,8 @@ def test_latest_and_alias_resolve_to_numbers_and_the_verdict_is_written_back(tmp
     register_gray(registry_uri, seed=0)
     register_gray(registry_uri, seed=1)
     MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri).set_registered_model_alias(
-        "gray-net", "champion", "1")
+        "gray-net", "champion", "1"
+    )
 
     code, output = cli("run", write_spec(tmp_path, registry_uri, alias_on_pass="audited"))
     assert code == 0, output
@@ -89,18 +101,25 @@ def test_an_onnx_flavor_version_is_audited_as_onnx(tmp_path, registry_uri):
     import mlflow.onnx
     import onnx
     import torch
-
     from user_models import gray_net
 
     onnx_path = tmp_path / "gray.onnx"
-    torch.onnx.export(gray_net(), (torch.zeros(1, 1, 28, 28),), str(onnx_path), dynamo=False, input_names=["image"],
-                      output_names=["scores"], dynamic_axes={"image": {0: "n"}, "scores": {0: "n"}})
+    torch.onnx.export(
+        gray_net(),
+        (torch.zeros(1, 1, 28, 28),),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes={"image": {0: "n"}, "scores": {0: "n"}},
+    )
     mlflow.set_tracking_uri(registry_uri)
     mlflow.set_registry_uri(registry_uri)
     experiment = mlflow.create_experiment("onnx", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
-        mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", registered_model_name="gray-onnx",
-                              pip_requirements=["onnx"])
+        mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)), name="model", registered_model_name="gray-onnx", pip_requirements=["onnx"]
+        )
     code, output = cli("run", write_spec(tmp_path, registry_uri, name="gray-onnx", layers=[]))
     assert code == 0, output
     runs = report.list_runs(tmp_path / "reports")
@@ -111,15 +130,19 @@ def test_an_onnx_flavor_version_is_audited_as_onnx(tmp_path, registry_uri):
 def test_a_pickled_version_audits_only_when_trusted(tmp_path, registry_uri):
     import mlflow
     import mlflow.pytorch
-
     from user_models import gray_net
 
     mlflow.set_tracking_uri(registry_uri)
     mlflow.set_registry_uri(registry_uri)
     experiment = mlflow.create_experiment("pickled", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
-        mlflow.pytorch.log_model(gray_net(), name="model", registered_model_name="gray-pickled",
-                                 serialization_format="pickle", pip_requirements=["torch"])
+        mlflow.pytorch.log_model(
+            gray_net(),
+            name="model",
+            registered_model_name="gray-pickled",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+        )
     code, output = cli("run", write_spec(tmp_path, registry_uri, name="gray-pickled"))
     assert code == 2 and "holds a pickled torch module" in output and "trust_pickle: true" in output, output
     assert store_is_empty(tmp_path / "reports")
@@ -128,10 +151,13 @@ def test_a_pickled_version_audits_only_when_trusted(tmp_path, registry_uri):
     assert report.list_runs(tmp_path / "reports").model_version.tolist() == ["1"]
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"name": "no-such-model"}, "no registered model 'no-such-model'"),
-    ({"version": "9"}, "gray-net has no version 9; versions: 1"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"name": "no-such-model"}, "no registered model 'no-such-model'"),
+        ({"version": "9"}, "gray-net has no version 9; versions: 1"),
+    ],
+)
 def test_a_missing_model_or_version_is_bad_input(tmp_path, registry_uri, model, message):
     register_gray(registry_uri)
     code, output = cli("run", write_spec(tmp_path, registry_uri, **model))
@@ -170,9 +196,14 @@ def test_the_watcher_triggers_one_audit_per_new_version(tmp_path, registry_uri):
 
     spec = write_spec(tmp_path, registry_uri)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", str(spec), "--interval", "3600"],
-                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "watch", str(spec), "--interval", "3600"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         with get_client(sync_client=True) as client:
             for _ in range(120):
@@ -195,9 +226,14 @@ def test_the_watcher_triggers_one_audit_per_new_version(tmp_path, registry_uri):
         third = run_deployment("interp-audit-watch/gray-net-audit-watch", timeout=120)
         assert third.state.result() == []
         for _ in range(2):  # the same announcement again, twice
-            emit_event(event=EVENT, resource={"prefect.resource.id": f"mlflow.model-version.gray-net.{version}",
-                                              "interp_audit.spec": load_sha(spec)[:16]},
-                       payload={"name": "gray-net", "version": version})
+            emit_event(
+                event=EVENT,
+                resource={
+                    "prefect.resource.id": f"mlflow.model-version.gray-net.{version}",
+                    "interp_audit.spec": load_sha(spec)[:16],
+                },
+                payload={"name": "gray-net", "version": version},
+            )
         # three triggered runs in all: the audit, then two that find it done and add nothing
         assert wait_for_triggered_runs("interp-audit-registry-version/gray-net-audit", 3) == ["COMPLETED"] * 3
         assert len(report.list_runs(tmp_path / "reports")) == 1
@@ -230,7 +266,9 @@ def wait_for_triggered_runs(deployment: str, count: int, timeout: float = 180) -
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
             if sum(run.state.is_final() for run in runs) >= count:
                 return sorted(run.state.type.value for run in runs)
             time.sleep(2)
@@ -246,8 +284,15 @@ def test_a_failed_gate_fails_the_run_and_keeps_the_alias_off(tmp_path, registry_
     gate = {"name": "whole-image", "metric": "lime.region_share", "region": {"corners": 0.5}, "max": 0.5}
     spec = write_spec(tmp_path, registry_uri, alias_on_pass="audited")
     text = yaml.safe_load(spec.read_text())
-    text["ops"] = {"lime": {"samples": 2, "num_samples": 50, "stability_seeds": 1, "heldout_samples": 0,
-                            "segmentation": {"method": "slic", "n_segments": 8}}}
+    text["ops"] = {
+        "lime": {
+            "samples": 2,
+            "num_samples": 50,
+            "stability_seeds": 1,
+            "heldout_samples": 0,
+            "segmentation": {"method": "slic", "n_segments": 8},
+        }
+    }
     text["gates"] = [gate]
     spec.write_text(yaml.safe_dump(text))
     code, output = cli("run", spec)
@@ -257,7 +302,8 @@ def test_a_failed_gate_fails_the_run_and_keeps_the_alias_off(tmp_path, registry_
     assert version_tags(registry_uri, "gray-net", "1")["interp_audit.status"] == "failed_gates"
     with pytest.raises(MlflowException):
         MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri).get_model_version_by_alias(
-            "gray-net", "audited")
+            "gray-net", "audited"
+        )
 
 
 def test_the_alias_waits_for_the_sign_off_when_the_spec_asks_for_one(tmp_path, registry_uri):

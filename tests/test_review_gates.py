@@ -38,8 +38,15 @@ def demo_spec(tmp_path, weights, version: str) -> str:
     """`make demo`'s spec, gates included, with each version as a torch model and the methods made smaller."""
     spec = yaml.safe_load(DEMO_SPEC.read_text())
     model = spec["model"]
-    spec["model"] = {"source": "torch", "name": model["name"], "version": version, "input": model["input"],
-                     "layers": model["layers"], "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights)}
+    spec["model"] = {
+        "source": "torch",
+        "name": model["name"],
+        "version": version,
+        "input": model["input"],
+        "layers": model["layers"],
+        "factory": "interp_ops.demo_models:shapes_cnn",
+        "weights": str(weights),
+    }
     spec["data"] = spec["data"].replace("n=64", "n=16")  # the same patched scenes for every version
     spec["ops"]["lime"].update(stability_seeds=1)
     spec["ops"]["activation_max"].update(units="first:16", steps=16, exemplars=2)
@@ -65,8 +72,7 @@ def agreement(store, version: str) -> float:
     return float(overall.value.iloc[0])
 
 
-def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_one(tmp_path, trained,
-                                                                                  retrained_honest):
+def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_one(tmp_path, trained, retrained_honest):
     store = tmp_path / "reports"
     code, output = cli("run", demo_spec(tmp_path, trained["honest"].weights_path, "1"))
     assert code == 0, output
@@ -94,8 +100,11 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     assert shortcut < 0.3 and retrained > shortcut + 0.15, (shortcut, retrained)
     assert v1["corner-shortcut"].value < 0.05 and v3["corner-shortcut"].value < 0.05
 
-    assert report.list_runs(store).set_index("model_version").status.to_dict() == \
-        {"1": "passed", "2": "failed_gates", "3": "passed"}
+    assert report.list_runs(store).set_index("model_version").status.to_dict() == {
+        "1": "passed",
+        "2": "failed_gates",
+        "3": "passed",
+    }
     code, output = cli("report", "show", report.list_runs(store, version="2").run_id.iloc[0], "--store", store)
     assert "gate corner-shortcut: failed" in output and "compared with v1 (approved run" in output, output
     # report diff reads back what the audit recorded against the approved version: nothing is written twice
@@ -112,8 +121,9 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
 
     # the reviewer's document of version 2 shows the verdict, the failed gates and the diff with approved v1
     html = tmp_path / "v2.html"
-    assert cli("report", "html", report.list_runs(store, version="2").run_id.iloc[0], "--store", store,
-               "-o", html)[0] == 0
+    assert (
+        cli("report", "html", report.list_runs(store, version="2").run_id.iloc[0], "--store", store, "-o", html)[0] == 0
+    )
     assert_self_contained(html.read_text(encoding="utf-8"))
     page = open_in_chromium(html)
     assert_clean(page)
@@ -123,10 +133,16 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
 
 def sign_off_spec(tmp_path, weights, timeout_seconds: int) -> str:
     spec = {
-        "name": "sign-off", "seed": 0,
-        "model": {"source": "torch", "name": "shapes-cnn", "version": "1",
-                  "factory": "interp_ops.demo_models:shapes_cnn", "weights": str(weights),
-                  "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}},
+        "name": "sign-off",
+        "seed": 0,
+        "model": {
+            "source": "torch",
+            "name": "shapes-cnn",
+            "version": "1",
+            "factory": "interp_ops.demo_models:shapes_cnn",
+            "weights": str(weights),
+            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
+        },
         "data": "builtin:shapes?split=val&n=4",
         "review": {"wait_for_sign_off": True, "timeout_seconds": timeout_seconds},
         "report": {"store": str(tmp_path / "reports")},
@@ -177,8 +193,9 @@ def test_an_audit_waits_for_its_sign_off_and_the_reviewer_resumes_it(tmp_path, t
     thread, outcome = run_in_thread(sign_off_spec(tmp_path, trained["honest"].weights_path, 120))
     run_id = paused_run(store, thread)
     assert report.load_table(store, "reviews").empty  # published, not yet signed off
-    code, output = cli("review", run_id[:8], "--approve", "--reviewer", "ada", "--comment", "looks right",
-                       "--store", store)
+    code, output = cli(
+        "review", run_id[:8], "--approve", "--reviewer", "ada", "--comment", "looks right", "--store", store
+    )
     assert code == 0 and "handed to its audit" in output, output
     thread.join(120)
     assert outcome["summary"]["review"] == "approved", outcome

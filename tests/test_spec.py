@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_json_schema_in_docs_is_up_to_date():
-    assert json.loads((ROOT / "docs" / "spec.schema.json").read_text()) == json_schema(), \
+    assert json.loads((ROOT / "docs" / "spec.schema.json").read_text()) == json_schema(), (
         "regenerate with: interp-audit schema > docs/spec.schema.json"
+    )
 
 
 @pytest.mark.parametrize("name", ["shapes-demo.yaml", "shapes-shortcut-demo.yaml"])
@@ -25,8 +26,11 @@ def test_shipped_example_specs_parse(name):
 
 
 def minimal(**changes):
-    spec = {"name": "a", "model": {"source": "onnx", "name": "m", "version": 3, "path": "m.onnx",
-                                   "input": {"shape": [3, 8, 8]}}, "data": "builtin:shapes"}
+    spec = {
+        "name": "a",
+        "model": {"source": "onnx", "name": "m", "version": 3, "path": "m.onnx", "input": {"shape": [3, 8, 8]}},
+        "data": "builtin:shapes",
+    }
     spec.update(changes)
     return yaml.safe_dump(spec)
 
@@ -39,18 +43,37 @@ def test_defaults_and_numeric_version():
     assert len(loaded.sha256) == 64
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"schedule": {"cron": "every day"}}, "schedule.cron: not a valid cron expression"),
-    ({"schedule": {"cron": "0 3 * * *", "timezone": "Mars/Olympus"}}, "schedule.timezone: unknown IANA time zone"),
-    ({"model": {"source": "keras", "name": "m", "version": "1", "input": {"shape": [3]}}},
-     "model.source: must be one of: torch, onnx, mlflow (got 'keras')"),
-    ({"model": {"source": "onnx", "name": "m", "version": "1", "path": "m.onnx", "input": {"shape": [2, 8, 8]}}},
-     "model.input.shape: images must have 1 or 3 channels"),
-    ({"model": {"source": "onnx", "name": "m", "version": "1", "path": "m.onnx",
-                "input": {"shape": [3, 8, 8], "mean": [0.5], "std": [0.2]}}}, "mean: needs one value per channel (3), got 1"),
-    ({"model": {"source": "torch", "name": "m", "version": "1", "weights": "w.pt", "input": {"shape": [3]}}},
-     "factory: required"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"schedule": {"cron": "every day"}}, "schedule.cron: not a valid cron expression"),
+        ({"schedule": {"cron": "0 3 * * *", "timezone": "Mars/Olympus"}}, "schedule.timezone: unknown IANA time zone"),
+        (
+            {"model": {"source": "keras", "name": "m", "version": "1", "input": {"shape": [3]}}},
+            "model.source: must be one of: torch, onnx, mlflow (got 'keras')",
+        ),
+        (
+            {"model": {"source": "onnx", "name": "m", "version": "1", "path": "m.onnx", "input": {"shape": [2, 8, 8]}}},
+            "model.input.shape: images must have 1 or 3 channels",
+        ),
+        (
+            {
+                "model": {
+                    "source": "onnx",
+                    "name": "m",
+                    "version": "1",
+                    "path": "m.onnx",
+                    "input": {"shape": [3, 8, 8], "mean": [0.5], "std": [0.2]},
+                }
+            },
+            "mean: needs one value per channel (3), got 1",
+        ),
+        (
+            {"model": {"source": "torch", "name": "m", "version": "1", "weights": "w.pt", "input": {"shape": [3]}}},
+            "factory: required",
+        ),
+    ],
+)
 def test_errors_name_the_path_and_the_fix(changes, message):
     with pytest.raises(SpecError) as error:
         parse_spec(minimal(**changes), Path("."))

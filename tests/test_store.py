@@ -12,16 +12,39 @@ from interp_audit.store import ReportStore
 
 
 def run_tables(run_id, version="1", status="passed"):
-    now = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
-    runs = [{
-        "run_id": run_id, "audit_name": "a", "model_name": "m", "model_version": version, "model_source": "torch",
-        "weights_sha256": "0" * 64, "onnx_sha256": "1" * 64, "spec_sha256": "2" * 64, "spec_text": "name: a",
-        "seed": 0, "data_uri": "builtin:shapes", "num_samples": 2, "started_at": now, "finished_at": now,
-        "status": status, "device": "cpu", "ort_providers": ["CPUExecutionProvider"],
-        "package_versions": json.dumps({"torch": "2.13.0"}),
-    }]
-    parity = [{"run_id": run_id, "output": "logits", "shape": [3], "max_abs_diff": 1e-7, "max_rel_diff": 1e-7,
-               "argmax_agreement": 1.0}]
+    now = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    runs = [
+        {
+            "run_id": run_id,
+            "audit_name": "a",
+            "model_name": "m",
+            "model_version": version,
+            "model_source": "torch",
+            "weights_sha256": "0" * 64,
+            "onnx_sha256": "1" * 64,
+            "spec_sha256": "2" * 64,
+            "spec_text": "name: a",
+            "seed": 0,
+            "data_uri": "builtin:shapes",
+            "num_samples": 2,
+            "started_at": now,
+            "finished_at": now,
+            "status": status,
+            "device": "cpu",
+            "ort_providers": ["CPUExecutionProvider"],
+            "package_versions": json.dumps({"torch": "2.13.0"}),
+        }
+    ]
+    parity = [
+        {
+            "run_id": run_id,
+            "output": "logits",
+            "shape": [3],
+            "max_abs_diff": 1e-7,
+            "max_rel_diff": 1e-7,
+            "argmax_agreement": 1.0,
+        }
+    ]
     return {"onnx_parity": conform("onnx_parity", parity), "audit_runs": conform("audit_runs", runs)}
 
 
@@ -48,7 +71,9 @@ def test_a_crash_between_moves_leaves_nothing_visible(tmp_path):
     # simulate a crash after the data tables moved but before audit_runs did
     target = tmp_path / "onnx_parity" / "model=m" / "version=2"
     target.mkdir(parents=True)
-    (tmp_path / "_staging" / "r2" / "onnx_parity" / "model=m" / "version=2" / "r2.parquet").rename(target / "r2.parquet")
+    (tmp_path / "_staging" / "r2" / "onnx_parity" / "model=m" / "version=2" / "r2.parquet").rename(
+        target / "r2.parquet"
+    )
     assert list(report.list_runs(tmp_path).run_id) == ["r1"]
     assert report.load_table(tmp_path, "onnx_parity").run_id.tolist() == ["r1"]
     assert report.query(tmp_path, "SELECT count(*) AS n FROM onnx_parity").column("n").to_pylist() == [1]
@@ -62,8 +87,11 @@ def test_versions_stay_strings_and_filter(tmp_path):
     assert sorted(report.list_runs(tmp_path).version) == ["1", "1.0", "10"]
     assert report.load_table(tmp_path, "onnx_parity", version="1").run_id.tolist() == ["a"]
     sql = "SELECT version, count(*) AS n FROM audit_runs GROUP BY version ORDER BY version"
-    assert report.query(tmp_path, sql).to_pylist() == [{"version": "1", "n": 1}, {"version": "1.0", "n": 1},
-                                                        {"version": "10", "n": 1}]
+    assert report.query(tmp_path, sql).to_pylist() == [
+        {"version": "1", "n": 1},
+        {"version": "1.0", "n": 1},
+        {"version": "10", "n": 1},
+    ]
 
 
 def test_unknown_run_and_table_are_named(tmp_path):

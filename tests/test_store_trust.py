@@ -105,6 +105,7 @@ def test_query_format_is_a_choice(tmp_path):
 
 # --------------------------------------------------------------------- what a sign-off covers = what is shown
 
+
 def forge(root, run_id, folder):
     """A file with the run's id and different numbers, put beside the run's own by someone else."""
     rows = pq.read_table(root / "onnx_parity" / PARTITION / f"{run_id}.parquet").to_pylist()
@@ -143,7 +144,7 @@ def test_a_changed_published_file_is_caught_by_check_and_the_review(tmp_path):
     rows[0]["max_abs_diff"] = 0.5
     pq.write_table(conform("onnx_parity", rows), path)
     code, output = cli("store", "check", "--store", tmp_path)
-    assert code == 1 and f"1 modified since published" in output and path.name in output, output
+    assert code == 1 and "1 modified since published" in output and path.name in output, output
     assert "DOES NOT MATCH" in cli("report", "show", RUN, "--store", tmp_path)[1]
     assert report.approval(tmp_path, report.find_run(tmp_path, RUN)) is None  # no longer anyone's baseline
 
@@ -158,6 +159,7 @@ def test_a_review_without_comment_prints_no_placeholder(tmp_path):
 
 # ------------------------------------------------------------------------------------------- crash leftovers
 
+
 def crash_during_publish(root, run_id):
     """Tables staged, some moved into place, the manifest never written: what kill -9 mid-publish leaves."""
     store = ReportStore.open(root)
@@ -165,7 +167,8 @@ def crash_during_publish(root, run_id):
     target = root / "onnx_parity" / "model=m" / "version=2"
     target.mkdir(parents=True)
     (root / "_staging" / run_id / "onnx_parity" / "model=m" / "version=2" / f"{run_id}.parquet").rename(
-        target / f"{run_id}.parquet")
+        target / f"{run_id}.parquet"
+    )
 
 
 def test_orphans_alone_read_as_an_empty_store(tmp_path):
@@ -208,6 +211,7 @@ def test_leftovers_are_listed_ignored_and_collected_after_the_grace_period(tmp_p
 
 # ------------------------------------------------------------------------------- stores that cannot hold a report
 
+
 @pytest.mark.parametrize("store", ["foo://bucket/reports", "{file}/reports", "{file}"])
 def test_an_unusable_store_is_refused_before_anything_runs(gray_spec, tmp_path, store):
     (tmp_path / "a-file").write_text("not a folder")
@@ -226,6 +230,7 @@ def test_reading_commands_refuse_a_store_that_is_not_there(tmp_path):
 
 
 # ------------------------------------------------------------------------------- stores written before manifests
+
 
 def test_runs_written_before_manifests_are_kept_listed_and_adopted(tmp_path):
     import shutil

@@ -37,7 +37,7 @@ class RunningTopK:
     def update(self, values: np.ndarray, indices: np.ndarray) -> None:
         values = np.concatenate([self.values, values.astype(np.float32, copy=False)], axis=1)
         indices = np.concatenate([self.indices, np.broadcast_to(indices, (len(values), len(indices)))], axis=1)
-        order = np.lexsort((indices, -values), axis=1)[:, :self.k]  # highest value first, then lowest index
+        order = np.lexsort((indices, -values), axis=1)[:, : self.k]  # highest value first, then lowest index
         self.values = np.take_along_axis(values, order, axis=1)
         self.indices = np.take_along_axis(indices, order, axis=1)
 
@@ -55,8 +55,15 @@ def unit_values(maps: np.ndarray, units: np.ndarray, objective: str) -> np.ndarr
 REDUCTIONS = ("channel", "neuron")
 
 
-def _check(session, x: np.ndarray, layer_outputs: Sequence[str], units: dict[str, Sequence[int]], k: int,
-           objective: str, batch_size: int) -> None:
+def _check(
+    session,
+    x: np.ndarray,
+    layer_outputs: Sequence[str],
+    units: dict[str, Sequence[int]],
+    k: int,
+    objective: str,
+    batch_size: int,
+) -> None:
     if objective not in REDUCTIONS:
         raise ActmaxError(f"objective: unknown objective {objective!r}; use one of {', '.join(REDUCTIONS)}")
     for field, value in (("k", k), ("batch_size", batch_size)):
@@ -67,15 +74,25 @@ def _check(session, x: np.ndarray, layer_outputs: Sequence[str], units: dict[str
     available = [out.name for out in session.get_outputs()]
     missing = [layer for layer in layer_outputs if layer not in available]
     if missing:
-        raise ActmaxError(f"layer_outputs: {missing} are not outputs of the ONNX session, whose outputs are "
-                          f"{available}; export the model with these layers (onnx_bundle.export_torch)")
+        raise ActmaxError(
+            f"layer_outputs: {missing} are not outputs of the ONNX session, whose outputs are "
+            f"{available}; export the model with these layers (onnx_bundle.export_torch)"
+        )
     extra = [layer for layer in units if layer not in layer_outputs]
     if extra:
         raise ActmaxError(f"units: given for {extra}, which are not in layer_outputs {list(layer_outputs)}")
 
 
-def top_exemplars(session, x: np.ndarray, layer_outputs: Sequence[str], units: dict[str, Sequence[int]], *,
-                  k: int = 9, objective: str = "channel", batch_size: int = 256) -> dict[str, Exemplars]:
+def top_exemplars(
+    session,
+    x: np.ndarray,
+    layer_outputs: Sequence[str],
+    units: dict[str, Sequence[int]],
+    *,
+    k: int = 9,
+    objective: str = "channel",
+    batch_size: int = 256,
+) -> dict[str, Exemplars]:
     """Per layer, the top-k rows of model inputs x (N, ...) for each unit, through an ONNX Runtime session whose
     output names include the layer names (as onnx_bundle.export_torch writes them).
 
@@ -89,7 +106,7 @@ def top_exemplars(session, x: np.ndarray, layer_outputs: Sequence[str], units: d
     chosen: dict[str, np.ndarray] = {}
     tops: dict[str, RunningTopK] = {}
     for start in range(0, len(x), batch_size):
-        batch = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
+        batch = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
         rows = np.arange(start, start + len(batch), dtype=np.int64)
         for layer, maps in zip(layer_outputs, session.run(layer_outputs, {input_name: batch})):
             if layer not in tops:
@@ -97,8 +114,13 @@ def top_exemplars(session, x: np.ndarray, layer_outputs: Sequence[str], units: d
                 tops[layer] = RunningTopK(len(chosen[layer]), min(k, len(x)))
             tops[layer].update(unit_values(maps, chosen[layer], objective).T, rows)
     return {
-        layer: Exemplars(layer=layer, units=chosen[layer].tolist(), indices=top.indices, activations=top.values,
-                         dataset_max=top.values[:, 0].copy())
+        layer: Exemplars(
+            layer=layer,
+            units=chosen[layer].tolist(),
+            indices=top.indices,
+            activations=top.values,
+            dataset_max=top.values[:, 0].copy(),
+        )
         for layer, top in tops.items()
     }
 
@@ -112,6 +134,7 @@ def _units_of(layer: str, maps: np.ndarray, requested: Sequence[int] | None) -> 
     chosen = np.asarray([int(u) for u in requested], dtype=np.int64)
     outside = sorted({int(u) for u in chosen if not 0 <= u < count})
     if outside:
-        raise ActmaxError(f"units: {outside} are out of range for layer {layer!r}, which has {count} units "
-                          f"(0..{count - 1})")
+        raise ActmaxError(
+            f"units: {outside} are out of range for layer {layer!r}, which has {count} units (0..{count - 1})"
+        )
     return chosen

@@ -45,8 +45,9 @@ class Objective:
 
     def __sub__(self, other: Objective | float) -> Objective:
         if isinstance(other, Objective):
-            return Objective(lambda acts: self(acts) - other(acts), f"{self} - {_grouped(other)}",
-                             self.layers | other.layers)
+            return Objective(
+                lambda acts: self(acts) - other(acts), f"{self} - {_grouped(other)}", self.layers | other.layers
+            )
         return Objective(lambda acts: self(acts) - other, f"{self} - {other:g}", self.layers)
 
     def __mul__(self, factor: float) -> Objective:

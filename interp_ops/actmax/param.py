@@ -29,8 +29,9 @@ def _draw_normal(shape: Sequence[int], generators: Sequence[torch.Generator], sd
     return (torch.stack(rows) * sd).to(device)
 
 
-def pixel_image(shape: tuple[int, int, int], generators: Sequence[torch.Generator], device,
-                sd: float = 0.01) -> tuple[list[Tensor], ImageFn]:
+def pixel_image(
+    shape: tuple[int, int, int], generators: Sequence[torch.Generator], device, sd: float = 0.01
+) -> tuple[list[Tensor], ImageFn]:
     """One free value per pixel and channel (before the colour map and sigmoid of `image`)."""
     pixels = _draw_normal(shape, generators, sd, device).requires_grad_(True)
     return [pixels], lambda: pixels
@@ -43,8 +44,13 @@ def rfft2d_freqs(height: int, width: int) -> Tensor:
     return torch.sqrt(fx * fx + fy * fy)
 
 
-def fft_image(shape: tuple[int, int, int], generators: Sequence[torch.Generator], device, sd: float = 0.01,
-              decay_power: float = 1.0) -> tuple[list[Tensor], ImageFn]:
+def fft_image(
+    shape: tuple[int, int, int],
+    generators: Sequence[torch.Generator],
+    device,
+    sd: float = 0.01,
+    decay_power: float = 1.0,
+) -> tuple[list[Tensor], ImageFn]:
     """Real and imaginary FFT coefficients scaled by 1 / f^decay_power.
 
     With the scaling, Adam's equal-sized steps move low frequencies most: renders come out smooth rather than as
@@ -76,8 +82,13 @@ def decorrelated_color(images: Tensor) -> Tensor:
     return (matrix @ images.flatten(2)).view(images.shape)
 
 
-def image(shape: tuple[int, int, int], generators: Sequence[torch.Generator], device, param: str = "fft",
-          decorrelate: bool = True) -> tuple[list[Tensor], ImageFn]:
+def image(
+    shape: tuple[int, int, int],
+    generators: Sequence[torch.Generator],
+    device,
+    param: str = "fft",
+    decorrelate: bool = True,
+) -> tuple[list[Tensor], ImageFn]:
     """A batch of len(generators) images of shape (C, H, W) in [0, 1] through `param`, then colour and sigmoid.
 
     Colour decorrelation needs three channels; with one channel (or any count but 3) there is no colour to

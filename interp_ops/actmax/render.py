@@ -91,8 +91,10 @@ def _as_maps(layer: str, output) -> Tensor:
     if isinstance(output, Tensor) and output.ndim == 2:
         return output[:, :, None, None]
     shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-    raise ActmaxError(f"layer: {layer!r} outputs {shape}; activation maximization needs (N, K) or (N, K, H, W) "
-                      "tensors, so audit a layer with one of those outputs")
+    raise ActmaxError(
+        f"layer: {layer!r} outputs {shape}; activation maximization needs (N, K) or (N, K, H, W) "
+        "tensors, so audit a layer with one of those outputs"
+    )
 
 
 @contextmanager
@@ -128,8 +130,10 @@ def _probe(outputs: LayerOutputs, layer: str, shape: tuple[int, ...], device: to
         return outputs(torch.zeros(shape, device=device))[layer]
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ActmaxError(f"the model fails on a {'x'.join(map(str, shape[1:]))} input before layer {layer!r} "
-                          f"({first}); give image_size (or input_shape) the size the model takes") from None
+        raise ActmaxError(
+            f"the model fails on a {'x'.join(map(str, shape[1:]))} input before layer {layer!r} "
+            f"({first}); give image_size (or input_shape) the size the model takes"
+        ) from None
 
 
 def element_generator(seed: int, unit: int, render_index: int) -> torch.Generator:
@@ -174,19 +178,39 @@ def _default_thresholds(steps: int) -> list[int]:
     return sorted(set(powers) | {steps})
 
 
-def _check_settings(units: Sequence[int], input_shape, steps: int, lr: float, param: str, objective: str,
-                    transforms: str, image_size: int | None, batch_units: int, renders_per_unit: int, seed: int,
-                    thresholds: Sequence[int] | None, robustness_draws: int) -> list[int]:
+def _check_settings(
+    units: Sequence[int],
+    input_shape,
+    steps: int,
+    lr: float,
+    param: str,
+    objective: str,
+    transforms: str,
+    image_size: int | None,
+    batch_units: int,
+    renders_per_unit: int,
+    seed: int,
+    thresholds: Sequence[int] | None,
+    robustness_draws: int,
+) -> list[int]:
     """Validate what can be checked without the model; returns the thresholds."""
     if len(tuple(input_shape)) != 3 or any(int(v) < 1 for v in input_shape):
         raise ActmaxError(f"input_shape: {tuple(input_shape)} must be the model's (C, H, W)")
-    choices = {"objective": (objective, OBJECTIVES), "param": (param, parameterizations.PARAMETERIZATIONS),
-               "transforms": (transforms, TRANSFORMS)}
+    choices = {
+        "objective": (objective, OBJECTIVES),
+        "param": (param, parameterizations.PARAMETERIZATIONS),
+        "transforms": (transforms, TRANSFORMS),
+    }
     for field, (value, known) in choices.items():
         if value not in known:
             raise ActmaxError(f"{field}: unknown {field} {value!r}; use one of {', '.join(sorted(known))}")
-    positive = {"steps": steps, "batch_units": batch_units, "renders_per_unit": renders_per_unit,
-                "robustness_draws": robustness_draws, "image_size": 1 if image_size is None else image_size}
+    positive = {
+        "steps": steps,
+        "batch_units": batch_units,
+        "renders_per_unit": renders_per_unit,
+        "robustness_draws": robustness_draws,
+        "image_size": 1 if image_size is None else image_size,
+    }
     for field, value in positive.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ActmaxError(f"{field}: {value!r} must be a whole number >= 1")
@@ -243,16 +267,30 @@ def render_units(
     mode, parameter flags and device are restored afterwards; its parameters get no gradients.
     """
     units = [int(u) for u in units]
-    thresholds = _check_settings(units, input_shape, steps, lr, param, objective, transforms, image_size,
-                                 batch_units, renders_per_unit, seed, thresholds, robustness_draws)
+    thresholds = _check_settings(
+        units,
+        input_shape,
+        steps,
+        lr,
+        param,
+        objective,
+        transforms,
+        image_size,
+        batch_units,
+        renders_per_unit,
+        seed,
+        thresholds,
+        robustness_draws,
+    )
     channels, height, width = (int(v) for v in input_shape)
     window = (height, width) if image_size is None else (image_size, image_size)
     device = _usable_device(device)
     input_map = _input_map(channels, value_range, mean, std, device)
     chain = TransformChain(TRANSFORMS[transforms])
     build_objective = OBJECTIVES[objective]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if mixed_precision and device.type == "cuda"
-                else nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if mixed_precision and device.type == "cuda" else nullcontext()
+    )
     outputs = LayerOutputs(model, [layer])
     parts: list[dict[str, Tensor]] = []
     with frozen_for_render(model, device), outputs:
@@ -260,30 +298,51 @@ def render_units(
             count = _probe(outputs, layer, (1, channels, *window), device).shape[1]
         outside = sorted({u for u in units if not 0 <= u < count})
         if outside:
-            raise ActmaxError(f"units: {outside} are out of range for layer {layer!r}, which has {count} units "
-                              f"(0..{count - 1})")
+            raise ActmaxError(
+                f"units: {outside} are out of range for layer {layer!r}, which has {count} units (0..{count - 1})"
+            )
         for start in range(0, len(units), batch_units):
-            batch = [(u, r) for u in units[start:start + batch_units] for r in range(renders_per_unit)]
+            batch = [(u, r) for u in units[start : start + batch_units] for r in range(renders_per_unit)]
             generators = [element_generator(seed, u, r) for u, r in batch]
             params, image_fn = parameterizations.image((channels, *window), generators, device, param, decorrelate)
             # the transforms of every step, and of the robustness check after the last, from each element's stream
-            uniforms = torch.stack([torch.rand((steps + robustness_draws, chain.draws), generator=g)
-                                    for g in generators], dim=1)
+            uniforms = torch.stack(
+                [torch.rand((steps + robustness_draws, chain.draws), generator=g) for g in generators], dim=1
+            )
             thetas = chain.thetas(uniforms, window).to(device)  # (steps + draws, B, 2, 3)
             unit_index = torch.tensor([u for u, _ in batch], device=device)
-            parts.append(_optimise(
-                lambda images: outputs(input_map(images)), build_objective(layer, unit_index), image_fn, params,
-                chain, thetas, steps, lr, thresholds, autocast,
-            ))
+            parts.append(
+                _optimise(
+                    lambda images: outputs(input_map(images)),
+                    build_objective(layer, unit_index),
+                    image_fn,
+                    params,
+                    chain,
+                    thetas,
+                    steps,
+                    lr,
+                    thresholds,
+                    autocast,
+                )
+            )
             if progress is not None:
                 progress(min(start + batch_units, len(units)), len(units))
     descriptions = [build_objective(layer, u).description for u in units for _ in range(renders_per_unit)]
     return _assemble(layer, units, objective, renders_per_unit, thresholds, parts, descriptions)
 
 
-def _optimise(model_layers: Callable[[Tensor], dict[str, Tensor]], objective: Objective, image_fn, params,
-              chain: TransformChain, thetas: Tensor, steps: int, lr: float, thresholds: list[int],
-              autocast) -> dict[str, Tensor]:
+def _optimise(
+    model_layers: Callable[[Tensor], dict[str, Tensor]],
+    objective: Objective,
+    image_fn,
+    params,
+    chain: TransformChain,
+    thetas: Tensor,
+    steps: int,
+    lr: float,
+    thresholds: list[int],
+    autocast,
+) -> dict[str, Tensor]:
     """Adam on one batch; the per-step work is one parameterization, transform, partial forward and backward."""
     column = {step: j for j, step in enumerate(thresholds)}
     curve = torch.empty((len(thetas[0]), len(thresholds)), device=thetas.device)
@@ -303,8 +362,13 @@ def _optimise(model_layers: Callable[[Tensor], dict[str, Tensor]], objective: Ob
         final = objective(activations).float()
         robust = torch.stack([objective(model_layers(chain(images, theta))).float() for theta in thetas[steps:]])
         layer_maps = next(iter(activations.values()))  # the audited layer, the only one hooked
-    return {"images": images.float(), "curve": curve, "final": final, "robust": robust.mean(dim=0),
-            "features": layer_maps.float().mean(dim=(2, 3))}
+    return {
+        "images": images.float(),
+        "curve": curve,
+        "final": final,
+        "robust": robust.mean(dim=0),
+        "features": layer_maps.float().mean(dim=(2, 3)),
+    }
 
 
 def _diversity(features: np.ndarray) -> np.ndarray:
@@ -316,8 +380,15 @@ def _diversity(features: np.ndarray) -> np.ndarray:
     return (1.0 - similarity[:, first, second]).mean(axis=1).astype(np.float32)
 
 
-def _assemble(layer: str, units: list[int], objective: str, renders_per_unit: int, thresholds: list[int],
-              parts: list[dict[str, Tensor]], descriptions: list[str]) -> UnitRenders:
+def _assemble(
+    layer: str,
+    units: list[int],
+    objective: str,
+    renders_per_unit: int,
+    thresholds: list[int],
+    parts: list[dict[str, Tensor]],
+    descriptions: list[str],
+) -> UnitRenders:
     joined = {key: torch.cat([part[key] for part in parts]).cpu().numpy().astype(np.float32) for key in parts[0]}
     final = joined["final"]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -98,8 +98,10 @@ class TransformChain:
     def __init__(self, transforms: Sequence[Transform]):
         first_warp = next((i for i, t in enumerate(transforms) if isinstance(t, Warp)), len(transforms))
         if any(isinstance(t, Pad) for t in transforms[first_warp:]):
-            raise ValueError("transforms: put every pad before the first warp; a pad after a warp cannot be "
-                             "folded into one resampling")
+            raise ValueError(
+                "transforms: put every pad before the first warp; a pad after a warp cannot be "
+                "folded into one resampling"
+            )
         self.pads = [t for t in transforms if isinstance(t, Pad)]
         self.warps = [t for t in transforms if isinstance(t, Warp)]
         self.draws = sum(warp.draws for warp in self.warps)
@@ -111,7 +113,7 @@ class TransformChain:
         inverse = torch.eye(3).expand(*uniforms.shape[:-1], 3, 3)
         offset = 0
         for warp in self.warps:
-            inverse = inverse @ warp.inverse(uniforms[..., offset:offset + warp.draws])
+            inverse = inverse @ warp.inverse(uniforms[..., offset : offset + warp.draws])
             offset += warp.draws
         # affine_grid's coordinates run over (-1, 1) on both the window and the canvas: rescale to pixels and back
         to_pixels = torch.diag(torch.tensor([width / 2, height / 2, 1.0]))

@@ -236,8 +236,14 @@ def _unlisted_columns_with_labels(raw: list[dict], categories: list[str]) -> lis
     return [c for c in unlisted if any((record[c] or "").strip() for record in raw)]
 
 
-def _read_index(filesystem, root: str, categories: list[str], labels: dict[int, str],
-                files: set[str], leaving: dict[str, str] | None = None) -> list[IndexRow]:
+def _read_index(
+    filesystem,
+    root: str,
+    categories: list[str],
+    labels: dict[int, str],
+    files: set[str],
+    leaving: dict[str, str] | None = None,
+) -> list[IndexRow]:
     """Rows of index.csv; ``files`` are the files under images/ that it may name, ``leaving`` those refused because
     a link leads them out of the folder."""
     leaving = leaving or {}
@@ -256,8 +262,10 @@ def _read_index(filesystem, root: str, categories: list[str], labels: dict[int, 
     for number, record in enumerate(raw, start=1):
         where = f"index.csv row {number}"
         if any((cell or "").strip() for cell in record.get(None) or ()):
-            raise ConceptDataError(f"concepts: {where} has more cells than the header has columns; remove them or "
-                                   "name their column in the header")
+            raise ConceptDataError(
+                f"concepts: {where} has more cells than the header has columns; remove them or "
+                "name their column in the header"
+            )
         image = (record["image"] or "").strip()
         if not image:
             raise ConceptDataError(f"concepts: {where} has an empty 'image' cell; name the image file")
@@ -279,8 +287,9 @@ def _read_index(filesystem, root: str, categories: list[str], labels: dict[int, 
                 elif entry in files:
                     parsed.append(entry)
                 else:
-                    raise _missing_file(f"{where}, column {category!r}", "mask", entry, leaving,
-                                        "add the mask or fix the row")
+                    raise _missing_file(
+                        f"{where}, column {category!r}", "mask", entry, leaving, "add the mask or fix the row"
+                    )
             if parsed:
                 entries[category] = tuple(parsed)
         rows.append(IndexRow(number, image, (ih, iw), (sh, sw), entries))
@@ -331,7 +340,7 @@ def folder_fingerprint(uri: str, base_dir: Path | None = None, filesystem=None) 
     for info in sorted(infos, key=lambda i: i.path):
         if info.type != pafs.FileType.File:
             continue
-        relative = PurePosixPath(info.path[len(root) + 1:])
+        relative = PurePosixPath(info.path[len(root) + 1 :])
         digest.update(f"{relative}\0{info.size}\0".encode())
         if relative.suffix == ".csv" and len(relative.parts) == 1:
             digest.update(read_bytes(fs, info.path, relative.name))

@@ -26,8 +26,13 @@ MAX_N, SIZE_RANGE = 100_000, (16, 512)
 COLORS = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple")  # named in interp_ops.palette
 OBJECTS = ("circle", "square", "diamond", "triangle", "star", "cross")
 SYNTHETIC_TEXTURES = (
-    "stripes-horizontal-fine", "stripes-horizontal-wide", "stripes-vertical-fine", "stripes-vertical-wide",
-    "dots", "checker", "grid",
+    "stripes-horizontal-fine",
+    "stripes-horizontal-wide",
+    "stripes-vertical-fine",
+    "stripes-vertical-wide",
+    "dots",
+    "checker",
+    "grid",
 )
 PHOTO_TEXTURES = ("brick", "grass", "gravel")  # photographs that ship with scikit-image
 TEXTURES = SYNTHETIC_TEXTURES + PHOTO_TEXTURES
@@ -44,9 +49,13 @@ PLACEMENT_TRIES = 50
 _URI = BuiltinFamily(
     word="concepts",
     error=ConceptDataError,
-    names={"concepts": {"n": (whole_number(1, MAX_N), str(DEFAULT_N)),
-                        "size": (whole_number(*SIZE_RANGE), str(DEFAULT_SIZE)),
-                        "seed": (whole_number(0, 2**32 - 1), None)}},
+    names={
+        "concepts": {
+            "n": (whole_number(1, MAX_N), str(DEFAULT_N)),
+            "size": (whole_number(*SIZE_RANGE), str(DEFAULT_SIZE)),
+            "seed": (whole_number(0, 2**32 - 1), None),
+        }
+    },
     unknown_name=f"unknown builtin {{uri!r}}; the concept builtin is {BUILTIN_PREFIX}",
     malformed_query=f"malformed query in {{uri!r}}; write {BUILTIN_PREFIX}?n=500&size=64",
     unknown_key="unknown parameter {key!r} in {uri!r}; allowed: {keys}",
@@ -92,7 +101,7 @@ def _texture(name: str, height: int, width: int, size: int, rng: np.random.Gener
     photo = _photo(name, size)
     top = rng.integers(0, photo.shape[0] - height + 1)
     left = rng.integers(0, photo.shape[1] - width + 1)
-    return photo[top:top + height, left:left + width]
+    return photo[top : top + height, left : left + width]
 
 
 def _polygon(name: str, side: float, angle: float) -> np.ndarray | None:
@@ -144,16 +153,19 @@ def _scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, n
     dark, light = rng.uniform(0.05, 0.2), rng.uniform(0.75, 0.95)
     tint = 1.0 + rng.uniform(-0.1, 0.1, size=3)
     patch = (dark + (light - dark) * pattern)[..., None] * tint
-    image[top:top + height, left:left + width] = np.clip(patch, 0.0, 1.0)
-    masks["texture"][top:top + height, left:left + width] = texture + 1
+    image[top : top + height, left : left + width] = np.clip(patch, 0.0, 1.0)
+    masks["texture"][top : top + height, left : left + width] = texture + 1
 
     taken: list[np.ndarray] = []
     palette = rgb(COLORS)
     for _ in range(1 + int(rng.random() < 0.5)):
         kind, color = int(rng.integers(len(OBJECTS))), int(rng.integers(len(COLORS)))
         side = rng.uniform(*OBJECT_SIDE) * size
-        angle = rng.uniform(-np.pi / 18, np.pi / 18) if OBJECTS[kind] in ("square", "diamond") \
+        angle = (
+            rng.uniform(-np.pi / 18, np.pi / 18)
+            if OBJECTS[kind] in ("square", "diamond")
             else rng.uniform(0, 2 * np.pi)
+        )
         half = 0.75 * side + 1  # covers every shape's extent at this area
         for _ in range(PLACEMENT_TRIES):
             center = rng.uniform(half, size - half, size=2)

@@ -84,8 +84,16 @@ class ConceptSet:
     than the first row's (sh, sw) are resized to it by nearest neighbour (labels are never blended).
     """
 
-    def __init__(self, filesystem, root: str, rows: list[IndexRow], labels: dict[int, str],
-                 label_category: dict[int, str], categories: dict[str, str], source: str):
+    def __init__(
+        self,
+        filesystem,
+        root: str,
+        rows: list[IndexRow],
+        labels: dict[int, str],
+        label_category: dict[int, str],
+        categories: dict[str, str],
+        source: str,
+    ):
         self._fs = filesystem
         self._root = root
         self._rows = rows
@@ -116,8 +124,9 @@ class ConceptSet:
         """The first ``n`` images as a ConceptSet of their own (same labels and categories)."""
         if n < 1:
             raise ConceptDataError(f"head(n={n}): give n >= 1")
-        return ConceptSet(self._fs, self._root, self._rows[:n], self.labels, self.label_category, self.categories,
-                          self.source)
+        return ConceptSet(
+            self._fs, self._root, self._rows[:n], self.labels, self.label_category, self.categories, self.source
+        )
 
     def pixel_categories(self) -> list[str]:
         return [name for name, kind in self.categories.items() if kind == "pixel"]
@@ -144,8 +153,13 @@ class ConceptSet:
         on other filesystems each read is a round trip, so several are in flight at once."""
         import pyarrow.fs as pafs
 
-        masks = [(row, category, entry) for row in self._rows for category, entries in row.entries.items()
-                 for entry in entries if isinstance(entry, str)]
+        masks = [
+            (row, category, entry)
+            for row in self._rows
+            for category, entries in row.entries.items()
+            for entry in entries
+            if isinstance(entry, str)
+        ]
 
         def head(mask: tuple[IndexRow, str, str]) -> bytes:
             row, category, relative = mask
@@ -233,13 +247,17 @@ def _mask_where(relative: str, row: IndexRow, category: str) -> str:
 
 
 def _not_png(where: str) -> str:
-    return (f"concepts: {where} is not a PNG file; Broden masks are PNGs whose pixels encode label = R + 256*G: "
-            "convert it to PNG or remove it from index.csv")
+    return (
+        f"concepts: {where} is not a PNG file; Broden masks are PNGs whose pixels encode label = R + 256*G: "
+        "convert it to PNG or remove it from index.csv"
+    )
 
 
 def _wrong_size(where: str, shape: tuple[int, int], row: IndexRow) -> str:
-    return (f"concepts: {where} is {shape[0]}x{shape[1]} pixels but the row gives sh={row.mask_size[0]}, "
-            f"sw={row.mask_size[1]}; fix sh/sw or the mask")
+    return (
+        f"concepts: {where} is {shape[0]}x{shape[1]} pixels but the row gives sh={row.mask_size[0]}, "
+        f"sw={row.mask_size[1]}; fix sh/sw or the mask"
+    )
 
 
 def _check_mask_header(head: bytes, row: IndexRow, where: str) -> None:
@@ -265,4 +283,3 @@ def read_head(filesystem, path: str, what: str, size: int | None) -> bytes:
             return stream.read(size)
     except (FileNotFoundError, OSError) as error:
         raise ConceptDataError(f"concepts: cannot read {what} at {path}: {error}") from None
-

@@ -33,8 +33,8 @@ def _plain_png(data: bytes) -> Image.Image | None:
         while True:
             length, kind = PNG_CHUNK.unpack_from(data, position)
             end = position + 8 + length
-            body = data[position + 8:end]
-            if len(body) != length or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(data[end:end + 4], "big"):
+            body = data[position + 8 : end]
+            if len(body) != length or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(data[end : end + 4], "big"):
                 return None
             if kind == b"IHDR":
                 header = _PNG_HEADER.unpack(body)
@@ -98,4 +98,3 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(int), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(int), labels.shape[1] - 1)
     return labels[rows[:, None], cols[None, :]]
-

@@ -12,8 +12,9 @@ from interp_ops.concepts.cache import builtin_concepts_dir, generator_key
 from interp_ops.concepts.concept_set import ConceptSet
 
 
-def resolve_concepts(uri: str, base_dir: Path | None = None, seed: int = 0, cache_dir: Path | None = None,
-                     filesystem=None) -> ConceptSet:
+def resolve_concepts(
+    uri: str, base_dir: Path | None = None, seed: int = 0, cache_dir: Path | None = None, filesystem=None
+) -> ConceptSet:
     """A ConceptSet for ``builtin:concepts?n=&size=&seed=`` (seed defaults to ``seed``) or any Broden folder."""
     if str(uri).startswith("builtin:"):
         return load_concepts(str(builtin_concepts_dir(str(uri), seed, cache_dir)))

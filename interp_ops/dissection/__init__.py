@@ -100,35 +100,47 @@ def dissect(
         model_inputs = _model_inputs(concepts, batch_size, tuple(input_shape), tuple(value_range), mean, std)
         thresholded = threshold_pass(session, model_inputs, layers, len(concepts), quantile, target, report)
         # 2. upsample: the active pixels of each kept map at the mask size
-        active_pixels = {layer: ActivePixels(kept.map_size, concepts.mask_size, target)
-                         for layer, kept in thresholded.items()}
+        active_pixels = {
+            layer: ActivePixels(kept.map_size, concepts.mask_size, target) for layer, kept in thresholded.items()
+        }
         # 3. tally: one pass of the masks
         labels = LabelIndex(concepts, target)
-        tallies, label_pixels = tally_pass(concepts, thresholded, active_pixels, labels, batch_size, target, report,
-                                           steps_before=batches)
+        tallies, label_pixels = tally_pass(
+            concepts, thresholded, active_pixels, labels, batch_size, target, report, steps_before=batches
+        )
         # 4. IoU
-        return {layer: _result(layer, kept.thresholds, tallies[layer], label_pixels, labels)
-                for layer, kept in thresholded.items()}
+        return {
+            layer: _result(layer, kept.thresholds, tallies[layer], label_pixels, labels)
+            for layer, kept in thresholded.items()
+        }
 
 
-def _model_inputs(concepts: ConceptSet, batch_size: int, input_shape: tuple[int, ...],
-                  value_range: tuple[float, float], mean, std) -> Iterator[tuple[ConceptBatch, np.ndarray]]:
+def _model_inputs(
+    concepts: ConceptSet, batch_size: int, input_shape: tuple[int, ...], value_range: tuple[float, float], mean, std
+) -> Iterator[tuple[ConceptBatch, np.ndarray]]:
     for batch in concepts.batches(batch_size, masks=False):
-        samples = Samples(ids=[str(i) for i in batch.indices], x=batch.images, labels=None, masks=None,
-                          class_names=None)
+        samples = Samples(
+            ids=[str(i) for i in batch.indices], x=batch.images, labels=None, masks=None, class_names=None
+        )
         yield batch, to_model_input(samples, input_shape, value_range, mean, std)
 
 
-def _result(layer: str, thresholds: np.ndarray, tally: Tally, label_pixels: np.ndarray,
-            labels: LabelIndex) -> DissectionResult:
+def _result(
+    layer: str, thresholds: np.ndarray, tally: Tally, label_pixels: np.ndarray, labels: LabelIndex
+) -> DissectionResult:
     iou = tally.iou(label_pixels)
     best = iou.argmax(axis=1)
-    return DissectionResult(layer=layer, thresholds=thresholds, iou=iou, label_ids=labels.ids.copy(),
-                            best_label=labels.ids[best], best_iou=iou[np.arange(len(iou)), best])
+    return DissectionResult(
+        layer=layer,
+        thresholds=thresholds,
+        iou=iou,
+        label_ids=labels.ids.copy(),
+        best_label=labels.ids[best],
+        best_iou=iou[np.arange(len(iou)), best],
+    )
 
 
-def _check(session, concepts: ConceptSet, layers: Sequence[str], quantile: float, batch_size: int,
-           input_shape) -> None:
+def _check(session, concepts: ConceptSet, layers: Sequence[str], quantile: float, batch_size: int, input_shape) -> None:
     if not 0.0 < quantile < 0.5:
         raise DissectionError(
             f"dissection.quantile={quantile} must lie strictly between 0 and 0.5: it is the fraction of each "
@@ -148,8 +160,10 @@ def _check(session, concepts: ConceptSet, layers: Sequence[str], quantile: float
             "(model.layers) or export the model with these layers"
         )
     if len(concepts) == 0 or not concepts.labels:
-        raise DissectionError("dissection.concepts: the concept set holds no images or no labels; give a Broden "
-                              "folder with images and labelled masks, or builtin:concepts")
+        raise DissectionError(
+            "dissection.concepts: the concept set holds no images or no labels; give a Broden "
+            "folder with images and labelled masks, or builtin:concepts"
+        )
     if len(tuple(input_shape)) != 3:
         raise DissectionError(
             f"model.input.shape {list(input_shape)}: dissection needs an image model with input [C, H, W]"

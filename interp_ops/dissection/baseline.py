@@ -29,6 +29,9 @@ def random_init_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             if isinstance(module, torch.nn.modules.batchnorm._NormBase):
                 module.reset_running_stats()
     if untouched:
-        warnings.warn(f"random_init_copy: modules {untouched} have no reset_parameters(); their parameters keep "
-                      "their trained values in the random baseline", stacklevel=2)
+        warnings.warn(
+            f"random_init_copy: modules {untouched} have no reset_parameters(); their parameters keep "
+            "their trained values in the random baseline",
+            stacklevel=2,
+        )
     return baseline.to(devices.pop()) if len(devices) == 1 else baseline

@@ -63,8 +63,7 @@ class BatchLabels:
     label_pixels: torch.Tensor  # (L+1,) int64: pixels per label (sh * sw per image for a whole-image label), 0 for none
 
 
-def _batch_labels(batch: ConceptBatch, labels: LabelIndex, mask_size: tuple[int, int]
-                  ) -> dict[str, np.ndarray | None]:
+def _batch_labels(batch: ConceptBatch, labels: LabelIndex, mask_size: tuple[int, int]) -> dict[str, np.ndarray | None]:
     """The BatchLabels of a batch, as numpy arrays: computed in the reader thread (numpy releases the GIL)."""
     pixels = None
     if batch.pixel_labels:
@@ -79,13 +78,18 @@ def _batch_labels(batch: ConceptBatch, labels: LabelIndex, mask_size: tuple[int,
     if pixels is not None:
         label_pixels += np.bincount(pixels.ravel(), minlength=labels.size)
     label_pixels[0] = 0
-    return {"pixels": pixels, "image_onehot": onehot, "image_category": onehot @ labels.category_of > 0,
-            "label_pixels": label_pixels}
+    return {
+        "pixels": pixels,
+        "image_onehot": onehot,
+        "image_category": onehot @ labels.category_of > 0,
+        "label_pixels": label_pixels,
+    }
 
 
 def _to_device(arrays: Mapping[str, np.ndarray | None], device: torch.device) -> BatchLabels:
-    return BatchLabels(**{name: None if array is None else torch.from_numpy(array).to(device)
-                          for name, array in arrays.items()})
+    return BatchLabels(
+        **{name: None if array is None else torch.from_numpy(array).to(device) for name, array in arrays.items()}
+    )
 
 
 class Tally:
@@ -97,8 +101,15 @@ class Tally:
         self.intersection = torch.zeros((units, labels.size), dtype=torch.int64, device=device)
         self.activated_per_category = torch.zeros((units, len(labels.categories)), dtype=torch.int64, device=device)
 
-    def add(self, kept: ThresholdedMaps, start: int, stop: int, first_image: int, batch: BatchLabels,
-            active_pixels: ActivePixels) -> None:
+    def add(
+        self,
+        kept: ThresholdedMaps,
+        start: int,
+        stop: int,
+        first_image: int,
+        batch: BatchLabels,
+        active_pixels: ActivePixels,
+    ) -> None:
         """Count kept maps ``start:stop`` (those of ``batch``, whose first image is ``first_image``)."""
         labels = self.labels
         pixels_per_map = active_pixels.size[0] * active_pixels.size[1]
@@ -112,8 +123,9 @@ class Tally:
             activated = torch.bincount(map_index, minlength=map_count)  # (m,) activated pixels per map
             if batch.pixels is not None:
                 _, mask_layers, area = batch.pixels.shape
-                in_masks = (image.index_select(0, map_index) * (mask_layers * area) + pixel)[:, None] \
-                    + torch.arange(0, mask_layers * area, area, device=pixel.device)
+                in_masks = (image.index_select(0, map_index) * (mask_layers * area) + pixel)[:, None] + torch.arange(
+                    0, mask_layers * area, area, device=pixel.device
+                )
                 under = batch.pixels.flatten().take(in_masks)  # (P, K) dense labels under activated pixels
                 index = (map_index[:, None] * labels.size + under).flatten()
                 counts = torch.bincount(index, minlength=map_count * labels.size).view(map_count, labels.size)
@@ -134,9 +146,16 @@ class Tally:
         return (intersection / (activated + label_pixels[None, :] - intersection + IOU_EPSILON))[:, 1:]
 
 
-def tally_pass(concepts: ConceptSet, thresholded: Mapping[str, ThresholdedMaps],
-               active_pixels: Mapping[str, ActivePixels], labels: LabelIndex, batch_size: int, device: torch.device,
-               report: Callable[[int], None], steps_before: int) -> tuple[dict[str, Tally], np.ndarray]:
+def tally_pass(
+    concepts: ConceptSet,
+    thresholded: Mapping[str, ThresholdedMaps],
+    active_pixels: Mapping[str, ActivePixels],
+    labels: LabelIndex,
+    batch_size: int,
+    device: torch.device,
+    report: Callable[[int], None],
+    steps_before: int,
+) -> tuple[dict[str, Tally], np.ndarray]:
     """Pass 2, masks only: the tallies of every layer's kept maps, and the label totals G (float64).
 
     Stacking the masks, looking up labels and counting G happen in the reader thread (see ``prefetch``).
@@ -144,8 +163,10 @@ def tally_pass(concepts: ConceptSet, thresholded: Mapping[str, ThresholdedMaps],
     """
     tallies = {layer: Tally(len(kept.thresholds), labels, device) for layer, kept in thresholded.items()}
     label_pixels = torch.zeros(labels.size, dtype=torch.int64, device=device)
-    prepared = ((batch, _batch_labels(batch, labels, concepts.mask_size))
-                for batch in concepts.batches(batch_size, images=False))
+    prepared = (
+        (batch, _batch_labels(batch, labels, concepts.mask_size))
+        for batch in concepts.batches(batch_size, images=False)
+    )
     with contextlib.closing(prefetched(prepared)) as batches:
         for step, (batch, arrays) in enumerate(batches, start=steps_before + 1):
             first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1

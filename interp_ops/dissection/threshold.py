@@ -159,8 +159,14 @@ class RunningThreshold:
         self.largest = torch.cat([self.largest, entering], dim=1).topk(self.k, dim=1, sorted=False).values
         keep = torch.nonzero(maxima > self.largest.amin(dim=1).index_select(0, unit))[:, 0]
         if len(keep):
-            self.kept.append((image.index_select(0, keep) + first_image, unit.index_select(0, keep),
-                              maxima.index_select(0, keep), maps.index_select(0, keep)))
+            self.kept.append(
+                (
+                    image.index_select(0, keep) + first_image,
+                    unit.index_select(0, keep),
+                    maxima.index_select(0, keep),
+                    maps.index_select(0, keep),
+                )
+            )
             self.kept_size += len(keep)
         if self.kept_size > 2 * self.pruned_size + 4096:
             self._prune(self.largest.amin(dim=1))
@@ -188,9 +194,15 @@ class RunningThreshold:
         return ThresholdedMaps(thresholds, image, unit, maps.view(-1, *self.map_size), below)
 
 
-def threshold_pass(session, model_inputs: Iterator[tuple[ConceptBatch, np.ndarray]], layers: Sequence[str],
-                   total_images: int, quantile: float, device: torch.device,
-                   report: Callable[[int], None]) -> dict[str, ThresholdedMaps]:
+def threshold_pass(
+    session,
+    model_inputs: Iterator[tuple[ConceptBatch, np.ndarray]],
+    layers: Sequence[str],
+    total_images: int,
+    quantile: float,
+    device: torch.device,
+    report: Callable[[int], None],
+) -> dict[str, ThresholdedMaps]:
     """Pass 1: the model inputs through the ONNX Runtime ``session``; per layer, its thresholds and kept maps.
 
     ``model_inputs`` is read in a background thread (see ``prefetch``): preparing the next batch (reading,

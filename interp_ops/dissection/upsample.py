@@ -36,9 +36,17 @@ class _Axis:
         source = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0.0, n - 1)
         low = np.minimum(np.floor(source).astype(np.int64), max(n - 2, 0))
         toward_high = source - low
-        return _Axis(*(torch.from_numpy(array).to(device) for array in (
-            low, np.minimum(low + 1, n - 1), (1.0 - toward_high).astype(np.float32),
-            toward_high.astype(np.float32))))
+        return _Axis(
+            *(
+                torch.from_numpy(array).to(device)
+                for array in (
+                    low,
+                    np.minimum(low + 1, n - 1),
+                    (1.0 - toward_high).astype(np.float32),
+                    toward_high.astype(np.float32),
+                )
+            )
+        )
 
     def cells(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per cell (pair of neighbouring source rows): its output rows and their two weights."""
@@ -162,20 +170,29 @@ class ActivePixels:
         for col, (out_cols, w_left, w_right) in enumerate(self.col_cells):
             if bounds[col] == bounds[col + 1]:
                 continue
-            of_map, of_row = map_index[bounds[col]:bounds[col + 1]], cell_row[bounds[col]:bounds[col + 1]]
+            of_map, of_row = map_index[bounds[col] : bounds[col + 1]], cell_row[bounds[col] : bounds[col + 1]]
             upper = maps[of_map, of_row, col][:, None] * w_left + maps[of_map, of_row, col + 1][:, None] * w_right
-            lower = (maps[of_map, of_row + 1, col][:, None] * w_left
-                     + maps[of_map, of_row + 1, col + 1][:, None] * w_right)
+            lower = (
+                maps[of_map, of_row + 1, col][:, None] * w_left + maps[of_map, of_row + 1, col + 1][:, None] * w_right
+            )
             which_cell, out_col = torch.nonzero(torch.maximum(upper, lower) > floor[of_map][:, None], as_tuple=True)
-            found.append((of_map[which_cell], of_row[which_cell], out_cols[out_col], upper[which_cell, out_col],
-                          lower[which_cell, out_col]))
+            found.append(
+                (
+                    of_map[which_cell],
+                    of_row[which_cell],
+                    out_cols[out_col],
+                    upper[which_cell, out_col],
+                    lower[which_cell, out_col],
+                )
+            )
         if not found:
             return _no_pixels(maps.device)
         map_index, cell_row, column, upper, lower = (torch.cat(parts) for parts in zip(*found))
         # stage 2, per cell row: every output row of the column
         order = torch.argsort(cell_row, stable=True)
         map_index, cell_row, column, upper, lower = (
-            part[order] for part in (map_index, cell_row, column, upper, lower))
+            part[order] for part in (map_index, cell_row, column, upper, lower)
+        )
         bounds = torch.searchsorted(cell_row, torch.arange(len(self.row_cells) + 1, device=maps.device)).tolist()
         found_map, found_pixel = [], []
         for row, (out_rows, w_top, w_bottom) in enumerate(self.row_cells):

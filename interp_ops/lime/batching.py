@@ -59,7 +59,7 @@ def predict_in_batches(
                 f"predict returned shape {probabilities.shape} for {filled} inputs; it must return class "
                 f"probabilities of shape ({filled}, K)"
             )
-        for (block, rows), part in zip(pending, np.split(probabilities, np.cumsum([r for _, r in pending])[:-1])):
+        for (block, _rows), part in zip(pending, np.split(probabilities, np.cumsum([r for _, r in pending])[:-1])):
             outputs[block].append(part)
         pending.clear()
 

@@ -25,14 +25,20 @@ from interp_ops.lime.scores import (
 from interp_ops.lime.surrogate import exponential_kernel, fit_surrogate
 
 
-def check_settings(num_samples: int, kernel_width: float | None, top_k: int, seed: int,
-                   stability_seeds: int, heldout_samples: int) -> None:
+def check_settings(
+    num_samples: int, kernel_width: float | None, top_k: int, seed: int, stability_seeds: int, heldout_samples: int
+) -> None:
     """Refuses settings the loop cannot honour before any work is done, naming the parameter and the fix."""
     problems = [
-        (num_samples < 2, f"num_samples={num_samples} must be >= 2 (the first row is the unperturbed input); "
-                          "use the default 1000 or more"),
-        (kernel_width is not None and not kernel_width > 0,
-         f"kernel_width={kernel_width} must be > 0; use 0.25 for images or leave it None for tables"),
+        (
+            num_samples < 2,
+            f"num_samples={num_samples} must be >= 2 (the first row is the unperturbed input); "
+            "use the default 1000 or more",
+        ),
+        (
+            kernel_width is not None and not kernel_width > 0,
+            f"kernel_width={kernel_width} must be > 0; use 0.25 for images or leave it None for tables",
+        ),
         (top_k < 1, f"top_k={top_k} must be >= 1; give how many features to report, e.g. 5"),
         (seed < 0, f"seed={seed} must be >= 0"),
         (stability_seeds < 1, f"stability_seeds={stability_seeds} must be >= 1; use 1 to skip the stability score"),
@@ -56,16 +62,20 @@ def _resolve_labels(labels: list[list[int]] | None, probabilities: np.ndarray) -
     if labels is None:
         return [np.array([label]) for label in probabilities.argmax(axis=1)]
     if len(labels) != num_samples:
-        raise LimeInputError(f"labels has {len(labels)} entries for {num_samples} samples; give one list per sample "
-                             "or None for each sample's top-1 class")
+        raise LimeInputError(
+            f"labels has {len(labels)} entries for {num_samples} samples; give one list per sample "
+            "or None for each sample's top-1 class"
+        )
     resolved = []
     for index, sample_labels in enumerate(labels):
         values = np.asarray(sample_labels, dtype=np.int64).reshape(-1)
         outside = values[(values < 0) | (values >= num_classes)]
         if len(values) == 0 or len(outside) or len(np.unique(values)) != len(values):
-            raise LimeInputError(f"labels[{index}]={list(sample_labels)} must be distinct classes in "
-                                 f"[0, {num_classes}) (the model has {num_classes} classes); pass None for the "
-                                 "top-1 class")
+            raise LimeInputError(
+                f"labels[{index}]={list(sample_labels)} must be distinct classes in "
+                f"[0, {num_classes}) (the model has {num_classes} classes); pass None for the "
+                "top-1 class"
+            )
         resolved.append(values)
     return resolved
 
@@ -85,37 +95,59 @@ class Fit:
     insertion_auc: np.ndarray
 
 
-def explain_samples(predict: Predict, batch_size: int, perturbation: Perturbation, inputs: np.ndarray,
-                    labels: list[list[int]] | None, *, sample_keys: Sequence[int] | None, num_samples: int,
-                    kernel_width: float, top_k: int, seed: int, stability_seeds: int,
-                    heldout_samples: int) -> list[Fit]:
+def explain_samples(
+    predict: Predict,
+    batch_size: int,
+    perturbation: Perturbation,
+    inputs: np.ndarray,
+    labels: list[list[int]] | None,
+    *,
+    sample_keys: Sequence[int] | None,
+    num_samples: int,
+    kernel_width: float,
+    top_k: int,
+    seed: int,
+    stability_seeds: int,
+    heldout_samples: int,
+) -> list[Fit]:
     """One Fit per sample of inputs (N, *input_shape): its surrogate, fitted on the first seed's
     neighbourhood, and its scores; the other stability_seeds - 1 seeds serve only the stability score."""
     input_shape = inputs.shape[1:]
     keys = list(range(len(inputs))) if sample_keys is None else [int(key) for key in sample_keys]
     if len(keys) != len(inputs) or min(keys, default=0) < 0:
-        raise LimeInputError(f"sample_keys has {len(keys)} entries for {len(inputs)} samples; give one "
-                             "non-negative integer per sample (e.g. its index in the data set)")
+        raise LimeInputError(
+            f"sample_keys has {len(keys)} entries for {len(inputs)} samples; give one "
+            "non-negative integer per sample (e.g. its index in the data set)"
+        )
     probabilities = predict_in_batches(predict, [GivenRows(inputs)], input_shape, batch_size)[0]
     labels = _resolve_labels(labels, probabilities)
     rows = num_samples + heldout_samples
     runs = [
-        [perturbation.neighbourhood(index, np.random.default_rng([seed + run, keys[index]]), rows)
-         for index in range(len(inputs))]
+        [
+            perturbation.neighbourhood(index, np.random.default_rng([seed + run, keys[index]]), rows)
+            for index in range(len(inputs))
+        ]
         for run in range(stability_seeds)
     ]
     predicted = predict_in_batches(predict, [hood.inputs for run in runs for hood in run], input_shape, batch_size)
     # One BLAS thread: these solves are tiny, and woken BLAS threads spin on the cores the model needs next.
     with threadpool_limits(limits=1, user_api="blas"):
         surrogates = [
-            [fit_surrogate(hood.binary, predicted[run * len(inputs) + index][:, labels[index]],
-                           exponential_kernel(perturbation.distance(hood.binary), kernel_width), num_samples)
-             for index, hood in enumerate(hoods)]
+            [
+                fit_surrogate(
+                    hood.binary,
+                    predicted[run * len(inputs) + index][:, labels[index]],
+                    exponential_kernel(perturbation.distance(hood.binary), kernel_width),
+                    num_samples,
+                )
+                for index, hood in enumerate(hoods)
+            ]
             for run, hoods in enumerate(runs)
         ]
     curve_masks = [deletion_insertion_masks(attribution_order(coef)) for coef, *_ in surrogates[0]]
-    curve_inputs = [perturbation.masked(index, masks.reshape(-1, masks.shape[-1]))
-                    for index, masks in enumerate(curve_masks)]
+    curve_inputs = [
+        perturbation.masked(index, masks.reshape(-1, masks.shape[-1])) for index, masks in enumerate(curve_masks)
+    ]
     curves = predict_in_batches(predict, curve_inputs, input_shape, batch_size)
     fits = []
     for index, (coef, intercept, r2, r2_heldout) in enumerate(surrogates[0]):
@@ -124,6 +156,17 @@ def explain_samples(predict: Predict, batch_size: int, perturbation: Perturbatio
         if stability_seeds > 1:
             stability = top_k_stability([run[index][0] for run in surrogates], top_k)
         deletion_auc, insertion_auc = deletion_insertion_auc(curves[index], curve_masks[index], sample_labels)
-        fits.append(Fit(sample_labels, probabilities[index, sample_labels], coef, intercept, r2, r2_heldout,
-                        stability, deletion_auc=deletion_auc, insertion_auc=insertion_auc))
+        fits.append(
+            Fit(
+                sample_labels,
+                probabilities[index, sample_labels],
+                coef,
+                intercept,
+                r2,
+                r2_heldout,
+                stability,
+                deletion_auc=deletion_auc,
+                insertion_auc=insertion_auc,
+            )
+        )
     return fits

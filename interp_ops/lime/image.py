@@ -51,8 +51,9 @@ class Segmentation:
         # float64, as lime's usual uint8 photos reach skimage: its float32 quickshift is 15% slower (expf)
         rgb = img_as_float64(rgb)
         if self.method == "quickshift":
-            return quickshift(rgb, kernel_size=self.kernel_size, max_dist=self.max_dist, ratio=self.ratio,
-                              rng=self.random_seed)
+            return quickshift(
+                rgb, kernel_size=self.kernel_size, max_dist=self.max_dist, ratio=self.ratio, rng=self.random_seed
+            )
         return slic(rgb, n_segments=self.n_segments, compactness=self.compactness)
 
 
@@ -126,8 +127,7 @@ class SegmentedImages:
 
     def masked(self, index: int, masks: np.ndarray) -> _MaskedImage:
         fill_bits = self.fills[index].view(np.int32)
-        return _MaskedImage(fill_bits, self.sources[index].view(np.int32) ^ fill_bits, self.runs[index],
-                            masks)
+        return _MaskedImage(fill_bits, self.sources[index].view(np.int32) ^ fill_bits, self.runs[index], masks)
 
     def neighbourhood(self, index: int, rng: np.random.Generator, rows: int) -> Neighbourhood:
         """Uniform random on/off segments, the first row all on (the image itself)."""
@@ -148,11 +148,14 @@ def _usable_cores() -> int:
 def _segment(segmentation: Segmentation, image: np.ndarray, index: int) -> np.ndarray:
     segment_map = np.asarray(segmentation(image))
     if segment_map.shape != image.shape[:2] or not np.issubdtype(segment_map.dtype, np.integer):
-        raise LimeInputError(f"segmentation gave {segment_map.dtype} shape {segment_map.shape} for sample {index}; "
-                             f"it must return integer ids of shape {image.shape[:2]}")
+        raise LimeInputError(
+            f"segmentation gave {segment_map.dtype} shape {segment_map.shape} for sample {index}; "
+            f"it must return integer ids of shape {image.shape[:2]}"
+        )
     if len(np.unique(segment_map)) < 2:
-        raise LimeInputError(f"segmentation gave 1 segment for sample {index}; lower kernel_size/max_dist or "
-                             "raise n_segments")
+        raise LimeInputError(
+            f"segmentation gave 1 segment for sample {index}; lower kernel_size/max_dist or raise n_segments"
+        )
     return segment_map
 
 
@@ -174,11 +177,22 @@ class ImageLime:
         self.predict = predict
         self.batch_size = check_batch_size(batch_size)
 
-    def attribute(self, x: np.ndarray, display: np.ndarray, labels: list[list[int]] | None = None, *,
-                  num_samples: int = 1000, kernel_width: float = 0.25, top_k: int = 5,
-                  hide: Literal["mean"] | float = "mean", segmentation: Segmentation = Segmentation(),
-                  seed: int = 0, stability_seeds: int = 3, heldout_samples: int = 200,
-                  sample_keys: Sequence[int] | None = None) -> LimeResult:
+    def attribute(
+        self,
+        x: np.ndarray,
+        display: np.ndarray,
+        labels: list[list[int]] | None = None,
+        *,
+        num_samples: int = 1000,
+        kernel_width: float = 0.25,
+        top_k: int = 5,
+        hide: Literal["mean"] | float = "mean",
+        segmentation: Segmentation = Segmentation(),
+        seed: int = 0,
+        stability_seeds: int = 3,
+        heldout_samples: int = 200,
+        sample_keys: Sequence[int] | None = None,
+    ) -> LimeResult:
         """Explain each image in x (N, C, H, W) for its labels; display (N, H, W, C') in [0, 1] is segmented.
 
         Segmentation runs in threads on every core, so a custom segmentation must be thread-safe.
@@ -188,8 +202,10 @@ class ImageLime:
         display = np.asarray(display)
         display = display[..., None] if display.ndim == 3 else display
         if x.ndim != 4 or display.shape[:3] != (len(x), *x.shape[2:]) or display.shape[-1] not in (1, 3):
-            raise LimeInputError(f"x has shape {x.shape} and display {display.shape}; give x as (N, C, H, W) and "
-                                 "display as (N, H, W, 1 or 3) with the same N, H and W")
+            raise LimeInputError(
+                f"x has shape {x.shape} and display {display.shape}; give x as (N, C, H, W) and "
+                "display as (N, H, W, 1 or 3) with the same N, H and W"
+            )
         if hide != "mean" and not isinstance(hide, (int, float, np.floating)):
             raise LimeInputError(f"hide={hide!r} must be 'mean' or a number in model-input units")
         # skimage's segmenters release the GIL, and the model is idle meanwhile: use every core
@@ -200,20 +216,39 @@ class ImageLime:
         channels, pixels = x.shape[1], x.shape[2] * x.shape[3]
         sources = x.reshape(len(x), channels, pixels)
         fills = [  # row-major (np.take; [:, index] would give column-major and stride every compose pass)
-            np.take(segment_means(source, index, len(names)), index, axis=1) if hide == "mean"
+            np.take(segment_means(source, index, len(names)), index, axis=1)
+            if hide == "mean"
             else np.full((channels, pixels), hide, dtype=np.float32)
             for source, index, names in zip(sources, segment_of_pixel, ids)
         ]
-        images = SegmentedImages(sources, fills, [_PixelRuns.of(index) for index in segment_of_pixel],
-                                 [len(names) for names in ids])
-        fits = explain_samples(self.predict, self.batch_size, images, x, labels, sample_keys=sample_keys,
-                               num_samples=num_samples, kernel_width=kernel_width, top_k=top_k, seed=seed,
-                               stability_seeds=stability_seeds, heldout_samples=heldout_samples)
+        images = SegmentedImages(
+            sources, fills, [_PixelRuns.of(index) for index in segment_of_pixel], [len(names) for names in ids]
+        )
+        fits = explain_samples(
+            self.predict,
+            self.batch_size,
+            images,
+            x,
+            labels,
+            sample_keys=sample_keys,
+            num_samples=num_samples,
+            kernel_width=kernel_width,
+            top_k=top_k,
+            seed=seed,
+            stability_seeds=stability_seeds,
+            heldout_samples=heldout_samples,
+        )
         area_fractions = [np.bincount(index) / pixels for index in segment_of_pixel]
         explanations, attributions = table_rows(
-            fits, [names.tolist() for names in ids], top_k=top_k, kernel_width=kernel_width, num_samples=num_samples,
-            explanation_extra=lambda i, top: {"overlay_png": overlay_png(display[i], segment_maps[i], ids[i][top]),
-                                             "segments_png": label_map_png(segment_maps[i])},
+            fits,
+            [names.tolist() for names in ids],
+            top_k=top_k,
+            kernel_width=kernel_width,
+            num_samples=num_samples,
+            explanation_extra=lambda i, top: {
+                "overlay_png": overlay_png(display[i], segment_maps[i], ids[i][top]),
+                "segments_png": label_map_png(segment_maps[i]),
+            },
             attribution_extra=lambda i, feature: {"area_fraction": float(area_fractions[i][feature])},
         )
         return LimeResult(explanations, attributions, segment_maps)

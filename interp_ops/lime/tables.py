@@ -32,10 +32,17 @@ class LimeResult:
     segment_maps: list[np.ndarray] = field(default_factory=list)  # images only: the (H, W) maps, original ids
 
 
-def table_rows(fits: list[Fit], features: list[Sequence], *, top_k: int, kernel_width: float, num_samples: int,
-               explanation_extra: Callable[[int, np.ndarray], dict],
-               attribution_extra: Callable[[int, int], dict],
-               by_magnitude: bool = False) -> tuple[list[dict], list[dict]]:
+def table_rows(
+    fits: list[Fit],
+    features: list[Sequence],
+    *,
+    top_k: int,
+    kernel_width: float,
+    num_samples: int,
+    explanation_extra: Callable[[int, np.ndarray], dict],
+    attribution_extra: Callable[[int, int], dict],
+    by_magnitude: bool = False,
+) -> tuple[list[dict], list[dict]]:
     """Rows of the explanations and attributions tables, features named by `features` (one sequence per
     sample); the callbacks add the method-specific columns for (sample, top features) and (sample, feature).
 
@@ -50,33 +57,37 @@ def table_rows(fits: list[Fit], features: list[Sequence], *, top_k: int, kernel_
             order = attribution_order(np.abs(weights) if by_magnitude else weights)[0]
             top = order[: min(top_k, len(order))]
             local_prediction = float(fit.intercept[row] + fit.coef[row].sum())
-            explanations.append({
-                "sample_index": index,
-                "label": int(label),
-                "probability": float(fit.probability[row]),
-                "intercept": float(fit.intercept[row]),
-                "local_prediction": local_prediction,
-                "r2_in_sample": float(fit.r2_in_sample[row]),
-                "r2_heldout": None if fit.r2_heldout is None else float(fit.r2_heldout[row]),
-                "prediction_gap": abs(local_prediction - float(fit.probability[row])),
-                "stability": None if fit.stability is None else float(fit.stability[row]),
-                "deletion_auc": float(fit.deletion_auc[row]),
-                "insertion_auc": float(fit.insertion_auc[row]),
-                "kernel_width": float(kernel_width),
-                "num_samples": num_samples,
-                "num_features": len(order),
-                "top_features": [names[f] for f in top],
-                **explanation_extra(index, top),
-            })
+            explanations.append(
+                {
+                    "sample_index": index,
+                    "label": int(label),
+                    "probability": float(fit.probability[row]),
+                    "intercept": float(fit.intercept[row]),
+                    "local_prediction": local_prediction,
+                    "r2_in_sample": float(fit.r2_in_sample[row]),
+                    "r2_heldout": None if fit.r2_heldout is None else float(fit.r2_heldout[row]),
+                    "prediction_gap": abs(local_prediction - float(fit.probability[row])),
+                    "stability": None if fit.stability is None else float(fit.stability[row]),
+                    "deletion_auc": float(fit.deletion_auc[row]),
+                    "insertion_auc": float(fit.insertion_auc[row]),
+                    "kernel_width": float(kernel_width),
+                    "num_samples": num_samples,
+                    "num_features": len(order),
+                    "top_features": [names[f] for f in top],
+                    **explanation_extra(index, top),
+                }
+            )
             rank = np.empty(len(order), dtype=np.int64)
             rank[order] = np.arange(1, len(order) + 1)
             for feature in order:
-                attributions.append({
-                    "sample_index": index,
-                    "label": int(label),
-                    "feature": names[feature],
-                    "weight": float(fit.coef[row, feature]),
-                    "rank": int(rank[feature]),
-                    **attribution_extra(index, feature),
-                })
+                attributions.append(
+                    {
+                        "sample_index": index,
+                        "label": int(label),
+                        "feature": names[feature],
+                        "weight": float(fit.coef[row, feature]),
+                        "rank": int(rank[feature]),
+                        **attribution_extra(index, feature),
+                    }
+                )
     return explanations, attributions

@@ -47,9 +47,13 @@ class QuartileBins:
         low, high = self.lows[feature, bins], self.highs[feature, bins]
         values = low.copy()
         spread = low != high
-        values[spread] = truncnorm.rvs((low[spread] - mean[spread]) / std[spread],
-                                       (high[spread] - mean[spread]) / std[spread],
-                                       loc=mean[spread], scale=std[spread], random_state=rng)
+        values[spread] = truncnorm.rvs(
+            (low[spread] - mean[spread]) / std[spread],
+            (high[spread] - mean[spread]) / std[spread],
+            loc=mean[spread],
+            scale=std[spread],
+            random_state=rng,
+        )
         return values
 
 
@@ -61,9 +65,11 @@ def fit_quartile_bins(training_data: np.ndarray, feature_names: list[str]) -> Qu
     names = []
     for f, (column, cuts) in enumerate(zip(training_data.T, edges)):
         name = feature_names[f]
-        names.append([f"{name} <= {cuts[0]:.2f}"]
-                     + [f"{a:.2f} < {name} <= {b:.2f}" for a, b in zip(cuts[:-1], cuts[1:])]
-                     + [f"{name} > {cuts[-1]:.2f}"])
+        names.append(
+            [f"{name} <= {cuts[0]:.2f}"]
+            + [f"{a:.2f} < {name} <= {b:.2f}" for a, b in zip(cuts[:-1], cuts[1:])]
+            + [f"{name} > {cuts[-1]:.2f}"]
+        )
         bins = np.searchsorted(cuts, column)
         for b in range(len(cuts) + 1):
             members = column[bins == b]
@@ -118,31 +124,61 @@ class TabularLime:
     def __init__(self, predict: Predict, training_data: np.ndarray, feature_names: list[str], batch_size: int = 256):
         training_data = np.asarray(training_data, dtype=np.float64)
         if training_data.ndim != 2 or len(feature_names) != training_data.shape[1] or len(training_data) < 2:
-            raise LimeInputError(f"training_data has shape {training_data.shape} and {len(feature_names)} feature "
-                                 "names; give (n >= 2, D) rows and D names")
+            raise LimeInputError(
+                f"training_data has shape {training_data.shape} and {len(feature_names)} feature "
+                "names; give (n >= 2, D) rows and D names"
+            )
         self.predict = predict
         self.batch_size = check_batch_size(batch_size)
         self.feature_names = [str(name) for name in feature_names]
         self.bins = fit_quartile_bins(training_data, self.feature_names)
         self.training_mean = training_data.mean(axis=0)
 
-    def attribute(self, rows: np.ndarray, labels: list[list[int]] | None = None, *, num_samples: int = 5000,
-                  kernel_width: float | None = None, top_k: int = 5, seed: int = 0, stability_seeds: int = 3,
-                  heldout_samples: int = 200, sample_keys: Sequence[int] | None = None) -> LimeResult:
+    def attribute(
+        self,
+        rows: np.ndarray,
+        labels: list[list[int]] | None = None,
+        *,
+        num_samples: int = 5000,
+        kernel_width: float | None = None,
+        top_k: int = 5,
+        seed: int = 0,
+        stability_seeds: int = 3,
+        heldout_samples: int = 200,
+        sample_keys: Sequence[int] | None = None,
+    ) -> LimeResult:
         """Explain each row (N, D) for its labels; kernel_width None means lime's 0.75 * sqrt(D)."""
         check_settings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
-            raise LimeInputError(f"rows have shape {rows.shape}; give (N, {len(self.feature_names)}) like "
-                                 "training_data")
+            raise LimeInputError(
+                f"rows have shape {rows.shape}; give (N, {len(self.feature_names)}) like training_data"
+            )
         width = 0.75 * np.sqrt(rows.shape[1]) if kernel_width is None else kernel_width
         binned = BinnedRows(self.bins, rows, self.bins.bin_of(rows), self.training_mean)
-        fits = explain_samples(self.predict, self.batch_size, binned, rows.astype(np.float32), labels,
-                               sample_keys=sample_keys, num_samples=num_samples, kernel_width=width, top_k=top_k,
-                               seed=seed, stability_seeds=stability_seeds, heldout_samples=heldout_samples)
-        return LimeResult(*table_rows(
-            fits, [self.feature_names] * len(rows), top_k=top_k, kernel_width=width, num_samples=num_samples,
-            explanation_extra=lambda i, top: {},
-            attribution_extra=lambda i, f: {"bin": self.bins.names[f][binned.instance_bins[i, f]]},
-            by_magnitude=True,
-        ))
+        fits = explain_samples(
+            self.predict,
+            self.batch_size,
+            binned,
+            rows.astype(np.float32),
+            labels,
+            sample_keys=sample_keys,
+            num_samples=num_samples,
+            kernel_width=width,
+            top_k=top_k,
+            seed=seed,
+            stability_seeds=stability_seeds,
+            heldout_samples=heldout_samples,
+        )
+        return LimeResult(
+            *table_rows(
+                fits,
+                [self.feature_names] * len(rows),
+                top_k=top_k,
+                kernel_width=width,
+                num_samples=num_samples,
+                explanation_extra=lambda i, top: {},
+                attribution_extra=lambda i, f: {"bin": self.bins.names[f][binned.instance_bins[i, f]]},
+                by_magnitude=True,
+            )
+        )

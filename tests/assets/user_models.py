@@ -11,10 +11,15 @@ class GrayNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(OrderedDict(
-            conv1=nn.Conv2d(1, 4, 3), act1=nn.ReLU(), pool=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(4, 6, 3), act2=nn.ReLU(),
-        ))
+        self.body = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(1, 4, 3),
+                act1=nn.ReLU(),
+                pool=nn.MaxPool2d(2),
+                conv2=nn.Conv2d(4, 6, 3),
+                act2=nn.ReLU(),
+            )
+        )
         self.head = nn.Linear(6 * 11 * 11, 10)
 
     def forward(self, x):
