@@ -113,7 +113,7 @@ def test_lime_contract_failure(lime_spec, tmp_path):
             "ops.lime.labels[0]: no class named 'hexagon'; classes are: circle, square, triangle",
         ),
         ({"samples": ["nope"]}, "ops.lime.samples[0]: no sample 'nope' in the data"),
-        ({"segmentation": {"method": "slic", "n_segments": 1}}, "segment"),
+        ({"segmentation": {"method": "slic", "n_segments": 1}}, "segmentation gave 1 segment"),
     ],
 )
 def test_lime_bad_input(lime_spec, tmp_path, lime, message):

@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("mlflow")
-
 from mlflow import MlflowClient  # noqa: E402
 
 from interp_audit.errors import SpecError  # noqa: E402
