@@ -324,20 +324,13 @@ class ReportStore:
     def check(self, verify: bool = True) -> StoreCheck:
         """Everything in the table folders that no manifest lists, staging leftovers and, with ``verify``, the
         published files whose content no longer matches their manifest."""
-        manifests = self._read_manifests()
-        committed = {name.removesuffix(".json") for name in manifests}
-        listed = {
-            file.path: file
-            for manifest in manifests.values()
-            if isinstance(manifest, Manifest)
-            for file in manifest.files
-        }
+        manifests, committed, listed, unlisted = self._inventory()
         staging = self._staging_dirs()
         interrupted = {path.removeprefix(f"{STAGING}/") for path in staging}
-        unrecorded = {path for paths in self._unrecorded(listed, committed).values() for path in paths}
+        unrecorded = {path for paths in self._unrecorded(unlisted, committed).values() for path in paths}
         orphans, foreign = [], []
-        for path in self._table_files():
-            if path in listed or path in unrecorded:
+        for path in unlisted:
+            if path in unrecorded:
                 continue
             commit = _commit_id(path)
             is_orphan = (
@@ -366,11 +359,22 @@ class ReportStore:
             unrecorded=sorted(unrecorded),
         )
 
-    def _unrecorded(self, listed: dict, committed: set[str]) -> dict[tuple[str, str, str], list[str]]:
+    def _inventory(self) -> tuple[dict[str, Manifest | str], set[str], dict[str, PublishedFile], list[str]]:
+        """Manifests by file name, the committed ids, the files they list by path, and the table files they don't."""
+        manifests = self._read_manifests()
+        committed = {name.removesuffix(".json") for name in manifests}
+        listed = {
+            file.path: file
+            for manifest in manifests.values()
+            if isinstance(manifest, Manifest)
+            for file in manifest.files
+        }
+        return manifests, committed, listed, [path for path in self._table_files() if path not in listed]
+
+    def _unrecorded(self, unlisted: list[str], committed: set[str]) -> dict[tuple[str, str, str], list[str]]:
         """Runs complete on disk but recorded by no manifest, as (run id, model, version) -> their files: every
         unlisted ``<run_id>.parquet`` of the run's partitions once its ``audit_runs`` file is there (it is moved
         last), and the unlisted reviews and requested diffs of those runs."""
-        unlisted = [path for path in self._table_files() if path not in listed]
         runs = {}
         for path in unlisted:
             match = _PARTITION_PATH.match(path)
@@ -405,12 +409,9 @@ class ReportStore:
         """Record, with manifests, the runs that are complete on disk but have none (stores written before
         manifests): each run's own files as its run commit, each of its reviews and requested diffs as a record.
         Their files are hashed as they are now; nothing is moved or rewritten."""
-        manifests = self._read_manifests()
-        listed = {
-            file.path for manifest in manifests.values() if isinstance(manifest, Manifest) for file in manifest.files
-        }
+        _, committed, _, unlisted = self._inventory()
         adopted = []
-        for (run_id, model, version), paths in sorted(self._unrecorded(listed, set(manifests)).items()):
+        for (run_id, model, version), paths in sorted(self._unrecorded(unlisted, committed).items()):
             own = [path for path in paths if _commit_id(path) == run_id]
             adopted.append(self._record(run_id, "run", run_id, model, version, own))
             for path in sorted(set(paths) - set(own)):
