@@ -82,6 +82,7 @@ def review_story(models: dict, store: str) -> dict:
                     if served.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("the triggered audit did not finish; see the output above")
                     time.sleep(2)
+                _wait_for_audits_to_finish(f"interp-audit-registry-version/{name}", since, served)
                 runs[variant] = run
                 if variant == "honest" and run["status"] == "passed" and approval(store, run) is None:
                     review_run(
@@ -117,3 +118,31 @@ def _wait_for_deployments(names: list[str], served: subprocess.Popen, since: dat
                 raise RuntimeError("`interp-audit watch` stopped; see the output above")
             time.sleep(1)
     raise RuntimeError(f"deployments {', '.join(names)} were not served within 180 s")
+
+
+def _wait_for_audits_to_finish(deployment: str, since: datetime, served: subprocess.Popen) -> None:
+    """Until every audit this demo triggered has reached a final state. A run is published before its flow ends
+    (it still releases its version's slot and writes the verdict back), and stopping the watcher in between would
+    leave that run unfinished."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
+
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+            )
+            if all(run.state is not None and run.state.is_final() for run in runs):
+                return
+            if served.poll() is not None:
+                raise RuntimeError("`interp-audit watch` stopped; see the output above")
+            time.sleep(1)
+    raise RuntimeError(f"the audits triggered on {deployment} did not finish within {TIMEOUT_SECONDS} s")

@@ -26,6 +26,17 @@ from interp_audit import progress
 from interp_audit.errors import AuditError
 
 STARTUP_TIMEOUT_SECONDS = 300
+
+# A full server, not Prefect's ephemeral one: its scheduler fires `interp-audit schedule`'s cron, and its
+# repossessor frees the concurrency slots of a run that died holding them. Leases are kept on disk (under
+# PREFECT_HOME) rather than in the server's memory, so a slot held when a command was killed is still freed by the
+# next command's server once its lease expires; in memory it would stay taken for good.
+LOCAL_SERVER = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+    "PREFECT__SERVER_FINAL": "1",
+}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -69,13 +80,7 @@ def prefect_api() -> Iterator[str]:
             "--lifespan",
             "on",
         ],
-        env={
-            **os.environ,
-            **get_current_settings().to_environment_variables(exclude_unset=True),
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        },
+        env={**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), **LOCAL_SERVER},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -28,6 +28,7 @@ from tasks.registry import list_registered_versions
 
 EVENT = "interp_audit.model_version.created"
 EVENT_NAMESPACE = uuid.UUID("6f1c3a52-6d0e-4d36-9a43-1f0d2f4e8a11")
+KEY_LEASE_SECONDS = 60  # how long after its holder died a version's audit slot is free again
 
 
 def audit_key(model: str, version: str, spec_sha256: str) -> str:
@@ -51,15 +52,21 @@ def published_run(store: str, model: str, version: str, spec_sha256: str) -> dic
     return None if runs.empty else runs.iloc[0].to_dict()
 
 
+def key_lock(key: str):
+    """Hold the key's one-slot concurrency limit. The holder renews its lease while it lives; when it dies (killed,
+    machine lost), the server frees the slot once the lease expires, so no later audit of the key waits for good.
+    This needs a server that keeps leases across restarts (see flows/prefect_api.py and the README)."""
+    ensure_limit(f"interp-audit-{key}", 1)
+    return concurrency(f"interp-audit-{key}", occupy=1, lease_duration=KEY_LEASE_SECONDS)
+
+
 @flow(name="interp-audit-registry-version")
 def audit_registered_version(spec_path: str, version: str, store: str | None = None, device: str = "auto") -> dict:
     """Audit one registered version unless this spec already audited it; returns that run's summary."""
     loaded = with_model_version(_registry_spec(spec_path), version)
     spec = loaded.spec
     store_uri = store or spec.report.store
-    key = audit_key(spec.model.name, version, loaded.sha256)
-    ensure_limit(f"interp-audit-{key}", 1)
-    with concurrency(f"interp-audit-{key}", occupy=1):
+    with key_lock(audit_key(spec.model.name, version, loaded.sha256)):
         done = published_run(store_uri, spec.model.name, version, loaded.sha256)
         if done is not None:
             progress.step(f"{spec.model.name} v{version} was already audited with this spec (run {done['run_id']})")

@@ -67,6 +67,7 @@ report: {{store: {root / "reports"}}}
 
 def test_the_first_run_on_a_new_machine_works_and_stops_its_server(newcomer):
     root, env = newcomer
+    assert len(leases(root / "home")) == 1  # the killed holder's lease is still there: its slot is still taken
     result = subprocess.run(
         [str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root, capture_output=True, text=True, timeout=600
     )
@@ -114,3 +115,56 @@ def test_a_killed_run_takes_its_server_with_it(newcomer):
     finally:
         if command.poll() is None:
             command.kill()
+
+
+HOLD_THE_SLOT = """
+import time
+from flows.prefect_api import prefect_api
+from flows.registry import key_lock
+with prefect_api(), key_lock("a-killed-audit"):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+TAKE_THE_SLOT = """
+from flows.prefect_api import prefect_api
+from flows.registry import key_lock
+with prefect_api(), key_lock("a-killed-audit"):
+    print("acquired", flush=True)
+"""
+
+
+def leases(home: Path) -> list[str]:
+    folder = home / ".prefect" / "concurrency_leases"
+    return sorted(path.stem for path in folder.glob("*.json") if path.name != "expirations.json")
+
+
+def test_a_version_slot_held_by_a_killed_audit_is_freed_by_the_next_server(newcomer):
+    """The demo's second run used to wait for good: an audit killed while it held its version's one-slot limit
+    left the slot taken, and the next command's local server never gave it back. Leases now live on disk and the
+    local server's repossessor frees an expired one (after the lease's 60 s, Prefect's shortest). The repossessor
+    looks every second here instead of 15, and a waiting client asks again every 2 s instead of up to 30."""
+    root, env = newcomer
+    env = {
+        **env,
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1",
+        "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_SLOT], env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        lines = iter(holder.stdout.readline, b"")  # progress lines first (the server starting), then ours
+        assert any(line == b"holding\n" for line in lines), "the holder stopped before it held the slot"
+        holder.send_signal(signal.SIGKILL)  # the audit and, with it, its server die without releasing anything
+        holder.wait(timeout=10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert len(leases(root / "home")) == 1  # the killed holder's lease is still there: its slot is still taken
+    result = subprocess.run(
+        [sys.executable, "-c", TAKE_THE_SLOT], env=env, cwd=root, capture_output=True, text=True, timeout=180
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "acquired" in result.stdout, output
+    assert leases(root / "home") == []  # the expired lease was revoked, the new one released
