@@ -26,6 +26,7 @@ from interp_audit import progress
 from interp_audit.errors import AuditError
 
 STARTUP_TIMEOUT_SECONDS = 300
+OUR_LIMITS = ("interp-audit-", "gpu")  # global concurrency limits this tool creates (flows/registry.py, tasks/gpu.py)
 
 # A full server, not Prefect's ephemeral one: its scheduler fires `interp-audit schedule`'s cron, and its
 # repossessor frees the concurrency slots of a run that died holding them. Leases are kept on disk (under
@@ -93,6 +94,7 @@ def prefect_api() -> Iterator[str]:
         )
         _wait_until_healthy(server, url, log)
         with temporary_settings({PREFECT_API_URL: url}):
+            _free_unleased_slots()
             try:
                 yield url
             finally:
@@ -119,6 +121,38 @@ def _wait_until_healthy(server: subprocess.Popen, url: str, log) -> None:
         f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {_tail(log)}; "
         "start one with `prefect server start` and set PREFECT_API_URL"
     )
+
+
+def _free_unleased_slots() -> None:
+    """Our concurrency slots that are taken with no lease on disk were taken before leases were kept there (by an
+    earlier version of this tool, whose local server held them in memory): nobody holds them and nothing would
+    ever give them back. A slot of a live command always has its lease file."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
+
+    async def leased_limit_ids() -> set:
+        storage = ConcurrencyLeaseStorage()
+        lease_ids = await storage.read_active_lease_ids(limit=1_000_000) + await storage.read_expired_lease_ids(
+            limit=1_000_000
+        )
+        leases = [await storage.read_lease(lease_id) for lease_id in lease_ids]
+        return {limit_id for lease in leases if lease is not None for limit_id in lease.resource_ids}
+
+    leased = asyncio.run(leased_limit_ids())
+    with get_client(sync_client=True) as client:
+        limits, page = [], None
+        while page is None or len(page) == 200:  # the API's largest page
+            page = client.read_global_concurrency_limits(limit=200, offset=len(limits))
+            limits += page
+        for limit in limits:
+            if limit.active_slots and limit.id not in leased and limit.name.startswith(OUR_LIMITS):
+                client.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
+                progress.step(
+                    f"freed {limit.active_slots} slot(s) of {limit.name}: taken with no lease, held by nobody"
+                )
 
 
 def _send_queued() -> None:

@@ -121,15 +121,26 @@ HOLD_THE_SLOT = """
 import time
 from flows.prefect_api import prefect_api
 from flows.registry import key_lock
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from tasks.gpu import ensure_limit
 with prefect_api(), key_lock("a-killed-audit"):
+    ensure_limit("interp-audit-taken-without-lease", 1)  # as a version before leases on disk left it
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(
+            "interp-audit-taken-without-lease", GlobalConcurrencyLimitUpdate(active_slots=1)
+        )
     print("holding", flush=True)
     time.sleep(600)
 """
 TAKE_THE_SLOT = """
 from flows.prefect_api import prefect_api
 from flows.registry import key_lock
-with prefect_api(), key_lock("a-killed-audit"):
-    print("acquired", flush=True)
+with prefect_api():
+    with key_lock("taken-without-lease"):
+        print("acquired the one taken without lease", flush=True)
+    with key_lock("a-killed-audit"):
+        print("acquired", flush=True)
 """
 
 
@@ -140,9 +151,10 @@ def leases(home: Path) -> list[str]:
 
 def test_a_version_slot_held_by_a_killed_audit_is_freed_by_the_next_server(newcomer):
     """The demo's second run used to wait for good: an audit killed while it held its version's one-slot limit
-    left the slot taken, and the next command's local server never gave it back. Leases now live on disk and the
-    local server's repossessor frees an expired one (after the lease's 60 s, Prefect's shortest). The repossessor
-    looks every second here instead of 15, and a waiting client asks again every 2 s instead of up to 30."""
+        left the slot taken, and the next command's local server never gave it back. A slot taken with no lease at all
+    (left by a version that kept leases in memory) is freed when the local server starts. Leases now live on disk and the
+        local server's repossessor frees an expired one (after the lease's 60 s, Prefect's shortest). The repossessor
+        looks every second here instead of 15, and a waiting client asks again every 2 s instead of up to 30."""
     root, env = newcomer
     env = {
         **env,
@@ -166,5 +178,6 @@ def test_a_version_slot_held_by_a_killed_audit_is_freed_by_the_next_server(newco
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "acquired" in result.stdout, output
+    assert "acquired the one taken without lease\nacquired\n" in result.stdout, output
+    assert "freed 1 slot(s) of interp-audit-taken-without-lease" in output, output
     assert leases(root / "home") == []  # the expired lease was revoked, the new one released
