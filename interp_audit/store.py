@@ -7,16 +7,16 @@ Readers read the files that manifests list and nothing else, so a crash before t
 visible, and a file put into a table folder by anyone else is never shown as a run's data (``check`` reports it
 as foreign). Appended records (reviews, requested diffs) are committed the same way, each with a manifest of its
 own. Files are never rewritten; a sign-off hashes the files of the run's manifest (``tables_sha256``).
+
+This module opens, writes and reads a store; the layout and manifest format are in ``store_manifest``,
+and ``check``, ``adopt`` and ``gc`` in ``store_housekeeping``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,73 +28,37 @@ import pyarrow.parquet as pq
 
 from data_contracts import TABLES, conform
 from interp_audit.errors import NotFoundError, SpecError
+from interp_audit.store_housekeeping import StoreCheck, StoreHousekeeping
+from interp_audit.store_manifest import (
+    APPENDED_TABLES,
+    MANIFEST_FORMAT,
+    MANIFESTS,
+    PARTITIONING,
+    REVIEWS_TABLE,
+    RUNS_TABLE,
+    STAGING,
+    Manifest,
+    PublishedFile,
+    partition,
+)
 
-RUNS_TABLE = "audit_runs"
-REVIEWS_TABLE = "reviews"
-APPENDED_TABLES = (REVIEWS_TABLE, "version_diffs")  # records appended to a run after it is published
-STAGING = "_staging"
-MANIFESTS = "_manifests"
-MANIFEST_FORMAT = 1
-PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("version", pa.string())]), flavor="hive")
-_PARTITION_PATH = re.compile(r"^(?P<table>[^/]+)/model=(?P<model>[^/]+)/version=(?P<version>[^/]+)/(?P<name>[^/]+)$")
-
-
-@dataclass(frozen=True)
-class PublishedFile:
-    table: str
-    path: str  # relative to the store's root
-    sha256: str
-    rows: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What one commit published: a run's tables (``kind="run"``) or one appended record (``kind="append"``)."""
-
-    commit_id: str
-    kind: str
-    run_id: str
-    model: str
-    version: str
-    published_at: str
-    files: tuple[PublishedFile, ...]
-
-    def to_json(self) -> bytes:
-        return json.dumps({"format": MANIFEST_FORMAT, **asdict(self)}, indent=1, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
-        content = json.loads(data)
-        if content.pop("format", None) != MANIFEST_FORMAT:
-            raise ValueError(f"not a manifest of format {MANIFEST_FORMAT}")
-        files = tuple(PublishedFile(**entry) for entry in content.pop("files"))
-        return cls(files=files, **content)
+__all__ = [
+    "APPENDED_TABLES",
+    "MANIFESTS",
+    "MANIFEST_FORMAT",
+    "PARTITIONING",
+    "REVIEWS_TABLE",
+    "RUNS_TABLE",
+    "STAGING",
+    "Manifest",
+    "PublishedFile",
+    "ReportStore",
+    "StoreCheck",
+]
 
 
 @dataclass(frozen=True)
-class StoreCheck:
-    """What ``check`` found besides the published files. Staging leftovers and orphans (files of commits that
-    never completed) are crash debris that ``gc`` removes; foreign files were put there by someone else;
-    modified or missing files are published files whose content no longer matches their manifest; unrecorded
-    files are whole runs (their ``audit_runs`` file included) and their reviews with no manifest, as stores
-    written before manifests hold them: ``adopt`` records them, ``gc`` never removes them."""
-
-    published: int
-    staging: list[str]
-    orphans: list[str]
-    foreign: list[str]
-    modified: list[str]
-    missing: list[str]
-    bad_manifests: list[str]
-    unrecorded: list[str]
-
-    @property
-    def intact(self) -> bool:
-        return not (self.foreign or self.modified or self.missing or self.bad_manifests or self.unrecorded)
-
-
-@dataclass(frozen=True)
-class ReportStore:
+class ReportStore(StoreHousekeeping):
     filesystem: pafs.FileSystem
     root: str
     uri: str
@@ -146,10 +110,6 @@ class ReportStore:
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
-    @staticmethod
-    def _partition(table: str, model: str, version: str) -> str:
-        return f"{table}/model={model}/version={version}"
-
     def _exists(self, path: str) -> bool:
         return self.filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -165,7 +125,7 @@ class ReportStore:
     def stage(self, run_id: str, model: str, version: str, tables: dict[str, pa.Table]) -> None:
         """Write each table of the run under the staging area; nothing is visible to readers yet."""
         for name, table in tables.items():
-            folder = self._path(STAGING, run_id, self._partition(name, model, version))
+            folder = self._path(STAGING, run_id, partition(name, model, version))
             self.filesystem.create_dir(folder, recursive=True)
             pq.write_table(conform(name, table), f"{folder}/{run_id}.parquet", filesystem=self.filesystem)
 
@@ -184,7 +144,7 @@ class ReportStore:
 
         Nothing is ever rewritten, and these files are not the run's own, so they are outside ``tables_sha256``."""
         if self._exists(self._path(MANIFESTS, f"{file_id}.json")) or self._exists(
-            self._path(self._partition(table, model, version), f"{file_id}.parquet")
+            self._path(partition(table, model, version), f"{file_id}.parquet")
         ):
             raise FileExistsError(f"{table}: {file_id} is recorded already and is never rewritten")
         run_ids = set(rows.column("run_id").to_pylist())
@@ -196,7 +156,7 @@ class ReportStore:
     def _commit(self, commit_id: str, kind: str, run_id: str, model: str, version: str, tables: list[str]) -> Manifest:
         files = []
         for name in tables:
-            relative = f"{self._partition(name, model, version)}/{commit_id}.parquet"
+            relative = f"{partition(name, model, version)}/{commit_id}.parquet"
             staged = self._path(STAGING, commit_id, relative)
             rows = pq.ParquetFile(self.filesystem.open_input_file(staged)).metadata.num_rows
             files.append(PublishedFile(name, relative, self._sha256(f"{STAGING}/{commit_id}/{relative}"), rows))
@@ -318,183 +278,3 @@ class ReportStore:
             if manifest.kind == "run" and manifest.run_id == run_id:
                 return manifest
         raise NotFoundError(f"no published run {run_id!r} in {self.uri}")
-
-    # --------------------------------------------------------------------------------------- housekeeping
-
-    def check(self, verify: bool = True) -> StoreCheck:
-        """Everything in the table folders that no manifest lists, staging leftovers and, with ``verify``, the
-        published files whose content no longer matches their manifest."""
-        manifests, committed, listed, unlisted = self._inventory()
-        staging = self._staging_dirs()
-        interrupted = {path.removeprefix(f"{STAGING}/") for path in staging}
-        unrecorded = {path for paths in self._unrecorded(unlisted, committed).values() for path in paths}
-        orphans, foreign = [], []
-        for path in unlisted:
-            if path in unrecorded:
-                continue
-            commit = _commit_id(path)
-            is_orphan = (
-                commit is not None
-                and commit not in committed
-                and (commit in interrupted or _looks_like_commit_id(commit))
-            )
-            (orphans if is_orphan else foreign).append(path)
-        modified, missing = [], []
-        if verify:
-            for path, file in sorted(listed.items()):
-                if not self._exists(self._path(path)):
-                    missing.append(path)
-                elif self._sha256(path) != file.sha256:
-                    modified.append(path)
-        return StoreCheck(
-            published=len(listed),
-            staging=staging,
-            orphans=sorted(orphans),
-            foreign=sorted(foreign),
-            modified=modified,
-            missing=missing,
-            bad_manifests=[
-                f"{MANIFESTS}/{name}: {reason}" for name, reason in manifests.items() if isinstance(reason, str)
-            ],
-            unrecorded=sorted(unrecorded),
-        )
-
-    def _inventory(self) -> tuple[dict[str, Manifest | str], set[str], dict[str, PublishedFile], list[str]]:
-        """Manifests by file name, the committed ids, the files they list by path, and the table files they don't."""
-        manifests = self._read_manifests()
-        committed = {name.removesuffix(".json") for name in manifests}
-        listed = {
-            file.path: file
-            for manifest in manifests.values()
-            if isinstance(manifest, Manifest)
-            for file in manifest.files
-        }
-        return manifests, committed, listed, [path for path in self._table_files() if path not in listed]
-
-    def _unrecorded(self, unlisted: list[str], committed: set[str]) -> dict[tuple[str, str, str], list[str]]:
-        """Runs complete on disk but recorded by no manifest, as (run id, model, version) -> their files: every
-        unlisted ``<run_id>.parquet`` of the run's partitions once its ``audit_runs`` file is there (it is moved
-        last), and the unlisted reviews and requested diffs of those runs."""
-        runs = {}
-        for path in unlisted:
-            match = _PARTITION_PATH.match(path)
-            commit = _commit_id(path)
-            if match and match["table"] == RUNS_TABLE and commit is not None and commit not in committed:
-                runs[(commit, match["model"], match["version"])] = []
-        by_run = {key[0]: key for key in runs}
-        for path in unlisted:
-            match, commit = _PARTITION_PATH.match(path), _commit_id(path)
-            if match is None or commit is None:
-                continue
-            if (commit, match["model"], match["version"]) in runs:
-                runs[(commit, match["model"], match["version"])].append(path)
-            elif match["table"] in APPENDED_TABLES and _looks_like_commit_id(commit) and commit not in committed:
-                owner = self._single_run_id(path)
-                if owner in by_run:
-                    runs[by_run[owner]].append(path)
-        return runs
-
-    def _single_run_id(self, relative: str) -> str | None:
-        try:
-            run_ids = set(
-                pq.read_table(self._path(relative), columns=["run_id"], filesystem=self.filesystem)
-                .column("run_id")
-                .to_pylist()
-            )
-        except (pa.ArrowException, OSError):
-            return None
-        return run_ids.pop() if len(run_ids) == 1 else None
-
-    def adopt(self) -> list[Manifest]:
-        """Record, with manifests, the runs that are complete on disk but have none (stores written before
-        manifests): each run's own files as its run commit, each of its reviews and requested diffs as a record.
-        Their files are hashed as they are now; nothing is moved or rewritten."""
-        _, committed, _, unlisted = self._inventory()
-        adopted = []
-        for (run_id, model, version), paths in sorted(self._unrecorded(unlisted, committed).items()):
-            own = [path for path in paths if _commit_id(path) == run_id]
-            adopted.append(self._record(run_id, "run", run_id, model, version, own))
-            for path in sorted(set(paths) - set(own)):
-                adopted.append(self._record(_commit_id(path), "append", run_id, model, version, [path]))
-        return adopted
-
-    def _record(self, commit_id: str, kind: str, run_id: str, model: str, version: str, paths: list[str]) -> Manifest:
-        files = tuple(
-            PublishedFile(
-                _PARTITION_PATH.match(path)["table"],
-                path,
-                self._sha256(path),
-                pq.ParquetFile(self.filesystem.open_input_file(self._path(path))).metadata.num_rows,
-            )
-            for path in sorted(paths)
-        )
-        manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(UTC).isoformat(), files)
-        self._write_manifest(manifest)
-        return manifest
-
-    def foreign_files(self) -> list[str]:
-        """Files in the table folders that no commit made (neither published nor crash debris); listing only."""
-        return self.check(verify=False).foreign
-
-    def gc(self, grace_seconds: float) -> list[str]:
-        """Remove staging folders and orphaned table files untouched for ``grace_seconds``; a live run's staging
-        and publishing are younger than that. Published, foreign and modified files are never touched."""
-        found = self.check(verify=False)
-        debris: dict[str, list[str]] = {}  # commit id -> its staging folder and orphaned files
-        for staging in found.staging:
-            debris.setdefault(staging.removeprefix(f"{STAGING}/"), []).append(staging)
-        for orphan in found.orphans:
-            debris.setdefault(orphan.rsplit("/", 1)[1].removesuffix(".parquet"), []).append(orphan)
-        removed = []
-        for paths in debris.values():
-            if time.time() - max(map(self._newest_mtime, paths)) < grace_seconds:
-                continue  # possibly a live run: its files are younger than the grace period
-            for path in sorted(paths, key=lambda p: p.startswith(STAGING)):  # orphans first, their staging last
-                if path.startswith(STAGING):
-                    self.filesystem.delete_dir(self._path(path))
-                else:
-                    self.filesystem.delete_file(self._path(path))
-                removed.append(path)
-        return removed
-
-    def _newest_mtime(self, relative: str) -> float:
-        """A file's modification time, or the newest of a folder's contents (the folder's own when empty)."""
-        info = self.filesystem.get_file_info(self._path(relative))
-        times = [info.mtime]
-        if info.type == pafs.FileType.Directory:
-            times += [
-                item.mtime
-                for item in self.filesystem.get_file_info(pafs.FileSelector(self._path(relative), recursive=True))
-            ]
-        return max((t.timestamp() for t in times if t is not None), default=0.0)
-
-    def _table_files(self) -> list[str]:
-        paths = []
-        for table in TABLES:
-            folder = self._path(table)
-            if self._exists(folder):
-                paths += [
-                    info.path.removeprefix(self.root + "/")
-                    for info in self.filesystem.get_file_info(pafs.FileSelector(folder, recursive=True))
-                    if info.type != pafs.FileType.Directory
-                ]
-        return sorted(paths)
-
-    def _staging_dirs(self) -> list[str]:
-        folder = self._path(STAGING)
-        if not self._exists(folder):
-            return []
-        return sorted(
-            f"{STAGING}/{info.base_name}" for info in self.filesystem.get_file_info(pafs.FileSelector(folder))
-        )
-
-
-def _commit_id(path: str) -> str | None:
-    """The commit a table file belongs to by its name (``<commit_id>.parquet`` in a model/version partition)."""
-    match = _PARTITION_PATH.match(path)
-    return match["name"].removesuffix(".parquet") if match and match["name"].endswith(".parquet") else None
-
-
-def _looks_like_commit_id(name: str) -> bool:
-    """Run ids are Prefect flow-run UUIDs and record ids UUIDs: anything else was not written by a commit."""
-    return bool(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", name or ""))

@@ -92,10 +92,10 @@ def _model_input(uri: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextmanager
-def _deterministic_cpu() -> Iterator[None]:
-    """Deterministic kernels on at most MAX_THREADS threads, restoring the caller's settings afterwards."""
+def _deterministic_cpu(max_threads: int) -> Iterator[None]:
+    """Deterministic kernels on at most ``max_threads`` threads, restoring the caller's settings afterwards."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(min(threads, MAX_THREADS))
+    torch.set_num_threads(min(threads, max_threads))
     torch.use_deterministic_algorithms(True)
     try:
         yield
@@ -124,8 +124,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, settin
             schedule.step()
 
 
-def _accuracy(model: nn.Module, uri: str, seed: int) -> float:
-    x, y = _model_input(uri, seed)
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
         return float((model(x).argmax(dim=1) == y).float().mean())
@@ -156,46 +155,75 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(partial, path)
 
 
-def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed: int = 0) -> DemoModel:
-    """Train the variant, or return the cached result when nothing it depends on has changed."""
-    if variant not in HYPERPARAMETERS:
-        raise ValueError(f"demo model variant {variant!r} is unknown; use one of {sorted(HYPERPARAMETERS)}")
-    weights_path, metrics_path = _paths(f"shapes_cnn_{variant}", out_dir)
-    key = _content_key(dict(variant=variant, seed=seed, hyperparameters=HYPERPARAMETERS[variant]))
+def _train_or_load(
+    stem: str,
+    out_dir: Path,
+    identity: dict,
+    seed: int,
+    max_threads: int,
+    fit: Callable[[], nn.Module],
+    score: Callable[[nn.Module], tuple[float, float | None]],
+) -> DemoModel:
+    """The cached result when nothing it depends on has changed (``identity``, the code and the data); otherwise
+    ``fit`` trains the model under deterministic kernels seeded with ``seed``, ``score`` gives its validation
+    accuracy (and its accuracy without the patch, where there is one), and both are saved as
+    ``out_dir/<stem>.safetensors`` with a ``.json`` sidecar."""
+    weights_path, metrics_path = _paths(stem, out_dir)
+    key = _content_key(identity)
     cached = _cached(metrics_path, weights_path, key)
     if cached is not None:
         return cached
 
-    settings = HYPERPARAMETERS[variant]
-    val_n = f"split=val&n={settings['val_samples']}"
-    with _deterministic_cpu():
+    with _deterministic_cpu(max_threads):
         torch.manual_seed(seed)
         started = time.perf_counter()
-        x, y = _model_input(f"{TRAIN_DATA[variant]}&n={settings['train_samples']}", seed)
-        model = shapes_cnn(len(builtin_data.CLASS_NAMES))
-        _train(model, x, y, seed, settings)
+        model = fit()
         train_seconds = time.perf_counter() - started
-        if variant == "honest":
-            val_accuracy, without_patch = _accuracy(model, f"builtin:shapes?{val_n}", seed), None
-        else:
-            val_accuracy = _accuracy(model, f"builtin:shapes-shortcut?{val_n}", seed)
-            without_patch = _accuracy(model, f"builtin:shapes-shortcut?{val_n}&patch=false", seed)
+        val_accuracy, without_patch = score(model)
 
-    _save_trained(
-        model,
-        weights_path,
-        metrics_path,
-        dict(
-            cache_key=key,
-            variant=variant,
-            seed=seed,
-            hyperparameters=settings,
-            val_accuracy=val_accuracy,
-            val_accuracy_without_patch=without_patch,
-            train_seconds=train_seconds,
-        ),
+    record = dict(
+        cache_key=key,
+        **identity,
+        val_accuracy=val_accuracy,
+        val_accuracy_without_patch=without_patch,
+        train_seconds=train_seconds,
     )
+    _save_trained(model, weights_path, metrics_path, record)
     return DemoModel(weights_path, val_accuracy, without_patch, train_seconds, key)
+
+
+def _fit_shapes_cnn(variant: str, settings: dict, seed: int) -> nn.Module:
+    x, y = _model_input(f"{TRAIN_DATA[variant]}&n={settings['train_samples']}", seed)
+    model = shapes_cnn(len(builtin_data.CLASS_NAMES))
+    _train(model, x, y, seed, settings)
+    return model
+
+
+def _score_shapes_cnn(model: nn.Module, variant: str, settings: dict, seed: int) -> tuple[float, float | None]:
+    """Accuracy on fresh validation scenes of the variant's kind; for the shortcut model also without the patch."""
+    val_n = f"split=val&n={settings['val_samples']}"
+    if variant == "honest":
+        return _accuracy(model, *_model_input(f"builtin:shapes?{val_n}", seed)), None
+    return (
+        _accuracy(model, *_model_input(f"builtin:shapes-shortcut?{val_n}", seed)),
+        _accuracy(model, *_model_input(f"builtin:shapes-shortcut?{val_n}&patch=false", seed)),
+    )
+
+
+def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed: int = 0) -> DemoModel:
+    """Train the variant, or return the cached result when nothing it depends on has changed."""
+    if variant not in HYPERPARAMETERS:
+        raise ValueError(f"demo model variant {variant!r} is unknown; use one of {sorted(HYPERPARAMETERS)}")
+    settings = HYPERPARAMETERS[variant]
+    return _train_or_load(
+        f"shapes_cnn_{variant}",
+        out_dir,
+        identity=dict(variant=variant, seed=seed, hyperparameters=settings),
+        seed=seed,
+        max_threads=MAX_THREADS,
+        fit=lambda: _fit_shapes_cnn(variant, settings, seed),
+        score=lambda model: _score_shapes_cnn(model, variant, settings, seed),
+    )
 
 
 def _save_trained(model: nn.Module, weights_path: Path, metrics_path: Path, record: dict) -> None:
@@ -280,10 +308,14 @@ def _tabular_input(uri: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def tabular_val_accuracy(model: nn.Module, dataset: TabularDataset, seed: int = 0) -> float:
     """Accuracy on the validation rows that ``train_tabular_model`` reports."""
     uri = _with_n(f"builtin:{dataset}?split=val", TABULAR_HYPERPARAMETERS[dataset]["val_samples"])
-    x, y = _tabular_input(uri, seed)
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean())
+    return _accuracy(model, *_tabular_input(uri, seed))
+
+
+def _fit_tabular_mlp(dataset: TabularDataset, settings: dict, seed: int) -> nn.Module:
+    x, y = _tabular_input(_with_n(TABULAR_TRAIN_DATA[dataset], settings["train_samples"]), seed)
+    model = tabular_mlp(x.shape[1], len(TABULAR_DEMO_INPUT[dataset]["class_names"]))
+    _train(model, x, y, seed, settings)
+    return model
 
 
 def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -> DemoModel:
@@ -293,46 +325,22 @@ def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -
     """
     if dataset not in TABULAR_HYPERPARAMETERS:
         raise ValueError(f"tabular demo data set {dataset!r} is unknown; use one of {sorted(TABULAR_HYPERPARAMETERS)}")
-    weights_path, metrics_path = _paths(f"tabular_mlp_{dataset}", out_dir)
-    key = _content_key(
-        dict(
+    settings = TABULAR_HYPERPARAMETERS[dataset]
+    return _train_or_load(
+        f"tabular_mlp_{dataset}",
+        out_dir,
+        identity=dict(
             kind="tabular",
             dataset=dataset,
             seed=seed,
-            hyperparameters=TABULAR_HYPERPARAMETERS[dataset],
-            data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
-        )
-    )
-    cached = _cached(metrics_path, weights_path, key)
-    if cached is not None:
-        return cached
-
-    settings = TABULAR_HYPERPARAMETERS[dataset]
-    with _deterministic_cpu():
-        torch.set_num_threads(1)  # faster for so small a model, and the same sums everywhere; restored on exit
-        torch.manual_seed(seed)
-        started = time.perf_counter()
-        x, y = _tabular_input(_with_n(TABULAR_TRAIN_DATA[dataset], settings["train_samples"]), seed)
-        model = tabular_mlp(x.shape[1], len(TABULAR_DEMO_INPUT[dataset]["class_names"]))
-        _train(model, x, y, seed, settings)
-        train_seconds = time.perf_counter() - started
-        val_accuracy = tabular_val_accuracy(model, dataset, seed)
-
-    _save_trained(
-        model,
-        weights_path,
-        metrics_path,
-        dict(
-            cache_key=key,
-            dataset=dataset,
-            seed=seed,
             hyperparameters=settings,
-            val_accuracy=val_accuracy,
-            val_accuracy_without_patch=None,
-            train_seconds=train_seconds,
+            data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
         ),
+        seed=seed,
+        max_threads=1,  # faster for so small a model, and the same sums everywhere
+        fit=lambda: _fit_tabular_mlp(dataset, settings, seed),
+        score=lambda model: (tabular_val_accuracy(model, dataset, seed), None),
     )
-    return DemoModel(weights_path, val_accuracy, None, train_seconds, key)
 
 
 def ensure_tabular_demo_models(out_dir: Path) -> dict[str, DemoModel]:

@@ -1,0 +1,111 @@
+"""The audit spec: YAML parsed into strict pydantic models.
+
+Every error is reported as ``path: problem (got value)`` so that a user can find and fix it without
+reading our code. Checks that need the model itself (layer names, output shape) live in
+``interp_audit.intake``; this package only needs the YAML.
+
+Modules: ``fields`` (the value types every block uses), ``model`` (the model block), ``ops`` (one block per
+method), ``gates`` (the gates block), ``audit`` (the whole spec and its checks across blocks), ``messages``
+(validation errors as users read them) and ``loading`` (YAML, hashing, pinning a registry version).
+"""
+
+from interp_audit.spec.audit import AuditSpec, ReportSpec, ReviewSpec, ScheduleSpec
+from interp_audit.spec.fields import (
+    FACTORY_REF,
+    MAX_SEED,
+    SAFE_NAME,
+    Float,
+    Fraction,
+    Int,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SafeName,
+    Seed,
+    StrictModel,
+)
+from interp_audit.spec.gates import (
+    GATES,
+    ActmaxGate,
+    DetectorsGate,
+    DiffGate,
+    Gate,
+    LimeRegionGate,
+    RegionSpec,
+    gate_metrics,
+)
+from interp_audit.spec.loading import (
+    DuplicateKeyError,
+    LoadedSpec,
+    UniqueKeyLoader,
+    json_schema,
+    load_spec,
+    parse_spec,
+    with_model_version,
+)
+from interp_audit.spec.messages import TOP_LEVEL, UNION_BRANCHES, format_validation_error
+from interp_audit.spec.model import (
+    MLFLOW_VERSION,
+    InputSpec,
+    MlflowModelSpec,
+    ModelSpec,
+    OnnxModelSpec,
+    TorchModelSpec,
+)
+from interp_audit.spec.ops import (
+    UNITS_FIRST,
+    ActivationMaxSpec,
+    DissectionSpec,
+    LimeSpec,
+    OpsSpec,
+    SegmentationSpec,
+)
+
+__all__ = [
+    "FACTORY_REF",
+    "GATES",
+    "MAX_SEED",
+    "MLFLOW_VERSION",
+    "SAFE_NAME",
+    "TOP_LEVEL",
+    "UNION_BRANCHES",
+    "UNITS_FIRST",
+    "ActivationMaxSpec",
+    "ActmaxGate",
+    "AuditSpec",
+    "DetectorsGate",
+    "DiffGate",
+    "DissectionSpec",
+    "DuplicateKeyError",
+    "Float",
+    "Fraction",
+    "Gate",
+    "InputSpec",
+    "Int",
+    "LimeRegionGate",
+    "LimeSpec",
+    "LoadedSpec",
+    "MlflowModelSpec",
+    "ModelSpec",
+    "NonNegativeInt",
+    "OnnxModelSpec",
+    "OpsSpec",
+    "PositiveFloat",
+    "PositiveInt",
+    "RegionSpec",
+    "ReportSpec",
+    "ReviewSpec",
+    "SafeName",
+    "ScheduleSpec",
+    "Seed",
+    "SegmentationSpec",
+    "StrictModel",
+    "TorchModelSpec",
+    "UniqueKeyLoader",
+    "format_validation_error",
+    "gate_metrics",
+    "json_schema",
+    "load_spec",
+    "parse_spec",
+    "with_model_version",
+]

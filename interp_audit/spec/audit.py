@@ -1,0 +1,186 @@
+"""The whole audit spec: its blocks, and the checks that need more than one block (a gate on a method the spec
+runs, a layer the model declares)."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from interp_audit.errors import SpecError
+from interp_audit.spec.fields import Float, PositiveInt, SafeName, Seed, StrictModel
+from interp_audit.spec.gates import DetectorsGate, Gate, LimeRegionGate
+from interp_audit.spec.model import ModelSpec
+from interp_audit.spec.ops import OpsSpec
+
+
+class ReviewSpec(StrictModel):
+    """Human sign-off inside the flow: a passed audit waits (paused in Prefect) until a reviewer decides."""
+
+    wait_for_sign_off: bool = Field(
+        False,
+        description="pause the flow run after publishing until `interp-audit "
+        "review` or the Prefect UI resumes it with a decision; the "
+        "registry alias is set only on approval (needs a Prefect "
+        "server: PREFECT_API_URL)",
+    )
+    timeout_seconds: PositiveInt = Field(
+        3600, description="the flow run fails if nobody decides by then (the report stays published, the alias unset)"
+    )
+
+
+class ReportSpec(StrictModel):
+    store: str = Field("./reports", description="local path or a pyarrow/fsspec filesystem URI")
+
+
+class ScheduleSpec(StrictModel):
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from prefect._vendor.croniter import croniter  # light import; the same parser Prefect schedules use
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a valid cron expression (got {value!r}); e.g. '0 3 * * *' is daily at 03:00")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone (got {value!r}); e.g. 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+
+class AuditSpec(StrictModel):
+    name: SafeName
+    seed: Seed = Field(0, description="one seed for everything random")
+    model: ModelSpec
+    data: str = Field(description="builtin:NAME?k=v, a directory of PNG/JPEG images, or a .npy/.npz file")
+    ops: OpsSpec = Field(default_factory=OpsSpec)
+    contracts: dict[str, Float] = Field(
+        default_factory=dict,
+        description="threshold key -> value, each within the range its key allows (docs/tables.md)",
+    )
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    schedule: ScheduleSpec | None = None
+    review: ReviewSpec = Field(default_factory=ReviewSpec)
+    gates: list[Gate] = Field(
+        default_factory=list,
+        description="verdicts on metrics and on the diff with the baseline version, evaluated after the contracts",
+    )
+
+    @field_validator("contracts")
+    @classmethod
+    def _known_contracts(cls, contracts: dict[str, float]) -> dict[str, float]:
+        from data_contracts import THRESHOLDS
+
+        unknown = sorted(set(contracts) - set(THRESHOLDS))
+        if unknown:
+            raise ValueError(f"unknown contract key {unknown[0]!r}; known keys are: {', '.join(sorted(THRESHOLDS))}")
+        return contracts
+
+    @model_validator(mode="after")
+    def _contracts_in_range(self) -> AuditSpec:
+        """A threshold outside the values its column can hold (a share of 1.5, a distance of -1) is met by every
+        run or by none: a typo, never a policy."""
+        from data_contracts import THRESHOLDS
+
+        problems = [
+            f"contracts.{key}: {refusal}, the values {THRESHOLDS[key].table}.{THRESHOLDS[key].column} can take"
+            for key, value in self.contracts.items()
+            if (refusal := THRESHOLDS[key].refusal(value))
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _require_image_model(self, method: str) -> None:
+        if len(self.model.input.shape) != 3:
+            raise ValueError(
+                f"ops.{method}: needs an image model (model.input.shape [C, H, W]); "
+                f"this model takes {self.model.input.shape}"
+            )
+
+    def _require_model_layers(self, method: str, layers: list[str] | None, why: str) -> None:
+        """A method's layers must be among model.layers: only those are exported as outputs of the ONNX bundle."""
+        for index, layer in enumerate(layers or []):
+            if layer not in self.model.layers:
+                raise ValueError(
+                    f"ops.{method}.layers[{index}]: {layer!r} is not one of model.layers "
+                    f"{self.model.layers}; add it there ({why})"
+                )
+
+    @model_validator(mode="after")
+    def _dissection_fits_model(self) -> AuditSpec:
+        params = self.ops.dissection
+        if params is None:
+            return self
+        self._require_image_model("dissection")
+        if params.baseline == "random_init" and self.model.source == "onnx":
+            raise ValueError(
+                "ops.dissection.baseline: random_init re-initialises the torch architecture, which an "
+                "ONNX file does not give; audit the torch model or set baseline: none"
+            )
+        if not params.layers and not self.model.layers:
+            raise ValueError("ops.dissection.layers: no layer to dissect; list convolutional layers in model.layers")
+        self._require_model_layers("dissection", params.layers, "its activations are exported for dissection")
+        return self
+
+    @model_validator(mode="after")
+    def _activation_max_fits_model(self) -> AuditSpec:
+        params = self.ops.activation_max
+        if params is None:
+            return self
+        if self.model.source == "onnx":
+            raise ValueError(
+                "ops.activation_max: activation maximization follows gradients, which an ONNX file "
+                "does not give; audit the torch model (model.source: torch) or remove "
+                "ops.activation_max"
+            )
+        if not params.layers and not self.model.layers:
+            raise ValueError("ops.activation_max.layers: no layer to visualize; list one in model.layers")
+        self._require_image_model("activation_max")
+        self._require_model_layers("activation_max", params.layers, "its activations give the exemplars")
+        return self
+
+    @model_validator(mode="after")
+    def _gates_fit_ops(self) -> AuditSpec:
+        seen = set()
+        for index, gate in enumerate(self.gates):
+            method = gate.metric.split(".")[0]
+            if getattr(self.ops, method) is None:
+                raise ValueError(
+                    f"gates[{index}]: {gate.metric} measures {method}, which the spec does not run; "
+                    f"add ops.{method} or remove the gate"
+                )
+            if isinstance(gate, LimeRegionGate) and len(self.model.input.shape) != 3:
+                raise ValueError(f"gates[{index}]: lime.region_share needs an image model")
+            if (
+                isinstance(gate, DetectorsGate)
+                and gate.layer is not None
+                and gate.layer not in (self.ops.dissection.layers or self.model.layers)
+            ):
+                raise ValueError(
+                    f"gates[{index}].layer: {gate.layer!r} is not a dissected layer "
+                    f"{self.ops.dissection.layers or self.model.layers}"
+                )
+            if gate.label in seen:
+                raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")
+            seen.add(gate.label)
+        return self
+
+    def selected_methods(self, only: list[str] | None = None) -> list[str]:
+        """The spec's method blocks, narrowed by ``--only``; a name the spec does not declare is bad input."""
+        declared = [name for name in OpsSpec.model_fields if getattr(self.ops, name) is not None]
+        unknown = sorted(set(only or []) - set(declared))
+        if unknown:
+            raise SpecError(
+                f"--only: {', '.join(unknown)} not declared under ops in the spec; "
+                f"declared methods: {', '.join(declared) or 'none'}"
+            )
+        return [name for name in declared if only is None or name in only]

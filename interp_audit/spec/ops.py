@@ -1,0 +1,136 @@
+"""The spec's ``ops`` block: one block of settings per interpretability method."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from interp_audit.spec.fields import (
+    Float,
+    Fraction,
+    Int,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    StrictModel,
+    refuse_unless,
+)
+
+
+class SegmentationSpec(StrictModel):
+    """Superpixels for image LIME; quickshift's defaults are the ``lime`` package's."""
+
+    method: Literal["quickshift", "slic"] = "quickshift"
+    kernel_size: PositiveFloat = 4
+    max_dist: PositiveFloat = 200
+    ratio: Fraction = 0.2
+    n_segments: PositiveInt = Field(50, description="slic only")
+    compactness: PositiveFloat = Field(10.0, description="slic only")
+
+
+class LimeSpec(StrictModel):
+    """LIME (Ribeiro et al. 2016): a weighted linear surrogate of the model around each sample."""
+
+    samples: PositiveInt | list[str] = Field(16, description="how many samples to explain (the first N), or their ids")
+    labels: Literal["top1"] | list[Int | str] = Field(
+        "top1", description="'top1' (the model's decision) or class indices/names to explain for every sample"
+    )
+    num_samples: PositiveInt = Field(1000, description="perturbations per explanation")
+    segmentation: SegmentationSpec = Field(default_factory=SegmentationSpec)
+    kernel_width: PositiveFloat | None = Field(None, description="default 0.25 (images) or 0.75*sqrt(features)")
+    top_k: PositiveInt = Field(5, description="features reported as the explanation, and used for stability")
+    hide: Literal["mean"] | Float = Field(
+        "mean", description="fill of hidden superpixels: their mean, or a constant in model-input units"
+    )
+    batch_size: PositiveInt = Field(256, description="images per ONNX Runtime call")
+    stability_seeds: PositiveInt = Field(3, description="seeds whose top-k are compared for stability (1 = off)")
+    heldout_samples: NonNegativeInt = Field(200, description="fresh perturbations for the held-out R^2 (0 = off)")
+    samples_per_task: PositiveInt = Field(8, description="samples per Prefect task (the fan-out unit)")
+
+    @field_validator("num_samples")
+    @classmethod
+    def _enough_samples(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"must be at least 2 perturbations to fit a surrogate (got {value})")
+        return value
+
+    def explainer_settings(self) -> dict:
+        """What a LIME task reads: how to explain, not which samples or labels nor how the flow batches them."""
+        return self.model_dump(exclude={"samples", "labels", "samples_per_task"})
+
+
+UNITS_FIRST = re.compile(r"^first:(?P<count>[1-9][0-9]*)$")
+
+
+class ActivationMaxSpec(StrictModel):
+    """Activation maximization (Olah et al. 2017): a synthesized image per unit, beside its dataset exemplars."""
+
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers to visualize, each one of model.layers (default: the last of model.layers)",
+    )
+    units: str | list[NonNegativeInt] = Field("all", description="'all', 'first:N', or a list of unit indices")
+    objective: Literal["channel", "neuron"] = Field(
+        "channel", description="channel: the unit's mean over space; neuron: the unit at the centre"
+    )
+    steps: PositiveInt = Field(256, description="optimisation steps per render")
+    param: Literal["fft", "pixel"] = Field("fft", description="image parameterization (fft: 1/f-scaled spectrum)")
+    decorrelate: bool = Field(True, description="decorrelated colour (3-channel inputs only)")
+    transforms: Literal["standard", "none"] = Field(
+        "standard", description="random pad, jitter, scale and rotate at every step (Lucent's standard set)"
+    )
+    lr: PositiveFloat = Field(0.05, description="Adam learning rate")
+    image_size: PositiveInt | None = Field(None, description="render side in pixels (default: the model's input)")
+    batch_units: PositiveInt = Field(32, description="units optimised together in one batch (one Prefect task)")
+    renders_per_unit: PositiveInt = Field(1, description="renders per unit; more than 1 scores their diversity")
+    exemplars: PositiveInt = Field(9, description="dataset images kept per unit, most activating first")
+    mixed_precision: bool = Field(False, description="autocast on CUDA (ignored on CPU)")
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, units: str | list[int]) -> str | list[int]:
+        if isinstance(units, str) and units != "all" and not UNITS_FIRST.match(units):
+            raise ValueError(f"must be 'all', 'first:N' with N >= 1, or a list of unit indices (got {units!r})")
+        if isinstance(units, list) and not units:
+            raise ValueError("must name at least one unit (got [])")
+        return units
+
+    def render_settings(self) -> dict:
+        """What a render task reads: how to optimise, not which layers and units nor the exemplars."""
+        return self.model_dump(exclude={"layers", "units", "exemplars"})
+
+
+class DissectionSpec(StrictModel):
+    """Network dissection (Bau et al. 2017): which units detect which labelled concepts, against a random baseline."""
+
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers to dissect, each one of model.layers with spatial output (default: all of them)",
+    )
+    concepts: str = Field(
+        "builtin:concepts",
+        description="builtin:concepts?n=&size= or a Broden-format folder "
+        "(path relative to the spec, or a pyarrow/fsspec URI)",
+    )
+    quantile: Annotated[Float, refuse_unless(lambda v: 0 < v < 0.5, "must lie strictly between 0 and 0.5")] = Field(
+        0.005, description="share of each unit's activations counted as active (NetDissect: 0.005)"
+    )
+    iou_threshold: Annotated[Float, refuse_unless(lambda v: 0 < v <= 1, "must be in (0, 1]")] = Field(
+        0.04, description="a unit detects its best concept when their IoU reaches this (NetDissect: 0.04)"
+    )
+    batch_size: PositiveInt = Field(64, description="concept images per ONNX Runtime call")
+    baseline: Literal["random_init", "none"] = Field(
+        "random_init", description="also dissect the same architecture with seeded random weights"
+    )
+
+
+class OpsSpec(StrictModel):
+    """One block per interpretability method; each method issue adds its block here."""
+
+    lime: LimeSpec | None = None
+    activation_max: ActivationMaxSpec | None = None
+    dissection: DissectionSpec | None = None
