@@ -15,7 +15,14 @@ CONTRACT = TableContract(
             column(
                 "feature",
                 pa.string(),
-                "Superpixel id as produced by the segmentation (images) or the column name (tabular).",
+                "The feature's name: the superpixel id in decimal (images) or the column name (tabular).",
+            ),
+            column(
+                "segment",
+                pa.int64(),
+                "Superpixel id as produced by the segmentation, one of the values in lime_explanations.segments "
+                "(images only: set on every image row, null on tabular rows).",
+                nullable=True,
             ),
             column("weight", pa.float64(), "Surrogate weight: the change in probability the feature accounts for."),
             column(

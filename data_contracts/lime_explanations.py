@@ -56,11 +56,14 @@ CONTRACT = TableContract(
                 "PNG of the image with the top-k superpixels outlined (images only).",
                 nullable=True,
             ),
+            column("height", pa.int64(), "Height of the explained image in pixels (images only).", nullable=True),
+            column("width", pa.int64(), "Width of the explained image in pixels (images only).", nullable=True),
             column(
-                "segments_png",
-                pa.binary(),
-                "16-bit greyscale PNG of the superpixels: pixel value v is the v-th smallest segment id of "
-                "lime_attributions.feature (images only).",
+                "segments",
+                pa.list_(pa.int64()),
+                "The superpixel of every pixel: height*width segment ids in row-major order, each one a "
+                "lime_attributions.segment of the same sample and label (images only: set on every image row, "
+                "null on tabular rows).",
                 nullable=True,
             ),
         ]
@@ -79,6 +82,8 @@ CONTRACT = TableContract(
         "kernel_width": (0, None),
         "num_samples": (2, None),
         "num_features": (2, None),
+        "height": (1, None),
+        "width": (1, None),
     },
 )
 

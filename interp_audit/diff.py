@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interp_ops.images import read_label_map_png
-
 RunTables = Callable[[str], pd.DataFrame]
 """A run's table by name (an empty frame where the run has none)."""
 
@@ -83,11 +81,10 @@ def _explained(run: RunTables) -> pd.DataFrame:
 
 def _same_features(old: pd.Series, new: pd.Series) -> bool:
     """Superpixel ids mean the same pixels in both runs (same segmentation); tabular features always do."""
-    if old["segments_png"] is None or new["segments_png"] is None:
-        return old["segments_png"] is None and new["segments_png"] is None
-    return old["segments_png"] == new["segments_png"] or np.array_equal(
-        read_label_map_png(old["segments_png"]), read_label_map_png(new["segments_png"])
-    )
+    if old["segments"] is None or new["segments"] is None:
+        return old["segments"] is None and new["segments"] is None
+    same_shape = (old["height"], old["width"]) == (new["height"], new["width"])
+    return same_shape and np.array_equal(old["segments"], new["segments"])
 
 
 def attribution_shift(old: Mapping[str, float], new: Mapping[str, float]) -> float:

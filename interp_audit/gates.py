@@ -8,6 +8,7 @@ measure (no baseline version yet, no rows) is ``skipped``, never passed or faile
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,6 @@ import pandas as pd
 from interp_audit.diff import RunTables
 from interp_audit.report import Baseline
 from interp_audit.spec import ActmaxGate, DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
-from interp_ops.images import read_label_map_png
 
 
 def evaluate_gates(gates: list, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> list[dict]:
@@ -80,31 +80,33 @@ def region_mask(region: RegionSpec, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def region_share(segments: np.ndarray, weights: np.ndarray, region: np.ndarray) -> float | None:
+def region_share(segments: np.ndarray, weights: Mapping[int, float], region: np.ndarray) -> float | None:
     """Share of the positive attribution inside the region, each superpixel's weight spread over its pixels.
 
-    ``segments`` holds each pixel's superpixel rank and ``weights`` the weight by rank; None without positive
+    ``segments`` holds each pixel's superpixel id and ``weights`` the weight of each id; None without positive
     weight (nothing supports the label, so nothing can sit in the region)."""
-    positive = np.clip(weights, 0, None)
+    ids, segment_of_pixel = np.unique(segments, return_inverse=True)
+    positive = np.clip([weights[segment] for segment in ids.tolist()], 0, None)
     if positive.sum() <= 0:
         return None
-    areas = np.bincount(segments.ravel(), minlength=len(weights))
-    inside = np.bincount(segments.ravel(), weights=region.ravel().astype(float), minlength=len(weights))
-    return float((positive * inside / np.maximum(areas, 1)).sum() / positive.sum())
+    areas = np.bincount(segment_of_pixel.ravel(), minlength=len(ids))
+    inside = np.bincount(segment_of_pixel.ravel(), weights=region.ravel().astype(float), minlength=len(ids))
+    return float((positive * inside / areas).sum() / positive.sum())
 
 
 def _region_share(region: RegionSpec, explanations: pd.DataFrame, attributions: pd.DataFrame):
-    if explanations.empty or explanations["segments_png"].isna().all():
+    if explanations.empty or explanations["segments"].isna().all():
         return None, "no image LIME explanations in this run"
     weights = {key: group for key, group in attributions.groupby(["sample_id", "label"])}
     shares = []
     for row in explanations.itertuples():
-        if row.segments_png is None:
+        if row.segments is None:
             continue
-        segments = read_label_map_png(row.segments_png)
+        segments = np.asarray(row.segments).reshape(row.height, row.width)
         features = weights[(row.sample_id, row.label)]
-        by_rank = features.assign(id=features["feature"].astype(np.int64)).sort_values("id")["weight"].to_numpy()
-        share = region_share(segments, by_rank, region_mask(region, *segments.shape))
+        share = region_share(
+            segments, dict(zip(features["segment"], features["weight"])), region_mask(region, row.height, row.width)
+        )
         if share is not None:
             shares.append(share)
     if not shares:

@@ -69,24 +69,25 @@ def explain_with_lime(
                 )
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None
-    explanations = [
-        {"overlay_png": None, "segments_png": None, **_with_sample(row, sample_ids)} for row in result.explanations
-    ]
+    return report_rows(result, sample_ids, class_names)
+
+
+def report_rows(
+    result: lime.LimeResult, sample_ids: list[str], class_names: list[str] | None
+) -> tuple[list[dict], list[dict]]:
+    """The rows of ``lime_explanations`` and ``lime_attributions`` (without run_id) for the op's result."""
+    # images have no bins and tables no superpixels: every column exists in every run, null where not apt
+    no_segments = {"overlay_png": None, "height": None, "width": None, "segments": None}
+    explanations = [{**no_segments, **_with_sample(row, sample_ids)} for row in result.explanations]
     for row in explanations:
         row["label_name"] = class_names[row["label"]] if class_names and row["label"] < len(class_names) else None
-    # images have no bins and tables no superpixel areas: both columns exist in every run, null where not apt
-    attributions = [
-        {"area_fraction": None, "bin": None, **_with_sample(row, sample_ids)} for row in result.attributions
-    ]
+    no_segment = {"segment": None, "area_fraction": None, "bin": None}
+    attributions = [{**no_segment, **_with_sample(row, sample_ids)} for row in result.attributions]
     return explanations, attributions
 
 
 def _with_sample(row: dict, sample_ids: list[str]) -> dict:
-    """Replace the op's position in the batch by the sample's id; features become strings (ids or names)."""
+    """Replace the op's position in the batch by the sample's id."""
     row = dict(row)
     row["sample_id"] = sample_ids[row.pop("sample_index")]
-    if "feature" in row:
-        row["feature"] = str(row["feature"])
-    if "top_features" in row:
-        row["top_features"] = [str(feature) for feature in row["top_features"]]
     return row

@@ -1,37 +1,36 @@
-"""Version diffs, gates and the choice of baseline, on hand-made tables whose answers are known."""
+"""Version diffs, gates and the choice of baseline, on tables whose answers are known."""
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_lime_ops import SIZE, fast_settings, planted_predict, to_input
 from test_store import run_tables
 
 from data_contracts import conform
 from interp_audit import report
 from interp_audit.diff import actmax_diff, attribution_shift, dissection_diff, lime_diff
 from interp_audit.gates import Baseline, evaluate_gates, region_mask, region_share
-from interp_audit.spec import DetectorsGate, DiffGate, RegionSpec
+from interp_audit.spec import DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
 from interp_audit.store import ReportStore
-from interp_ops.images import label_map_png, read_label_map_png
+from interp_ops.lime import ImageLime, Segmentation
+from tasks.lime import report_rows
 
 
 def frames(**tables):
     return lambda name: tables.get(name, pd.DataFrame())
 
 
-def test_label_maps_round_trip_through_16_bit_png():
-    labels = np.array([[7, 7, 300], [-2, 300, 7]])
-    assert read_label_map_png(label_map_png(labels)).tolist() == [[1, 1, 2], [0, 2, 1]]  # ranks of -2, 7, 300
-
-
 def test_region_share_spreads_each_superpixel_weight_over_its_pixels():
-    segments = np.array([[0, 0, 1, 1]] * 4)  # left half rank 0, right half rank 1
+    segments = np.array([[7, 7, -2, -2]] * 4)  # left half superpixel 7, right half superpixel -2
     region = region_mask(RegionSpec(boxes=[(0, 0, 0.25, 1)]), 4, 4)  # the first column
     assert region.sum() == 4 and region[:, 0].all()
-    # rank 0 (weight 3) has half its pixels in the region, rank 1 (weight 1) none; negative weights do not count
-    assert region_share(segments, np.array([3.0, 1.0]), region) == pytest.approx(1.5 / 4)
-    assert region_share(segments, np.array([3.0, -5.0]), region) == pytest.approx(0.5)
-    assert region_share(segments, np.array([-1.0, 0.0]), region) is None
+    # 7 (weight 3) has half its pixels in the region, -2 (weight 1) none; negative weights do not count
+    assert region_share(segments, {7: 3.0, -2: 1.0}, region) == pytest.approx(1.5 / 4)
+    assert region_share(segments, {7: 3.0, -2: -5.0}, region) == pytest.approx(0.5)
+    assert region_share(segments, {7: -1.0, -2: 0.0}, region) is None
     corners = region_mask(RegionSpec(corners=0.25), 8, 8)
     assert corners.sum() == 16 and corners[0, 0] and corners[7, 7] and not corners[4, 4]
 
@@ -42,12 +41,12 @@ def test_attribution_shift_is_the_total_variation_of_the_weight_shares():
     assert attribution_shift({"a": 3, "b": 1}, {"a": 1, "b": 1}) == pytest.approx(0.25)
 
 
-SAME = label_map_png(np.arange(4).reshape(2, 2))
+SAME = np.array([1, 2, 3, 3])  # a 2x2 map of superpixels 1, 2 and 3
 
 
 def explanation(sample, top, weights, segments=SAME):
     return (
-        {"sample_id": sample, "label": 0, "top_features": top, "segments_png": segments},
+        {"sample_id": sample, "label": 0, "top_features": top, "height": 2, "width": 2, "segments": segments},
         [{"sample_id": sample, "label": 0, "feature": f, "weight": w} for f, w in weights.items()],
     )
 
@@ -65,13 +64,69 @@ def test_lime_diff_compares_top_k_only_where_the_superpixels_are_the_same():
     )
     new = lime_frames(
         explanation("s1", ["2", "3"], {"1": 0, "2": 1, "3": 2}),
-        explanation("s2", ["1", "2"], {"1": 1, "2": 1}, segments=label_map_png(np.eye(2))),
+        explanation("s2", ["1", "2"], {"1": 1, "2": 1}, segments=np.array([1, 2, 2, 3])),
     )
     rows = {(r["metric"], r["scope"], r["item"]): r["value"] for r in lime_diff(old, new)}
     assert rows[("topk_jaccard", "sample", "s1")] == pytest.approx(1 / 3)
     assert rows[("attribution_shift", "sample", "s1")] == pytest.approx(2 / 3)
     assert ("topk_jaccard", "sample", "s2") not in rows  # another segmentation: not comparable
     assert rows[("topk_jaccard", "overall", "*")] == pytest.approx(1 / 3)
+
+
+@dataclass(frozen=True)
+class Bands(Segmentation):
+    """Vertical bands of superpixels 5, 17 and 900, the second starting at column `second`, the third at 34."""
+
+    second: int = 20
+
+    def __call__(self, image):
+        bands = np.full(image.shape[:2], 900, dtype=np.int64)
+        bands[:, :34] = 17
+        bands[:, : self.second] = 5
+        return bands
+
+
+def publish_planted_lime(store, run_id, version, segmentation):
+    """A published run whose LIME tables are the planted model's, explained on two images by the real op."""
+    images = np.random.default_rng(0).uniform(0.3, 1.0, size=(2, SIZE, SIZE, 3)).astype(np.float32)
+    result = ImageLime(planted_predict).attribute(
+        to_input(images), images, [[1], [1]], **fast_settings(segmentation=segmentation)
+    )
+    explanations, attributions = report_rows(result, ["s0", "s1"], None)
+    tables = run_tables(run_id, version) | {
+        name: conform(name, [{"run_id": run_id, **row} for row in rows])
+        for name, rows in (("lime_explanations", explanations), ("lime_attributions", attributions))
+    }
+    store.stage(run_id, "m", version, tables)
+    store.publish(run_id, "m", version)
+    return report.run_tables(store, run_id)
+
+
+def test_region_share_and_lime_diff_read_the_integer_segment_map_back_from_parquet(tmp_path):
+    store = ReportStore.open(tmp_path)
+    run = publish_planted_lime(store, "r1", "1", Bands())
+    explanations, attributions = run("lime_explanations"), run("lime_attributions")
+    for row in explanations.itertuples():  # the map comes back pixel for pixel, with the attributions' ids
+        segments = np.asarray(row.segments).reshape(row.height, row.width)
+        assert np.array_equal(segments, Bands()(np.zeros((SIZE, SIZE, 3))))
+        mine = attributions[(attributions.sample_id == row.sample_id) & (attributions.label == row.label)]
+        assert sorted(mine.segment) == [5, 17, 900]
+
+    # the left quarter holds the first 12 columns of band 5 (20 columns) and nothing of the others
+    gate = LimeRegionGate(metric="lime.region_share", region=RegionSpec(boxes=[(0, 0, 0.25, 1)]), max=1)
+    (verdict,) = evaluate_gates([gate], run, [], None)
+    expected = []
+    for _, weights in attributions.groupby("sample_id"):
+        positive = weights.set_index("segment").weight.clip(lower=0)
+        assert positive[5] > 0 and positive[17] > 0  # the planted pixels span bands 5 and 17
+        expected.append(12 / 20 * positive[5] / positive.sum())
+    assert verdict["value"] == pytest.approx(np.mean(expected)) and 0 < verdict["value"] < 12 / 20
+
+    again = publish_planted_lime(store, "r2", "2", Bands())
+    moved = publish_planted_lime(store, "r3", "3", Bands(second=24))  # same ids, other pixels
+    compared = {(r["metric"], r["scope"], r["item"]): r["value"] for r in lime_diff(run, again)}
+    assert compared[("topk_jaccard", "sample", "s0")] == 1 and compared[("topk_jaccard", "sample", "s1")] == 1
+    assert lime_diff(run, moved) == []
 
 
 def test_dissection_diff_counts_detectors_gained_and_lost_per_concept_and_category():

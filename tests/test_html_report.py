@@ -250,7 +250,9 @@ def hostile_tables(run_id: str) -> dict:
             "num_features": 3,
             "top_features": [HOSTILE["feature"], "bmi"],
             "overlay_png": None,
-            "segments_png": None,
+            "height": None,
+            "width": None,
+            "segments": None,
         }
     ]
     tables["lime_attributions"] = [
@@ -261,6 +263,7 @@ def hostile_tables(run_id: str) -> dict:
             "feature": feature,
             "weight": weight,
             "rank": rank,
+            "segment": None,
             "area_fraction": None,
             "bin": bin_,
         }

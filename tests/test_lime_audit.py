@@ -77,6 +77,10 @@ def test_lime_tables_are_published_and_reproducible(lime_spec, tmp_path):
     assert (per_sample.area.round(6) == 1.0).all()  # superpixels tile the image
     merged = explanations.set_index("sample_id").num_features
     assert (per_sample.n == merged.loc[per_sample.index]).all()
+    segments_by_sample = attributions.groupby("sample_id").segment.agg(set)
+    for row in explanations.itertuples():  # the map is the image's pixels, each holding one attributed segment id
+        assert (row.height, row.width) == (64, 64) and len(row.segments) == 64 * 64
+        assert set(row.segments.tolist()) == segments_by_sample[row.sample_id]
     results = report.load_table(tmp_path / "reports", "contract_results")
     assert {"lime_explanations", "lime_attributions"} <= set(results.table_name) and results.success.all()
 
@@ -145,8 +149,10 @@ def test_lime_on_a_tabular_model(tmp_path, tabular_trained):
     code, output = cli("run", tmp_path / "spec.yaml")
     assert code == 0, output
     explanations = report.load_table(tmp_path / "reports", "lime_explanations")
-    assert explanations.overlay_png.isna().all()
+    assert explanations.overlay_png.isna().all() and explanations.segments.isna().all()
     top_two = explanations.top_features.map(lambda features: set(features))
     assert (top_two == {"income", "debt_ratio"}).mean() >= 0.9
     attributions = report.load_table(tmp_path / "reports", "lime_attributions")
-    assert attributions.bin.notna().all() and attributions.area_fraction.isna().all()
+    assert (
+        attributions.bin.notna().all() and attributions.area_fraction.isna().all() and attributions.segment.isna().all()
+    )

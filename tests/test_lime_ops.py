@@ -46,6 +46,21 @@ def fast_settings(**changes) -> dict:
     return settings | changes
 
 
+def segment_map_of(explanation: dict) -> np.ndarray:
+    """The (height, width) superpixel ids of an image explanation row."""
+    return explanation["segments"].reshape(explanation["height"], explanation["width"])
+
+
+def top_segments(result, explanation: dict) -> list[int]:
+    """The explanation's top-k superpixel ids, most important first, from its attribution rows."""
+    mine = [
+        (a["rank"], a["segment"])
+        for a in result.attributions
+        if (a["sample_index"], a["label"]) == (explanation["sample_index"], explanation["label"])
+    ]
+    return [segment for _, segment in sorted(mine)[: len(explanation["top_features"])]]
+
+
 # ------------------------------------------------------------------------------------------------ surrogate
 
 
@@ -125,7 +140,7 @@ def test_top_segments_agree_with_the_lime_package():
             segmentation_fn=lambda image: segment_map,
         )
         their_top = [f for f, _ in sorted(theirs.local_exp[label], key=lambda pair: -pair[1])[:5]]
-        overlaps.append(len(set(ours.explanations[0]["top_features"]) & set(their_top)))
+        overlaps.append(len(set(top_segments(ours, ours.explanations[0])) & set(their_top)))
     assert np.mean(overlaps) >= 3, overlaps
 
 
@@ -174,9 +189,9 @@ def test_top_segment_lies_in_the_planted_region(textures):
     region = np.zeros((SIZE, SIZE), bool)
     region[REGION] = True
     overlaps, among_largest = [], []
-    for explanation, segment_map in zip(result.explanations, result.segment_maps):
-        ids, pixels_in_region = np.unique(segment_map[region], return_counts=True)
-        top = explanation["top_features"][0]
+    for explanation in result.explanations:
+        ids, pixels_in_region = np.unique(segment_map_of(explanation)[region], return_counts=True)
+        top = top_segments(result, explanation)[0]
         overlaps.append(top in ids)
         among_largest.append(top in ids[np.argsort(-pixels_in_region)[:2]])
     assert all(overlaps)
@@ -188,9 +203,9 @@ def test_deletion_and_insertion_beat_a_random_order(textures):
     result = ImageLime(planted_predict).attribute(x, textures, [[1]] * len(textures), **fast_settings())
     rng = np.random.default_rng(0)
     for index, explanation in enumerate(result.explanations):
-        ids = np.unique(result.segment_maps[index])
+        ids = np.unique(segment_map_of(explanation))
         order = rng.permutation(ids)
-        steps = [np.isin(result.segment_maps[index], order[:k]) for k in range(len(ids) + 1)]
+        steps = [np.isin(segment_map_of(explanation), order[:k]) for k in range(len(ids) + 1)]
         removed = np.stack([np.where(hidden, HIDDEN, x[index]) for hidden in steps])
         added = np.stack([np.where(hidden, x[index], HIDDEN) for hidden in steps])
         random_deletion = curve_auc(planted_predict(removed)[:, 1])
@@ -306,8 +321,11 @@ def test_each_segment_is_shown_or_filled_with_its_own_mean_as_a_whole():
 
 
 def numbers(result) -> list:
-    """Every value of both tables, for exact comparison."""
-    return [list(row.values()) for row in result.explanations + result.attributions]
+    """Every value of both tables, for exact comparison (segment maps as lists)."""
+    return [
+        [value.tolist() if isinstance(value, np.ndarray) else value for value in row.values()]
+        for row in result.explanations + result.attributions
+    ]
 
 
 def rows_of(result, sample_index: int) -> list:
@@ -372,12 +390,16 @@ def test_segment_ids_are_reported_as_given(textures):
     result = ImageLime(planted_predict).attribute(
         to_input(textures[:2]), textures[:2], **fast_settings(segmentation=ArbitraryIds(), top_k=2)
     )
-    assert {a["feature"] for a in result.attributions} == {5, 17, 900}
-    assert all(set(e["top_features"]) <= {5, 17, 900} for e in result.explanations)
+    assert {a["segment"] for a in result.attributions} == {5, 17, 900}
+    assert all(a["feature"] == str(a["segment"]) for a in result.attributions)
     # REGION (columns 8..23) lies mostly in band 5, partly in band 17, not at all in band 900
-    assert all(e["top_features"] == [5, 17] for e in result.explanations)
-    fractions = {a["feature"]: a["area_fraction"] for a in result.attributions if a["sample_index"] == 0}
+    assert all(e["top_features"] == ["5", "17"] for e in result.explanations)
+    assert all(top_segments(result, e) == [5, 17] for e in result.explanations)
+    fractions = {a["segment"]: a["area_fraction"] for a in result.attributions if a["sample_index"] == 0}
     assert fractions == pytest.approx({5: 20 / 48, 17: 14 / 48, 900: 14 / 48})
+    for explanation in result.explanations:  # the map holds the ids as given, pixel for pixel
+        assert explanation["segments"].dtype == np.int64 and (explanation["height"], explanation["width"]) == (48, 48)
+        assert np.array_equal(segment_map_of(explanation), ArbitraryIds()(textures[0]))
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from interp_ops.images import label_map_png, png_bytes
+from interp_ops.images import png_bytes
 from interp_ops.lime.batching import Predict
 from interp_ops.lime.errors import LimeInputError
 from interp_ops.lime.explain import check_batch_size, check_settings, explain_samples
@@ -163,14 +163,15 @@ class ImageLime:
     """LIME on superpixels, as lime.lime_image.LimeImageExplainer with its defaults.
 
     Differences from the package, all deliberate: segment ids may be any integers (the package assumes
-    0..K-1) and are reported as given; R^2 is kept per label (the package overwrites it with the last
-    label's); masks come from numpy's default_rng seeded per (seed, sample) rather than a shared RandomState,
-    so draws are not the package's; quickshift ties are broken by Segmentation.random_seed (fixed) instead
-    of a random seed per call; Segmentation gives skimage float64 pixels (the package's path for uint8
-    photos; the package's own segmenter keeps float32 photos float32, which gives slightly different
-    superpixels); every segment is a feature with no feature-selection pre-fit (for images the package's
-    'auto' selection keeps all of them, so weights are the same); hidden pixels are filled in model-input
-    space, which equals the package's display-space mean fill for per-channel affine normalization.
+    0..K-1) and are reported as given (``segment``, and in decimal as the ``feature`` name); R^2 is kept per
+    label (the package overwrites it with the last label's); masks come from numpy's default_rng seeded per
+    (seed, sample) rather than a shared RandomState, so draws are not the package's; quickshift ties are
+    broken by Segmentation.random_seed (fixed) instead of a random seed per call; Segmentation gives skimage
+    float64 pixels (the package's path for uint8 photos; the package's own segmenter keeps float32 photos
+    float32, which gives slightly different superpixels); every segment is a feature with no
+    feature-selection pre-fit (for images the package's 'auto' selection keeps all of them, so weights are
+    the same); hidden pixels are filled in model-input space, which equals the package's display-space mean
+    fill for per-channel affine normalization.
     """
 
     def __init__(self, predict: Predict, batch_size: int = 256):
@@ -239,16 +240,23 @@ class ImageLime:
             heldout_samples=heldout_samples,
         )
         area_fractions = [np.bincount(index) / pixels for index in segment_of_pixel]
+        height, width = x.shape[2:]
+        flat_maps = [segment_map.astype(np.int64).ravel() for segment_map in segment_maps]
         explanations, attributions = table_rows(
             fits,
-            [names.tolist() for names in ids],
+            [[str(segment) for segment in names] for names in ids],
             top_k=top_k,
             kernel_width=kernel_width,
             num_samples=num_samples,
             explanation_extra=lambda i, top: {
                 "overlay_png": overlay_png(display[i], segment_maps[i], ids[i][top]),
-                "segments_png": label_map_png(segment_maps[i]),
+                "segments": flat_maps[i],
+                "height": height,
+                "width": width,
             },
-            attribution_extra=lambda i, feature: {"area_fraction": float(area_fractions[i][feature])},
+            attribution_extra=lambda i, feature: {
+                "segment": int(ids[i][feature]),
+                "area_fraction": float(area_fractions[i][feature]),
+            },
         )
-        return LimeResult(explanations, attributions, segment_maps)
+        return LimeResult(explanations, attributions)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,22 +14,23 @@ from interp_ops.lime.scores import attribution_order
 
 @dataclass(frozen=True)
 class LimeResult:
-    """The two report tables as lists of rows, plus the segment maps the image explanations refer to.
+    """The two report tables as lists of rows.
 
     explanations, one row per sample x label: sample_index, label, probability (the model's, on the input),
     intercept, local_prediction (the surrogate's with every feature on), r2_in_sample, r2_heldout (None
     without held-out rows), prediction_gap (|local_prediction - probability|), stability (mean pairwise
     Jaccard of the top-k sets over the stability seeds; None for one seed), deletion_auc, insertion_auc,
-    kernel_width, num_samples, num_features, top_features, and for images overlay_png and segments_png (the
-    superpixel map).
-    attributions, one row per sample x label x feature: sample_index, label, feature (the original segment
-    id, or the feature name), weight, rank (1 = most positive weight for images, largest |weight| for tables),
-    and area_fraction (images) or bin (tables: the instance's quartile bin, named as lime names it).
+    kernel_width, num_samples, num_features, top_features, and for images overlay_png, height, width and
+    segments (the superpixel map: the (height, width) segment ids as a flat row-major int64 array, the
+    attributions' ``segment`` values).
+    attributions, one row per sample x label x feature: sample_index, label, feature (the feature's name: the
+    segment id in decimal for images), weight, rank (1 = most positive weight for images, largest |weight|
+    for tables), and segment (the segment id as given by the segmentation) with area_fraction (images) or
+    bin (tables: the instance's quartile bin, named as lime names it).
     """
 
     explanations: list[dict]
     attributions: list[dict]
-    segment_maps: list[np.ndarray] = field(default_factory=list)  # images only: the (H, W) maps, original ids
 
 
 def table_rows(
