@@ -23,6 +23,7 @@ import data_contracts
 from flows.review import wait_for_sign_off
 from interp_audit import progress
 from interp_audit.errors import AuditError
+from interp_audit.inputs import data_sha256
 from interp_audit.preflight import lime_labels, lime_sample_indices, preflight
 from interp_audit.report import diff_table
 from interp_audit.spec import load_spec, with_model_version
@@ -125,7 +126,8 @@ def audit(
     methods = spec.selected_methods(only)
     progress.step(f"audit [bold]{spec.name}[/] of {spec.model.name} v{version} on {checked.device}")
 
-    inputs = load_model_inputs(spec.data, str(loaded.base_dir), checked.data_fingerprint, spec.seed, spec.model.input)
+    data_key = data_sha256(spec.data, loaded.base_dir)
+    inputs = load_model_inputs(spec.data, str(loaded.base_dir), data_key, spec.seed, spec.model.input)
     onnx_bytes = export_onnx(checked.model, tuple(spec.model.input.shape), spec.model.layers)
     progress.step(
         f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "

@@ -252,3 +252,27 @@ def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids:
         ) from None
     shapes = {name: tuple(outputs[name].shape[1:]) for name in spec.layers}
     return check_outputs(outputs["logits"], len(x), spec.input, ids), shapes
+
+
+def check_model(
+    ref: ModelRef, spec: TorchModelSpec | OnnxModelSpec | MlflowModelSpec, x: np.ndarray, ids: list[str]
+) -> tuple[int, LayerShapes]:
+    """The model run on the probe batch ``x``: a torch module built from its weights, or the ONNX file with the
+    audited layers exposed as outputs. Returns the number of classes and the audited layers' output shapes."""
+    if ref.source == "torch":
+        return check_torch_model(build_torch_model(ref), spec, x, ids)
+    return _check_onnx_file(ref, spec, x, ids)
+
+
+def _check_onnx_file(
+    ref: ModelRef, spec: OnnxModelSpec | MlflowModelSpec, x: np.ndarray, ids: list[str]
+) -> tuple[int, LayerShapes]:
+    """The layers named in the spec must be tensors of the graph; the model is then run as check_onnx_model runs it."""
+    from interp_ops.onnx_bundle import OnnxBundleError, expose_tensors, graph_tensor_names, load_onnx_file
+
+    try:
+        model = load_onnx_file(ref.path)
+    except (OnnxBundleError, OSError) as exc:
+        raise SpecError(f"model.path: {exc}") from None
+    check_layers(spec.layers, graph_tensor_names(model), "tensor")
+    return check_onnx_model(expose_tensors(model.SerializeToString(), spec.layers), spec, x, ids)

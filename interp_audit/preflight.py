@@ -2,6 +2,8 @@
 
 ``interp-audit validate`` runs exactly this; ``run`` runs it before starting Prefect, and the flow runs it
 again first thing (a scheduled run has no CLI in front of it). Everything that fails here is exit code 2.
+It reads the data's ids and a probe of its first PROBE_SAMPLES samples; the whole data set is read once per run,
+by the flow, after this.
 """
 
 from __future__ import annotations
@@ -9,30 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from interp_audit.errors import SpecError
-from interp_audit.inputs import concepts_error, load_concepts, model_inputs
-from interp_audit.intake import (
-    LayerShapes,
-    ModelRef,
-    build_torch_model,
-    check_layers,
-    check_onnx_model,
-    check_torch_model,
-    resolve_model,
-)
+from interp_audit.inputs import concepts_error, inputs_probe, load_concepts
+from interp_audit.intake import LayerShapes, ModelRef, check_model, resolve_model
 from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, LimeSpec, LoadedSpec
 from interp_audit.store import ReportStore
-from interp_ops.datasets import DataError, data_fingerprint
 
-PROBE_SAMPLES = 32
+PROBE_SAMPLES = 32  # the samples the model is checked on before the run
 
 
 @dataclass(frozen=True)
 class Preflight:
     model: ModelRef
-    data_fingerprint: str
     num_samples: int
     num_classes: int
     device: str
@@ -59,17 +49,11 @@ def preflight(
     resolved_device = resolve_device(device)
     ReportStore.open(store or spec.report.store).check_usable()
     ref = model or resolve_model(loaded, store)
-    try:
-        fingerprint = data_fingerprint(spec.data, loaded.base_dir)
-    except DataError as exc:
-        raise SpecError(str(exc)) from None
-    inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
-    probe, probe_ids = inputs.x[:PROBE_SAMPLES], inputs.ids[:PROBE_SAMPLES]
-    if ref.source == "torch":
-        num_classes, layer_shapes = check_torch_model(build_torch_model(ref), spec.model, probe, probe_ids)
-    else:
+    inputs = inputs_probe(spec.data, loaded.base_dir, spec.seed, spec.model.input, PROBE_SAMPLES)
+    probe, probe_ids = inputs.x, inputs.ids[: len(inputs.x)]
+    if ref.source != "torch":
         check_needs_torch(spec, f"model {spec.model.name} v{ref.version} is an ONNX model")
-        num_classes, layer_shapes = check_onnx_file(ref, spec, probe, probe_ids)
+    num_classes, layer_shapes = check_model(ref, spec.model, probe, probe_ids)
     if spec.ops.lime is not None:
         lime_sample_indices(spec.ops.lime, inputs.ids)
         lime_labels(spec.ops.lime, inputs.class_names, num_classes)
@@ -82,7 +66,7 @@ def preflight(
     if spec.ops.dissection is not None:
         dissected = dissection_layers(spec.ops.dissection, spec.model.layers, layer_shapes)
         concepts = check_concepts(spec.ops.dissection.concepts, loaded.base_dir, spec.seed)
-    return Preflight(ref, fingerprint, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
+    return Preflight(ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
 
 
 def check_needs_torch(spec, what: str) -> None:
@@ -184,14 +168,3 @@ def lime_labels(lime: LimeSpec, class_names: list[str] | None, num_classes: int)
             )
         resolved.append(label)
     return resolved
-
-
-def check_onnx_file(ref: ModelRef, spec, probe: np.ndarray, probe_ids: list[str]) -> tuple[int, LayerShapes]:
-    from interp_ops.onnx_bundle import OnnxBundleError, expose_tensors, graph_tensor_names, load_onnx_file
-
-    try:
-        model = load_onnx_file(ref.path)
-    except (OnnxBundleError, OSError) as exc:
-        raise SpecError(f"model.path: {exc}") from None
-    check_layers(spec.model.layers, graph_tensor_names(model), "tensor")
-    return check_onnx_model(expose_tensors(model.SerializeToString(), spec.model.layers), spec.model, probe, probe_ids)

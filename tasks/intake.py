@@ -23,5 +23,6 @@ def export_onnx(model: ModelRef, input_shape: tuple[int, ...], layers: list[str]
 
 @task(name="load-samples", **CACHED)
 def load_model_inputs(data_uri: str, base_dir: str, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
-    """Samples converted to the model's input; ``data_sha256`` keys the cache on the data's content."""
+    """Every sample converted to the model's input, the run's one read of the data set (preflight reads a probe);
+    ``data_sha256`` keys the cache on the data's content."""
     return model_inputs(data_uri, Path(base_dir), seed, input_spec)

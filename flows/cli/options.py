@@ -1,0 +1,67 @@
+"""What the commands share: exit codes, the options they take, turning our errors into exit codes, and the store a
+reading command names."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from interp_audit.errors import AuditError, SpecError
+from interp_audit.progress import console
+
+EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
+DEFAULT_STORE = os.environ.get("INTERP_AUDIT_STORE", "./reports")
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[Device, typer.Option(help="Where the model runs; auto picks CUDA when present.")]
+
+SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Report store path or URI (default: the spec's).")]
+ReadStoreOpt = Annotated[str, typer.Option("--store", help="Report store path or URI.", envvar="INTERP_AUDIT_STORE")]
+
+
+def exits(command):
+    """Turn our errors into their exit codes with a readable message, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except AuditError as exc:
+            label = "invalid input" if exc.exit_code == EXIT_INVALID else "error"
+            for message in exc.messages:
+                console.print(f"[bold red]{label}:[/] ", end="")
+                console.print(message, markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:  # a runtime failure: say what and where, exit 3
+            console.print(f"[bold red]runtime error:[/] {type(exc).__name__}: ", end="")
+            console.print(str(exc), markup=False)
+            raise typer.Exit(EXIT_RUNTIME) from None
+
+    return wrapper
+
+
+def existing_store(store: str):
+    """Reading commands name a store that must exist: a typo should not read as an empty store."""
+    from interp_audit.store import ReportStore
+
+    opened = ReportStore.open(store)
+    if not opened.exists():
+        raise SpecError(
+            f"report store {store!r} does not exist; pass --store (or set INTERP_AUDIT_STORE) to "
+            "the store the audits publish to"
+        )
+    return opened
