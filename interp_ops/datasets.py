@@ -17,6 +17,7 @@ from skimage.transform import resize
 
 from interp_ops import builtin_data, palette
 from interp_ops.builtin_uri import BuiltinFamily, InvalidParameter, whole_number
+from interp_ops.normalization import Normalization, NormalizationError
 from interp_ops.samples import (
     DATA_FORMS,
     DataError,
@@ -184,14 +185,6 @@ def data_fingerprint(uri: str, base_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _per_channel(values: list[float] | None, channels: int, name: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    if len(values) not in (1, channels):
-        raise DataError(f"input.{name} has {len(values)} values for {channels} channels; give 1 or {channels}")
-    return np.asarray(values, dtype=np.float32)
-
-
 def to_model_input(
     samples: Samples,
     shape: tuple[int, ...],
@@ -199,7 +192,8 @@ def to_model_input(
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> np.ndarray:
-    """Images -> float32 (N, C, H, W) resized, channel-matched, scaled to value_range and normalized.
+    """Images -> float32 (N, C, H, W) resized, channel-matched, then normalized (``interp_ops.normalization``:
+    scaled to value_range, mean subtracted, divided by std).
 
     Tabular -> float32 (N, D), normalized per feature by mean/std; value_range applies to images only.
     """
@@ -215,33 +209,23 @@ def to_model_input(
                 f"data have {samples.x.shape[1]} features but the model takes {shape[0]}; "
                 "give data with matching columns or fix input.shape"
             )
-        channels, x = shape[0], samples.x
-    else:
-        if len(shape) != 3 or shape[0] not in (1, 3):
-            raise DataError(
-                f"data are images {samples.x.shape[1:]} (H, W, C) but the model takes {list(shape)}; "
-                "give tabular (N, D) data or set input.shape to [C, H, W] with C 1 or 3"
-            )
-        channels, height, width = shape
-        x = samples.x
-        if channels == 1 and x.shape[-1] == 3:
-            x = rgb2gray(x)[..., None]  # gray first: resizing one channel is cheaper and commutes
-        if x.shape[1:3] != (height, width):
-            x = resize(x, (len(x), height, width, x.shape[-1]), order=1, anti_aliasing=True)
-        if channels == 3 and x.shape[-1] == 1:
-            x = np.repeat(x, 3, axis=-1)
-        low, high = value_range
-        x = x * (high - low) + low
-    mean_values, std_values = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
-    if mean_values is not None:
-        x = x - mean_values
-    if std_values is not None:
-        if np.any(std_values == 0):
-            raise DataError(f"input.std {std} contains 0; give positive standard deviations")
-        x = x / std_values
-    if samples.kind == "image":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        normalization = _normalization(shape[0], None, mean, std)
+        return np.ascontiguousarray(normalization.apply(samples.x), dtype=np.float32)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise DataError(
+            f"data are images {samples.x.shape[1:]} (H, W, C) but the model takes {list(shape)}; "
+            "give tabular (N, D) data or set input.shape to [C, H, W] with C 1 or 3"
+        )
+    channels, height, width = shape
+    normalization = _normalization(channels, value_range, mean, std)
+    x = samples.x
+    if channels == 1 and x.shape[-1] == 3:
+        x = rgb2gray(x)[..., None]  # gray first: resizing one channel is cheaper and commutes
+    if x.shape[1:3] != (height, width):
+        x = resize(x, (len(x), height, width, x.shape[-1]), order=1, anti_aliasing=True)
+    if channels == 3 and x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return np.ascontiguousarray(normalization.apply(x).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def to_display(
@@ -251,12 +235,12 @@ def to_display(
     std: list[float] | None = None,
 ) -> np.ndarray:
     """Model-input images (N, C, H, W) back to (N, H, W, C) in [0, 1]: what segmentation and overlays see."""
-    channels = x.shape[1]
-    images = x.transpose(0, 2, 3, 1).astype(np.float32)
-    std_values, mean_values = _per_channel(std, channels, "std"), _per_channel(mean, channels, "mean")
-    if std_values is not None:
-        images = images * std_values
-    if mean_values is not None:
-        images = images + mean_values
-    low, high = value_range
-    return np.clip((images - low) / (high - low), 0.0, 1.0)
+    normalization = _normalization(x.shape[1], value_range, mean, std)
+    return np.clip(normalization.invert(x.transpose(0, 2, 3, 1).astype(np.float32)), 0.0, 1.0)
+
+
+def _normalization(channels: int, value_range, mean, std) -> Normalization:
+    try:
+        return Normalization.checked(channels, value_range, mean, std)
+    except NormalizationError as error:
+        raise DataError(f"input.{error}") from None

@@ -10,6 +10,7 @@ from interp_ops import onnx_bundle
 from interp_ops.actmax import ActmaxError, render_units, top_exemplars
 from interp_ops.actmax.objectives import channel, neuron
 from interp_ops.actmax.transforms import STANDARD_TRANSFORMS, TransformChain
+from interp_ops.datasets import Samples, to_model_input
 from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -120,6 +121,42 @@ def test_linear_layers_and_other_render_sizes(demo_cnn):
         render_units(gray_net(), "body.act2", [0], steps=2, image_size=4, **GRAY)
 
 
+class _InputRecorder(torch.nn.Module):
+    """Passes its input on and keeps a copy of each one."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[np.ndarray] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().numpy().copy())
+        return x
+
+
+def test_renders_reach_the_model_as_data_images_do():
+    """A render goes into the model exactly as ``to_model_input`` turns the same pixels into model input: one
+    normalization for data and renders. Without transforms the last forward sees the finished render itself."""
+    mean, std, value_range = [0.1, 0.2, 0.3], [0.3, 0.7, 0.9], (-1.0, 2.0)
+    recorder = _InputRecorder()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(recorder, torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    renders = render_units(
+        model,
+        "2",
+        [0, 3],
+        input_shape=(3, 16, 20),
+        value_range=value_range,
+        mean=mean,
+        std=std,
+        transforms="none",
+        steps=3,
+        robustness_draws=1,
+    )
+    samples = Samples(ids=["a", "b"], x=renders.images.transpose(0, 2, 3, 1), labels=None, masks=None, class_names=None)
+    as_data = to_model_input(samples, (3, 16, 20), value_range, mean, std)
+    np.testing.assert_array_equal(recorder.seen[-1], as_data)
+
+
 def test_objectives_combine_like_numbers():
     maps = {"l": torch.arange(2 * 3 * 3 * 3, dtype=torch.float32).reshape(2, 3, 3, 3)}
     combined = channel("l", 1) - 0.5 * neuron("l", torch.tensor([0, 2]))
@@ -156,6 +193,8 @@ def test_model_state_is_restored():
         (dict(units=[]), r"units: empty"),
         (dict(thresholds=[0, 2]), r"thresholds: \[0\] are outside 1\.\.2"),
         (dict(mean=[0.1, 0.2]), r"mean: 2 values for 3 channels"),
+        (dict(std=[0.5, 0.0, 0.5]), r"std: \[0.5, 0.0, 0.5\] must all be > 0"),
+        (dict(value_range=(1.0, 0.0)), r"value_range: \(1.0, 0.0\) must be .* low < high"),
         (dict(device="gpu"), r"device: 'gpu' is not a torch device"),
     ],
 )
@@ -217,7 +256,8 @@ def test_top_exemplars_defaults_and_errors(gray_session, rng):
 
 
 def test_no_forward_hook_is_left_on_the_callers_model(gray_session):
-    """Export, parity run and render hook the audited layers only while they run, also when they fail."""
+    """Export, parity run and render hook the audited layers only while they run, also when they fail (all three
+    through interp_ops.layer_capture)."""
     model, _ = gray_session  # exported by the fixture
     layers = ["body.conv1", "body.act2"]
 
@@ -232,4 +272,6 @@ def test_no_forward_hook_is_left_on_the_callers_model(gray_session):
         onnx_bundle.run_torch(model, np.zeros((2, 3, 28, 28), np.float32), layers, "cpu")
     with pytest.raises(ActmaxError, match="the model fails on a 3x28x28 input"):
         render_units(model, "body.act2", [0], steps=2, input_shape=(3, 28, 28))
+    with pytest.raises(onnx_bundle.OnnxBundleError, match="ONNX export failed"):
+        onnx_bundle.export_torch(model, (3, 28, 28), layers)
     assert hooked() == []

@@ -1,4 +1,5 @@
-"""Sample loading, the synthetic scenes' ground truth, and conversion to model input."""
+"""Sample loading, the synthetic scenes' ground truth, and conversion to model input (its normalization
+included, which activation maximization shares)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.color import rgb2gray
 from skimage.measure import regionprops
@@ -15,6 +17,7 @@ from skimage.transform import resize
 
 from interp_ops import builtin_data
 from interp_ops.datasets import DataError, Samples, data_fingerprint, load_samples, to_model_input
+from interp_ops.normalization import Normalization, NormalizationError
 
 
 def _image_samples(x: np.ndarray) -> Samples:
@@ -297,10 +300,65 @@ def test_shape_mismatches_are_data_errors():
         to_model_input(table, (3, 8, 8))
     with pytest.raises(DataError, match=r"data are images .* model takes \[12\]"):
         to_model_input(images, (12,))
-    with pytest.raises(DataError, match=r"input.mean has 2 values for 3 channels"):
+    with pytest.raises(DataError, match=r"input.mean: 2 values for 3 channels; give 1 or 3"):
         to_model_input(images, (3, 8, 8), mean=[0.5, 0.5])
-    with pytest.raises(DataError, match=r"input.std .* contains 0"):
+    with pytest.raises(DataError, match=r"input.std: \[1.0, 0.0, 1.0\] must all be > 0"):
         to_model_input(images, (3, 8, 8), std=[1.0, 0.0, 1.0])
+    with pytest.raises(DataError, match=r"input.value_range: \(1.0, 0.0\) must be .* low < high"):
+        to_model_input(images, (3, 8, 8), value_range=(1.0, 0.0))
+
+
+# --- normalization (shared with activation maximization) ----------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_normalization_is_one_arithmetic_for_numpy_and_torch(channels):
+    """The same three float32 steps on a channel-last array and a channel-first tensor, bit for bit, and not the
+    fused multiply-add, which rounds once instead of three times."""
+    rng = np.random.default_rng(channels)
+    images = rng.random((4, 9, 7, channels), dtype=np.float32)
+    mean, std = [0.1, 0.2, 0.3][:channels], [0.3, 0.7, 0.9][:channels]
+    normalization = Normalization.checked(channels, (-1.0, 2.0), mean, std)
+    by_numpy = normalization.apply(images)
+    by_torch = normalization.apply(torch.from_numpy(images.transpose(0, 3, 1, 2)), channel_axis=1)
+    three_steps = ((images * np.float32(3.0) + np.float32(-1.0)) - np.float32(mean)) / np.float32(std)
+    assert by_numpy.dtype == np.float32 and by_torch.dtype == torch.float32
+    np.testing.assert_array_equal(by_numpy, three_steps)
+    np.testing.assert_array_equal(by_torch.numpy().transpose(0, 2, 3, 1), by_numpy)
+    fused = (np.float32(3.0) / np.float32(std)) * images + (np.float32(-1.0) - np.float32(mean)) / np.float32(std)
+    assert not np.array_equal(fused, by_numpy)
+    np.testing.assert_allclose(normalization.invert(by_numpy), images, atol=1e-6)
+
+
+def test_normalization_skips_what_is_not_given():
+    table = np.array([[-0.0, 1.5], [2.0, -3.0]], dtype=np.float32)
+    assert Normalization.checked(2, None).apply(table).tobytes() == table.tobytes()  # -0.0 stays -0.0
+    np.testing.assert_array_equal(Normalization.checked(2, None, mean=[1.0]).apply(table), table - 1.0)
+    np.testing.assert_array_equal(
+        Normalization.checked(2, (0.0, 10.0), std=[2.0, 4.0]).apply(table), table * 10 / [2, 4]
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(value_range=(1.0, 1.0)), r"value_range: \(1.0, 1.0\) must be two finite numbers \(low, high\)"),
+        (dict(value_range=(0.0, float("inf"))), r"value_range: .* finite"),
+        (dict(value_range=(0.0, 0.5, 1.0)), r"value_range: .* two finite numbers"),
+        (dict(mean=[0.5, 0.5]), r"mean: 2 values for 3 channels; give 1 or 3"),
+        (dict(mean=[float("nan")]), r"mean: \[nan\] must be finite numbers"),
+        (dict(std=[0.5, -0.5, 0.5]), r"std: \[0.5, -0.5, 0.5\] must all be > 0; give positive standard deviations"),
+    ],
+)
+def test_normalization_refuses_what_cannot_normalize(arguments, message):
+    with pytest.raises(NormalizationError, match=message):
+        Normalization.checked(3, **arguments)
+
+
+def test_normalization_refuses_inputs_with_other_channels():
+    normalization = Normalization.checked(3, mean=[0.5])
+    with pytest.raises(NormalizationError, match=r"input has 1 channels on axis 1 .* made for 3"):
+        normalization.apply(torch.zeros(2, 1, 4, 4), channel_axis=1)
 
 
 # --- image directories and numpy files ----------------------------------------------------------

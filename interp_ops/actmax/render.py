@@ -27,6 +27,7 @@ from interp_ops.actmax import param as parameterizations
 from interp_ops.actmax.objectives import OBJECTIVES, Objective
 from interp_ops.actmax.transforms import TRANSFORMS, TransformChain
 from interp_ops.layer_capture import LayerCapture, LayersReached
+from interp_ops.normalization import Normalization, NormalizationError
 
 
 class ActmaxError(ValueError):
@@ -143,35 +144,11 @@ def element_generator(seed: int, unit: int, render_index: int) -> torch.Generato
     return torch.Generator().manual_seed(int(state))
 
 
-@dataclass(frozen=True)
-class _InputMap:
-    """[0, 1] display space -> model input, as datasets.to_model_input: x * (high - low) + low, then (x - mean) / std,
-    folded into one multiply-add. That rounds differently from the data path's three steps (by up to one float32
-    ulp where std is not a power of two), so the two stay apart: one arithmetic for both would change either the
-    inputs every method reads or the renders."""
-
-    scale: Tensor  # (C, 1, 1)
-    shift: Tensor  # (C, 1, 1)
-
-    def __call__(self, images: Tensor) -> Tensor:
-        return torch.addcmul(self.shift, images, self.scale)
-
-
-def _input_map(channels: int, value_range, mean, std, device: torch.device) -> _InputMap:
-    low, high = (float(v) for v in value_range)
-    if not high > low:
-        raise ActmaxError(f"value_range: {tuple(value_range)} must be (low, high) with high > low")
-    values = {}
-    for name, given, default in (("mean", mean, 0.0), ("std", std, 1.0)):
-        given = [default] if given is None else [float(v) for v in given]
-        if len(given) not in (1, channels):
-            raise ActmaxError(f"{name}: {len(given)} values for {channels} channels; give 1 or {channels}")
-        values[name] = torch.tensor(given).expand(channels).reshape(channels, 1, 1)
-    if (values["std"] == 0).any():
-        raise ActmaxError(f"std: {list(std)} contains 0; give positive standard deviations")
-    scale = (high - low) / values["std"]
-    shift = (low - values["mean"]) / values["std"]
-    return _InputMap(scale.to(device), shift.to(device))
+def _input_normalization(channels: int, value_range, mean, std) -> Normalization:
+    try:
+        return Normalization.checked(channels, value_range, mean, std)
+    except NormalizationError as error:
+        raise ActmaxError(str(error)) from None
 
 
 def _default_thresholds(steps: int) -> list[int]:
@@ -256,11 +233,12 @@ def render_units(
 ) -> UnitRenders:
     """Render `renders_per_unit` images per unit of `layer` that maximise the `objective` for that unit.
 
-    Renders live in [0, 1] display space and reach the model as ``datasets.to_model_input`` maps images
-    (value_range, then mean/std). They are input_shape's (H, W), or image_size x image_size; the model is fed
-    that size (fine for CNNs that pool globally; ActmaxError if the model cannot take it). objective: "channel"
-    (spatial mean of the unit's map) or "neuron" (the unit at the map's centre). param: "fft" (1/f-scaled
-    spectrum) or "pixel". decorrelate applies Lucid's colour decorrelation to 3-channel models only.
+    Renders live in [0, 1] display space and reach the model through ``interp_ops.normalization`` (value_range,
+    then mean/std), as data images do in ``datasets.to_model_input``. They are input_shape's (H, W), or
+    image_size x image_size; the model is fed that size (fine for CNNs that pool globally; ActmaxError if the model
+    cannot take it). objective: "channel" (spatial mean of the unit's map) or "neuron" (the unit at the map's
+    centre). param: "fft" (1/f-scaled spectrum) or "pixel". decorrelate applies Lucid's colour decorrelation to
+    3-channel models only.
     transforms: "standard" (Lucent's standard_transforms, drawn per element) or "none". batch_units units
     are optimised as one batch of batch_units * renders_per_unit elements. mixed_precision runs the model under
     bfloat16 autocast on CUDA and is ignored on CPU. thresholds: steps at which the curve is recorded (default
@@ -286,7 +264,7 @@ def render_units(
     channels, height, width = (int(v) for v in input_shape)
     window = (height, width) if image_size is None else (image_size, image_size)
     device = _usable_device(device)
-    input_map = _input_map(channels, value_range, mean, std, device)
+    normalization = _input_normalization(channels, value_range, mean, std)
     chain = TransformChain(TRANSFORMS[transforms])
     build_objective = OBJECTIVES[objective]
     autocast = (
@@ -314,7 +292,7 @@ def render_units(
             unit_index = torch.tensor([u for u, _ in batch], device=device)
             parts.append(
                 _optimise(
-                    lambda images: outputs(input_map(images)),
+                    lambda images: outputs(normalization.apply(images, channel_axis=1)),
                     build_objective(layer, unit_index),
                     image_fn,
                     params,
