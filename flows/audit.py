@@ -170,15 +170,25 @@ def checked_spec(spec_path: str, store: str | None, device: str, version: str | 
 def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str], run_id: str) -> dict[str, pa.Table]:
     """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
     spec = loaded.spec
+    # torch.export switches oneDNN off for the whole process while it traces, so torch compute running beside an
+    # export (parity, renders) would use other kernels, and its floats would depend on timing: it waits for them.
+    baseline_export = (
+        export_random_baseline.submit(
+            checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
+        )
+        if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
+        else None
+    )
+    exports = [baseline_export] if baseline_export is not None else []
     predictions = predict.submit(onnx_bytes, inputs, checked.device)
     parity = (
-        check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device)
+        check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device, wait_for=exports)
         if checked.model.source == "torch"
         else None
     )
     lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
-    actmax = submit_actmax(spec, inputs, onnx_bytes, checked) if "activation_max" in methods else None
-    dissected = submit_dissection(loaded, onnx_bytes, checked) if "dissection" in methods else None
+    actmax = submit_actmax(spec, inputs, onnx_bytes, checked, exports) if "activation_max" in methods else None
+    dissected = submit_dissection(loaded, onnx_bytes, checked, baseline_export) if "dissection" in methods else None
 
     rows = {"predictions": predictions.result()}
     if lime_batches:
@@ -308,8 +318,9 @@ def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
     return futures
 
 
-def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, object]:
-    """One render task per layer and batch of units, and one exemplar pass over the data, all at once."""
+def submit_actmax(spec, inputs, onnx_bytes: bytes, checked, exports: list) -> tuple[list, object]:
+    """One render task per layer and batch of units (once the torch ``exports`` are done), and one exemplar pass
+    over the data, all at once."""
     params = spec.ops.activation_max
     exemplars = find_exemplars.submit(
         onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective, checked.device
@@ -323,6 +334,7 @@ def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, objec
             input_spec=spec.model.input,
             seed=spec.seed,
             device=checked.device,
+            wait_for=exports,
         )
         for layer, units in checked.actmax_units.items()
         for start in range(0, len(units), params.batch_units)
@@ -330,7 +342,7 @@ def submit_actmax(spec, inputs, onnx_bytes: bytes, checked) -> tuple[list, objec
     return renders, exemplars
 
 
-def submit_dissection(loaded, onnx_bytes: bytes, checked) -> tuple[list, list | None]:
+def submit_dissection(loaded, onnx_bytes: bytes, checked, baseline_export) -> tuple[list, list | None]:
     """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
     here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
     spec, params = loaded.spec, loaded.spec.ops.dissection
@@ -346,10 +358,8 @@ def submit_dissection(loaded, onnx_bytes: bytes, checked) -> tuple[list, list | 
     )
     results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     baselines = None
-    if params.baseline == "random_init":
-        baseline_bytes = export_random_baseline.submit(
-            checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
-        ).result()
+    if baseline_export is not None:
+        baseline_bytes = baseline_export.result()
         baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     return results, baselines
 
