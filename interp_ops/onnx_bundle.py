@@ -97,6 +97,7 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
                 )
         proto = program.model_proto
         onnx.checker.check_model(proto)
+        _drop_stack_traces([*proto.graph.node, *(node for function in proto.functions for node in function.node)])
     except Exception as exc:
         part = _failing_part(exc)
         where = f" at {part}" if part else ""
@@ -106,6 +107,19 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
             f"ONNX supports, or export the model yourself and audit it with model.source: onnx."
         ) from exc
     return proto.SerializeToString()
+
+
+def _drop_stack_traces(nodes) -> None:
+    """The exporter records, on every node, the Python stack that made it: file paths and line numbers of this
+    checkout and of torch. They would make the bytes (the model's hash, every cache key built on it) depend on
+    where the code is installed and on unrelated edits, so they go."""
+    for node in nodes:
+        kept = [prop for prop in node.metadata_props if not prop.key.endswith("stack_trace")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                _drop_stack_traces(subgraph.node)
 
 
 def load_onnx_file(path: str):

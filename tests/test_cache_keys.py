@@ -462,3 +462,38 @@ def test_a_rerun_in_another_process_serves_every_computing_task_from_the_cache(g
 
 if __name__ == "__main__":
     print(json.dumps(all_keys(), sort_keys=True))
+
+
+EXPORT_HASH = """
+import hashlib, torch, interp_ops
+from user_models import gray_net
+from interp_ops.onnx_bundle import export_torch
+torch.manual_seed(0)
+print(interp_ops.__file__)
+print(hashlib.sha256(export_torch(gray_net(), (1, 28, 28), ["body.conv1"])).hexdigest())
+"""
+
+
+def test_the_exported_onnx_is_the_same_wherever_the_code_is_installed(tmp_path):
+    """The exporter records each node's Python stack (files, line numbers); kept, it would make the model's hash,
+    and every cache key built on the ONNX bytes, differ between two checkouts of the same commit."""
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(ROOT / "interp_ops", copy / "interp_ops", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def export_from(code_root: Path) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", EXPORT_HASH],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": f"{code_root}{os.pathsep}{ASSETS}"},
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    here, there = export_from(ROOT), export_from(copy)
+    assert here[0].startswith(str(ROOT)) and there[0].startswith(str(copy))  # two installs really were used
+    assert here[1] == there[1]
