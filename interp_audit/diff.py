@@ -80,9 +80,11 @@ def _explained(run: RunTables) -> pd.DataFrame:
 
 
 def _same_features(old: pd.Series, new: pd.Series) -> bool:
-    """Superpixel ids mean the same pixels in both runs (same segmentation); tabular features always do."""
+    """Superpixel ids mean the same pixels in both runs (same segmentation); tabular features always do. An image
+    explanation without its map (published before maps were kept as integers) is compared with nothing."""
     if old["segments"] is None or new["segments"] is None:
-        return old["segments"] is None and new["segments"] is None
+        tabular = all(row.get("overlay_png") is None for row in (old, new))
+        return tabular and old["segments"] is None and new["segments"] is None
     same_shape = (old["height"], old["width"]) == (new["height"], new["width"])
     return same_shape and np.array_equal(old["segments"], new["segments"])
 

@@ -73,6 +73,17 @@ def test_lime_diff_compares_top_k_only_where_the_superpixels_are_the_same():
     assert rows[("topk_jaccard", "overall", "*")] == pytest.approx(1 / 3)
 
 
+def test_lime_diff_compares_tabular_rows_but_not_image_rows_without_their_map():
+    def rows(sample, overlay):
+        (row, weights) = explanation(sample, ["1", "2"], {"1": 2, "2": 1}, segments=None)
+        return {**row, "height": None, "width": None, "overlay_png": overlay}, weights
+
+    old = lime_frames(rows("tabular", None), rows("image", b"\x89PNG"))  # an image run published before maps
+    new = lime_frames(rows("tabular", None), rows("image", b"\x89PNG"))
+    samples = {r["item"] for r in lime_diff(old, new) if r["scope"] == "sample"}
+    assert samples == {"tabular"}
+
+
 @dataclass(frozen=True)
 class Bands(Segmentation):
     """Vertical bands of superpixels 5, 17 and 900, the second starting at column `second`, the third at 34."""
