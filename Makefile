@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/interp-audit demo
 
+# Two workers (pytest-xdist), each test file on one of them (module fixtures stay shared): much of the suite waits
+# on servers, subprocesses and leases rather than on the CPU. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ruff (line length 120, rules in pyproject.toml): lint and formatting are checked before the tests run
 lint: $(STAMP)
