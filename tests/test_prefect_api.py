@@ -67,7 +67,6 @@ report: {{store: {root / "reports"}}}
 
 def test_the_first_run_on_a_new_machine_works_and_stops_its_server(newcomer):
     root, env = newcomer
-    assert len(leases(root / "home")) == 1  # the killed holder's lease is still there: its slot is still taken
     result = subprocess.run(
         [str(CLI), "run", str(root / "spec.yaml")], env=env, cwd=root, capture_output=True, text=True, timeout=600
     )
