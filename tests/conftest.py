@@ -41,11 +41,22 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """The real image demo models (honest, shortcut), trained once per session (about 35 s on two cores)."""
+def session_dir(tmp_path_factory, worker_id) -> Path:
+    """A folder all pytest-xdist workers of this session share (this process's temp root when run without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def trained(session_dir):
+    """The real image demo models (honest, shortcut), trained once per session (about 35 s on two cores) by the
+    first worker that needs them; the others wait for it and read its cache."""
+    from filelock import FileLock
+
     from interp_ops.demo_models import ensure_demo_models
 
-    return ensure_demo_models(tmp_path_factory.mktemp("demo-models"))
+    with FileLock(session_dir / "demo-models.lock"):
+        return ensure_demo_models(session_dir / "demo-models")
 
 
 @pytest.fixture(scope="session")
