@@ -27,7 +27,7 @@ demo: $(STAMP)
 # on servers, subprocesses and leases rather than on the CPU. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP) browser lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # ruff (line length 120, rules in pyproject.toml): lint and formatting are checked before the tests run
 lint: $(STAMP)
