@@ -120,3 +120,10 @@ def store_is_empty(store: Path) -> bool:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(items):
+    """Files with end-to-end (slow) tests run first: each file goes to one worker, and a long file handed out
+    last would leave the other worker idle at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
