@@ -1,7 +1,9 @@
 """Network dissection speed: interp_ops.dissection.dissect against NetDissect-Lite's procedure and the forward pass.
 
 One process, one ONNX model per case, the same layers and the same builtin concept set for every contender:
-  (a) NetDissect-Lite as published (feature_operation.py, transcribed): one forward pass storing every feature
+  (a) NetDissect-Lite's feature_operation.py at commit 0896577 (2018-01-17), transcribed: the last revision whose
+      threshold is np.percentile, the exact quantile that dissect() computes (later revisions, to the repository's
+      last, use vecquantile.QuantileVector, a randomized approximation). One forward pass storing every feature
       map (float64, as Lite's arrays), np.percentile per unit, then per layer a pass over the data with a Python
       loop over images and units: skip maps whose max is not above the threshold, resize the others with PIL's
       bilinear filter (Lite's scipy imresize(mode='F')), np.argwhere, np.bincount of the labels under them
@@ -185,7 +187,7 @@ def _image_records(concepts: ConceptSet, start: int = 0, stop: int | None = None
 
 
 def netdissect_lite(session, concepts, layers, input_shape, mean, std) -> tuple[dict[str, np.ndarray], dict]:
-    """Lite's feature_extraction, quantile_threshold and tally (tally_job) per layer, as published.
+    """Lite's feature_extraction, quantile_threshold (np.percentile) and tally (tally_job) per layer, as at 0896577.
     Returns the IoU per layer (columns in label id order) and the seconds spent in each stage."""
     stages = {"extract": 0.0, "quantile": 0.0, "tally": 0.0}
     started = time.perf_counter()
