@@ -396,34 +396,26 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cases": {},
     }
-    torch.manual_seed(0)
-    demo_concepts = load_concepts(str(builtin_concepts_dir(f"builtin:concepts?n={n_demo}&size=64", 0, cache)))
-    report["cases"]["demo_cnn"] = bench_case(
-        "demo CNN (shapes_cnn, seeded random weights)",
-        shapes_cnn(),
-        (3, 64, 64),
-        ["features.8", "features.12"],
-        demo_concepts,
-        DEMO_INPUT["mean"],
-        DEMO_INPUT["std"],
-        rounds,
-        lite_rounds,
-    )
-    print(json.dumps(report["cases"]["demo_cnn"], indent=2), flush=True)
-    torch.manual_seed(0)
-    resnet_concepts = load_concepts(str(builtin_concepts_dir(f"builtin:concepts?n={n_resnet}&size=112", 0, cache)))
-    report["cases"]["resnet18"] = bench_case(
-        "ResNet-18-shaped (random init)",
-        ResNet18(),
-        (3, 112, 112),
-        ["layer3", "layer4"],
-        resnet_concepts,
-        IMAGENET["mean"],
-        IMAGENET["std"],
-        rounds,
-        lite_rounds,
-    )
-    print(json.dumps(report["cases"]["resnet18"], indent=2), flush=True)
+    cases = [  # key, title, model factory, input size, layers, concept images, normalisation
+        ("demo_cnn", "demo CNN (shapes_cnn, seeded random weights)", shapes_cnn, 64, ["features.8", "features.12"],
+         n_demo, DEMO_INPUT),
+        ("resnet18", "ResNet-18-shaped (random init)", ResNet18, 112, ["layer3", "layer4"], n_resnet, IMAGENET),
+    ]  # fmt: skip
+    for key, title, factory, size, layers, n, normalisation in cases:
+        torch.manual_seed(0)
+        concepts = load_concepts(str(builtin_concepts_dir(f"builtin:concepts?n={n}&size={size}", 0, cache)))
+        report["cases"][key] = bench_case(
+            title,
+            factory(),
+            (3, size, size),
+            layers,
+            concepts,
+            normalisation["mean"],
+            normalisation["std"],
+            rounds,
+            lite_rounds,
+        )
+        print(json.dumps(report["cases"][key], indent=2), flush=True)
     write_results("dissection", report, args.quick)
 
 

@@ -22,6 +22,11 @@ def conform(name: str, table: pa.Table | pd.DataFrame | list[dict]) -> pa.Table:
     return conform_to(TABLES[name], table)
 
 
+def run_table(name: str, run_id: str, rows: list[dict]) -> pa.Table:
+    """One run's rows as table `name`, each with the run's id (the first column of every run table)."""
+    return conform(name, [{"run_id": run_id, **row} for row in rows])
+
+
 __all__ = [
     "TABLES",
     "THRESHOLDS",
@@ -29,6 +34,7 @@ __all__ = [
     "TableContract",
     "Threshold",
     "conform",
+    "run_table",
     "table_docs_markdown",
     "validate_tables",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from interp_audit import registry
 from interp_audit.errors import SpecError
 from interp_audit.hashing import sha256_file
+from interp_audit.mlflow_connection import default_tracking_uri
 from interp_audit.spec import FACTORY_REF, InputSpec, LoadedSpec, MlflowModelSpec, OnnxModelSpec, TorchModelSpec
 
 MAX_LISTED = 40
@@ -65,7 +66,7 @@ def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
 
 def tracking_uri(model: MlflowModelSpec, store: str) -> str:
     """The spec's registry, else MLFLOW_TRACKING_URI, else a SQLite registry inside the report store."""
-    return model.tracking_uri or registry.default_tracking_uri(store)
+    return model.tracking_uri or default_tracking_uri(store)
 
 
 def registry_model(model: MlflowModelSpec, store: str, base_dir: str) -> ModelRef:

@@ -1,10 +1,7 @@
 """MLflow model registry access: resolve a version, fetch what it holds, log audit-ready versions, write results back.
 
-Every call talks to the registry named by one URI, used as both MLflow's tracking and registry URI (a version's
-artifacts live with its run or logged model in the tracking store). Calls fail fast: unless the user set them,
-MLflow's HTTP retries are switched off and its request timeout lowered for the duration of the call, so an
-unreachable server raises :class:`RegistryUnavailable` in seconds; retrying is the caller's policy (Prefect task
-retries), not this module's.
+Every call talks to the registry named by one URI (a version's artifacts live with its run or logged model in the
+tracking store), through :mod:`interp_audit.mlflow_connection`, which fails fast and maps MLflow's errors to ours.
 
 What a downloaded version holds, and the layout :func:`log_model` writes, is :mod:`interp_audit.model_artifacts`
 (nothing there unpickles). mlflow is imported inside the functions, so importing this module (and
@@ -16,14 +13,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
-import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from interp_audit.errors import AuditError, SpecError
+from interp_audit.errors import SpecError
+from interp_audit.mlflow_connection import (
+    default_tracking_uri,
+    display_uri,
+    error_code,
+    first_line,
+    mlflow_client,
+    sqlite_artifact_root,
+)
 from interp_audit.model_artifacts import FetchedModel, classify, shorten, write_model_files
 from interp_audit.spec import FACTORY_REF, SAFE_NAME
 
@@ -33,134 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 MODEL_DIR = "model"  # artifact path of log_model's files inside its run
 EXPERIMENT = "interp-audit"  # the experiment log_model's runs go to
 TAG_STATUS, TAG_RUN_ID, TAG_REPORT = "interp_audit.status", "interp_audit.run_id", "interp_audit.report"
-
-# Fail fast unless the user configured MLflow's HTTP client themselves; Prefect retries the task.
-FAIL_FAST_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-
-
-class RegistryUnavailable(AuditError):
-    """The MLflow registry cannot be reached or failed while answering (exit 3); the message names the URI."""
-
-    exit_code = 3
-
-
-# --------------------------------------------------------------------------------------------------------------
-# URIs, environment, error mapping
-
-
-def default_tracking_uri(store: str) -> str:
-    """MLFLOW_TRACKING_URI if set, else a local SQLite registry inside the report store.
-
-    The local default is ``sqlite:///<abs store>/mlflow/registry.db`` (the folder is created); versions logged to
-    it keep their artifacts under ``<store>/mlflow/artifacts``. The store must be a local path for the default.
-    """
-    configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if configured:
-        return configured
-    if store.startswith("file://"):
-        store = urllib.parse.unquote(urllib.parse.urlsplit(store).path)
-    if "://" in store:
-        raise SpecError(
-            f"report.store: '{store}' is not a local folder, so it cannot hold the default local MLflow registry; "
-            f"set MLFLOW_TRACKING_URI to your registry (e.g. http://mlflow.example:5000)"
-        )
-    folder = Path(store).expanduser().resolve() / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'registry.db'}"
-
-
-def _display_uri(uri: str) -> str:
-    """The URI without a password, for messages."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return uri
-
-
-def _sqlite_artifact_root(tracking_uri: str) -> str | None:
-    """For a file-backed SQLite registry: the ``artifacts`` folder beside the database (else MLflow's choice,
-    which for SQLite would be ``./mlruns`` in whatever the current directory happens to be)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = urllib.parse.unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
-    if not path or path == ":memory:":
-        return None
-    return str(Path(path).expanduser().resolve().parent / "artifacts")
-
-
-_env_lock = threading.Lock()
-_env_users = 0
-_env_set: list[str] = []
-
-
-@contextmanager
-def _fail_fast_env() -> Iterator[None]:
-    """Set FAIL_FAST_ENV for variables the user has not set; reference-counted so concurrent calls (threads of a
-    Prefect task runner) neither see them vanish early nor leave them behind."""
-    global _env_users
-    with _env_lock:
-        if _env_users == 0:
-            _env_set.clear()
-            for key, value in FAIL_FAST_ENV.items():
-                if key not in os.environ:
-                    os.environ[key] = value
-                    _env_set.append(key)
-        _env_users += 1
-    try:
-        yield
-    finally:
-        with _env_lock:
-            _env_users -= 1
-            if _env_users == 0:
-                for key in _env_set:
-                    os.environ.pop(key, None)
-                _env_set.clear()
-
-
-def _error_code(exc: BaseException) -> str | None:
-    return getattr(exc, "error_code", None)
-
-
-def _first_line(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:limit]}" if text else type(exc).__name__
-
-
-@contextmanager
-def _client(tracking_uri: str):
-    """An MlflowClient on ``tracking_uri``; any failure that is not already an AuditError becomes
-    RegistryUnavailable (or SpecError for a URI MLflow does not support)."""
-    with _fail_fast_env():
-        try:
-            from mlflow import MlflowClient
-        except ImportError as exc:
-            raise AuditError(
-                f"model.source mlflow: the mlflow client is not installed ({exc}); "
-                f"install it with pip install 'mlflow-skinny>=3.10,<4'"
-            ) from None
-        try:
-            yield MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        except AuditError:
-            raise
-        except Exception as exc:
-            if type(exc).__name__ in (
-                "UnsupportedModelRegistryStoreURIException",
-                "UnsupportedModelRegistryStoreURIError",
-            ):
-                raise SpecError(
-                    f"MLflow registry URI '{_display_uri(tracking_uri)}' is not supported by MLflow; give "
-                    f"sqlite:///path/to/registry.db, http(s)://host:port of an MLflow server, a database URI "
-                    f"(postgresql://, mysql://) or databricks, e.g. through MLFLOW_TRACKING_URI"
-                ) from None
-            raise RegistryUnavailable(
-                f"MLflow registry at '{_display_uri(tracking_uri)}' could not be used: {_first_line(exc)}. "
-                f"Check that the server is up and that the URI (MLFLOW_TRACKING_URI) and credentials are right"
-            ) from exc
 
 
 def _check_name(name: str) -> None:
@@ -191,7 +64,7 @@ def _model_exists(client, name: str) -> bool:
     try:
         client.get_registered_model(name)
     except Exception as exc:
-        if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
+        if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
             return False
         raise
     return True
@@ -200,7 +73,7 @@ def _model_exists(client, name: str) -> bool:
 def _missing_model(client, tracking_uri: str, name: str) -> SpecError:
     names = sorted(model.name for model in client.search_registered_models(max_results=200))
     return SpecError(
-        f"model.name: no registered model '{name}' in the MLflow registry at '{_display_uri(tracking_uri)}'; "
+        f"model.name: no registered model '{name}' in the MLflow registry at '{display_uri(tracking_uri)}'; "
         f"registered models: {shorten(names)}. Check the name, or the registry URI (MLFLOW_TRACKING_URI)"
     )
 
@@ -208,7 +81,7 @@ def _missing_model(client, tracking_uri: str, name: str) -> SpecError:
 def list_versions(tracking_uri: str, name: str) -> list[str]:
     """All version numbers of ``name``, ascending (numerically); [] when the model does not exist yet."""
     _check_name(name)
-    with _client(tracking_uri) as client:
+    with mlflow_client(tracking_uri) as client:
         return _versions(client, name)
 
 
@@ -227,7 +100,7 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
             f"model.version: {version!r} is not a version of a registered model; give a version "
             f"number ('3'), 'latest' or an alias ('@champion')"
         )
-    with _client(tracking_uri) as client:
+    with mlflow_client(tracking_uri) as client:
         if version.startswith("@"):
             alias = version[1:]
             if not _model_exists(client, name):
@@ -235,7 +108,7 @@ def resolve_version(tracking_uri: str, name: str, version: str) -> str:
             try:
                 return str(client.get_model_version_by_alias(name, alias).version)
             except Exception as exc:
-                if _error_code(exc) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                if error_code(exc) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                     raise
             aliases = client.get_registered_model(name).aliases or {}
             listed = [f"@{key} (version {value})" for key, value in sorted(aliases.items())]
@@ -287,7 +160,7 @@ def _check_version_exists(client, tracking_uri: str, name: str, version: str) ->
     try:
         client.get_model_version(name, version)
     except Exception as exc:
-        if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+        if error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
             raise
         resolve_version(tracking_uri, name, version)
         raise
@@ -311,7 +184,7 @@ def fetch_model(tracking_uri: str, name: str, version: str, dest_dir: Path, trus
     final = dest_dir / f"{name}-v{version}"
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest_dir))
     try:
-        with _client(tracking_uri) as client:
+        with mlflow_client(tracking_uri) as client:
             _check_version_exists(client, tracking_uri, name, version)
             source = _download_source(client, name, version)
             import mlflow.artifacts
@@ -342,9 +215,9 @@ def _experiment_id(client, tracking_uri: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=_sqlite_artifact_root(tracking_uri))
+        return client.create_experiment(EXPERIMENT, artifact_location=sqlite_artifact_root(tracking_uri))
     except Exception as exc:
-        if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":  # created by a concurrent call
+        if error_code(exc) != "RESOURCE_ALREADY_EXISTS":  # created by a concurrent call
             raise
         return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
@@ -380,7 +253,7 @@ def log_model(
         weights_sha256 = write_model_files(model, factory, folder)["weights_sha256"]
         version_tags = {"interp_audit.factory": factory, "interp_audit.weights_sha256": weights_sha256}
         version_tags.update({str(key): str(value) for key, value in (tags or {}).items()})
-        with _client(tracking_uri) as client:
+        with mlflow_client(tracking_uri) as client:
             run = client.create_run(
                 _experiment_id(client, tracking_uri), run_name=f"log_model {name}", tags={"interp_audit.model": name}
             )
@@ -395,7 +268,7 @@ def log_model(
                 try:
                     client.create_registered_model(name)
                 except Exception as exc:
-                    if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                    if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                         raise
             created = client.create_model_version(name, f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id, tags=version_tags)
             return str(created.version)
@@ -410,7 +283,7 @@ def write_back(
     version = str(version)
     if not version.isdigit():
         raise SpecError(f"write_back: version must be a version number (got {version!r}); resolve it first")
-    with _client(tracking_uri) as client:
+    with mlflow_client(tracking_uri) as client:
         _check_version_exists(client, tracking_uri, name, version)
         for key, value in ((TAG_STATUS, status), (TAG_RUN_ID, run_id), (TAG_REPORT, report)):
             client.set_model_version_tag(name, version, key, str(value))
@@ -419,9 +292,9 @@ def write_back(
             try:
                 client.set_registered_model_alias(name, alias, version)
             except Exception as exc:
-                if _error_code(exc) != "INVALID_PARAMETER_VALUE":
+                if error_code(exc) != "INVALID_PARAMETER_VALUE":
                     raise
                 raise SpecError(
-                    f"alias: MLflow rejects the alias '{alias}' ({_first_line(exc, 200)}); use "
+                    f"alias: MLflow rejects the alias '{alias}' ({first_line(exc, 200)}); use "
                     f"letters, digits, '_' and '-', not 'latest' or 'v<number>'"
                 ) from None

@@ -155,18 +155,23 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(partial, path)
 
 
+def _hyperparameters(table: dict[str, dict], name: str, what: str) -> dict:
+    if name not in table:
+        raise ValueError(f"{what} {name!r} is unknown; use one of {sorted(table)}")
+    return table[name]
+
+
 def _train_or_load(
     stem: str,
     out_dir: Path,
     identity: dict,
-    seed: int,
-    max_threads: int,
     fit: Callable[[], nn.Module],
     score: Callable[[nn.Module], tuple[float, float | None]],
+    max_threads: int = MAX_THREADS,
 ) -> DemoModel:
     """The cached result when nothing it depends on has changed (``identity``, the code and the data); otherwise
-    ``fit`` trains the model under deterministic kernels seeded with ``seed``, ``score`` gives its validation
-    accuracy (and its accuracy without the patch, where there is one), and both are saved as
+    ``fit`` trains the model under deterministic kernels seeded with ``identity["seed"]``, ``score`` gives its
+    validation accuracy (and its accuracy without the patch, where there is one), and both are saved as
     ``out_dir/<stem>.safetensors`` with a ``.json`` sidecar."""
     weights_path, metrics_path = _paths(stem, out_dir)
     key = _content_key(identity)
@@ -175,7 +180,7 @@ def _train_or_load(
         return cached
 
     with _deterministic_cpu(max_threads):
-        torch.manual_seed(seed)
+        torch.manual_seed(identity["seed"])
         started = time.perf_counter()
         model = fit()
         train_seconds = time.perf_counter() - started
@@ -212,17 +217,13 @@ def _score_shapes_cnn(model: nn.Module, variant: str, settings: dict, seed: int)
 
 def train_demo_model(variant: Literal["honest", "shortcut"], out_dir: Path, seed: int = 0) -> DemoModel:
     """Train the variant, or return the cached result when nothing it depends on has changed."""
-    if variant not in HYPERPARAMETERS:
-        raise ValueError(f"demo model variant {variant!r} is unknown; use one of {sorted(HYPERPARAMETERS)}")
-    settings = HYPERPARAMETERS[variant]
+    settings = _hyperparameters(HYPERPARAMETERS, variant, "demo model variant")
     return _train_or_load(
         f"shapes_cnn_{variant}",
         out_dir,
-        identity=dict(variant=variant, seed=seed, hyperparameters=settings),
-        seed=seed,
-        max_threads=MAX_THREADS,
-        fit=lambda: _fit_shapes_cnn(variant, settings, seed),
-        score=lambda model: _score_shapes_cnn(model, variant, settings, seed),
+        dict(variant=variant, seed=seed, hyperparameters=settings),
+        lambda: _fit_shapes_cnn(variant, settings, seed),
+        lambda model: _score_shapes_cnn(model, variant, settings, seed),
     )
 
 
@@ -323,23 +324,20 @@ def train_tabular_model(dataset: TabularDataset, out_dir: Path, seed: int = 0) -
 
     Weights go to ``out_dir/tabular_mlp_<dataset>.safetensors``, key and metrics to the ``.json`` beside them.
     """
-    if dataset not in TABULAR_HYPERPARAMETERS:
-        raise ValueError(f"tabular demo data set {dataset!r} is unknown; use one of {sorted(TABULAR_HYPERPARAMETERS)}")
-    settings = TABULAR_HYPERPARAMETERS[dataset]
+    settings = _hyperparameters(TABULAR_HYPERPARAMETERS, dataset, "tabular demo data set")
     return _train_or_load(
         f"tabular_mlp_{dataset}",
         out_dir,
-        identity=dict(
+        dict(
             kind="tabular",
             dataset=dataset,
             seed=seed,
             hyperparameters=settings,
             data=builtin_data.breast_cancer_digest().hex() if dataset == "breast_cancer" else None,
         ),
-        seed=seed,
+        lambda: _fit_tabular_mlp(dataset, settings, seed),
+        lambda model: (tabular_val_accuracy(model, dataset, seed), None),
         max_threads=1,  # faster for so small a model, and the same sums everywhere
-        fit=lambda: _fit_tabular_mlp(dataset, settings, seed),
-        score=lambda model: (tabular_val_accuracy(model, dataset, seed), None),
     )
 
 

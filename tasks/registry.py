@@ -7,6 +7,7 @@ from prefect import task
 
 from interp_audit import registry
 from interp_audit.intake import ModelRef, registry_model, tracking_uri
+from interp_audit.mlflow_connection import RegistryUnavailable
 from interp_audit.spec import MlflowModelSpec
 from tasks import UNCACHED
 
@@ -19,7 +20,7 @@ def _registry_down(_task, _task_run, state) -> bool:
     """Retry only when the registry was unreachable."""
     try:
         state.result()
-    except registry.RegistryUnavailable:
+    except RegistryUnavailable:
         return True
     except Exception:
         return False

@@ -14,10 +14,8 @@ from mlflow import MlflowClient  # noqa: E402
 
 from interp_audit.errors import SpecError  # noqa: E402
 from interp_audit.intake import import_factory  # noqa: E402
+from interp_audit.mlflow_connection import FAIL_FAST_ENV, RegistryUnavailable, default_tracking_uri  # noqa: E402
 from interp_audit.registry import (  # noqa: E402
-    FAIL_FAST_ENV,
-    RegistryUnavailable,
-    default_tracking_uri,
     fetch_model,
     list_versions,
     log_model,

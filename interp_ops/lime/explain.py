@@ -25,28 +25,42 @@ from interp_ops.lime.scores import (
 from interp_ops.lime.surrogate import exponential_kernel, fit_surrogate
 
 
-def check_settings(
-    num_samples: int, kernel_width: float | None, top_k: int, seed: int, stability_seeds: int, heldout_samples: int
-) -> None:
-    """Refuses settings the loop cannot honour before any work is done, naming the parameter and the fix."""
-    problems = [
-        (
-            num_samples < 2,
-            f"num_samples={num_samples} must be >= 2 (the first row is the unperturbed input); "
-            "use the default 1000 or more",
-        ),
-        (
-            kernel_width is not None and not kernel_width > 0,
-            f"kernel_width={kernel_width} must be > 0; use 0.25 for images or leave it None for tables",
-        ),
-        (top_k < 1, f"top_k={top_k} must be >= 1; give how many features to report, e.g. 5"),
-        (seed < 0, f"seed={seed} must be >= 0"),
-        (stability_seeds < 1, f"stability_seeds={stability_seeds} must be >= 1; use 1 to skip the stability score"),
-        (heldout_samples < 0, f"heldout_samples={heldout_samples} must be >= 0; use 0 to skip the held-out R^2"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise LimeInputError(message)
+@dataclass(frozen=True)
+class LoopSettings:
+    """The knobs of the shared loop, checked on construction so bad settings are refused before any work."""
+
+    num_samples: int
+    kernel_width: float
+    top_k: int
+    seed: int
+    stability_seeds: int
+    heldout_samples: int
+
+    def __post_init__(self) -> None:
+        problems = [
+            (
+                self.num_samples < 2,
+                f"num_samples={self.num_samples} must be >= 2 (the first row is the unperturbed input); "
+                "use the default 1000 or more",
+            ),
+            (
+                not self.kernel_width > 0,
+                f"kernel_width={self.kernel_width} must be > 0; use 0.25 for images or leave it None for tables",
+            ),
+            (self.top_k < 1, f"top_k={self.top_k} must be >= 1; give how many features to report, e.g. 5"),
+            (self.seed < 0, f"seed={self.seed} must be >= 0"),
+            (
+                self.stability_seeds < 1,
+                f"stability_seeds={self.stability_seeds} must be >= 1; use 1 to skip the stability score",
+            ),
+            (
+                self.heldout_samples < 0,
+                f"heldout_samples={self.heldout_samples} must be >= 0; use 0 to skip the held-out R^2",
+            ),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise LimeInputError(message)
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -101,17 +115,12 @@ def explain_samples(
     perturbation: Perturbation,
     inputs: np.ndarray,
     labels: list[list[int]] | None,
-    *,
+    settings: LoopSettings,
     sample_keys: Sequence[int] | None,
-    num_samples: int,
-    kernel_width: float,
-    top_k: int,
-    seed: int,
-    stability_seeds: int,
-    heldout_samples: int,
 ) -> list[Fit]:
     """One Fit per sample of inputs (N, *input_shape): its surrogate, fitted on the first seed's
     neighbourhood, and its scores; the other stability_seeds - 1 seeds serve only the stability score."""
+    num_samples, seed, stability_seeds = settings.num_samples, settings.seed, settings.stability_seeds
     input_shape = inputs.shape[1:]
     keys = list(range(len(inputs))) if sample_keys is None else [int(key) for key in sample_keys]
     if len(keys) != len(inputs) or min(keys, default=0) < 0:
@@ -121,7 +130,7 @@ def explain_samples(
         )
     probabilities = predict_in_batches(predict, [GivenRows(inputs)], input_shape, batch_size)[0]
     labels = _resolve_labels(labels, probabilities)
-    rows = num_samples + heldout_samples
+    rows = num_samples + settings.heldout_samples
     runs = [
         [
             perturbation.neighbourhood(index, np.random.default_rng([seed + run, keys[index]]), rows)
@@ -137,7 +146,7 @@ def explain_samples(
                 fit_surrogate(
                     hood.binary,
                     predicted[run * len(inputs) + index][:, labels[index]],
-                    exponential_kernel(perturbation.distance(hood.binary), kernel_width),
+                    exponential_kernel(perturbation.distance(hood.binary), settings.kernel_width),
                     num_samples,
                 )
                 for index, hood in enumerate(hoods)
@@ -154,7 +163,7 @@ def explain_samples(
         sample_labels = labels[index]
         stability = None
         if stability_seeds > 1:
-            stability = top_k_stability([run[index][0] for run in surrogates], top_k)
+            stability = top_k_stability([run[index][0] for run in surrogates], settings.top_k)
         deletion_auc, insertion_auc = deletion_insertion_auc(curves[index], curve_masks[index], sample_labels)
         fits.append(
             Fit(

@@ -18,7 +18,7 @@ import numpy as np
 from interp_ops.images import png_bytes
 from interp_ops.lime.batching import Predict
 from interp_ops.lime.errors import LimeInputError
-from interp_ops.lime.explain import check_batch_size, check_settings, explain_samples
+from interp_ops.lime.explain import LoopSettings, check_batch_size, explain_samples
 from interp_ops.lime.perturb import Neighbourhood, cosine_distance_to_all_on
 from interp_ops.lime.tables import LimeResult, table_rows
 
@@ -198,7 +198,7 @@ class ImageLime:
 
         Segmentation runs in threads on every core, so a custom segmentation must be thread-safe.
         """
-        check_settings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
+        settings = LoopSettings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
         x = np.ascontiguousarray(x, dtype=np.float32)
         display = np.asarray(display)
         display = display[..., None] if display.ndim == 3 else display
@@ -225,29 +225,14 @@ class ImageLime:
         images = SegmentedImages(
             sources, fills, [_PixelRuns.of(index) for index in segment_of_pixel], [len(names) for names in ids]
         )
-        fits = explain_samples(
-            self.predict,
-            self.batch_size,
-            images,
-            x,
-            labels,
-            sample_keys=sample_keys,
-            num_samples=num_samples,
-            kernel_width=kernel_width,
-            top_k=top_k,
-            seed=seed,
-            stability_seeds=stability_seeds,
-            heldout_samples=heldout_samples,
-        )
+        fits = explain_samples(self.predict, self.batch_size, images, x, labels, settings, sample_keys)
         area_fractions = [np.bincount(index) / pixels for index in segment_of_pixel]
         height, width = x.shape[2:]
         flat_maps = [segment_map.astype(np.int64).ravel() for segment_map in segment_maps]
         explanations, attributions = table_rows(
             fits,
             [[str(segment) for segment in names] for names in ids],
-            top_k=top_k,
-            kernel_width=kernel_width,
-            num_samples=num_samples,
+            settings,
             explanation_extra=lambda i, top: {
                 "overlay_png": overlay_png(display[i], segment_maps[i], ids[i][top]),
                 "segments": flat_maps[i],

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from interp_ops.lime.explain import Fit
+from interp_ops.lime.explain import Fit, LoopSettings
 from interp_ops.lime.scores import attribution_order
 
 
@@ -36,10 +36,8 @@ class LimeResult:
 def table_rows(
     fits: list[Fit],
     features: list[Sequence],
+    settings: LoopSettings,
     *,
-    top_k: int,
-    kernel_width: float,
-    num_samples: int,
     explanation_extra: Callable[[int, np.ndarray], dict],
     attribution_extra: Callable[[int, int], dict],
     by_magnitude: bool = False,
@@ -56,7 +54,7 @@ def table_rows(
         for row, label in enumerate(fit.labels):
             weights = fit.coef[row : row + 1]
             order = attribution_order(np.abs(weights) if by_magnitude else weights)[0]
-            top = order[: min(top_k, len(order))]
+            top = order[: min(settings.top_k, len(order))]
             local_prediction = float(fit.intercept[row] + fit.coef[row].sum())
             explanations.append(
                 {
@@ -71,8 +69,8 @@ def table_rows(
                     "stability": None if fit.stability is None else float(fit.stability[row]),
                     "deletion_auc": float(fit.deletion_auc[row]),
                     "insertion_auc": float(fit.insertion_auc[row]),
-                    "kernel_width": float(kernel_width),
-                    "num_samples": num_samples,
+                    "kernel_width": float(settings.kernel_width),
+                    "num_samples": settings.num_samples,
                     "num_features": len(order),
                     "top_features": [names[f] for f in top],
                     **explanation_extra(index, top),

@@ -10,7 +10,7 @@ import numpy as np
 
 from interp_ops.lime.batching import GivenRows, Predict
 from interp_ops.lime.errors import LimeInputError
-from interp_ops.lime.explain import check_batch_size, check_settings, explain_samples
+from interp_ops.lime.explain import LoopSettings, check_batch_size, explain_samples
 from interp_ops.lime.perturb import Neighbourhood, euclidean_distance_to_all_on
 from interp_ops.lime.tables import LimeResult, table_rows
 
@@ -148,35 +148,22 @@ class TabularLime:
         sample_keys: Sequence[int] | None = None,
     ) -> LimeResult:
         """Explain each row (N, D) for its labels; kernel_width None means lime's 0.75 * sqrt(D)."""
-        check_settings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
+        width = 0.75 * np.sqrt(len(self.feature_names)) if kernel_width is None else kernel_width
+        settings = LoopSettings(num_samples, width, top_k, seed, stability_seeds, heldout_samples)
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
             raise LimeInputError(
                 f"rows have shape {rows.shape}; give (N, {len(self.feature_names)}) like training_data"
             )
-        width = 0.75 * np.sqrt(rows.shape[1]) if kernel_width is None else kernel_width
         binned = BinnedRows(self.bins, rows, self.bins.bin_of(rows), self.training_mean)
         fits = explain_samples(
-            self.predict,
-            self.batch_size,
-            binned,
-            rows.astype(np.float32),
-            labels,
-            sample_keys=sample_keys,
-            num_samples=num_samples,
-            kernel_width=width,
-            top_k=top_k,
-            seed=seed,
-            stability_seeds=stability_seeds,
-            heldout_samples=heldout_samples,
+            self.predict, self.batch_size, binned, rows.astype(np.float32), labels, settings, sample_keys
         )
         return LimeResult(
             *table_rows(
                 fits,
                 [self.feature_names] * len(rows),
-                top_k=top_k,
-                kernel_width=width,
-                num_samples=num_samples,
+                settings,
                 explanation_extra=lambda i, top: {},
                 attribution_extra=lambda i, f: {"bin": self.bins.names[f][binned.instance_bins[i, f]]},
                 by_magnitude=True,

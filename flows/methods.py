@@ -1,0 +1,157 @@
+"""How the audit's methods fan out: every method's tasks submitted at once, their rows gathered as tables."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+import data_contracts
+from interp_audit import progress
+from interp_audit.preflight import lime_labels, lime_sample_indices
+from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
+from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
+from tasks.inference import check_parity, predict
+from tasks.lime import explain_with_lime
+
+
+def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str], run_id: str) -> dict[str, pa.Table]:
+    """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
+    spec = loaded.spec
+    # torch.export switches oneDNN off for the whole process while it traces, so torch compute running beside an
+    # export (parity, renders) would use other kernels, and its floats would depend on timing: it waits for them.
+    baseline_export = (
+        export_random_baseline.submit(
+            checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
+        )
+        if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
+        else None
+    )
+    exports = [baseline_export] if baseline_export is not None else []
+    predictions = predict.submit(onnx_bytes, inputs, checked.device)
+    parity = (
+        check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device, wait_for=exports)
+        if checked.model.source == "torch"
+        else None
+    )
+    lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
+    actmax = submit_actmax(spec, inputs, onnx_bytes, checked, exports) if "activation_max" in methods else None
+    dissected = submit_dissection(loaded, onnx_bytes, checked, baseline_export) if "dissection" in methods else None
+
+    rows = {"predictions": predictions.result()}
+    if lime_batches:
+        explanations, attributions = zip(*resolved(lime_batches))
+        rows["lime_explanations"] = [row for batch in explanations for row in batch]
+        rows["lime_attributions"] = [row for batch in attributions for row in batch]
+        progress.step(f"LIME: {len(rows['lime_explanations'])} explanations")
+    if actmax is not None:
+        renders, exemplars = actmax
+        rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(
+            resolved(renders), exemplars.result(), inputs, spec.model.input
+        )
+        above = sum(row["final_activation"] >= row["dataset_max"] for row in rows["actmax_units"])
+        progress.step(
+            f"activation maximization: {len(rows['actmax_units'])} renders, {above} drive their unit "
+            "past every dataset image"
+        )
+    if dissected is not None:
+        rows |= dissection_rows(loaded, *dissected)
+        progress.step(
+            f"dissection: {sum(r['is_detector'] for r in rows['dissection_units'])} detectors among "
+            f"{len(rows['dissection_units'])} units"
+        )
+    if parity is not None:
+        rows["onnx_parity"] = parity.result()
+        progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
+    return {name: data_contracts.run_table(name, run_id, table) for name, table in rows.items()}
+
+
+def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
+    """One LIME task per batch of samples, all submitted at once."""
+    params = spec.ops.lime
+    indices = lime_sample_indices(params, inputs.ids)
+    labels = lime_labels(params, inputs.class_names, checked.num_classes)
+    futures = []
+    for start in range(0, len(indices), params.samples_per_task):
+        batch = indices[start : start + params.samples_per_task]
+        futures.append(
+            explain_with_lime.submit(
+                onnx_bytes,
+                inputs.x[batch],
+                sample_ids=[inputs.ids[i] for i in batch],
+                sample_keys=batch,
+                labels=labels,
+                settings=params.explainer_settings(),
+                input_spec=spec.model.input,
+                seed=spec.seed,
+                device=checked.device,
+                class_names=inputs.class_names,
+                training_data=inputs.x if inputs.x.ndim == 2 else None,
+                feature_names=inputs.feature_names,
+            )
+        )
+    return futures
+
+
+def submit_actmax(spec, inputs, onnx_bytes: bytes, checked, exports: list) -> tuple[list, object]:
+    """One render task per layer and batch of units (once the torch ``exports`` are done), and one exemplar pass
+    over the data, all at once."""
+    params = spec.ops.activation_max
+    exemplars = find_exemplars.submit(
+        onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective, checked.device
+    )
+    renders = [
+        render_unit_batch.submit(
+            checked.model,
+            layer,
+            units[start : start + params.batch_units],
+            settings=params.render_settings(),
+            input_spec=spec.model.input,
+            seed=spec.seed,
+            device=checked.device,
+            wait_for=exports,
+        )
+        for layer, units in checked.actmax_units.items()
+        for start in range(0, len(units), params.batch_units)
+    ]
+    return renders, exemplars
+
+
+def submit_dissection(loaded, onnx_bytes: bytes, checked, baseline_export) -> tuple[list, list | None]:
+    """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
+    here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
+    spec, params = loaded.spec, loaded.spec.ops.dissection
+    concept_pass = dict(
+        concepts_uri=params.concepts,
+        base_dir=str(loaded.base_dir),
+        concepts_fingerprint=checked.concepts_fingerprint,
+        quantile=params.quantile,
+        batch_size=params.batch_size,
+        input_spec=spec.model.input,
+        seed=spec.seed,
+        device=checked.device,
+    )
+    results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
+    baselines = None
+    if baseline_export is not None:
+        baseline_bytes = baseline_export.result()
+        baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
+    return results, baselines
+
+
+def dissection_rows(loaded, results: list, baselines: list | None) -> dict[str, list[dict]]:
+    """The three dissection tables, from the layers' results once every one has finished. A failed layer (a mask
+    holding an unknown label: bad input) raises its own error here; handing the futures on to the tables task
+    would raise only Prefect's UnfinishedRun of that task, and exit 3 instead of 2."""
+    params = loaded.spec.ops.dissection
+    return dissection_tables(
+        resolved(results),
+        None if baselines is None else resolved(baselines),
+        params.concepts,
+        str(loaded.base_dir),
+        loaded.spec.seed,
+        params.iou_threshold,
+    )
+
+
+def resolved(futures: list) -> list:
+    """The results of task futures, in order; the first failure is raised as the task's own exception."""
+    return [future.result() for future in futures]
