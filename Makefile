@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint browser clean
+.PHONY: install demo test test-assets lint browser clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
+
+# The trained demo models the tests audit (tests/assets/shipped_models.py); a test says when they are stale
+test-assets: $(STAMP)
+	$(PY) tests/assets/shipped_models.py
 
 # ruff (line length 120, rules in pyproject.toml): lint and formatting are checked before the tests run
 lint: $(STAMP)

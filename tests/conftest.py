@@ -49,14 +49,15 @@ def session_dir(tmp_path_factory, worker_id) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(session_dir):
-    """The real image demo models (honest, shortcut), trained once per session (about 35 s on two cores) by the
-    first worker that needs them; the others wait for it and read its cache."""
+    """The real image demo models (honest, shortcut): the shipped ones (tests/assets/shipped_models.py), or, when
+    the code changed since they were trained, trained once per session by the first worker that needs them."""
     from filelock import FileLock
+    from shipped_models import copy_shipped
 
     from interp_ops.demo_models import ensure_demo_models
 
     with FileLock(session_dir / "demo-models.lock"):
-        return ensure_demo_models(session_dir / "demo-models")
+        return ensure_demo_models(copy_shipped(session_dir / "demo-models"))
 
 
 @pytest.fixture(scope="session")

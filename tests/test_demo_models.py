@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from shipped_models import RESEEDED, copy_shipped
 
 from interp_ops import builtin_data, demo_models, onnx_bundle
 from interp_ops.datasets import load_samples, to_model_input
@@ -112,6 +113,15 @@ def test_real_models_come_from_the_cache_the_second_time(trained, training_calls
     assert again == trained
     assert training_calls == []
     assert weights.stat().st_mtime_ns == modified
+
+
+def test_the_shipped_models_are_the_current_codes(tmp_path, training_calls):
+    """The tests audit shipped weights (tests/assets/shipped_models.py): they must be what the current data, model
+    and training code give, or the tests would prove an older model."""
+    current = ensure_demo_models(copy_shipped(tmp_path / "seed0"))
+    reseeded = train_demo_model("honest", copy_shipped(tmp_path / "reseeded", RESEEDED), seed=RESEEDED)
+    assert training_calls == [], "the shipped models are stale: run `make test-assets` and commit them"
+    assert current["honest"].cache_key != reseeded.cache_key
 
 
 def test_training_is_deterministic_and_restores_torch_settings(tmp_path, tiny_settings, training_calls):
