@@ -22,6 +22,7 @@ from rich.markup import escape
 import data_contracts
 from flows.methods import method_tables
 from flows.review import wait_for_sign_off
+from flows.runners import Runner, RunnerChoice
 from interp_audit import progress
 from interp_audit.errors import AuditError
 from interp_audit.inputs import data_sha256
@@ -142,6 +143,24 @@ def audit(
     tables |= record_tables(run_id, run_row, verdict)
     location = publish_report(store_uri, run_id, spec.model.name, version, tables)
     return conclude(spec, store_uri, version, run_id, location, verdict)
+
+
+@flow(name="interp-audit-on-runner", validate_parameters=True)
+def audit_on_runner(
+    spec_path: str,
+    store: str | None = None,
+    only: list[str] | None = None,
+    device: str = "auto",
+    version: str | None = None,
+    runner: Runner = Runner.thread,
+    ray_address: str | None = None,
+    gpus_per_task: float | None = None,
+) -> dict:
+    """The audit as a deployment whose parameters choose its runner (deployments/prefect.yaml): a flow's task
+    runner is fixed before it starts, so the audit runs as this flow's subflow, on the runner they name."""
+    return RunnerChoice(runner, ray_address, gpus_per_task).applied_to(audit)(
+        spec_path=spec_path, store=store, only=only, device=device, version=version
+    )
 
 
 def checked_spec(spec_path: str, store: str | None, device: str, version: str | None):

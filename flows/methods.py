@@ -1,10 +1,14 @@
-"""How the audit's methods fan out: every method's tasks submitted at once, their rows gathered as tables."""
+"""How the audit's methods fan out: every method's tasks submitted at once, their rows gathered as tables.
+
+Every task submitted here is GPU-bound (it runs the model) but the random-init baseline's export, which is torch
+export on the CPU: ``task_resources`` turns that into what each asks a Ray cluster for."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
 import data_contracts
+from flows.runners import task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
@@ -18,23 +22,25 @@ def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str]
     spec = loaded.spec
     # torch.export switches oneDNN off for the whole process while it traces, so torch compute running beside an
     # export (parity, renders) would use other kernels, and its floats would depend on timing: it waits for them.
-    baseline_export = (
-        export_random_baseline.submit(
-            checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
+    with task_resources(gpu=False):
+        baseline_export = (
+            export_random_baseline.submit(
+                checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
+            )
+            if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
+            else None
         )
-        if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
-        else None
-    )
     exports = [baseline_export] if baseline_export is not None else []
-    predictions = predict.submit(onnx_bytes, inputs, checked.device)
-    parity = (
-        check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device, wait_for=exports)
-        if checked.model.source == "torch"
-        else None
-    )
-    lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
-    actmax = submit_actmax(spec, inputs, onnx_bytes, checked, exports) if "activation_max" in methods else None
-    dissected = submit_dissection(loaded, onnx_bytes, checked, baseline_export) if "dissection" in methods else None
+    with task_resources(gpu=True):
+        predictions = predict.submit(onnx_bytes, inputs, checked.device)
+        parity = (
+            check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device, wait_for=exports)
+            if checked.model.source == "torch"
+            else None
+        )
+        lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
+        actmax = submit_actmax(spec, inputs, onnx_bytes, checked, exports) if "activation_max" in methods else None
+        dissected = submit_dissection(loaded, onnx_bytes, checked, baseline_export) if "dissection" in methods else None
 
     rows = {"predictions": predictions.result()}
     if lime_batches:

@@ -19,6 +19,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.events import DeploymentEventTrigger, emit_event
 
 from flows.audit import audit
+from flows.runners import Runner, RunnerChoice
 from interp_audit import progress
 from interp_audit.errors import SpecError
 from interp_audit.report import list_runs
@@ -61,8 +62,17 @@ def key_lock(key: str):
 
 
 @flow(name="interp-audit-registry-version")
-def audit_registered_version(spec_path: str, version: str, store: str | None = None, device: str = "auto") -> dict:
-    """Audit one registered version unless this spec already audited it; returns that run's summary."""
+def audit_registered_version(
+    spec_path: str,
+    version: str,
+    store: str | None = None,
+    device: str = "auto",
+    runner: Runner = Runner.thread,
+    ray_address: str | None = None,
+    gpus_per_task: float | None = None,
+) -> dict:
+    """Audit one registered version unless this spec already audited it, on the runner named (flows/runners.py);
+    returns that run's summary."""
     loaded = with_model_version(_registry_spec(spec_path), version)
     spec = loaded.spec
     store_uri = store or spec.report.store
@@ -71,7 +81,8 @@ def audit_registered_version(spec_path: str, version: str, store: str | None = N
         if done is not None:
             progress.step(f"{spec.model.name} v{version} was already audited with this spec (run {done['run_id']})")
             return {"run_id": done["run_id"], "status": done["status"], "skipped": True}
-        return audit(spec_path=spec_path, store=store, device=device, version=version)
+        on = RunnerChoice(runner, ray_address, gpus_per_task)
+        return on.applied_to(audit)(spec_path=spec_path, store=store, device=device, version=version)
 
 
 @flow(name="interp-audit-watch", persist_result=True)
@@ -114,8 +125,11 @@ def _watermark(model_name: str, spec_sha256: str, versions: list[str]) -> int:
     return watermark
 
 
-def registry_deployments(loaded: LoadedSpec, spec_path: Path, store: str | None, interval_seconds: int):
-    """The watcher on an interval, and the per-version audit with a trigger on the watcher's events."""
+def registry_deployments(
+    loaded: LoadedSpec, spec_path: Path, store: str | None, interval_seconds: int, on: RunnerChoice
+):
+    """The watcher on an interval, and the per-version audit with a trigger on the watcher's events; ``on``: the
+    runner of the audits (parameters of the per-version flow)."""
     name = loaded.spec.name
     watcher = watch_registry.to_deployment(
         name=f"{name}-watch",
@@ -127,19 +141,26 @@ def registry_deployments(loaded: LoadedSpec, spec_path: Path, store: str | None,
     trigger = DeploymentEventTrigger(
         expect={EVENT},
         match={"interp_audit.spec": loaded.sha256[:16]},
-        parameters={"spec_path": str(spec_path), "store": store, "version": "{{ event.payload.version }}"},
+        parameters={
+            "spec_path": str(spec_path),
+            "store": store,
+            "version": "{{ event.payload.version }}",
+            **on.parameters(),
+        },
     )
     auditor = audit_registered_version.to_deployment(
         name=name,
         triggers=[trigger],
         tags=["interp-audit"],
-        parameters={"spec_path": str(spec_path), "store": store},
+        parameters={"spec_path": str(spec_path), "store": store, **on.parameters()},
         description=f"audits each new version of {loaded.spec.model.name} once",
     )
     return watcher, auditor
 
 
-def serve_watch(loaded: LoadedSpec, spec_path: Path, store: str | None, interval_seconds: int) -> None:
+def serve_watch(
+    loaded: LoadedSpec, spec_path: Path, store: str | None, interval_seconds: int, on: RunnerChoice
+) -> None:
     from prefect import serve
 
-    serve(*registry_deployments(loaded, spec_path, store, interval_seconds))
+    serve(*registry_deployments(loaded, spec_path, store, interval_seconds, on))

@@ -205,11 +205,13 @@ def session_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(onnx_bytes: bytes, device: str):
+def make_session(onnx_bytes: bytes, device: str, intra_op_threads: int = 0):
+    """``intra_op_threads``: 0 lets ONNX Runtime choose (a thread per physical core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = intra_op_threads
     try:
         return ort.InferenceSession(onnx_bytes, sess_options=options, providers=session_providers(device))
     except Exception as exc:

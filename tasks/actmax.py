@@ -14,7 +14,7 @@ from interp_ops import actmax, onnx_bundle
 from interp_ops.datasets import to_display
 from interp_ops.images import png_bytes
 from tasks import CACHED
-from tasks.gpu import gpu_slot
+from tasks.gpu import compute_share
 
 
 @task(name="actmax-render", **CACHED)
@@ -24,7 +24,7 @@ def render_unit_batch(
     """Renders of ``units`` of ``layer``, optimised as one batch; each unit's seed does not depend on the batch.
     ``settings``: ``ActivationMaxSpec.render_settings``, passed on to the renderer as they are."""
     torch_model = build_torch_model(model)
-    with gpu_slot(device):
+    with compute_share(device):
         try:
             return actmax.render_units(
                 torch_model,
@@ -47,8 +47,8 @@ def find_exemplars(
     onnx_bytes: bytes, inputs: ModelInputs, units: dict[str, list[int]], k: int, objective: str, device: str
 ) -> dict[str, actmax.Exemplars]:
     """The k most activating samples per unit, streamed through the audit's ONNX graph."""
-    with gpu_slot(device):
-        session = onnx_bundle.make_session(onnx_bytes, device)
+    with compute_share(device) as threads:
+        session = onnx_bundle.make_session(onnx_bytes, device, threads)
         return actmax.top_exemplars(
             session, inputs.x, list(units), units, k=min(k, len(inputs.ids)), objective=objective
         )

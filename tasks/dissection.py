@@ -14,7 +14,7 @@ from interp_audit.spec import InputSpec
 from interp_ops import dissection, onnx_bundle
 from interp_ops.concepts import ConceptDataError, ConceptSet
 from tasks import CACHED, cached
-from tasks.gpu import gpu_slot
+from tasks.gpu import compute_share
 
 
 def _concepts(uri: str, base_dir: str, seed: int) -> ConceptSet:
@@ -53,10 +53,10 @@ def dissect_layer(
 ) -> dissection.DissectionResult:
     """IoU of every unit of ``layer`` with every concept; ``concepts_fingerprint`` keys the cache on their content."""
     concepts = _concepts(concepts_uri, base_dir, seed)
-    with gpu_slot(device):
+    with compute_share(device) as threads:
         try:
             return dissection.dissect(
-                onnx_bundle.make_session(onnx_bytes, device),
+                onnx_bundle.make_session(onnx_bytes, device, threads),
                 concepts,
                 [layer],
                 input_shape=input_spec.shape,

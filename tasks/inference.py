@@ -9,23 +9,23 @@ from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_ops import onnx_bundle
 from tasks import CACHED, UNCACHED
-from tasks.gpu import gpu_slot
+from tasks.gpu import compute_share
 
 
 @task(name="onnx-parity", **CACHED)
 def check_parity(model: ModelRef, onnx_bytes: bytes, inputs: ModelInputs, layers: list[str], device: str) -> list[dict]:
     """Max abs/rel diff and argmax agreement between torch and ONNX Runtime, per output."""
-    with gpu_slot(device):
+    with compute_share(device) as threads:
         reference = onnx_bundle.run_torch(build_torch_model(model), inputs.x, layers, device)
-        candidate = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device), inputs.x)
+        candidate = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)
     return onnx_bundle.parity_rows(reference, candidate)
 
 
 @task(name="predict", **CACHED)
 def predict(onnx_bytes: bytes, inputs: ModelInputs, device: str) -> list[dict]:
     """The model's decision on every sample, through the same ONNX graph the methods use."""
-    with gpu_slot(device):
-        logits = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device), inputs.x)["logits"]
+    with compute_share(device) as threads:
+        logits = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)["logits"]
     probabilities = onnx_bundle.softmax(logits.astype(np.float64))
     predicted = probabilities.argmax(axis=1)
     names = inputs.class_names

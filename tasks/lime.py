@@ -10,11 +10,11 @@ from interp_audit.spec import InputSpec
 from interp_ops import lime, onnx_bundle
 from interp_ops.datasets import to_display
 from tasks import CACHED
-from tasks.gpu import gpu_slot
+from tasks.gpu import compute_share
 
 
-def _predict(onnx_bytes: bytes, device: str) -> lime.Predict:
-    session = onnx_bundle.make_session(onnx_bytes, device)
+def _predict(onnx_bytes: bytes, device: str, threads: int) -> lime.Predict:
+    session = onnx_bundle.make_session(onnx_bytes, device, threads)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return onnx_bundle.softmax(onnx_bundle.run_session(session, batch, batch_size=len(batch))["logits"])
@@ -48,8 +48,8 @@ def explain_with_lime(
         stability_seeds=settings["stability_seeds"],
         heldout_samples=settings["heldout_samples"],
     )
-    with gpu_slot(device):
-        predict = _predict(onnx_bytes, device)
+    with compute_share(device) as threads:
+        predict = _predict(onnx_bytes, device, threads)
         try:
             if x.ndim == 4:
                 segmentation = lime.Segmentation(**settings["segmentation"])

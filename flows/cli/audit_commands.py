@@ -14,10 +14,14 @@ from flows.cli.options import (
     EXIT_PASSED,
     Device,
     DeviceOpt,
+    GpusPerTaskOpt,
+    RayAddressOpt,
+    RunnerOpt,
     SpecArg,
     StoreOpt,
     exits,
 )
+from flows.runners import Runner, RunnerChoice
 from interp_audit.errors import SpecError
 from interp_audit.progress import console
 
@@ -43,14 +47,17 @@ def run(
     store: StoreOpt = None,
     only: Annotated[str | None, typer.Option(help="Comma-separated methods to run, e.g. lime,activation_max.")] = None,
     device: DeviceOpt = Device.auto,
+    runner: RunnerOpt = Runner.thread,
+    ray_address: RayAddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
 ) -> None:
     """Run an audit as a Prefect flow and publish its report (exit 0 passed, 1 failed contracts or gates)."""
     selected = [name.strip() for name in only.split(",") if name.strip()] if only else None
-    summary = _run_audit(spec, store, selected, device.value)
+    summary = _run_audit(spec, store, selected, device.value, RunnerChoice(runner, ray_address, gpus_per_task))
     raise typer.Exit(EXIT_PASSED if summary["status"] == "passed" else EXIT_FAILED)
 
 
-def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: str) -> dict:
+def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: str, on: RunnerChoice) -> dict:
     from interp_audit.preflight import preflight
     from interp_audit.spec import load_spec
     from interp_audit.store import ReportStore
@@ -66,7 +73,7 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
     from flows.prefect_api import prefect_api
 
     with prefect_api():
-        summary = audit(spec_path=str(spec.resolve()), store=store, only=only, device=device)
+        summary = on.applied_to(audit)(spec_path=str(spec.resolve()), store=store, only=only, device=device)
     colour = "green" if summary["status"] == "passed" else "red"
     failed_gates = f" ({', '.join(summary['failed_gates'])})" if summary["failed_gates"] else ""
     console.print(
@@ -89,7 +96,13 @@ def _check_reviewer_can_reach(spec) -> None:
 
 
 @exits
-def schedule(spec: SpecArg, store: StoreOpt = None) -> None:
+def schedule(
+    spec: SpecArg,
+    store: StoreOpt = None,
+    runner: RunnerOpt = Runner.thread,
+    ray_address: RayAddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
+) -> None:
     """Serve the audit as a Prefect deployment on the spec's cron schedule (runs until stopped)."""
     from interp_audit.preflight import preflight
     from interp_audit.spec import load_spec
@@ -102,7 +115,7 @@ def schedule(spec: SpecArg, store: StoreOpt = None) -> None:
     from flows.schedule import serve_audit
 
     with prefect_api():
-        serve_audit(loaded, spec.resolve(), store)
+        serve_audit(loaded, spec.resolve(), store, RunnerChoice(runner, ray_address, gpus_per_task))
 
 
 @exits
@@ -110,6 +123,9 @@ def watch(
     spec: SpecArg,
     store: StoreOpt = None,
     interval: Annotated[int, typer.Option(help="Seconds between looks at the registry.", min=5)] = 60,
+    runner: RunnerOpt = Runner.thread,
+    ray_address: RayAddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
 ) -> None:
     """Audit every new version of the spec's MLflow model once, and tag it with the verdict (runs until stopped).
 
@@ -129,7 +145,7 @@ def watch(
     from flows.registry import serve_watch
 
     with prefect_api():
-        serve_watch(loaded, spec.resolve(), store, interval)
+        serve_watch(loaded, spec.resolve(), store, interval, RunnerChoice(runner, ray_address, gpus_per_task))
 
 
 def spec_schema() -> None:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from flows.runners import Runner
 from interp_audit.errors import AuditError, SpecError
 from interp_audit.progress import console
 
@@ -25,6 +26,35 @@ class Device(str, enum.Enum):
 
 
 DeviceOpt = Annotated[Device, typer.Option(help="Where the model runs; auto picks CUDA when present.")]
+
+RunnerOpt = Annotated[
+    Runner,
+    typer.Option(
+        envvar="INTERP_AUDIT_RUNNER",
+        help="Where the audit's tasks run: thread (a thread pool in this process) or ray (a Ray cluster; "
+        "README, 'On a cluster'). Only how: the spec, its hash and the tables stay the same.",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="With --runner ray: the cluster to join (host:6379, ray://host:10001, or auto for the one `ray start "
+        "--head` started here); without it, a local Ray is started for the command and stopped with it.",
+        show_default=False,
+    ),
+]
+GpusPerTaskOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-task",
+        min=0,
+        help="With --runner ray: the GPUs each GPU-bound task (LIME batch, render batch, exemplar, dissection, "
+        "predictions, parity) asks Ray for; a fraction shares a GPU. Default: 1 where the cluster has GPUs, else 0.",
+        show_default=False,
+    ),
+]
 
 SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Report store path or URI (default: the spec's).")]

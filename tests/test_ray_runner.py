@@ -1,0 +1,208 @@
+"""The audit's tasks on Ray (issue 16): `interp-audit run --runner ray` on a real local two-node Ray cluster.
+
+Ray's resources are logical: the second node declares a GPU this machine does not have, and that is all Ray's
+scheduler needs to place the GPU-share tasks there (they then compute on the CPU, as `device: auto` does here).
+The tests start the cluster and stop it, and check that a run without --ray-address stops the Ray it started.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+import yaml
+from conftest import store_is_empty
+from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from typer.testing import CliRunner
+
+from flows.cli import app
+from interp_audit import report
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+runner = CliRunner()
+
+ROOT = Path(__file__).resolve().parent.parent
+OBJECT_STORE_BYTES = 80 * 1024**2  # Ray's minimum; the demo's arrays are a few MB
+GPU_TASKS = {"predict", "onnx-parity", "lime", "actmax-render", "actmax-exemplars", "dissection"}
+IGNORED_COLUMNS = {"run_id", "started_at", "finished_at"}  # each run's own; everything else must agree
+ACTMAX_RTOL = 2e-3  # test_actmax_ops: float32 renders differ by up to 1.6e-3 relative with how torch rounds
+
+
+def cli(*args, env=None):
+    result = runner.invoke(app, [str(a) for a in args], env=env)
+    return result.exit_code, " ".join(result.output.split())
+
+
+def small_spec(tmp_path: Path, weights: Path, name: str) -> Path:
+    """The demo spec made small, with more than one task per method (2 LIME batches, 2 render batches, 2
+    dissection layers and their random-init baseline) so that tasks could run side by side."""
+    spec = yaml.safe_load((ROOT / "deployments/specs/shapes-demo.yaml").read_text())
+    spec["model"]["weights"] = str(weights)
+    spec["data"] = "builtin:shapes?split=val&n=8"
+    spec["ops"]["lime"].update(samples=4, samples_per_task=2, num_samples=200, stability_seeds=1, heldout_samples=50)
+    spec["ops"]["activation_max"].update(units="first:4", batch_units=2, steps=8, exemplars=2)
+    spec["ops"]["dissection"]["concepts"] = "builtin:concepts?n=40"
+    spec["contracts"] = {"onnx.max_abs_diff": 1.0e-4}
+    spec["report"]["store"] = str(tmp_path / f"{name}-reports")
+    spec.pop("schedule")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node with one CPU and no GPU, and a node with two CPUs and one (declared) GPU."""
+    from ray.cluster_utils import Cluster
+
+    started = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 0, "object_store_memory": OBJECT_STORE_BYTES},
+    )
+    try:
+        gpu_node = started.add_node(num_cpus=2, num_gpus=1, object_store_memory=OBJECT_STORE_BYTES)
+        started.wait_for_nodes()
+        yield started, gpu_node.node_id
+    finally:
+        started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, trained, cluster):
+    """The same spec audited on the thread runner and on the cluster; each run keeps its task results apart, so
+    that neither reuses the other's cache and both compute every table."""
+    root = tmp_path_factory.mktemp("ray-runner")
+    spec = small_spec(root, trained["honest"].weights_path, "audit")
+    stores, outputs = {}, {}
+    for name, options in (("thread", []), ("ray", ["--runner", "ray", "--ray-address", cluster[0].address])):
+        store = root / f"{name}-reports"
+        with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: root / f"{name}-results"}):
+            code, outputs[name] = cli("run", spec, "--store", store, *options)
+        assert code == 0, outputs[name]
+        stores[name] = store
+    return root, stores
+
+
+def run_tables(store: Path) -> dict[str, pd.DataFrame]:
+    """Every table of the store's one run (a directory per table)."""
+    (run_id,) = report.list_runs(store).run_id
+    names = [path.name for path in store.iterdir() if path.is_dir() and path.name[0].isalpha()]
+    return {name: report.load_table(store, name, run_id=run_id) for name in names}
+
+
+def test_the_tables_on_ray_equal_the_thread_runners(runs):
+    root, stores = runs
+    thread, on_ray = run_tables(stores["thread"]), run_tables(stores["ray"])
+    assert set(thread) == set(on_ray) and {"lime_attributions", "dissection_units", "actmax_units"} <= set(thread)
+    for name, expected in thread.items():
+        got = on_ray[name]
+        columns = [c for c in expected.columns if c not in IGNORED_COLUMNS]
+        expected, got = expected[columns].reset_index(drop=True), got[columns].reset_index(drop=True)
+        if name == "actmax_units":  # renders: their numbers within act-max's stated tolerance, the rest exact
+            numeric = ["final_activation", "dataset_max", "ratio", "robustness"]
+            np.testing.assert_allclose(got[numeric].to_numpy(float), expected[numeric].to_numpy(float), ACTMAX_RTOL)
+            columns = [c for c in columns if c not in numeric + ["render_png", "curve"]]
+            expected, got = expected[columns], got[columns]
+        pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=name)
+    # the Ray workers kept their task results where the flow's settings said, not under a home of their own
+    assert any((root / "ray-results").iterdir())
+
+
+def test_gpu_tasks_ran_on_the_gpu_node_one_at_a_time(runs, cluster):
+    address, gpu_node_id = cluster[0].address, cluster[1]
+    from ray.util.state import list_tasks
+
+    ray.init(address=address, logging_level="WARNING")
+    try:
+        tasks = list_tasks(detail=True, limit=10_000, raise_on_missing_output=False)
+    finally:
+        ray.shutdown()
+    finished = [task for task in tasks if task.state == "FINISHED"]
+    gpu_tasks = [task for task in finished if task.name in GPU_TASKS]
+    assert {task.name for task in gpu_tasks} == GPU_TASKS
+    assert {task.node_id for task in gpu_tasks} == {gpu_node_id}
+    assert "random-init-baseline" in {task.name for task in finished}  # the CPU task ran on Ray too
+    # never more GPU tasks at once than the cluster's one declared GPU
+    edges = sorted(
+        [(task.start_time_ms, 1) for task in gpu_tasks] + [(task.end_time_ms, -1) for task in gpu_tasks],
+        key=lambda edge: (edge[0], edge[1]),
+    )
+    running = np.cumsum([step for _, step in edges])
+    assert running.max() == 1, edges
+
+
+def test_an_unknown_runner_is_refused(tmp_path, trained):
+    spec = small_spec(tmp_path, trained["honest"].weights_path, "unknown")
+    code, output = cli("run", spec, "--runner", "dask")
+    assert code == 2 and "'thread'" in output and "'ray'" in output, output
+    code, output = cli("run", spec, env={"INTERP_AUDIT_RUNNER": "kubernetes"})
+    assert code == 2 and "INTERP_AUDIT_RUNNER" in output, output
+    assert store_is_empty(tmp_path / "unknown-reports")
+
+
+def test_an_address_nobody_answers_fails_fast_and_writes_nothing(tmp_path, trained):
+    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens there
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    spec = small_spec(tmp_path, trained["honest"].weights_path, "unreachable")
+    started = time.monotonic()
+    code, output = cli("run", spec, "--runner", "ray", "--ray-address", address)
+    assert code == 3 and address in output, output
+    assert time.monotonic() - started < 60
+    assert store_is_empty(tmp_path / "unreachable-reports")
+
+
+def ray_processes_under(pid: int) -> set[int]:
+    """The raylet and GCS server processes descended from ``pid``."""
+    parents, names = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            names[int(entry.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+
+    def descends(child: int) -> bool:
+        while child > 1:
+            child = parents.get(child, 0)
+            if child == pid:
+                return True
+        return False
+
+    return {p for p, name in names.items() if name in ("raylet", "gcs_server") and descends(p)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_run_without_address_starts_its_own_ray_and_stops_it(tmp_path, trained):
+    spec = small_spec(tmp_path, trained["honest"].weights_path, "local")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    command = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(spec), "--runner", "ray", "--only", "lime"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    seen: set[int] = set()
+    while command.poll() is None:
+        seen |= ray_processes_under(command.pid)
+        time.sleep(0.2)
+    output = command.stdout.read().decode(errors="replace")
+    assert command.returncode == 0, output
+    assert seen, "no raylet or GCS server was started under the command"
+    assert not [pid for pid in seen if alive(pid)], output
+    assert len(report.list_runs(tmp_path / "local-reports")) == 1
