@@ -61,8 +61,12 @@ class AuditRayTaskRunner(RayTaskRunner):
         return self
 
     def resources(self, gpu: bool):
-        """Ray's resource ask for the tasks submitted inside: a CPU, and a GPU share for GPU-bound ones."""
-        return remote_options(num_cpus=CPUS_PER_TASK, num_gpus=self.gpus_per_task if gpu else 0)
+        """Ray's resource ask for the tasks submitted inside: a CPU, and a GPU share for GPU-bound ones.
+
+        ``max_calls=0``: a worker process serves task after task. Ray's default for GPU tasks is a fresh process
+        each, so that a task's GPU memory is freed with it; that costs every task an import of torch and Prefect
+        (seconds), and tasks/gpu.py empties torch's CUDA cache after each task instead."""
+        return remote_options(num_cpus=CPUS_PER_TASK, num_gpus=self.gpus_per_task if gpu else 0, max_calls=0)
 
 
 _HOW_TO_CONNECT = (

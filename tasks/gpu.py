@@ -57,7 +57,7 @@ def ray_task_cpus() -> int | None:
 def compute_share(device: str) -> Iterator[int]:
     """Run a task's computation on its share of the machine; yields the ONNX Runtime intra-op thread count for
     its sessions. On a Ray worker torch and ONNX Runtime keep to the CPUs Ray assigned the task, so two tasks on
-    one node do not fight over cores; elsewhere their defaults stay (0: ONNX Runtime's own) and CUDA work holds
+    one node do not fight over cores, and torch's cached GPU memory is handed back afterwards; elsewhere their defaults stay (0: ONNX Runtime's own) and CUDA work holds
     a ``gpu`` slot."""
     cpus = ray_task_cpus()
     if cpus is None:
@@ -70,3 +70,5 @@ def compute_share(device: str) -> Iterator[int]:
         yield cpus
     finally:
         torch.set_num_threads(threads)
+        if torch.cuda.is_initialized():  # the worker serves the next task, maybe on another GPU share
+            torch.cuda.empty_cache()

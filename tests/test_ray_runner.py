@@ -18,10 +18,13 @@ import pytest
 import ray
 import yaml
 from conftest import store_is_empty
+from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from typer.testing import CliRunner
 
+from flows.audit import audit_on_runner
 from flows.cli import app
+from flows.runners import Runner
 from interp_audit import report
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -89,6 +92,19 @@ def runs(tmp_path_factory, trained, cluster):
     return root, stores
 
 
+def task_run_states(run_id: str) -> dict[str, set[str]]:
+    """The state names of a flow run's task runs in the Prefect API, by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    states: dict[str, set[str]] = {}
+    for task_run in task_runs:
+        states.setdefault(task_run.name.rsplit("-", 1)[0], set()).add(task_run.state.name)
+    return states
+
+
 def run_tables(store: Path) -> dict[str, pd.DataFrame]:
     """Every table of the store's one run (a directory per table)."""
     (run_id,) = report.list_runs(store).run_id
@@ -107,10 +123,15 @@ def test_the_tables_on_ray_equal_the_thread_runners(runs):
         if name == "actmax_units":  # renders: their numbers within act-max's stated tolerance, the rest exact
             numeric = ["final_activation", "dataset_max", "ratio", "robustness"]
             np.testing.assert_allclose(got[numeric].to_numpy(float), expected[numeric].to_numpy(float), ACTMAX_RTOL)
-            columns = [c for c in columns if c not in numeric + ["render_png", "curve"]]
+            np.testing.assert_allclose(np.stack(got.curve), np.stack(expected.curve), ACTMAX_RTOL)
+            columns = [c for c in columns if c not in [*numeric, "curve", "render_png"]]
             expected, got = expected[columns], got[columns]
         pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=name)
-    # the Ray workers kept their task results where the flow's settings said, not under a home of their own
+    # the Ray workers reported their task runs to the flow's Prefect API (none of their own) and kept their
+    # results where the flow's settings said
+    (run_id,) = report.list_runs(stores["ray"]).run_id
+    states = task_run_states(run_id)
+    assert GPU_TASKS <= set(states) and all(names == {"Completed"} for names in states.values()), states
     assert any((root / "ray-results").iterdir())
 
 
@@ -144,6 +165,10 @@ def test_an_unknown_runner_is_refused(tmp_path, trained):
     code, output = cli("run", spec, env={"INTERP_AUDIT_RUNNER": "kubernetes"})
     assert code == 2 and "INTERP_AUDIT_RUNNER" in output, output
     assert store_is_empty(tmp_path / "unknown-reports")
+    # a deployment's parameters are checked the same way (deployments/prefect.yaml)
+    with pytest.raises(ParameterTypeError, match="runner"):
+        audit_on_runner.validate_parameters({"spec_path": str(spec), "runner": "dask"})
+    assert audit_on_runner.validate_parameters({"spec_path": str(spec), "runner": "ray"})["runner"] is Runner.ray
 
 
 def test_an_address_nobody_answers_fails_fast_and_writes_nothing(tmp_path, trained):
@@ -187,9 +212,15 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_a_run_without_address_starts_its_own_ray_and_stops_it(tmp_path, trained):
-    spec = small_spec(tmp_path, trained["honest"].weights_path, "local")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+def test_a_run_without_address_starts_its_own_ray_and_stops_it(trained, runs):
+    """Run beside the thread run's spec (the spec's folder is part of the model's key) and with its task results:
+    a Ray run finds them under the same cache keys."""
+    root = runs[0]
+    spec = small_spec(root, trained["honest"].weights_path, "local")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "thread-results"),
+    }
     command = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", str(spec), "--runner", "ray", "--only", "lime"],
         env=env,
@@ -205,4 +236,6 @@ def test_a_run_without_address_starts_its_own_ray_and_stops_it(tmp_path, trained
     assert command.returncode == 0, output
     assert seen, "no raylet or GCS server was started under the command"
     assert not [pid for pid in seen if alive(pid)], output
-    assert len(report.list_runs(tmp_path / "local-reports")) == 1
+    (run_id,) = report.list_runs(root / "local-reports").run_id
+    states = task_run_states(run_id)
+    assert all(states[name] == {"Cached"} for name in ("predict", "onnx-parity", "lime")), states
