@@ -20,13 +20,20 @@ $(STAMP): pyproject.toml
 	  || { echo "both onnxruntime and onnxruntime-gpu are installed; uninstall onnxruntime"; exit 1; }
 	@touch $(STAMP)
 
+# The [ray] extra (prefect-ray, ray: tens of MB) for the Ray runner's tests; `make demo` runs without it.
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,ray]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import ray, prefect_ray" || { echo "install of the [ray] extra failed: see the pip output above"; exit 1; }
+	@touch $(RAY_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/interp-audit demo
 
 # Two workers (pytest-xdist), each test file on one of them (module fixtures stay shared): much of the suite waits
 # on servers, subprocesses and leases rather than on the CPU. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
-test: $(STAMP) browser lint
+test: $(STAMP) $(RAY_STAMP) browser lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # The trained demo models the tests audit (tests/assets/shipped_models.py); a test says when they are stale
