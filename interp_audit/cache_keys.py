@@ -2,6 +2,8 @@
 
 ``canonical`` turns a task's parameters into plain JSON content: pydantic models by their JSON dump, dataclasses
 by their fields, numpy arrays and bytes by their sha256 (with dtype and shape), sets sorted, dict keys sorted.
+A ref to a blob on the report store (``interp_audit.blobs``) keys as the bytes or the array it stands for, so a
+task handed refs instead of values keeps its key.
 Nothing is ever pickled (a pickle of a pydantic model or of a set changes with ``PYTHONHASHSEED``), and a value
 of a type it does not know is a ``TypeError`` that names where in the parameters it sits.
 """
@@ -20,12 +22,18 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from interp_audit.blobs import ArrayRef, BlobRef
 from interp_audit.intake import ModelRef
 from interp_audit.spec import FACTORY_REF
 
 
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def array_sha256(value: np.ndarray) -> str:
+    """sha256 of a plain array's data in C order, whatever its strides (its dtype and shape are keyed apart)."""
+    return sha256_bytes(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
 
 
 def _dumps(content: Any) -> str:
@@ -42,14 +50,15 @@ def _array(value: np.ndarray, where: str) -> dict:
         return {
             "__ndarray__": {"dtype": "object", "shape": list(value.shape), "items": canonical(value.tolist(), where)}
         }
-    data = np.ascontiguousarray(value).reshape(-1)  # C order, whatever the strides; the shape is keyed apart
-    return {
-        "__ndarray__": {
-            "dtype": value.dtype.str,
-            "shape": list(value.shape),
-            "sha256": sha256_bytes(data.view(np.uint8)),
-        }
-    }
+    return _array_content(value.dtype.str, value.shape, array_sha256(value))
+
+
+def _array_content(dtype: str, shape: tuple[int, ...], sha256: str) -> dict:
+    return {"__ndarray__": {"dtype": dtype, "shape": list(shape), "sha256": sha256}}
+
+
+def _bytes_content(size: int, sha256: str) -> dict:
+    return {"__bytes__": {"size": size, "sha256": sha256}}
 
 
 def _model_ref(ref: ModelRef, where: str) -> dict:
@@ -88,7 +97,11 @@ def canonical(value: Any, where: str = "value") -> Any:
     if isinstance(value, np.ndarray):
         return _array(value, where)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"__bytes__": {"size": len(value), "sha256": sha256_bytes(value)}}
+        return _bytes_content(len(value), sha256_bytes(value))
+    if isinstance(value, BlobRef):  # before dataclasses: a ref keys as its content, wherever it is stored
+        return _bytes_content(value.size, value.sha256)
+    if isinstance(value, ArrayRef):
+        return _array_content(value.dtype, value.shape, value.sha256)
     if isinstance(value, BaseModel):
         return {"__type__": _type_name(value), "fields": value.model_dump(mode="json")}
     if isinstance(value, ModelRef):

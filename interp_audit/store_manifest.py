@@ -14,6 +14,8 @@ RUNS_TABLE = "audit_runs"
 REVIEWS_TABLE = "reviews"
 APPENDED_TABLES = (REVIEWS_TABLE, "version_diffs")  # records appended to a run after it is published
 STAGING = "_staging"
+BLOBS = "_blobs"  # content-addressed task inputs (interp_audit.blobs), outside every table and manifest
+RESULTS = "_results"  # Prefect's persisted task results (flows.result_storage), outside them too
 MANIFESTS = "_manifests"
 MANIFEST_FORMAT = 1
 PARTITIONING = ds.partitioning(pa.schema([("model", pa.string()), ("version", pa.string())]), flavor="hive")

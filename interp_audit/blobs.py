@@ -1,0 +1,117 @@
+"""Content-addressed blobs on the report store: big task inputs written once, read by reference.
+
+A task submitted to a cluster is pickled with its parameters; the ONNX bytes and the sample array would travel
+with every one of them. ``put_blob`` writes such bytes once to ``<store>/_blobs/<sha256>`` (where every worker
+that can reach the store can read them) and returns a ``BlobRef`` of a few hundred bytes; ``BlobRef.read``
+returns the bytes, checked against their sha256, and keeps them for the rest of the process, so a worker reads
+each blob once however many tasks it runs. Arrays travel as ``.npy`` blobs (never pickled) behind an ``ArrayRef``.
+
+Refs are keyed by content (``interp_audit.cache_keys``): a ``BlobRef`` as the bytes it names, an ``ArrayRef``
+as the array, so handing a task a ref instead of the value changes no cache key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from interp_audit.errors import AuditError
+from interp_audit.store import ReportStore
+from interp_audit.store_manifest import BLOBS, STAGING
+
+BLOBS_KEPT_PER_PROCESS = 8  # an audit reads a handful (its ONNX, its baseline's, its samples): room for two
+
+
+class BlobError(AuditError):
+    """A blob is missing from its store or its bytes are not the ones its ref names."""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Bytes stored once on a report store: where (the store's URI) and what (their sha256 and size)."""
+
+    store: str
+    sha256: str
+    size: int
+
+    @property
+    def path(self) -> str:
+        """The blob's path relative to the store's root."""
+        return f"{BLOBS}/{self.sha256}"
+
+    def read(self) -> bytes:
+        """The blob's bytes, verified; the first read in a process fetches them, later ones are served from memory."""
+        return _read_verified(self)
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """A numpy array stored as a ``.npy`` blob; ``dtype``, ``shape`` and ``sha256`` (of the array's data in C order)
+    are the array's cache-key content, so a ref keys exactly as the array it stands for."""
+
+    blob: BlobRef
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+
+    def read(self) -> np.ndarray:
+        return np.load(io.BytesIO(self.blob.read()), allow_pickle=False)
+
+
+def put_blob(store_uri: str, data: bytes) -> BlobRef:
+    """Store ``data`` under its sha256 unless the store holds it already; safe to call from many processes at once.
+
+    The bytes are written to a staging folder of their own and moved into ``_blobs/`` in one step (a rename on a
+    local store, an object copy on S3), so a reader never sees a partial blob; two writers of the same blob move
+    the same bytes. A crashed write leaves only a staging folder, which ``ReportStore.gc`` removes."""
+    store = ReportStore.open(store_uri)
+    ref = BlobRef(str(store_uri), hashlib.sha256(data).hexdigest(), len(data))
+    target = f"{store.root}/{ref.path}"
+    existing = store.filesystem.get_file_info(target)
+    if existing.type == pafs.FileType.File and existing.size == ref.size:
+        return ref
+    staging = f"{store.root}/{STAGING}/{uuid.uuid4()}"
+    store.filesystem.create_dir(staging, recursive=True)
+    with store.filesystem.open_output_stream(f"{staging}/blob") as stream:
+        stream.write(data)
+    store.filesystem.create_dir(f"{store.root}/{BLOBS}", recursive=True)
+    store.filesystem.move(f"{staging}/blob", target)
+    store.filesystem.delete_dir(staging)
+    return ref
+
+
+def put_array(store_uri: str, array: np.ndarray) -> ArrayRef:
+    """Store ``array`` as ``.npy`` bytes; arrays of Python objects are refused (they would need a pickle)."""
+    if array.dtype.hasobject:
+        raise TypeError(f"an array of dtype {array.dtype} holds Python objects; only plain numeric arrays are stored")
+    from interp_audit.cache_keys import array_sha256  # cache_keys imports this module for the refs' types
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return ArrayRef(put_blob(store_uri, buffer.getvalue()), array.dtype.str, tuple(array.shape), array_sha256(array))
+
+
+@functools.lru_cache(maxsize=BLOBS_KEPT_PER_PROCESS)
+def _read_verified(ref: BlobRef) -> bytes:
+    store = ReportStore.open(ref.store)
+    try:
+        with store.filesystem.open_input_stream(f"{store.root}/{ref.path}") as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise BlobError(
+            f"blob {ref.sha256} is not readable in store {ref.store}: {' '.join(str(exc).split())}; the audit "
+            "that wrote it must run again, with this store reachable from every worker"
+        ) from None
+    found = hashlib.sha256(data).hexdigest()
+    if found != ref.sha256 or len(data) != ref.size:
+        raise BlobError(
+            f"blob {ref.sha256} in store {ref.store} is corrupt: {len(data)} bytes with sha256 {found}, expected "
+            f"{ref.size} bytes; delete {ref.path} from the store and run the audit again to write it anew"
+        )
+    return data
