@@ -237,7 +237,8 @@ def run_torch(model, x: np.ndarray, layers: list[str], device: str, batch_size: 
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in (LOGITS, *layers)}
     with wrapper, torch.no_grad():
         for start in range(0, len(x), batch_size):
-            batch = torch.from_numpy(x[start : start + batch_size]).to(device)
+            # a copy: x may be read-only (memory-mapped, or from Ray's object store), which torch cannot wrap
+            batch = torch.tensor(x[start : start + batch_size], device=device)
             for key, value in zip(chunks, wrapper(batch)):
                 chunks[key].append(value.float().cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in chunks.items()}

@@ -275,3 +275,15 @@ def test_no_forward_hook_is_left_on_the_callers_model(gray_session):
     with pytest.raises(onnx_bundle.OnnxBundleError, match="ONNX export failed"):
         onnx_bundle.export_torch(model, (3, 28, 28), layers)
     assert hooked() == []
+
+
+def test_parity_reads_a_read_only_array_as_it_reads_a_writable_one(gray_session, recwarn):
+    """Samples may arrive read-only (memory-mapped .npy, Ray's object store): torch gets a copy, the same values."""
+    model, _ = gray_session
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    writable = onnx_bundle.run_torch(model, x, ["body.act2"], "cpu")
+    read_only = onnx_bundle.run_torch(model, frozen, ["body.act2"], "cpu")
+    assert all(np.array_equal(writable[key], read_only[key]) for key in writable)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
