@@ -36,16 +36,11 @@ class AuditRayTaskRunner(RayTaskRunner):
 
     def __init__(self, address: str | None = None, gpus_per_task: float | None = None):
         self.ray_address, self.gpus_per_task = address, gpus_per_task
+        self.gpu_share = 0.0  # what a GPU-bound task asks for, once the cluster is known
         super().__init__(init_kwargs={"address": address or "local", "logging_level": logging.WARNING})
 
     def duplicate(self) -> AuditRayTaskRunner:
         return type(self)(self.ray_address, self.gpus_per_task)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, AuditRayTaskRunner) and (self.ray_address, self.gpus_per_task) == (
-            other.ray_address,
-            other.gpus_per_task,
-        )
 
     def __enter__(self) -> AuditRayTaskRunner:
         address = self.init_kwargs["address"]
@@ -56,8 +51,8 @@ class AuditRayTaskRunner(RayTaskRunner):
             super().__enter__()
         except ConnectionError as exc:  # `auto` with no cluster started on this machine
             raise AuditError(f"no Ray cluster at {address}: {exc}; {_HOW_TO_CONNECT}") from None
-        if self.gpus_per_task is None:
-            self.gpus_per_task = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.gpu_share = self.gpus_per_task if self.gpus_per_task is not None else float(has_gpus)
         return self
 
     def resources(self, gpu: bool):
@@ -66,7 +61,7 @@ class AuditRayTaskRunner(RayTaskRunner):
         ``max_calls=0``: a worker process serves task after task. Ray's default for GPU tasks is a fresh process
         each, so that a task's GPU memory is freed with it; that costs every task an import of torch and Prefect
         (seconds), and tasks/gpu.py empties torch's CUDA cache after each task instead."""
-        return remote_options(num_cpus=CPUS_PER_TASK, num_gpus=self.gpus_per_task if gpu else 0, max_calls=0)
+        return remote_options(num_cpus=CPUS_PER_TASK, num_gpus=self.gpu_share if gpu else 0, max_calls=0)
 
 
 _HOW_TO_CONNECT = (
