@@ -17,6 +17,7 @@ import hashlib
 import io
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -64,14 +65,16 @@ class ArrayRef:
         return np.load(io.BytesIO(self.blob.read()), allow_pickle=False)
 
 
-def put_blob(store_uri: str, data: bytes) -> BlobRef:
+def put_blob(store_uri: str | Path, data: bytes) -> BlobRef:
     """Store ``data`` under its sha256 unless the store holds it already; safe to call from many processes at once.
 
     The bytes are written to a staging folder of their own and moved into ``_blobs/`` in one step (a rename on a
     local store, an object copy on S3), so a reader never sees a partial blob; two writers of the same blob move
     the same bytes. A crashed write leaves only a staging folder, which ``ReportStore.gc`` removes."""
     store = ReportStore.open(store_uri)
-    ref = BlobRef(str(store_uri), hashlib.sha256(data).hexdigest(), len(data))
+    # a local store by its absolute path: a worker reading the ref runs in another working folder
+    location = store.root if isinstance(store.filesystem, pafs.LocalFileSystem) else store.uri
+    ref = BlobRef(location, hashlib.sha256(data).hexdigest(), len(data))
     target = f"{store.root}/{ref.path}"
     existing = store.filesystem.get_file_info(target)
     if existing.type == pafs.FileType.File and existing.size == ref.size:
@@ -86,7 +89,7 @@ def put_blob(store_uri: str, data: bytes) -> BlobRef:
     return ref
 
 
-def put_array(store_uri: str, array: np.ndarray) -> ArrayRef:
+def put_array(store_uri: str | Path, array: np.ndarray) -> ArrayRef:
     """Store ``array`` as ``.npy`` bytes; arrays of Python objects are refused (they would need a pickle)."""
     if array.dtype.hasobject:
         raise TypeError(f"an array of dtype {array.dtype} holds Python objects; only plain numeric arrays are stored")
@@ -95,6 +98,12 @@ def put_array(store_uri: str, array: np.ndarray) -> ArrayRef:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return ArrayRef(put_blob(store_uri, buffer.getvalue()), array.dtype.str, tuple(array.shape), array_sha256(array))
+
+
+def materialized(value):
+    """A ref's content (bytes or array), any other value as it is: a task's parameter may come by value (on the
+    thread runner) or by ref (on a cluster), and its cache key is the same either way."""
+    return value.read() if isinstance(value, (BlobRef, ArrayRef)) else value
 
 
 @functools.lru_cache(maxsize=BLOBS_KEPT_PER_PROCESS)

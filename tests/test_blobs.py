@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from interp_audit.blobs import ArrayRef, BlobError, BlobRef, put_array, put_blob
+from interp_audit.blobs import ArrayRef, BlobError, BlobRef, materialized, put_array, put_blob
 from interp_audit.cache_keys import content_key
 from interp_audit.inputs import ModelInputs
 from interp_audit.store import ReportStore
@@ -40,6 +40,22 @@ def test_arrays_round_trip_without_pickles(tmp_path):
     assert np.load(tmp_path / BLOBS / ref.blob.sha256, allow_pickle=False).shape == (3, 4, 5)  # a plain .npy
     with pytest.raises(TypeError, match="holds Python objects"):
         put_array(str(tmp_path), np.array([{"a": 1}, None], dtype=object))
+
+
+def test_a_ref_names_a_local_store_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = unique_bytes()
+    ref = put_blob("reports", data)
+    assert ref.store == str(tmp_path / "reports")
+    monkeypatch.chdir(tmp_path.parent)  # a worker elsewhere
+    assert ref.read() == data
+
+
+def test_a_task_takes_a_value_or_its_ref_alike(tmp_path):
+    data, array = unique_bytes(), np.arange(6.0).reshape(2, 3)
+    assert materialized(put_blob(str(tmp_path), data)) == data and materialized(data) is data
+    np.testing.assert_array_equal(materialized(put_array(str(tmp_path), array)), array)
+    assert materialized(array) is array and materialized("features.4") == "features.4"
 
 
 def test_a_second_put_of_the_same_bytes_writes_nothing(tmp_path):
