@@ -29,3 +29,25 @@ def test_a_local_store_keeps_results_in_its_own_folder(tmp_path, monkeypatch):
 )
 def test_an_s3_uri_names_its_endpoint_to_s3fs_as_to_pyarrow(uri, settings):
     assert fsspec_settings(uri) == settings
+
+
+@pytest.mark.slow
+def test_a_flow_given_a_local_store_persists_its_tasks_results_there(tmp_path, prefect_server):
+    from prefect import flow, task
+
+    from tasks import cached
+
+    runs = []
+
+    @task(**cached())
+    def double(value: int) -> int:
+        runs.append(value)
+        return 2 * value
+
+    @flow
+    def doubles(values: list[int]) -> list[int]:
+        return [future.result() for future in double.map(values)]
+
+    in_store = doubles.with_options(result_storage=task_result_storage(tmp_path / "reports"), persist_result=False)
+    assert in_store([1, 2]) == [2, 4] and in_store([1, 2]) == [2, 4] and sorted(runs) == [1, 2]
+    assert len(list((tmp_path / "reports" / RESULTS).iterdir())) == 2
