@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import uuid
 from pathlib import Path
 
@@ -225,33 +224,34 @@ def test_task_results_persist_to_the_s3_store_and_serve_a_rerun(s3, prefect_serv
     assert on_s3([2, 3]) == [4, 9] and len(runs) == 3  # the one whose record is gone runs again
 
 
-def test_the_result_storage_travels_with_the_context_a_ray_worker_gets(s3, prefect_server):
-    """prefect-ray ships ``serialize_context()`` with each task and runs it in ``hydrated_context``: the worker's
-    result store must be the report store's, not its own machine's default."""
-    from prefect import flow
-    from prefect.context import hydrated_context, serialize_context
-    from prefect.results import get_result_store
+def test_tasks_on_ray_workers_persist_to_the_s3_store_and_a_new_cluster_reuses_them(s3, s3_endpoint, prefect_server):
+    """prefect-ray ships the flow run's context, its result storage included, with each task: results computed in
+    Ray's worker processes land on the report store, and a re-run on a fresh Ray instance is served from there."""
+    pytest.importorskip("ray")
+    from prefect import flow, task
+    from prefect.settings import get_current_settings
+    from prefect_ray import RayTaskRunner
 
     from flows.result_storage import task_result_storage
+    from tasks import cached
 
     client, bucket, uri = s3
 
+    @task(**cached())
+    def computed_by(value: int) -> tuple[int, int]:
+        return value, os.getpid()
+
     @flow
-    def shipping() -> dict:
-        return serialize_context()
+    def fan_out(values: list[int]) -> list[tuple[int, int]]:
+        return [future.result() for future in computed_by.map(values)]
 
-    shipped = shipping.with_options(result_storage=task_result_storage(uri), persist_result=False)()
-    seen = {}
+    def on_a_new_ray_instance():
+        worker_env = {"PREFECT_API_URL": get_current_settings().api.url, **CREDENTIALS}  # what a cluster's workers need
+        runner = RayTaskRunner(init_kwargs={"num_cpus": 2, "runtime_env": {"env_vars": worker_env}})
+        storage = task_result_storage(uri)
+        return fan_out.with_options(task_runner=runner, result_storage=storage, persist_result=False)([1, 2])
 
-    def worker():
-        with hydrated_context(shipped):
-            storage = get_result_store().result_storage
-            storage.write_path("probe", b"from a worker")
-            seen["basepath"] = storage.basepath
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join(timeout=120)
-    assert seen["basepath"] == f"s3://{bucket}/reports/{RESULTS}"
-    probe = client.get_object(Bucket=bucket, Key=f"reports/{RESULTS}/probe")["Body"].read()
-    assert probe == b"from a worker"
+    first = on_a_new_ray_instance()
+    assert [value for value, _ in first] == [1, 2] and os.getpid() not in {pid for _, pid in first}
+    assert len([key for key in keys(client, bucket) if key.startswith(f"reports/{RESULTS}/")]) == 2
+    assert on_a_new_ray_instance() == first  # the first run's workers' results, read back from S3
