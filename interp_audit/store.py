@@ -82,7 +82,7 @@ class ReportStore(StoreHousekeeping):
 
     def check_usable(self) -> None:
         """Refuse (exit 2) a store that cannot hold a report: a file where its folder should be, a folder that
-        cannot be written, or a remote store that cannot be reached. Writes nothing."""
+        cannot be written, a remote store that cannot be reached or whose bucket does not exist. Writes nothing."""
         if isinstance(self.filesystem, pafs.LocalFileSystem):
             path = Path(self.root)
             existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
@@ -103,6 +103,14 @@ class ReportStore(StoreHousekeeping):
             raise SpecError(f"report store {self.uri!r} cannot be reached: {' '.join(str(exc).split())}") from None
         if info.type == pafs.FileType.File:
             raise SpecError(f"report store {self.uri!r} is a file, not a folder; point report.store at a folder")
+        bucket = self.root.split("/")[0]
+        if self.filesystem.type_name in ("s3", "gcs") and self.filesystem.get_file_info(bucket).type != (
+            pafs.FileType.Directory
+        ):  # else the audit would compute for minutes and fail at its first write
+            raise SpecError(
+                f"report store {self.uri!r}: bucket {bucket!r} does not exist; create it, or point report.store "
+                "at a bucket that does"
+            )
 
     def exists(self) -> bool:
         return self.filesystem.get_file_info(self.root).type == pafs.FileType.Directory

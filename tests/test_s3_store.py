@@ -19,6 +19,7 @@ from test_store import run_tables
 
 from interp_audit import report
 from interp_audit.blobs import BlobError, put_array, put_blob
+from interp_audit.errors import SpecError
 from interp_audit.store import ReportStore
 from interp_audit.store_manifest import BLOBS, MANIFESTS, RESULTS, STAGING
 
@@ -89,6 +90,14 @@ def test_a_run_published_to_s3_reads_back_through_the_store_duckdb_and_plain_pya
     raw = ds.dataset(f"{bucket}/reports/onnx_parity", filesystem=plain_s3, partitioning="hive").to_table()
     assert raw.column("run_id").to_pylist() == [run_id] and raw.column("model").to_pylist() == ["m"]
     assert store.check().intact and len(store.tables_sha256(run_id)) == 64
+
+
+def test_a_store_in_a_missing_bucket_is_refused_before_any_work(s3, s3_endpoint):
+    client, bucket, _ = s3
+    missing = f"s3://{bucket}-missing/reports?endpoint_override={s3_endpoint}"
+    with pytest.raises(SpecError, match=f"bucket '{bucket}-missing' does not exist") as error:
+        ReportStore.open(missing).check_usable()
+    assert error.value.exit_code == 2
 
 
 CRASHING_PUBLISH = textwrap.dedent(
