@@ -42,6 +42,13 @@ def cli(*args, env=None):
     return result.exit_code, " ".join(result.output.split())
 
 
+def free_port() -> int:
+    """A port that was free a moment ago (nobody listens there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def small_spec(tmp_path: Path, weights: Path, name: str) -> Path:
     """The demo spec made small, with more than one task per method (2 LIME batches, 2 render batches, 2
     dissection layers and their random-init baseline) so that tasks could run side by side."""
@@ -61,12 +68,18 @@ def small_spec(tmp_path: Path, weights: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node with one CPU and no GPU, and a node with two CPUs and one (declared) GPU."""
+    """A head node with one CPU and no GPU, and a node with two CPUs and one (declared) GPU. Its dashboard (Ray's
+    state API, which the placement test reads) takes a free port: another Ray on this machine may hold 8265."""
     from ray.cluster_utils import Cluster
 
     started = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "num_gpus": 0, "object_store_memory": OBJECT_STORE_BYTES},
+        head_node_args={
+            "num_cpus": 1,
+            "num_gpus": 0,
+            "object_store_memory": OBJECT_STORE_BYTES,
+            "dashboard_port": free_port(),
+        },
     )
     try:
         gpu_node = started.add_node(num_cpus=2, num_gpus=1, object_store_memory=OBJECT_STORE_BYTES)
@@ -172,9 +185,7 @@ def test_an_unknown_runner_is_refused(tmp_path, trained):
 
 
 def test_an_address_nobody_answers_fails_fast_and_writes_nothing(tmp_path, trained):
-    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens there
-        sock.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    address = f"127.0.0.1:{free_port()}"
     spec = small_spec(tmp_path, trained["honest"].weights_path, "unreachable")
     started = time.monotonic()
     code, output = cli("run", spec, "--runner", "ray", "--ray-address", address)
