@@ -125,9 +125,11 @@ def audit_once(contender: str, spec: Path, store: Path) -> float:
     elif contender == "thread":
         with one_thread_per_task():
             runner = ThreadPoolTaskRunner(max_workers=1)
-            summary = audit.with_options(task_runner=runner)(spec_path=str(spec), store=str(store), device="cpu")
+            on_threads = RunnerChoice("thread").applied_to(audit, str(store)).with_options(task_runner=runner)
+            summary = on_threads(spec_path=str(spec), store=str(store), device="cpu")
     else:  # Ray is started by `contender_rounds`, so this joins it
-        summary = RunnerChoice("ray", None, 0).applied_to(audit)(spec_path=str(spec), store=str(store), device="cpu")
+        on_ray = RunnerChoice("ray", None, 0).applied_to(audit, str(store))
+        summary = on_ray(spec_path=str(spec), store=str(store), device="cpu")
     seconds = time.perf_counter() - started
     if summary["status"] != "passed":
         raise RuntimeError(f"{contender}: the audit ended {summary['status']}, not passed: {summary}")

@@ -128,7 +128,7 @@ def audit(
         f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "
         f"methods: {', '.join(methods) or 'none'}"
     )
-    tables = method_tables(loaded, checked, inputs, onnx_bytes, methods, run_id)
+    tables = method_tables(loaded, checked, inputs, onnx_bytes, methods, run_id, store_uri)
     diffs, baseline = compare_with_baseline(store_uri, spec.model.name, version, tables)
     if diffs:
         tables["version_diffs"] = data_contracts.conform("version_diffs", diff_table(run_id, baseline, diffs))
@@ -158,7 +158,8 @@ def audit_on_runner(
 ) -> dict:
     """The audit as a deployment whose parameters choose its runner (deployments/prefect.yaml): a flow's task
     runner is fixed before it starts, so the audit runs as this flow's subflow, on the runner they name."""
-    return RunnerChoice(runner, ray_address, gpus_per_task).applied_to(audit)(
+    store_uri = store or load_spec(spec_path).spec.report.store
+    return RunnerChoice(runner, ray_address, gpus_per_task).applied_to(audit, store_uri)(
         spec_path=spec_path, store=store, only=only, device=device, version=version
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 import data_contracts
-from flows.runners import task_resources
+from flows.runners import shipping, task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
@@ -17,9 +17,12 @@ from tasks.inference import check_parity, predict
 from tasks.lime import explain_with_lime
 
 
-def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str], run_id: str) -> dict[str, pa.Table]:
+def method_tables(
+    loaded, checked, inputs, onnx_bytes: bytes, methods: list[str], run_id: str, store_uri: str
+) -> dict[str, pa.Table]:
     """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
     spec = loaded.spec
+    ship = shipping(store_uri)
     # torch.export switches oneDNN off for the whole process while it traces, so torch compute running beside an
     # export (parity, renders) would use other kernels, and its floats would depend on timing: it waits for them.
     with task_resources(gpu=False):
@@ -32,15 +35,22 @@ def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str]
         )
     exports = [baseline_export] if baseline_export is not None else []
     with task_resources(gpu=True):
-        predictions = predict.submit(onnx_bytes, inputs, checked.device)
+        shipped_onnx, shipped_inputs = ship(onnx_bytes), ship(inputs)
+        predictions = predict.submit(shipped_onnx, shipped_inputs, checked.device)
         parity = (
-            check_parity.submit(checked.model, onnx_bytes, inputs, spec.model.layers, checked.device, wait_for=exports)
+            check_parity.submit(
+                checked.model, shipped_onnx, shipped_inputs, spec.model.layers, checked.device, wait_for=exports
+            )
             if checked.model.source == "torch"
             else None
         )
-        lime_batches = submit_lime(spec, inputs, onnx_bytes, checked) if "lime" in methods else []
-        actmax = submit_actmax(spec, inputs, onnx_bytes, checked, exports) if "activation_max" in methods else None
-        dissected = submit_dissection(loaded, onnx_bytes, checked, baseline_export) if "dissection" in methods else None
+        lime_batches = submit_lime(spec, inputs, shipped_onnx, checked, ship) if "lime" in methods else []
+        actmax = (
+            submit_actmax(spec, shipped_inputs, shipped_onnx, checked, exports) if "activation_max" in methods else None
+        )
+        dissected = (
+            submit_dissection(loaded, shipped_onnx, checked, baseline_export, ship) if "dissection" in methods else None
+        )
 
     rows = {"predictions": predictions.result()}
     if lime_batches:
@@ -70,18 +80,19 @@ def method_tables(loaded, checked, inputs, onnx_bytes: bytes, methods: list[str]
     return {name: data_contracts.run_table(name, run_id, table) for name, table in rows.items()}
 
 
-def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
-    """One LIME task per batch of samples, all submitted at once."""
+def submit_lime(spec, inputs, onnx_bytes, checked, ship) -> list:
+    """One LIME task per batch of samples, all submitted at once; ``ship`` carries the big inputs (``shipping``)."""
     params = spec.ops.lime
     indices = lime_sample_indices(params, inputs.ids)
     labels = lime_labels(params, inputs.class_names, checked.num_classes)
+    training_data = ship(inputs.x) if inputs.x.ndim == 2 else None
     futures = []
     for start in range(0, len(indices), params.samples_per_task):
         batch = indices[start : start + params.samples_per_task]
         futures.append(
             explain_with_lime.submit(
                 onnx_bytes,
-                inputs.x[batch],
+                ship(inputs.x[batch]),
                 sample_ids=[inputs.ids[i] for i in batch],
                 sample_keys=batch,
                 labels=labels,
@@ -90,14 +101,14 @@ def submit_lime(spec, inputs, onnx_bytes: bytes, checked) -> list:
                 seed=spec.seed,
                 device=checked.device,
                 class_names=inputs.class_names,
-                training_data=inputs.x if inputs.x.ndim == 2 else None,
+                training_data=training_data,
                 feature_names=inputs.feature_names,
             )
         )
     return futures
 
 
-def submit_actmax(spec, inputs, onnx_bytes: bytes, checked, exports: list) -> tuple[list, object]:
+def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list) -> tuple[list, object]:
     """One render task per layer and batch of units (once the torch ``exports`` are done), and one exemplar pass
     over the data, all at once."""
     params = spec.ops.activation_max
@@ -121,7 +132,7 @@ def submit_actmax(spec, inputs, onnx_bytes: bytes, checked, exports: list) -> tu
     return renders, exemplars
 
 
-def submit_dissection(loaded, onnx_bytes: bytes, checked, baseline_export) -> tuple[list, list | None]:
+def submit_dissection(loaded, onnx_bytes, checked, baseline_export, ship) -> tuple[list, list | None]:
     """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
     here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
     spec, params = loaded.spec, loaded.spec.ops.dissection
@@ -138,7 +149,7 @@ def submit_dissection(loaded, onnx_bytes: bytes, checked, baseline_export) -> tu
     results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     baselines = None
     if baseline_export is not None:
-        baseline_bytes = baseline_export.result()
+        baseline_bytes = ship(baseline_export.result())
         baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     return results, baselines
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 
 import ray
@@ -18,6 +19,7 @@ from interp_audit.errors import AuditError
 
 CONNECT_TIMEOUT_SECONDS = 10
 CPUS_PER_TASK = 1
+S3_LOCATION_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 class AuditRayTaskRunner(RayTaskRunner):
@@ -81,7 +83,7 @@ def _check_answers(address: str) -> None:
 
 def worker_env() -> dict[str, str]:
     """The settings a task reads in a Ray worker, as the flow's process has them: where the Prefect API is, where
-    task results (and so the cache) live, how much to log, and no analytics."""
+    task results (and so the cache) live, how much to log, no analytics, and where an S3 report store is."""
     settings = get_current_settings()
     env = {
         "PREFECT_HOME": str(settings.home),
@@ -92,4 +94,7 @@ def worker_env() -> dict[str, str]:
     }
     if settings.api.url:
         env["PREFECT_API_URL"] = settings.api.url
+    # where an s3:// report store (blobs, task results) is; never credentials, which Ray would keep in its metadata:
+    # workers take theirs from their own environment (an instance role, their AWS_* variables)
+    env |= {key: os.environ[key] for key in S3_LOCATION_ENV if key in os.environ}
     return env

@@ -82,7 +82,7 @@ def audit_registered_version(
             progress.step(f"{spec.model.name} v{version} was already audited with this spec (run {done['run_id']})")
             return {"run_id": done["run_id"], "status": done["status"], "skipped": True}
         on = RunnerChoice(runner, ray_address, gpus_per_task)
-        return on.applied_to(audit)(spec_path=spec_path, store=store, device=device, version=version)
+        return on.applied_to(audit, store_uri)(spec_path=spec_path, store=store, device=device, version=version)
 
 
 @flow(name="interp-audit-watch", persist_result=True)

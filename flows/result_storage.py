@@ -1,4 +1,4 @@
-"""Where the audit's task results persist: beside its report, under ``<store>/_results``, so that every worker that
+"""Where the audit's task results persist on a cluster: beside its report, under ``<store>/_results``, so that every worker that
 can reach the report store (a local folder, or ``s3://`` on a cluster) reads the results of tasks that others
 finished, and a re-run after a crash on another node reuses them as a re-run on one machine does.
 

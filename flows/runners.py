@@ -9,9 +9,12 @@ nor Ray: the command line imports it for its options.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class Runner(str, enum.Enum):
@@ -31,27 +34,61 @@ class RunnerChoice:
     def __post_init__(self):
         object.__setattr__(self, "runner", Runner(self.runner))
 
-    def applied_to(self, audit_flow):
-        """The flow itself on the thread runner; on Ray, the same flow with an ``AuditRayTaskRunner``."""
+    def applied_to(self, audit_flow, store_uri: str):
+        """The flow itself on the thread runner (task results in Prefect's local storage: one machine); on Ray, the
+        flow with an ``AuditRayTaskRunner`` and its task results beside the report at ``store_uri``, where every
+        worker that reaches the store reads them (flows/result_storage.py)."""
         if self.runner is Runner.thread:
             return audit_flow
         from flows.ray_runner import AuditRayTaskRunner
+        from flows.result_storage import task_result_storage
 
-        return audit_flow.with_options(task_runner=AuditRayTaskRunner(self.ray_address, self.gpus_per_task))
+        return audit_flow.with_options(
+            task_runner=AuditRayTaskRunner(self.ray_address, self.gpus_per_task),
+            result_storage=task_result_storage(store_uri),
+            persist_result=False,
+        )
 
     def parameters(self) -> dict:
         """As the parameters of a flow that takes them (``audit_on_runner``, ``audit_registered_version``)."""
         return {"runner": self.runner.value, "ray_address": self.ray_address, "gpus_per_task": self.gpus_per_task}
 
 
-def task_resources(gpu: bool):
-    """What the tasks submitted inside ask their runner for: on Ray a CPU, and a GPU share when ``gpu``; on the
-    thread runner nothing (its GPU tasks hold the ``gpu`` concurrency limit instead, tasks/gpu.py)."""
+def _ray_runner():
+    """The running flow's ``AuditRayTaskRunner``, or None on any other runner (or outside a flow)."""
     from prefect.context import FlowRunContext
 
     ray_runner = sys.modules.get("flows.ray_runner")  # loaded by `RunnerChoice.applied_to` whenever a flow runs on Ray
     context = FlowRunContext.get()
     runner = context.task_runner if context else None
-    if ray_runner is None or not isinstance(runner, ray_runner.AuditRayTaskRunner):
-        return contextlib.nullcontext()
-    return runner.resources(gpu)
+    return runner if ray_runner is not None and isinstance(runner, ray_runner.AuditRayTaskRunner) else None
+
+
+def task_resources(gpu: bool):
+    """What the tasks submitted inside ask their runner for: on Ray a CPU, and a GPU share when ``gpu``; on the
+    thread runner nothing (its GPU tasks hold the ``gpu`` concurrency limit instead, tasks/gpu.py)."""
+    runner = _ray_runner()
+    return contextlib.nullcontext() if runner is None else runner.resources(gpu)
+
+
+def shipping(store_uri: str) -> Callable[[Any], Any]:
+    """How big task inputs travel: on Ray each is written once to the report store and tasks get a ref (read once
+    per worker: interp_audit/blobs.py) instead of a pickled copy per submission; on the thread runner, as they are.
+    Either way a task's cache key is the same."""
+    if _ray_runner() is None:
+        return lambda value: value
+    import numpy as np
+
+    from interp_audit.blobs import put_array, put_blob
+    from interp_audit.inputs import ModelInputs
+
+    def ship(value):
+        if isinstance(value, bytes):
+            return put_blob(store_uri, value)
+        if isinstance(value, np.ndarray):
+            return put_array(store_uri, value)
+        if isinstance(value, ModelInputs):
+            return dataclasses.replace(value, x=put_array(store_uri, value.x))
+        return value
+
+    return ship

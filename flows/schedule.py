@@ -15,7 +15,7 @@ def audit_deployment(loaded: LoadedSpec, spec_path: Path, store: str | None, on:
     """The deployment for one spec: named after the audit, parameters pinned to the spec file. It is served from
     this process's flow object, so the runner ``on`` chose is the one its runs use."""
     schedule = loaded.spec.schedule
-    return on.applied_to(audit).to_deployment(
+    return on.applied_to(audit, store or loaded.spec.report.store).to_deployment(
         name=loaded.spec.name,
         parameters={"spec_path": str(spec_path), "store": store},
         schedules=[CronSchedule(cron=schedule.cron, timezone=schedule.timezone)],

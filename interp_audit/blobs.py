@@ -12,17 +12,18 @@ as the array, so handing a task a ref instead of the value changes no cache key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
 
 from interp_audit.errors import AuditError
+from interp_audit.inputs import ModelInputs
 from interp_audit.store import ReportStore
 from interp_audit.store_manifest import BLOBS, STAGING
 
@@ -33,7 +34,7 @@ class BlobError(AuditError):
     """A blob is missing from its store or its bytes are not the ones its ref names."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BlobRef:
     """Bytes stored once on a report store: where (the store's URI) and what (their sha256 and size)."""
 
@@ -51,7 +52,7 @@ class BlobRef:
         return _read_verified(self)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ArrayRef:
     """A numpy array stored as a ``.npy`` blob; ``dtype``, ``shape`` and ``sha256`` (of the array's data in C order)
     are the array's cache-key content, so a ref keys exactly as the array it stands for."""
@@ -93,11 +94,19 @@ def put_array(store_uri: str | Path, array: np.ndarray) -> ArrayRef:
     """Store ``array`` as ``.npy`` bytes; arrays of Python objects are refused (they would need a pickle)."""
     if array.dtype.hasobject:
         raise TypeError(f"an array of dtype {array.dtype} holds Python objects; only plain numeric arrays are stored")
-    from interp_audit.cache_keys import array_sha256  # cache_keys imports this module for the refs' types
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return ArrayRef(put_blob(store_uri, buffer.getvalue()), array.dtype.str, tuple(array.shape), array_sha256(array))
+
+
+def array_sha256(value: np.ndarray) -> str:
+    """sha256 of a plain array's data in C order, whatever its strides (its dtype and shape are keyed apart)."""
+    return hashlib.sha256(np.ascontiguousarray(value).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def materialized_inputs(inputs: ModelInputs) -> ModelInputs:
+    """``inputs`` with their samples in memory, whether ``x`` came as an array or as an ``ArrayRef``."""
+    return dataclasses.replace(inputs, x=materialized(inputs.x))
 
 
 def materialized(value):

@@ -22,18 +22,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from interp_audit.blobs import ArrayRef, BlobRef
+from interp_audit.blobs import ArrayRef, BlobRef, array_sha256
 from interp_audit.intake import ModelRef
 from interp_audit.spec import FACTORY_REF
 
 
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def array_sha256(value: np.ndarray) -> str:
-    """sha256 of a plain array's data in C order, whatever its strides (its dtype and shape are keyed apart)."""
-    return sha256_bytes(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
 
 
 def _dumps(content: Any) -> str:

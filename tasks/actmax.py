@@ -6,6 +6,7 @@ import math
 
 from prefect import task
 
+from interp_audit.blobs import materialized, materialized_inputs
 from interp_audit.errors import SpecError
 from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
@@ -47,6 +48,7 @@ def find_exemplars(
     onnx_bytes: bytes, inputs: ModelInputs, units: dict[str, list[int]], k: int, objective: str, device: str
 ) -> dict[str, actmax.Exemplars]:
     """The k most activating samples per unit, streamed through the audit's ONNX graph."""
+    onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
         session = onnx_bundle.make_session(onnx_bytes, device, threads)
         return actmax.top_exemplars(

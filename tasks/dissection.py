@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from interp_audit.blobs import materialized
 from interp_audit.errors import SpecError
 from interp_audit.inputs import concepts_error, load_concepts
 from interp_audit.intake import ModelRef, build_torch_model
@@ -52,6 +53,7 @@ def dissect_layer(
     device: str,
 ) -> dissection.DissectionResult:
     """IoU of every unit of ``layer`` with every concept; ``concepts_fingerprint`` keys the cache on their content."""
+    onnx_bytes = materialized(onnx_bytes)
     concepts = _concepts(concepts_uri, base_dir, seed)
     with compute_share(device) as threads:
         try:

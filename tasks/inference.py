@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
+from interp_audit.blobs import materialized, materialized_inputs
 from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_ops import onnx_bundle
@@ -15,6 +16,7 @@ from tasks.gpu import compute_share
 @task(name="onnx-parity", **CACHED)
 def check_parity(model: ModelRef, onnx_bytes: bytes, inputs: ModelInputs, layers: list[str], device: str) -> list[dict]:
     """Max abs/rel diff and argmax agreement between torch and ONNX Runtime, per output."""
+    onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
         reference = onnx_bundle.run_torch(build_torch_model(model), inputs.x, layers, device)
         candidate = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)
@@ -24,6 +26,7 @@ def check_parity(model: ModelRef, onnx_bytes: bytes, inputs: ModelInputs, layers
 @task(name="predict", **CACHED)
 def predict(onnx_bytes: bytes, inputs: ModelInputs, device: str) -> list[dict]:
     """The model's decision on every sample, through the same ONNX graph the methods use."""
+    onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
         logits = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)["logits"]
     probabilities = onnx_bundle.softmax(logits.astype(np.float64))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
+from interp_audit.blobs import materialized
 from interp_audit.errors import SpecError
 from interp_audit.spec import InputSpec
 from interp_ops import lime, onnx_bundle
@@ -39,6 +40,7 @@ def explain_with_lime(
 ) -> tuple[list[dict], list[dict]]:
     """Explanation and attribution rows for ``x``; ``sample_keys`` (positions in the data) seed each sample,
     so the result does not depend on how the flow batches samples. ``settings``: ``LimeSpec.explainer_settings``."""
+    onnx_bytes, x, training_data = materialized(onnx_bytes), materialized(x), materialized(training_data)
     per_sample_labels = None if labels is None else [labels] * len(x)
     common = dict(
         num_samples=settings["num_samples"],

@@ -6,6 +6,7 @@ The tests start the cluster and stop it, and check that a run without --ray-addr
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -91,8 +92,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, trained, cluster):
-    """The same spec audited on the thread runner and on the cluster; each run keeps its task results apart, so
-    that neither reuses the other's cache and both compute every table."""
+    """The same spec audited on the thread runner (its task results in ``thread-results``) and on the cluster (its
+    task results beside its report): neither reuses the other's cache, and both compute every table."""
     root = tmp_path_factory.mktemp("ray-runner")
     spec = small_spec(root, trained["honest"].weights_path, "audit")
     stores, outputs = {}, {}
@@ -141,11 +142,14 @@ def test_the_tables_on_ray_equal_the_thread_runners(runs):
             expected, got = expected[columns], got[columns]
         pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=name)
     # the Ray workers reported their task runs to the flow's Prefect API (none of their own) and kept their
-    # results where the flow's settings said
+    # results beside the report, where every worker that reaches the store reads them
     (run_id,) = report.list_runs(stores["ray"]).run_id
     states = task_run_states(run_id)
     assert GPU_TASKS <= set(states) and all(names == {"Completed"} for names in states.values()), states
-    assert any((root / "ray-results").iterdir())
+    assert any((stores["ray"] / "_results").iterdir())
+    # the big inputs went to the Ray workers as refs to blobs written once beside the report, not in each submission
+    assert len(list((stores["ray"] / "_blobs").iterdir())) >= 2  # the ONNX bytes and the samples, at least
+    assert not (stores["thread"] / "_blobs").exists()
 
 
 def test_gpu_tasks_ran_on_the_gpu_node_one_at_a_time(runs, cluster):
@@ -224,13 +228,13 @@ def alive(pid: int) -> bool:
 
 
 def test_a_run_without_address_starts_its_own_ray_and_stops_it(trained, runs):
-    """Run beside the thread run's spec (the spec's folder is part of the model's key) and with its task results:
-    a Ray run finds them under the same cache keys."""
-    root = runs[0]
+    """Run beside the thread run's spec (the spec's folder is part of the model's key), its store holding a copy of
+    the thread run's task results: a Ray run finds them under the same cache keys."""
+    root, stores = runs
     spec = small_spec(root, trained["honest"].weights_path, "local")
+    shutil.copytree(root / "thread-results", root / "local-reports" / "_results")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
         "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "thread-results"),
     }
     command = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", str(spec), "--runner", "ray", "--only", "lime"],

@@ -73,7 +73,9 @@ def _run_audit(spec: Path, store: str | None, only: list[str] | None, device: st
     from flows.prefect_api import prefect_api
 
     with prefect_api():
-        summary = on.applied_to(audit)(spec_path=str(spec.resolve()), store=store, only=only, device=device)
+        summary = on.applied_to(audit, store or loaded.spec.report.store)(
+            spec_path=str(spec.resolve()), store=store, only=only, device=device
+        )
     colour = "green" if summary["status"] == "passed" else "red"
     failed_gates = f" ({', '.join(summary['failed_gates'])})" if summary["failed_gates"] else ""
     console.print(
