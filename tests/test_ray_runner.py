@@ -7,6 +7,7 @@ The tests start the cluster and stop it, and check that a run without --ray-addr
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -254,3 +255,48 @@ def test_a_run_without_address_starts_its_own_ray_and_stops_it(trained, runs):
     (run_id,) = report.list_runs(root / "local-reports").run_id
     states = task_run_states(run_id)
     assert all(states[name] == {"Cached"} for name in ("predict", "onnx-parity", "lime")), states
+
+
+def test_a_worker_killed_mid_task_is_retried_and_one_run_is_published(runs, cluster, trained):
+    """SIGKILL to the Ray worker running a LIME task: Ray runs the task again, the audit passes and publishes one
+    run whose LIME tables equal the same spec's on the thread runner."""
+    root = runs[0]
+    spec = small_spec(root, trained["honest"].weights_path, "killed")
+    content = yaml.safe_load(spec.read_text())
+    content["ops"]["lime"]["num_samples"] = 2000  # tasks of a few seconds, long enough to be caught running
+    spec.write_text(yaml.safe_dump(content, sort_keys=False))
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    command = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", str(spec), "--runner", "ray", "--ray-address", cluster[0].address],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    from ray.util.state import list_tasks
+
+    ray.init(address=cluster[0].address, logging_level="WARNING")
+    try:
+        killed = None
+        while killed is None and command.poll() is None:
+            running = list_tasks(filters=[("name", "=", "lime"), ("state", "=", "RUNNING")], detail=True)
+            if running and running[0].worker_pid:
+                killed = running[0]
+                os.kill(killed.worker_pid, signal.SIGKILL)
+            time.sleep(0.1)
+        output = command.communicate(timeout=600)[0].decode(errors="replace")
+        attempts = list_tasks(filters=[("task_id", "=", killed.task_id)], detail=True) if killed else []
+    finally:
+        ray.shutdown()
+    assert killed is not None, "no LIME task was caught running: " + output
+    assert command.returncode == 0, output
+    assert {attempt.attempt_number for attempt in attempts} >= {0, 1}, attempts  # Ray ran the killed task again
+    (run_id,) = report.list_runs(root / "killed-reports").run_id
+
+    code, output = cli("run", spec, "--store", root / "killed-thread-reports")
+    assert code == 0, output
+    for table in ("lime_explanations", "lime_attributions"):
+        got = report.load_table(root / "killed-reports", table, run_id=run_id).drop(columns=["run_id"])
+        want = report.load_table(root / "killed-thread-reports", table).drop(columns=["run_id"])
+        assert len(got) == len(want) > 0, table
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_exact=True)

@@ -256,7 +256,14 @@ def test_tasks_on_ray_workers_persist_to_the_s3_store_and_a_new_cluster_reuses_t
 
     def on_a_new_ray_instance():
         worker_env = {"PREFECT_API_URL": get_current_settings().api.url, **CREDENTIALS}  # what a cluster's workers need
-        runner = RayTaskRunner(init_kwargs={"num_cpus": 2, "runtime_env": {"env_vars": worker_env}})
+        runner = RayTaskRunner(
+            init_kwargs={
+                "address": "local",  # a Ray of its own: without an address ray.init joins one running here
+                "num_cpus": 2,
+                "include_dashboard": False,
+                "runtime_env": {"env_vars": worker_env},
+            }
+        )
         storage = task_result_storage(uri)
         return fan_out.with_options(task_runner=runner, result_storage=storage, persist_result=False)([1, 2])
 
