@@ -17,15 +17,14 @@ import tempfile
 from pathlib import Path
 
 import cloudpickle
-import numpy as np
 from _results import write_results
 from prefect.tasks import Task
 from prefect.utilities.callables import get_call_parameters
 
 from flows.methods import method_tables
-from interp_audit.blobs import put_array, put_blob
+from flows.runners import by_reference
 from interp_audit.cache_keys import content_key
-from interp_audit.inputs import ModelInputs, model_inputs
+from interp_audit.inputs import model_inputs
 from interp_audit.preflight import preflight
 from interp_audit.spec import load_spec
 from tasks.intake import export_onnx
@@ -68,7 +67,7 @@ def recorded_submissions(spec_path: Path, store: str) -> list[tuple[str, dict]]:
     original = Task.submit
     Task.submit = record
     try:
-        method_tables(loaded, checked, inputs, onnx_bytes, spec.selected_methods(None), run_id="bytes-shipped")
+        method_tables(loaded, checked, inputs, onnx_bytes, spec.selected_methods(None), "bytes-shipped", store)
     except AllSubmitted:
         pass
     finally:
@@ -77,18 +76,8 @@ def recorded_submissions(spec_path: Path, store: str) -> list[tuple[str, dict]]:
 
 
 def with_refs(parameters: dict, store: str) -> dict:
-    """The parameters with bytes and arrays as refs to blobs on ``store`` (the samples inside ModelInputs too)."""
-
-    def ref(value):
-        if isinstance(value, bytes):
-            return put_blob(store, value)
-        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
-            return put_array(store, value)
-        if isinstance(value, ModelInputs):
-            return dataclasses.replace(value, x=put_array(store, value.x))
-        return value
-
-    return {name: ref(value) for name, value in parameters.items()}
+    """The parameters as the flow ships them on Ray (``flows.runners.by_reference``)."""
+    return {name: by_reference(store, value) for name, value in parameters.items()}
 
 
 def main() -> None:

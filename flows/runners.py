@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,18 +78,21 @@ def shipping(store_uri: str) -> Callable[[Any], Any]:
     Either way a task's cache key is the same."""
     if _ray_runner() is None:
         return lambda value: value
+    return functools.partial(by_reference, store_uri)
+
+
+def by_reference(store_uri: str, value: Any) -> Any:
+    """``value`` with its bytes or sample array written to the store at ``store_uri`` and replaced by a ref (inside
+    ``ModelInputs`` too); any other value as it is."""
     import numpy as np
 
     from interp_audit.blobs import put_array, put_blob
     from interp_audit.inputs import ModelInputs
 
-    def ship(value):
-        if isinstance(value, bytes):
-            return put_blob(store_uri, value)
-        if isinstance(value, np.ndarray):
-            return put_array(store_uri, value)
-        if isinstance(value, ModelInputs):
-            return dataclasses.replace(value, x=put_array(store_uri, value.x))
-        return value
-
-    return ship
+    if isinstance(value, bytes):
+        return put_blob(store_uri, value)
+    if isinstance(value, np.ndarray):
+        return put_array(store_uri, value)
+    if isinstance(value, ModelInputs):
+        return dataclasses.replace(value, x=put_array(store_uri, value.x))
+    return value
