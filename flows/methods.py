@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 import data_contracts
-from flows.runners import shipping, task_resources
+from flows.runners import fenced_by, shipping, task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
@@ -23,8 +23,6 @@ def method_tables(
     """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
     spec = loaded.spec
     ship = shipping(store_uri)
-    # torch.export switches oneDNN off for the whole process while it traces, so torch compute running beside an
-    # export (parity, renders) would use other kernels, and its floats would depend on timing: it waits for them.
     with task_resources(gpu=False):
         baseline_export = (
             export_random_baseline.submit(
@@ -33,7 +31,7 @@ def method_tables(
             if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
             else None
         )
-    exports = [baseline_export] if baseline_export is not None else []
+    exports = fenced_by([baseline_export] if baseline_export is not None else [])  # for parity and renders
     with task_resources(gpu=True):
         shipped_onnx, shipped_inputs = ship(onnx_bytes), ship(inputs)
         predictions = predict.submit(shipped_onnx, shipped_inputs, checked.device)

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from interp_audit.store import ReportStore
 from interp_audit.store_manifest import BLOBS, STAGING
 
 BLOBS_KEPT_PER_PROCESS = 8  # an audit reads a handful (its ONNX, its baseline's, its samples): room for two
+REFRESH_AFTER_SECONDS = 300  # a blob put again after this long gets a new mtime: `store gc` keeps what runs still use
 
 
 class BlobError(AuditError):
@@ -71,14 +73,16 @@ def put_blob(store_uri: str | Path, data: bytes) -> BlobRef:
 
     The bytes are written to a staging folder of their own and moved into ``_blobs/`` in one step (a rename on a
     local store, an object copy on S3), so a reader never sees a partial blob; two writers of the same blob move
-    the same bytes. A crashed write leaves only a staging folder, which ``ReportStore.gc`` removes."""
+    the same bytes. A crashed write leaves only a staging folder, which ``ReportStore.gc`` removes. A blob held
+    already is written again when older than ``REFRESH_AFTER_SECONDS``: its mtime says when a run last put it, and
+    ``ReportStore.gc`` removes only blobs that no run has put for its grace period."""
     store = ReportStore.open(store_uri)
     # a local store by its absolute path: a worker reading the ref runs in another working folder
     location = store.root if isinstance(store.filesystem, pafs.LocalFileSystem) else store.uri
     ref = BlobRef(location, hashlib.sha256(data).hexdigest(), len(data))
     target = f"{store.root}/{ref.path}"
     existing = store.filesystem.get_file_info(target)
-    if existing.type == pafs.FileType.File and existing.size == ref.size:
+    if existing.type == pafs.FileType.File and existing.size == ref.size and not _stale(existing):
         return ref
     staging = f"{store.root}/{STAGING}/{uuid.uuid4()}"
     store.filesystem.create_dir(staging, recursive=True)
@@ -88,6 +92,10 @@ def put_blob(store_uri: str | Path, data: bytes) -> BlobRef:
     store.filesystem.move(f"{staging}/blob", target)
     store.filesystem.delete_dir(staging)
     return ref
+
+
+def _stale(info: pafs.FileInfo) -> bool:
+    return info.mtime is None or time.time() - info.mtime.timestamp() > REFRESH_AFTER_SECONDS
 
 
 def put_array(store_uri: str | Path, array: np.ndarray) -> ArrayRef:
@@ -123,8 +131,9 @@ def _read_verified(ref: BlobRef) -> bytes:
             data = stream.read()
     except OSError as exc:
         raise BlobError(
-            f"blob {ref.sha256} is not readable in store {ref.store}: {' '.join(str(exc).split())}; the audit "
-            "that wrote it must run again, with this store reachable from every worker"
+            f"blob {ref.sha256} is not readable in store {ref.store}: {' '.join(str(exc).split())}; run the audit "
+            "again (it writes its blobs anew), with this store reachable from every worker and `interp-audit store "
+            "gc --grace` longer than an audit takes"
         ) from None
     found = hashlib.sha256(data).hexdigest()
     if found != ref.sha256 or len(data) != ref.size:

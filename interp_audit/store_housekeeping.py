@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from data_contracts import TABLES
 from interp_audit.store_manifest import (
     APPENDED_TABLES,
+    BLOBS,
     MANIFESTS,
     PARTITION_PATH,
     RUNS_TABLE,
@@ -168,8 +169,9 @@ class StoreHousekeeping:
         return self.check(verify=False).foreign
 
     def gc(self, grace_seconds: float) -> list[str]:
-        """Remove staging folders and orphaned table files untouched for ``grace_seconds``; a live run's staging
-        and publishing are younger than that. Published, foreign and modified files are never touched."""
+        """Remove staging folders and orphaned table files untouched for ``grace_seconds`` (a live run's staging
+        and publishing are younger than that), and task-input blobs no run has put for as long (a run puts its
+        blobs as it starts, ``interp_audit.blobs``). Published, foreign and modified files are never touched."""
         found = self.check(verify=False)
         debris: dict[str, list[str]] = {}  # commit id -> its staging folder and orphaned files
         for staging in found.staging:
@@ -186,7 +188,17 @@ class StoreHousekeeping:
                 else:
                     self.filesystem.delete_file(self._path(path))
                 removed.append(path)
+        for blob in self._blobs():
+            if time.time() - self._newest_mtime(blob) >= grace_seconds:
+                self.filesystem.delete_file(self._path(blob))
+                removed.append(blob)
         return removed
+
+    def _blobs(self) -> list[str]:
+        folder = self._path(BLOBS)
+        if not self._exists(folder):
+            return []
+        return sorted(f"{BLOBS}/{info.base_name}" for info in self.filesystem.get_file_info(pafs.FileSelector(folder)))
 
     def _newest_mtime(self, relative: str) -> float:
         """A file's modification time, or the newest of a folder's contents (the folder's own when empty)."""

@@ -5,6 +5,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -151,12 +152,24 @@ def test_a_ref_keys_as_the_content_it_stands_for(tmp_path):
     assert content_key(by_ref | {"onnx_bytes": put_blob(str(tmp_path), onnx + b"!")}) != content_key(by_value)
 
 
-def test_store_housekeeping_leaves_blobs_alone(tmp_path):
+def test_gc_removes_blobs_no_run_has_put_for_the_grace_period(tmp_path):
     store = ReportStore.open(tmp_path)
-    ref = put_blob(str(tmp_path), unique_bytes())
-    (tmp_path / STAGING / "0c8f4a4e-6c1e-4a55-9a3b-1b4d5a0e6f70").mkdir(parents=True)  # a crashed put's folder
-    (tmp_path / STAGING / "0c8f4a4e-6c1e-4a55-9a3b-1b4d5a0e6f70" / "blob").write_bytes(b"partial")
+    kept, idle, data = put_blob(str(tmp_path), unique_bytes()), put_blob(str(tmp_path), unique_bytes()), unique_bytes()
+    used_again = put_blob(str(tmp_path), data)
+    two_hours_ago = time.time() - 7200
+    for ref in (idle, used_again):
+        os.utime(tmp_path / BLOBS / ref.sha256, (two_hours_ago, two_hours_ago))
+    assert put_blob(str(tmp_path), data) == used_again  # a run puts it again: its mtime is now
+    crashed_put = tmp_path / STAGING / "0c8f4a4e-6c1e-4a55-9a3b-1b4d5a0e6f70"
+    crashed_put.mkdir(parents=True)
+    (crashed_put / "blob").write_bytes(b"partial")
+    for path in (crashed_put / "blob", crashed_put):
+        os.utime(path, (two_hours_ago, two_hours_ago))
     found = store.check()
-    assert found.intact and found.foreign == []
-    assert store.gc(grace_seconds=0) == [f"{STAGING}/0c8f4a4e-6c1e-4a55-9a3b-1b4d5a0e6f70"]
-    assert ref.read() and (tmp_path / BLOBS / ref.sha256).is_file()
+    assert found.intact and found.foreign == []  # blobs are neither tables nor foreign files
+
+    assert store.gc(grace_seconds=3600) == [f"{STAGING}/0c8f4a4e-6c1e-4a55-9a3b-1b4d5a0e6f70", idle.path]
+    assert sorted(p.name for p in (tmp_path / BLOBS).iterdir()) == sorted([kept.sha256, used_again.sha256])
+    assert (tmp_path / BLOBS / used_again.sha256).read_bytes() == data
+    assert store.gc(grace_seconds=3600) == []
+    assert sorted(store.gc(grace_seconds=0)) == sorted([kept.path, used_again.path])

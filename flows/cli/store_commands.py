@@ -84,8 +84,9 @@ def store_gc(
         ),
     ] = 60.0,
 ) -> None:
-    """Remove the staging folders and orphaned table files of runs that crashed (older than --grace minutes).
-    Published, foreign and modified files are never removed."""
+    """Remove the staging folders and orphaned table files of runs that crashed, and the task-input blobs no run
+    has put (each run puts its own as it starts), all untouched for --grace minutes: make it longer than an audit
+    takes. Published, foreign and modified files are never removed."""
     removed = existing_store(store).gc(grace * 60)
     for path in removed:
         console.print(f"removed {path}", markup=False)
