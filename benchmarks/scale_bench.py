@@ -12,7 +12,8 @@ Rounds rotate the contenders' order. A Ray contender runs two audits per round o
 workers' start-up (importing torch and Prefect) and is reported apart, as ``cold``; the second, with warm workers as
 on a cluster that serves audits, is timed. Ratios use the fastest timed rounds:
 ``orchestration_overhead`` = (a)/(d) (target <= 1.2), ``ray_overhead_one_worker`` = (b)/(a) (target <= 1.15),
-``speedup_two_workers`` = (b)/(c) (target >= 1.7).
+``speedup_two_workers`` = (b)/(c) (target >= 1.7). ``bytes_shipped_per_task``: what one submission of this audit
+pickles, with its big inputs by value and by ref (benchmarks/bytes_shipped.py).
 
     .venv/bin/python benchmarks/scale_bench.py          # ~20 min on 2 cores; writes benchmarks/results/scale.json
     .venv/bin/python benchmarks/scale_bench.py --quick  # a smaller audit, one round each, prints only
@@ -39,6 +40,7 @@ from unittest import mock  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from _results import write_results  # noqa: E402
+from bytes_shipped import per_task, shipped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("direct", "thread", "ray-1", "ray-2")
@@ -184,6 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, prefect_test_harness(server_startup_timeout=120):
         spec = write_spec(Path(folder), models["honest"].weights_path, args.quick)
         seconds, cold = measure(spec, Path(folder), rounds)
+        submissions, _ = shipped(spec)
     fastest = {name: min(values) for name, values in seconds.items()}
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), CPU only",
@@ -194,6 +197,8 @@ def main() -> None:
         "orchestration_overhead": round(fastest["thread"] / fastest["direct"], 3),
         "ray_overhead_one_worker": round(fastest["ray-1"] / fastest["thread"], 3),
         "speedup_two_workers": round(fastest["ray-1"] / fastest["ray-2"], 3),
+        "submissions": len(submissions),
+        "bytes_shipped_per_task": per_task(submissions),  # pickled parameters: by value (today) and by ref (ours)
     }
     for key in ("orchestration_overhead", "ray_overhead_one_worker", "speedup_two_workers"):
         print(f"{key}: {report[key]}")
