@@ -9,7 +9,9 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "False")
 
+import logging  # noqa: E402
 import sys  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -111,6 +113,57 @@ def gray_spec(tmp_path):
         return path
 
     return write
+
+
+# ----------------------------------------------------------------------- an S3-compatible server on 127.0.0.1
+
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "interp-audit-test",
+    "AWS_SECRET_ACCESS_KEY": "interp-audit-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on a free port of 127.0.0.1 for the module, and credentials it accepts in the environment
+    (processes started meanwhile inherit them); stopped after. Stands in for a cloud's S3, which cannot run here."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    requests = logging.getLogger("werkzeug")  # one line per request: a failing test's output would drown in them
+    level = requests.level
+    requests.setLevel(logging.WARNING)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in CREDENTIALS.items():
+            env.setenv(name, value)
+        env.delenv("AWS_ENDPOINT_URL", raising=False)
+        yield f"http://{host}:{port}"
+    server.stop()
+    requests.setLevel(level)
+
+
+def new_bucket(endpoint: str):
+    """A fresh bucket: (boto3 client, bucket name, store URI naming the endpoint in its query)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket, f"s3://{bucket}/reports?endpoint_override={endpoint}"
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    return new_bucket(s3_endpoint)
+
+
+def s3_keys(client, bucket: str, prefix: str = "") -> list[str]:
+    """Every object's key in the bucket (under ``prefix``)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
 def store_is_empty(store: Path) -> bool:

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import ray
 import yaml
-from conftest import store_is_empty
+from conftest import new_bucket, s3_keys, store_is_empty
 from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from typer.testing import CliRunner
@@ -28,6 +28,8 @@ from flows.audit import audit_on_runner
 from flows.cli import app
 from flows.runners import Runner
 from interp_audit import report
+from interp_audit.store import ReportStore
+from interp_audit.store_manifest import BLOBS, MANIFESTS, RESULTS, STAGING
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
@@ -69,9 +71,11 @@ def small_spec(tmp_path: Path, weights: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(s3_endpoint):
     """A head node with one CPU and no GPU, and a node with two CPUs and one (declared) GPU. Its dashboard (Ray's
-    state API, which the placement test reads) takes a free port: another Ray on this machine may hold 8265."""
+    state API, which the placement test reads) takes a free port: another Ray on this machine may hold 8265.
+    Started after the S3 server, its workers hold that server's credentials in their environment, as a real
+    cluster's nodes hold theirs (the flow never ships credentials to workers)."""
     from ray.cluster_utils import Cluster
 
     started = Cluster(
@@ -92,19 +96,20 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, trained, cluster):
-    """The same spec audited on the thread runner (its task results in ``thread-results``) and on the cluster (its
-    task results beside its report): neither reuses the other's cache, and both compute every table."""
+def runs(tmp_path_factory, trained, cluster, s3_endpoint):
+    """The same spec audited on the thread runner into a local store (its task results in ``thread-results``) and
+    on the cluster into a store on S3 (its task results and blobs beside the report): neither reuses the other's
+    cache, and both compute every table. Returns the folder, both stores and the S3 bucket."""
     root = tmp_path_factory.mktemp("ray-runner")
     spec = small_spec(root, trained["honest"].weights_path, "audit")
-    stores, outputs = {}, {}
-    for name, options in (("thread", []), ("ray", ["--runner", "ray", "--ray-address", cluster[0].address])):
-        store = root / f"{name}-reports"
+    bucket = new_bucket(s3_endpoint)
+    stores = {"thread": root / "thread-reports", "ray": bucket[2]}
+    options = {"thread": [], "ray": ["--runner", "ray", "--ray-address", cluster[0].address]}
+    for name, store in stores.items():
         with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: root / f"{name}-results"}):
-            code, outputs[name] = cli("run", spec, "--store", store, *options)
-        assert code == 0, outputs[name]
-        stores[name] = store
-    return root, stores
+            code, output = cli("run", spec, "--store", store, *options[name])
+        assert code == 0, output
+    return root, stores, bucket
 
 
 def task_run_states(run_id: str) -> dict[str, set[str]]:
@@ -120,37 +125,42 @@ def task_run_states(run_id: str) -> dict[str, set[str]]:
     return states
 
 
-def run_tables(store: Path) -> dict[str, pd.DataFrame]:
-    """Every table of the store's one run (a directory per table)."""
-    (run_id,) = report.list_runs(store).run_id
-    names = [path.name for path in store.iterdir() if path.is_dir() and path.name[0].isalpha()]
+def run_tables(store, run_id: str | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of a run (of the store's one run when ``run_id`` is None), local or on S3."""
+    if run_id is None:
+        (run_id,) = report.list_runs(store).run_id
+    names = ReportStore.open(store).tables_with_data()
     return {name: report.load_table(store, name, run_id=run_id) for name in names}
 
 
-def test_the_tables_on_ray_equal_the_thread_runners(runs):
-    root, stores = runs
-    thread, on_ray = run_tables(stores["thread"]), run_tables(stores["ray"])
-    assert set(thread) == set(on_ray) and {"lime_attributions", "dissection_units", "actmax_units"} <= set(thread)
-    for name, expected in thread.items():
-        got = on_ray[name]
+def assert_same_tables(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
+    """The tables of two runs of one spec agree: bit for bit, but act-max's renders within their tolerance."""
+    assert set(got) == set(want) and {"lime_attributions", "dissection_units", "actmax_units"} <= set(want)
+    for name, expected in want.items():
+        actual = got[name]
         columns = [c for c in expected.columns if c not in IGNORED_COLUMNS]
-        expected, got = expected[columns].reset_index(drop=True), got[columns].reset_index(drop=True)
+        expected, actual = expected[columns].reset_index(drop=True), actual[columns].reset_index(drop=True)
         if name == "actmax_units":  # renders: their numbers within act-max's stated tolerance, the rest exact
             numeric = ["final_activation", "dataset_max", "ratio", "robustness"]
-            np.testing.assert_allclose(got[numeric].to_numpy(float), expected[numeric].to_numpy(float), ACTMAX_RTOL)
-            np.testing.assert_allclose(np.stack(got.curve), np.stack(expected.curve), ACTMAX_RTOL)
+            np.testing.assert_allclose(actual[numeric].to_numpy(float), expected[numeric].to_numpy(float), ACTMAX_RTOL)
+            np.testing.assert_allclose(np.stack(actual.curve), np.stack(expected.curve), ACTMAX_RTOL)
             columns = [c for c in columns if c not in [*numeric, "curve", "render_png"]]
-            expected, got = expected[columns], got[columns]
-        pd.testing.assert_frame_equal(got, expected, check_exact=True, obj=name)
+            expected, actual = expected[columns], actual[columns]
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True, obj=name)
+
+
+def test_the_tables_on_ray_equal_the_thread_runners(runs):
+    root, stores, (client, bucket, _) = runs
+    assert_same_tables(run_tables(stores["ray"]), run_tables(stores["thread"]))
     # the Ray workers reported their task runs to the flow's Prefect API (none of their own) and kept their
     # results beside the report, where every worker that reaches the store reads them
     (run_id,) = report.list_runs(stores["ray"]).run_id
     states = task_run_states(run_id)
     assert GPU_TASKS <= set(states) and all(names == {"Completed"} for names in states.values()), states
-    assert any((stores["ray"] / "_results").iterdir())
+    assert s3_keys(client, bucket, f"reports/{RESULTS}/")
     # the big inputs went to the Ray workers as refs to blobs written once beside the report, not in each submission
-    assert len(list((stores["ray"] / "_blobs").iterdir())) >= 2  # the ONNX bytes and the samples, at least
-    assert not (stores["thread"] / "_blobs").exists()
+    assert len(s3_keys(client, bucket, f"reports/{BLOBS}/")) >= 2  # the ONNX bytes and the samples, at least
+    assert not (stores["thread"] / BLOBS).exists()
 
 
 def test_gpu_tasks_ran_on_the_gpu_node_one_at_a_time(runs, cluster):
@@ -231,7 +241,7 @@ def alive(pid: int) -> bool:
 def test_a_run_without_address_starts_its_own_ray_and_stops_it(trained, runs):
     """Run beside the thread run's spec (the spec's folder is part of the model's key), its store holding a copy of
     the thread run's task results: a Ray run finds them under the same cache keys."""
-    root, stores = runs
+    root, stores, _ = runs
     spec = small_spec(root, trained["honest"].weights_path, "local")
     shutil.copytree(root / "thread-results", root / "local-reports" / "_results")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
@@ -293,10 +303,43 @@ def test_a_worker_killed_mid_task_is_retried_and_one_run_is_published(runs, clus
     assert {attempt.attempt_number for attempt in attempts} >= {0, 1}, attempts  # Ray ran the killed task again
     (run_id,) = report.list_runs(root / "killed-reports").run_id
 
-    code, output = cli("run", spec, "--store", root / "killed-thread-reports")
+    code, output = cli("run", spec, "--store", root / "killed-thread-reports", "--only", "lime")
     assert code == 0, output
     for table in ("lime_explanations", "lime_attributions"):
         got = report.load_table(root / "killed-reports", table, run_id=run_id).drop(columns=["run_id"])
         want = report.load_table(root / "killed-thread-reports", table).drop(columns=["run_id"])
         assert len(got) == len(want) > 0, table
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_exact=True)
+
+
+def test_an_audit_killed_midway_leaves_nothing_visible_on_s3_and_its_rerun_reuses_what_finished(
+    runs, cluster, s3_endpoint
+):
+    """SIGKILL to the flow's process once task results reach the S3 store: no run, table, manifest or staged file
+    is visible. The same command again, as from another machine, reuses the tasks that finished (their results
+    are on the store) and publishes one run whose tables equal the uninterrupted run's on the same spec."""
+    root, stores, _ = runs
+    client, bucket, uri = new_bucket(s3_endpoint)
+    command = [sys.executable, "-m", "flows.cli", "run", str(root / "audit.yaml"), "--store", uri]
+    command += ["--runner", "ray", "--ray-address", cluster[0].address]
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    killed = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    finished: list[str] = []
+    while not finished and killed.poll() is None:
+        finished = s3_keys(client, bucket, f"reports/{RESULTS}/")
+        time.sleep(0.1)
+    killed.kill()
+    output = killed.communicate(timeout=60)[0].decode(errors="replace")
+    assert killed.returncode == -signal.SIGKILL and finished, output
+
+    assert report.list_runs(uri).empty and ReportStore.open(uri).tables_with_data() == []
+    assert s3_keys(client, bucket, f"reports/{MANIFESTS}/") == []
+    assert [key for key in s3_keys(client, bucket, f"reports/{STAGING}/") if not key.endswith("/")] == []
+
+    code, output = cli(*command[3:])
+    assert code == 0, output
+    (run_id,) = report.list_runs(uri).run_id
+    cached = {name for name, states in task_run_states(run_id).items() if states == {"Cached"}}
+    assert cached, "no task of the killed run was reused"
+    assert_same_tables(run_tables(uri), run_tables(stores["ray"]))
+    assert ReportStore.open(uri).check().intact

@@ -1,7 +1,6 @@
 """The report store, its blobs and the tasks' results on S3: an S3-compatible server (moto in server mode) on
 127.0.0.1, started here, talked to over HTTP by pyarrow's S3 filesystem, s3fs and boto3 as a cluster's would be."""
 
-import logging
 import os
 import signal
 import subprocess
@@ -10,11 +9,11 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
+from conftest import CREDENTIALS, s3_keys
 from test_store import run_tables
 
 from interp_audit import report
@@ -26,44 +25,6 @@ from interp_audit.store_manifest import BLOBS, MANIFESTS, RESULTS, STAGING
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "interp-audit-test",
-    "AWS_SECRET_ACCESS_KEY": "interp-audit-test",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on a free port of 127.0.0.1 for this module, and credentials it accepts; stopped after."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    requests = logging.getLogger("werkzeug")  # one line per request: a failing test's output would drown in them
-    level = requests.level
-    requests.setLevel(logging.WARNING)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in CREDENTIALS.items():
-            env.setenv(name, value)
-        env.delenv("AWS_ENDPOINT_URL", raising=False)
-        yield f"http://{host}:{port}"
-    server.stop()
-    requests.setLevel(level)
-
-
-@pytest.fixture
-def s3(s3_endpoint):
-    """A fresh bucket: (boto3 client, bucket name, store URI naming the endpoint in its query)."""
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    bucket = f"audit-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return client, bucket, f"s3://{bucket}/reports?endpoint_override={s3_endpoint}"
-
-
-def keys(client, bucket: str) -> list[str]:
-    return sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
 def test_a_run_published_to_s3_reads_back_through_the_store_duckdb_and_plain_pyarrow(s3, s3_endpoint):
@@ -78,13 +39,13 @@ def test_a_run_published_to_s3_reads_back_through_the_store_duckdb_and_plain_pya
     assert list(report.list_runs(uri).run_id) == [run_id]
     assert report.load_table(uri, "onnx_parity", model="m").max_abs_diff.tolist() == [1e-7]
     assert report.query(uri, "SELECT count(*) AS n FROM onnx_parity").column("n").to_pylist() == [1]
-    files = [key for key in keys(client, bucket) if key.endswith((".parquet", ".json"))]
+    files = [key for key in s3_keys(client, bucket) if key.endswith((".parquet", ".json"))]
     assert files == [
         f"reports/{MANIFESTS}/{run_id}.json",
         f"reports/audit_runs/model=m/version=1/{run_id}.parquet",
         f"reports/onnx_parity/model=m/version=1/{run_id}.parquet",
     ]
-    assert [key for key in keys(client, bucket) if key.startswith(f"reports/{STAGING}/")] == [f"reports/{STAGING}/"]
+    assert [key for key in s3_keys(client, bucket) if key.startswith(f"reports/{STAGING}/")] == [f"reports/{STAGING}/"]
     # plain Parquet in a hive layout: readable without our code
     plain_s3 = pafs.S3FileSystem(endpoint_override=s3_endpoint)
     raw = ds.dataset(f"{bucket}/reports/onnx_parity", filesystem=plain_s3, partitioning="hive").to_table()
@@ -104,7 +65,8 @@ CRASHING_PUBLISH = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from test_store import run_tables
+    from conftest import CREDENTIALS, s3_keys
+from test_store import run_tables
     from interp_audit.store import MANIFESTS, STAGING, ReportStore
 
     uri, run_id, crash = sys.argv[1:]
@@ -140,8 +102,8 @@ def test_a_publish_killed_midway_leaves_nothing_visible(s3, crash):
     script = CRASHING_PUBLISH.format(tests=str(ROOT / "tests"))
     process = subprocess.run([sys.executable, "-c", script, uri, crashed, crash], capture_output=True, timeout=300)
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
-    staged = [key for key in keys(client, bucket) if key.startswith(f"reports/{STAGING}/{crashed}/")]
-    in_place = [key for key in keys(client, bucket) if key.endswith(f"version=2/{crashed}.parquet")]
+    staged = [key for key in s3_keys(client, bucket) if key.startswith(f"reports/{STAGING}/{crashed}/")]
+    in_place = [key for key in s3_keys(client, bucket) if key.endswith(f"version=2/{crashed}.parquet")]
     in_place = [key for key in in_place if key not in staged]
     if crash == "between-tables":  # the crash came where it was meant to: one table in place, audit_runs staged
         assert in_place == [f"reports/onnx_parity/model=m/version=2/{crashed}.parquet"]
@@ -149,7 +111,7 @@ def test_a_publish_killed_midway_leaves_nothing_visible(s3, crash):
             f"reports/{STAGING}/{crashed}/audit_runs/model=m/version=2/{crashed}.parquet"
         ]
     else:
-        assert len(in_place) == 2 and f"reports/{MANIFESTS}/{crashed}.json" not in keys(client, bucket)
+        assert len(in_place) == 2 and f"reports/{MANIFESTS}/{crashed}.json" not in s3_keys(client, bucket)
 
     assert list(report.list_runs(uri).run_id) == [published]
     assert report.load_table(uri, "onnx_parity").run_id.tolist() == [published]
@@ -165,7 +127,7 @@ def test_blobs_round_trip_through_s3_once_each_and_verified(s3):
     client, bucket, uri = s3
     onnx = os.urandom(3 << 20)  # larger than one part of a multipart upload
     ref = put_blob(uri, onnx)
-    assert [key for key in keys(client, bucket) if not key.endswith("/")] == [f"reports/{BLOBS}/{ref.sha256}"]
+    assert [key for key in s3_keys(client, bucket) if not key.endswith("/")] == [f"reports/{BLOBS}/{ref.sha256}"]
     written = client.head_object(Bucket=bucket, Key=f"reports/{BLOBS}/{ref.sha256}")["ETag"]
     assert put_blob(uri, onnx) == ref
     assert client.head_object(Bucket=bucket, Key=f"reports/{BLOBS}/{ref.sha256}")["ETag"] == written
@@ -226,7 +188,7 @@ def test_task_results_persist_to_the_s3_store_and_serve_a_rerun(s3, prefect_serv
 
     on_s3 = squares.with_options(result_storage=task_result_storage(uri), persist_result=False)
     assert on_s3([2, 3]) == [4, 9] and sorted(runs) == [2, 3]
-    results = [key for key in keys(client, bucket) if key.startswith(f"reports/{RESULTS}/")]
+    results = [key for key in s3_keys(client, bucket) if key.startswith(f"reports/{RESULTS}/")]
     assert len(results) == 2
     assert on_s3([2, 3]) == [4, 9] and sorted(runs) == [2, 3]  # both served from the records on S3
     client.delete_object(Bucket=bucket, Key=results[0])
@@ -269,5 +231,5 @@ def test_tasks_on_ray_workers_persist_to_the_s3_store_and_a_new_cluster_reuses_t
 
     first = on_a_new_ray_instance()
     assert [value for value, _ in first] == [1, 2] and os.getpid() not in {pid for _, pid in first}
-    assert len([key for key in keys(client, bucket) if key.startswith(f"reports/{RESULTS}/")]) == 2
+    assert len([key for key in s3_keys(client, bucket) if key.startswith(f"reports/{RESULTS}/")]) == 2
     assert on_a_new_ray_instance() == first  # the first run's workers' results, read back from S3
