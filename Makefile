@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-assets lint browser clean
+.PHONY: install demo test test-assets lint browser postgres fleet fleet-down clean
 
 install: $(STAMP)
 
@@ -33,7 +33,7 @@ demo: $(STAMP)
 # Two workers (pytest-xdist), each test file on one of them (module fixtures stay shared): much of the suite waits
 # on servers, subprocesses and leases rather than on the CPU. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
-test: $(STAMP) $(RAY_STAMP) browser lint
+test: $(STAMP) $(RAY_STAMP) browser postgres lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # The trained demo models the tests audit (tests/assets/shipped_models.py); a test says when they are stale
@@ -44,6 +44,23 @@ test-assets: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# `interp-audit fleet` runs Debian's PostgreSQL (the fleet's tests too): installed when absent, as root or with sudo.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "no PostgreSQL, and neither root nor sudo to install it: run 'apt-get install postgresql' as root"; exit 1; fi; \
+	echo "installing Debian's postgresql (for interp-audit fleet)"; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null \
+	  || { echo "could not install postgresql with apt-get"; exit 1; }
+
+# PostgreSQL, a Prefect server on it, the `interp-audit` process work pool with two workers (README, "A fleet")
+fleet: $(STAMP) postgres
+	$(VENV)/bin/interp-audit fleet up --workers 2
+
+fleet-down: $(STAMP)
+	$(VENV)/bin/interp-audit fleet down
 
 # The HTML report's tests open it in Debian's Chromium (driven by playwright, whose own browser downloads are never
 # used); without it they are skipped, or fail where INTERP_AUDIT_REQUIRE_BROWSER=1 (CI). `make demo` needs no browser.

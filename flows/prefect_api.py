@@ -66,21 +66,7 @@ def prefect_api() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ],
+        server_command(port),
         env={**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), **LOCAL_SERVER},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -92,7 +78,7 @@ def prefect_api() -> Iterator[str]:
             f"starting a local Prefect API at {url} (pid {server.pid}); the first start on a machine "
             "creates its database and can take a minute. Set PREFECT_API_URL to use a running server"
         )
-        _wait_until_healthy(server, url, log)
+        wait_until_healthy(server, url, log)
         with temporary_settings({PREFECT_API_URL: url}):
             _free_unleased_slots()
             try:
@@ -104,21 +90,41 @@ def prefect_api() -> Iterator[str]:
         log.close()
 
 
-def _wait_until_healthy(server: subprocess.Popen, url: str, log) -> None:
+def server_command(port: int) -> list[str]:
+    """A full Prefect server (API, UI where enabled, and its services) on 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+
+
+def wait_until_healthy(server: subprocess.Popen, url: str, log) -> None:
+    """Wait until the server at ``url`` answers, failing with its log's tail if it exits first or takes too long."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise AuditError(
                     f"the local Prefect API exited with code {server.returncode} while starting: "
-                    f"{_tail(log)}; check PREFECT_HOME, or set PREFECT_API_URL to a running server"
+                    f"{tail(log)}; check PREFECT_HOME, or set PREFECT_API_URL to a running server"
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(f"{url}/health").status_code == 200:
                     return
             time.sleep(0.25)
     raise AuditError(
-        f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {_tail(log)}; "
+        f"the local Prefect API did not answer within {STARTUP_TIMEOUT_SECONDS} s: {tail(log)}; "
         "start one with `prefect server start` and set PREFECT_API_URL"
     )
 
@@ -166,7 +172,7 @@ def _send_queued() -> None:
             worker.drain_all(timeout=10)
 
 
-def _tail(log, limit: int = 2000) -> str:
+def tail(log, limit: int = 2000) -> str:
     log.seek(0)
     text = " ".join(log.read().decode(errors="replace").split())
     return text[-limit:] or "no output"

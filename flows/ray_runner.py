@@ -15,6 +15,7 @@ from prefect.settings import get_current_settings
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from flows.logs import RUN_LOG_SETTINGS
 from interp_audit.errors import AuditError
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -83,7 +84,7 @@ def _check_answers(address: str) -> None:
 
 def worker_env() -> dict[str, str]:
     """The settings a task reads in a Ray worker, as the flow's process has them: where the Prefect API is, where
-    task results (and so the cache) live, how much to log, no analytics, and where an S3 report store is."""
+    task results (and so the cache) live, how much to log and where, no analytics, and where an S3 report store is."""
     settings = get_current_settings()
     env = {
         "PREFECT_HOME": str(settings.home),
@@ -94,6 +95,7 @@ def worker_env() -> dict[str, str]:
     }
     if settings.api.url:
         env["PREFECT_API_URL"] = settings.api.url
+    env |= {key: os.environ[key] for key, _ in RUN_LOG_SETTINGS if key in os.environ}  # what reaches the UI
     # where an s3:// report store (blobs, task results) is; never credentials, which Ray would keep in its metadata:
     # workers take theirs from their own environment (an instance role, their AWS_* variables)
     env |= {key: os.environ[key] for key in S3_LOCATION_ENV if key in os.environ}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.concurrency.sync import concurrency
+from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger, emit_event
 
 from flows.audit import audit
@@ -126,17 +127,25 @@ def _watermark(model_name: str, spec_sha256: str, versions: list[str]) -> int:
 
 
 def registry_deployments(
-    loaded: LoadedSpec, spec_path: Path, store: str | None, interval_seconds: int, on: RunnerChoice
+    loaded: LoadedSpec,
+    spec_path: Path,
+    store: str | None,
+    interval_seconds: int,
+    on: RunnerChoice,
+    by_module: bool = False,
 ):
     """The watcher on an interval, and the per-version audit with a trigger on the watcher's events; ``on``: the
-    runner of the audits (parameters of the per-version flow)."""
+    runner of the audits (parameters of the per-version flow). ``by_module``: entry points as module paths, which
+    a work pool's workers import from their installed package (``serve`` runs them in this process instead)."""
     name = loaded.spec.name
+    entrypoint = {"entrypoint_type": EntrypointType.MODULE_PATH} if by_module else {}
     watcher = watch_registry.to_deployment(
         name=f"{name}-watch",
         parameters={"spec_path": str(spec_path), "store": store},
         interval=timedelta(seconds=interval_seconds),
         tags=["interp-audit"],
         description=f"lists versions of {loaded.spec.model.name} and announces new ones",
+        **entrypoint,
     )
     trigger = DeploymentEventTrigger(
         expect={EVENT},
@@ -154,6 +163,7 @@ def registry_deployments(
         tags=["interp-audit"],
         parameters={"spec_path": str(spec_path), "store": store, **on.parameters()},
         description=f"audits each new version of {loaded.spec.model.name} once",
+        **entrypoint,
     )
     return watcher, auditor
 

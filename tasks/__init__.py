@@ -8,6 +8,7 @@ recomputes only what did not finish. Tasks that stay uncached (``UNCACHED``) say
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,10 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CachePolicy
 
 from interp_audit.cache_keys import content_key
+
+# A task's ``warnings.warn`` goes through logging, so that it reaches the task run's log in the Prefect UI (the
+# ``py.warnings`` logger is one of Prefect's extra loggers: flows/logs.py) as well as the console.
+logging.captureWarnings(True)
 
 
 @dataclass

@@ -65,8 +65,7 @@ CRASHING_PUBLISH = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from conftest import CREDENTIALS, s3_keys
-from test_store import run_tables
+    from test_store import run_tables
     from interp_audit.store import MANIFESTS, STAGING, ReportStore
 
     uri, run_id, crash = sys.argv[1:]

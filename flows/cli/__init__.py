@@ -5,21 +5,25 @@ never start Prefect, so they answer in about a second.
 
 A module per group of commands, assembled here in the order ``--help`` lists them: ``audit_commands`` (validate,
 run, schedule, watch, schema), ``review_commands`` (demo, review), ``report_commands`` (the ``report`` sub-app),
-``store_commands`` (the ``store`` sub-app); ``options`` holds what they share.
+``store_commands`` (the ``store`` sub-app), ``fleet_commands`` (the ``fleet`` sub-app); ``options`` holds what they share.
 """
 
 from __future__ import annotations
 
 import os
 
-# Our progress lines replace Prefect's and MLflow's INFO streams on the console; set before anything imports
-# them, and users can still override each one.
+from flows.logs import RUN_LOG_SETTINGS
+
+# Our progress lines replace Prefect's and MLflow's INFO streams on the console, while a run's INFO records still
+# reach its log in the Prefect UI (flows/logs.py); set before anything imports them, and users can still override
+# each one.
 for _name, _value in (
     ("PREFECT_LOGGING_LEVEL", "WARNING"),
     ("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
     ("PREFECT_SERVER_ANALYTICS_ENABLED", "False"),
     ("GX_ANALYTICS_ENABLED", "False"),
     ("MLFLOW_LOGGING_LEVEL", "WARNING"),
+    *RUN_LOG_SETTINGS,
 ):
     os.environ.setdefault(_name, _value)
 
@@ -27,6 +31,7 @@ for _name, _value in (
 import typer  # noqa: E402
 
 from flows.cli import audit_commands, review_commands  # noqa: E402
+from flows.cli.fleet_commands import fleet_app  # noqa: E402
 from flows.cli.report_commands import report_app  # noqa: E402
 from flows.cli.store_commands import store_app  # noqa: E402
 
@@ -38,6 +43,7 @@ app = typer.Typer(
 )
 app.add_typer(report_app, name="report")
 app.add_typer(store_app, name="store")
+app.add_typer(fleet_app, name="fleet")
 app.command()(audit_commands.validate)
 app.command()(audit_commands.run)
 app.command()(audit_commands.schedule)

@@ -79,3 +79,28 @@ class NotExportable(GrayNet):
 
 def not_exportable():
     return NotExportable()
+
+
+class Scale(nn.Module):
+    """A learned per-channel gain with no ``reset_parameters()``: a random-init baseline cannot re-draw it."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class ScaledGrayNet(GrayNet):
+    """GrayNet with a ``Scale`` after its first convolution (auditing it with a random-init baseline warns)."""
+
+    def __init__(self):
+        super().__init__()
+        layers = list(self.body.named_children())
+        self.body = nn.Sequential(OrderedDict([layers[0], ("scale", Scale(4)), *layers[1:]]))
+
+
+def scaled_gray_net():
+    torch.manual_seed(0)
+    return ScaledGrayNet()

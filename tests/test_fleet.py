@@ -1,0 +1,180 @@
+"""`interp-audit fleet`: a PostgreSQL run as the `postgres` user, a Prefect server on it, a process work pool and a
+worker, started here by the command and stopped by `fleet down`, which the tests check by the recorded pids."""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from interp_audit import report
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fleet_command(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "fleet", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pids_of(state: Path) -> dict[str, int]:
+    import json
+
+    return {p["name"]: p["pid"] for p in json.loads((state / "fleet.json").read_text())["processes"]}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """A fleet with one worker, in a folder the `postgres` user can enter (pytest's own temp folders are 0700)."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")) and not shutil.which("postgres"):
+        pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
+    state = Path(tempfile.mkdtemp(prefix="interp-audit-fleet-"))
+    state.chmod(0o711)
+    port, postgres_port = free_port(), free_port()
+    started = fleet_command("up", "--state", state, "--workers", 1, "--port", port, "--postgres-port", postgres_port)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield {"state": state, "api": f"http://127.0.0.1:{port}/api", "postgres_port": postgres_port, "up": started}
+    finally:
+        fleet_command("down", "--state", state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_up_prints_each_part_with_its_pid_address_and_log(fleet):
+    output = " ".join((fleet["up"].stdout + fleet["up"].stderr).split())
+    pids = pids_of(fleet["state"])
+    assert set(pids) == {"postgres", "prefect-server", "interp-audit-worker-1"}
+    for name, pid in pids.items():
+        assert name in output and str(pid) in output and alive(pid)
+    assert fleet["api"] in output and f"127.0.0.1:{fleet['postgres_port']}" in output
+    postgres = Path(f"/proc/{pids['postgres']}/status").read_text()
+    postgres_uid = int(next(line for line in postgres.splitlines() if line.startswith("Uid:")).split()[1])
+    assert postgres_uid != 0  # PostgreSQL refuses root: it runs as the postgres user
+
+
+def test_an_audit_runs_through_the_pool_on_postgres_and_logs_to_its_run(fleet, trained, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    spec = yaml.safe_load((ROOT / "deployments/specs/shapes-demo.yaml").read_text())
+    spec["model"]["weights"] = str(trained["honest"].weights_path)
+    spec["data"] = "builtin:shapes?split=val&n=8"
+    spec["ops"] = {"lime": {"samples": 2, "num_samples": 100, "samples_per_task": 2, "hide": 0.0}}
+    spec.pop("schedule", None)
+    spec.pop("gates", None)
+    spec["contracts"] = {"onnx.max_abs_diff": 1.0e-4}
+    path = tmp_path / "pool-audit.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    store = tmp_path / "reports"
+
+    with temporary_settings({PREFECT_API_URL: fleet["api"]}):
+        run = run_deployment(
+            "interp-audit/shapes-demo", parameters={"spec_path": str(path), "store": str(store)}, timeout=600
+        )
+        assert run.state.is_completed(), run.state
+        with get_client(sync_client=True) as client:
+            messages = [
+                log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            ]
+    assert any(message.startswith("ONNX bundle ready") for message in messages), messages
+    (run_id,) = report.list_runs(store).run_id
+    assert run_id == str(run.id)
+
+    async def stored_runs() -> int:  # the run is a row of the fleet's PostgreSQL
+        import asyncpg
+
+        password = (fleet["state"] / "postgres.password").read_text().strip()
+        connection = await asyncpg.connect(
+            f"postgresql://interp_audit:{password}@127.0.0.1:{fleet['postgres_port']}/prefect"
+        )
+        try:
+            return await connection.fetchval("SELECT count(*) FROM flow_run WHERE id = $1", run.id)
+        finally:
+            await connection.close()
+
+    assert asyncio.run(stored_runs()) == 1
+
+
+def test_a_pool_name_taken_by_another_kind_of_pool_is_refused_and_nothing_stays_up(fleet):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: fleet["api"]}), get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="gpu-cluster", type="kubernetes"))
+    password = (fleet["state"] / "postgres.password").read_text().strip()
+    database = f"postgresql+asyncpg://interp_audit:{password}@127.0.0.1:{fleet['postgres_port']}/prefect"
+    state, port = Path(tempfile.mkdtemp(prefix="interp-audit-fleet-")), free_port()
+    try:
+        refused = fleet_command(
+            "up", "--state", state, "--pool", "gpu-cluster", "--port", port, "--database-url", database
+        )
+        output = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and "work pool 'gpu-cluster'" in output and "'kubernetes'" in output, output
+        assert "prefect-server" in output and not (state / "fleet.json").exists()  # started, then stopped
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # the server it started is gone
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_password_postgres_refuses_is_named_and_nothing_starts(fleet, tmp_path):
+    wrong = f"postgresql+asyncpg://interp_audit:wrong@127.0.0.1:{fleet['postgres_port']}/prefect"
+    refused = fleet_command("up", "--state", tmp_path / "fleet", "--port", free_port(), "--database-url", wrong)
+    output = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2, output
+    assert f"PostgreSQL at 127.0.0.1:{fleet['postgres_port']} refused the password for user interp_audit" in output
+    assert not (tmp_path / "fleet" / "fleet.json").exists()
+
+
+def test_a_port_in_use_is_named_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = fleet_command("up", "--state", tmp_path / "fleet", "--port", port, "--postgres-port", free_port())
+    output = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2 and f"port {port} for the Prefect server is in use" in output, output
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_down_stops_exactly_what_up_started(fleet):
+    pids = pids_of(fleet["state"])
+    stopped = fleet_command("down", "--state", fleet["state"])
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [name for name, pid in pids.items() if alive(pid)]
+    assert not (fleet["state"] / "fleet.json").exists()
+    assert "no fleet runs" in fleet_command("down", "--state", fleet["state"]).stderr
