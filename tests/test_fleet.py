@@ -2,6 +2,7 @@
 worker, started here by the command and stopped by `fleet down`, which the tests check by the recorded pids."""
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import save_state_dict
 
 from interp_audit import report
 
@@ -80,33 +81,39 @@ def test_up_prints_each_part_with_its_pid_address_and_log(fleet):
     assert postgres_uid != 0  # PostgreSQL refuses root: it runs as the postgres user
 
 
-def test_an_audit_runs_through_the_pool_on_postgres_and_logs_to_its_run(fleet, trained, tmp_path):
+def test_an_audit_runs_through_the_pool_on_postgres_and_logs_to_its_run(fleet, gray_spec, tmp_path):
+    """deployments/prefect.yaml's audit, run by the pool's worker: a user's model whose random-init baseline warns
+    (a module without reset_parameters); the run's log (the UI's Logs tab) has our progress lines and the task's
+    warning, and the run is a row of the fleet's PostgreSQL."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
+    from user_models import scaled_gray_net
 
-    spec = yaml.safe_load((ROOT / "deployments/specs/shapes-demo.yaml").read_text())
-    spec["model"]["weights"] = str(trained["honest"].weights_path)
-    spec["data"] = "builtin:shapes?split=val&n=8"
-    spec["ops"] = {"lime": {"samples": 2, "num_samples": 100, "samples_per_task": 2, "hide": 0.0}}
-    spec.pop("schedule", None)
-    spec.pop("gates", None)
-    spec["contracts"] = {"onnx.max_abs_diff": 1.0e-4}
-    path = tmp_path / "pool-audit.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    weights = save_state_dict(scaled_gray_net(), tmp_path / "scaled.pt")
+    spec = gray_spec(
+        **{
+            "model.factory": f"{ROOT / 'tests/assets/user_models.py'}:scaled_gray_net",
+            "model.weights": str(weights),
+            "model.layers": ["body.conv1"],
+            "ops": {"dissection": {"concepts": "builtin:concepts?n=12", "baseline": "random_init"}},
+        }
+    )
     store = tmp_path / "reports"
-
     with temporary_settings({PREFECT_API_URL: fleet["api"]}):
         run = run_deployment(
-            "interp-audit/shapes-demo", parameters={"spec_path": str(path), "store": str(store)}, timeout=600
+            "interp-audit/shapes-demo", parameters={"spec_path": str(spec), "store": str(store)}, timeout=600
         )
         assert run.state.is_completed(), run.state
         with get_client(sync_client=True) as client:
-            messages = [
-                log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-            ]
-    assert any(message.startswith("ONNX bundle ready") for message in messages), messages
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    flow_lines = [log.message for log in logs if log.task_run_id is None and log.level == logging.INFO]
+    for line in ("audit gray-audit of gray-net v7 on cpu", "ONNX bundle ready", "dissection:", "contracts:"):
+        assert any(message.startswith(line) for message in flow_lines), (line, flow_lines)
+    assert not any("[/" in message or "[dim]" in message for message in flow_lines)  # plain text, no markup
+    warned = [log for log in logs if log.level == logging.WARNING and "have no reset_parameters()" in log.message]
+    assert warned and all(log.task_run_id is not None for log in warned), [log.message for log in logs]
     (run_id,) = report.list_runs(store).run_id
     assert run_id == str(run.id)
 

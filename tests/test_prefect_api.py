@@ -73,6 +73,8 @@ def test_the_first_run_on_a_new_machine_works_and_stops_its_server(newcomer):
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "status: passed" in output, output
     assert "Traceback" not in output and "Error logging to API" not in output, output  # queued logs went out first
+    # the run's INFO records went to its log in the API (tests/test_fleet.py reads them there), not to the console
+    assert "| INFO" not in output and "Finished in state" not in output, output
     started = STARTED.search(output)
     assert started, output
     assert (root / "home" / ".prefect" / "prefect.db").is_file()  # it really was a first start: a new database
