@@ -371,19 +371,33 @@ def _deploy(api_url: str, settings: FleetSettings) -> None:
 
 
 def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
+    """Each spec's triggered audit, and one watcher for them all: one process per interval, however many specs.
+    Entry points as module paths: the pool's workers import them from the installed package."""
+    from datetime import timedelta
+
     from prefect import deploy
+    from prefect.deployments.runner import EntrypointType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.registry import registry_deployments
+    from flows.registry import auditor_deployment, watch_registries
     from flows.runners import RunnerChoice
     from interp_audit.spec import load_spec
 
-    deployments = []
-    for spec in settings.watch:
-        loaded = load_spec(spec)
-        deployments += registry_deployments(
-            loaded, spec.resolve(), settings.store, settings.interval, RunnerChoice(), by_module=True
+    by_module = {"entrypoint_type": EntrypointType.MODULE_PATH}
+    specs = [spec.resolve() for spec in settings.watch]
+    deployments = [
+        auditor_deployment(load_spec(spec), spec, settings.store, RunnerChoice(), **by_module) for spec in specs
+    ]
+    deployments.append(
+        watch_registries.to_deployment(
+            name="registry-watch",
+            parameters={"spec_paths": [str(spec) for spec in specs], "store": settings.store},
+            interval=timedelta(seconds=settings.interval),
+            tags=["interp-audit"],
+            description=f"lists the registry's versions of {len(specs)} spec(s)' models and announces new ones",
+            **by_module,
         )
+    )
     with temporary_settings({PREFECT_API_URL: api_url}):
         deploy(
             *deployments,

@@ -16,16 +16,14 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.concurrency.sync import concurrency
-from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger, emit_event
 
-from flows.audit import audit
 from flows.runners import Runner, RunnerChoice
 from interp_audit import progress
 from interp_audit.errors import SpecError
 from interp_audit.report import list_runs
 from interp_audit.spec import LoadedSpec, load_spec, with_model_version
-from tasks.gpu import ensure_limit
+from tasks.limits import ensure_limit
 from tasks.registry import list_registered_versions
 
 EVENT = "interp_audit.model_version.created"
@@ -82,6 +80,8 @@ def audit_registered_version(
         if done is not None:
             progress.step(f"{spec.model.name} v{version} was already audited with this spec (run {done['run_id']})")
             return {"run_id": done["run_id"], "status": done["status"], "skipped": True}
+        from flows.audit import audit  # here, not above: the watcher's runs start without loading torch and ops
+
         on = RunnerChoice(runner, ray_address, gpus_per_task)
         return on.applied_to(audit, store_uri)(spec_path=spec_path, store=store, device=device, version=version)
 
@@ -89,6 +89,18 @@ def audit_registered_version(
 @flow(name="interp-audit-watch", persist_result=True)
 def watch_registry(spec_path: str, store: str | None = None) -> list[str]:
     """Emit one event per version of the spec's model that this spec has not audited yet; returns them."""
+    return announce_new_versions(spec_path, store)
+
+
+@flow(name="interp-audit-watch-all", persist_result=True)
+def watch_registries(spec_paths: list[str], store: str | None = None) -> dict[str, list[str]]:
+    """Every spec's look at the registry in one run (``interp-audit fleet``): a fleet that watches many specs
+    starts one process per interval, not one per spec."""
+    return {path: announce_new_versions(path, store) for path in spec_paths}
+
+
+def announce_new_versions(spec_path: str, store: str | None) -> list[str]:
+    """One event per version of the spec's model that this spec has not audited yet; returns those versions."""
     loaded = _registry_spec(spec_path)
     model = loaded.spec.model
     store_uri = store or loaded.spec.report.store
@@ -127,26 +139,23 @@ def _watermark(model_name: str, spec_sha256: str, versions: list[str]) -> int:
 
 
 def registry_deployments(
-    loaded: LoadedSpec,
-    spec_path: Path,
-    store: str | None,
-    interval_seconds: int,
-    on: RunnerChoice,
-    by_module: bool = False,
+    loaded: LoadedSpec, spec_path: Path, store: str | None, interval_seconds: int, on: RunnerChoice
 ):
-    """The watcher on an interval, and the per-version audit with a trigger on the watcher's events; ``on``: the
-    runner of the audits (parameters of the per-version flow). ``by_module``: entry points as module paths, which
-    a work pool's workers import from their installed package (``serve`` runs them in this process instead)."""
-    name = loaded.spec.name
-    entrypoint = {"entrypoint_type": EntrypointType.MODULE_PATH} if by_module else {}
+    """The spec's watcher on an interval, and its per-version audit (``auditor_deployment``): what
+    ``interp-audit watch`` serves."""
     watcher = watch_registry.to_deployment(
-        name=f"{name}-watch",
+        name=f"{loaded.spec.name}-watch",
         parameters={"spec_path": str(spec_path), "store": store},
         interval=timedelta(seconds=interval_seconds),
         tags=["interp-audit"],
         description=f"lists versions of {loaded.spec.model.name} and announces new ones",
-        **entrypoint,
     )
+    return watcher, auditor_deployment(loaded, spec_path, store, on)
+
+
+def auditor_deployment(loaded: LoadedSpec, spec_path: Path, store: str | None, on: RunnerChoice, **options):
+    """The per-version audit of a spec, with a trigger on the watcher's events for that spec; ``on``: the runner of
+    the audits (parameters of the per-version flow); ``options`` go to ``to_deployment``."""
     trigger = DeploymentEventTrigger(
         expect={EVENT},
         match={"interp_audit.spec": loaded.sha256[:16]},
@@ -157,15 +166,14 @@ def registry_deployments(
             **on.parameters(),
         },
     )
-    auditor = audit_registered_version.to_deployment(
-        name=name,
+    return audit_registered_version.to_deployment(
+        name=loaded.spec.name,
         triggers=[trigger],
         tags=["interp-audit"],
         parameters={"spec_path": str(spec_path), "store": store, **on.parameters()},
         description=f"audits each new version of {loaded.spec.model.name} once",
-        **entrypoint,
+        **options,
     )
-    return watcher, auditor
 
 
 def serve_watch(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -237,6 +238,22 @@ def log_model(
     database). ``tracking_uri`` defaults to :func:`default_tracking_uri` of ``./reports``; the registered model
     is created if missing. ``tags`` become version tags.
     """
+    tracking_uri = tracking_uri or default_tracking_uri("./reports")
+    return register_version(name, log_model_files(model, name, factory, tracking_uri, tags), tracking_uri)
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model's files in an MLflow run, not yet a version (``register_version`` makes it one)."""
+
+    run_id: str
+    tags: dict[str, str]
+
+
+def log_model_files(
+    model: torch.nn.Module, name: str, factory: str, tracking_uri: str, tags: dict | None = None
+) -> LoggedModel:
+    """The files of ``log_model``, logged to a new run: registering them later takes one quick call."""
     import torch
 
     _check_name(name)
@@ -246,7 +263,6 @@ def log_model(
         raise SpecError(
             f"log_model: factory must be 'package.module:callable' or 'path/to/file.py:callable' (got {factory!r})"
         )
-    tracking_uri = tracking_uri or default_tracking_uri("./reports")
     with tempfile.TemporaryDirectory(prefix="interp-audit-log-") as tmp:
         folder = Path(tmp) / MODEL_DIR
         folder.mkdir()
@@ -264,14 +280,21 @@ def log_model(
                 client.set_terminated(run_id, "FAILED")
                 raise
             client.set_terminated(run_id)
-            if not _model_exists(client, name):
-                try:
-                    client.create_registered_model(name)
-                except Exception as exc:
-                    if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
-                        raise
-            created = client.create_model_version(name, f"runs:/{run_id}/{MODEL_DIR}", run_id=run_id, tags=version_tags)
-            return str(created.version)
+    return LoggedModel(run_id, version_tags)
+
+
+def register_version(name: str, logged: LoggedModel, tracking_uri: str) -> str:
+    """Make logged files the next version of ``name`` (created if missing); returns its number."""
+    with mlflow_client(tracking_uri) as client:
+        if not _model_exists(client, name):
+            try:
+                client.create_registered_model(name)
+            except Exception as exc:
+                if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        run_source = f"runs:/{logged.run_id}/{MODEL_DIR}"
+        created = client.create_model_version(name, run_source, run_id=logged.run_id, tags=logged.tags)
+        return str(created.version)
 
 
 def write_back(

@@ -8,25 +8,11 @@ import sys
 from collections.abc import Iterator
 
 import torch
-from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
+from tasks.limits import ensure_limit
+
 GPU_LIMIT = "gpu"
-
-
-def ensure_limit(name: str, slots: int) -> None:
-    """Create a global concurrency limit unless it exists (an operator may have set it already)."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-            except ObjectAlreadyExists:  # created meanwhile by a concurrent run
-                pass
 
 
 def ensure_gpu_limit() -> None:

@@ -10,6 +10,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "False")
 
 import logging  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -164,6 +165,13 @@ def s3_keys(client, bucket: str, prefix: str = "") -> list[str]:
     """Every object's key in the bucket (under ``prefix``)."""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that was free a moment ago (nobody listens there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def store_is_empty(store: Path) -> bool:

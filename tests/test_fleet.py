@@ -13,18 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import save_state_dict
+from conftest import free_port, save_state_dict
 
 from interp_audit import report
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fleet_command(*args, timeout: float = 600) -> subprocess.CompletedProcess:

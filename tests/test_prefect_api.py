@@ -124,7 +124,7 @@ from flows.prefect_api import prefect_api
 from flows.registry import key_lock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-from tasks.gpu import ensure_limit
+from tasks.limits import ensure_limit
 with prefect_api(), key_lock("a-killed-audit"):
     ensure_limit("interp-audit-taken-without-lease", 1)  # as a version before leases on disk left it
     with get_client(sync_client=True) as client:

@@ -8,7 +8,6 @@ The tests start the cluster and stop it, and check that a run without --ray-addr
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pandas as pd
 import pytest
 import ray
 import yaml
-from conftest import new_bucket, s3_keys, store_is_empty
+from conftest import free_port, new_bucket, s3_keys, store_is_empty
 from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from typer.testing import CliRunner
@@ -44,13 +43,6 @@ ACTMAX_RTOL = 2e-3  # test_actmax_ops: float32 renders differ by up to 1.6e-3 re
 def cli(*args, env=None):
     result = runner.invoke(app, [str(a) for a in args], env=env)
     return result.exit_code, " ".join(result.output.split())
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (nobody listens there)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def small_spec(tmp_path: Path, weights: Path, name: str) -> Path:
