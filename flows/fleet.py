@@ -32,6 +32,7 @@ from interp_audit.errors import AuditError, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "fleet.json"
+PREFECT_YAML = "deployments/prefect.yaml"
 DB_USER, DB_NAME = "interp_audit", "prefect"
 READY_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 30
@@ -360,11 +361,13 @@ def _deploy(api_url: str, settings: FleetSettings) -> None:
     """deployments/prefect.yaml's deployments, and the registry watcher and its audit for each watched spec."""
     env = os.environ | {"PREFECT_API_URL": api_url, "INTERP_AUDIT_HOME": str(ROOT)}
     prefect = str(Path(sys.executable).parent / "prefect")
-    command = [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"]
+    command = [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_YAML]
     done = subprocess.run([*command, "--pool", settings.pool], env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        raise AuditError(f"deploying deployments/prefect.yaml failed: {' '.join(done.stdout.split())[-1500:]}")
-    names = ["interp-audit/shapes-demo", "interp-audit-on-runner/shapes-demo-on-ray"]
+        raise AuditError(f"deploying {PREFECT_YAML} failed: {' '.join(done.stdout.split())[-1500:]}")
+    import yaml
+
+    names = [entry["name"] for entry in yaml.safe_load((ROOT / PREFECT_YAML).read_text())["deployments"]]
     if settings.watch:
         names += _deploy_watchers(api_url, settings)
     progress.step(f"deployed: {', '.join(names)}")

@@ -2,6 +2,7 @@
 worker, started here by the command and stopped by `fleet down`, which the tests check by the recorded pids."""
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -41,8 +42,6 @@ def alive(pid: int) -> bool:
 
 
 def pids_of(state: Path) -> dict[str, int]:
-    import json
-
     return {p["name"]: p["pid"] for p in json.loads((state / "fleet.json").read_text())["processes"]}
 
 
