@@ -221,6 +221,10 @@ def test_the_watcher_triggers_one_audit_per_new_version(tmp_path, registry_uri):
         second = run_deployment("interp-audit-watch/gray-net-audit-watch", timeout=120)
         assert second.state.result() == [version]
         wait_for_runs(tmp_path / "reports", 1)
+        for _ in range(60):  # the verdict is written back just after the run is published
+            if "interp_audit.status" in version_tags(registry_uri, "gray-net", version):
+                break
+            time.sleep(1)
         assert version_tags(registry_uri, "gray-net", version)["interp_audit.status"] == "passed"
 
         third = run_deployment("interp-audit-watch/gray-net-audit-watch", timeout=120)
