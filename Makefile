@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-assets lint browser postgres fleet fleet-down clean
+.PHONY: install demo test test-faults test-assets lint browser postgres fleet fleet-down clean
 
 install: $(STAMP)
 
@@ -34,7 +34,12 @@ demo: $(STAMP)
 # on servers, subprocesses and leases rather than on the CPU. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(RAY_STAMP) browser postgres lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 -m "not faults"
+
+# The fleet's fault tests (tests marked `faults`: killed workers, restarted servers, a full disk): minutes each, as
+# crash detection waits for heartbeats to stop; CI runs them after `make test`.
+test-faults: $(STAMP) postgres
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 -m faults
 
 # The trained demo models the tests audit (tests/assets/shipped_models.py); a test says when they are stale
 test-assets: $(STAMP)

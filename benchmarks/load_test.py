@@ -157,6 +157,28 @@ def max_concurrent_audits(api_url: str, since: float) -> int:
     return peak
 
 
+def diagnose(api_url: str, model: str, state: Path) -> None:
+    """What the server saw of ``model``'s events, triggers and runs, printed; the fleet's logs kept beside."""
+    import httpx
+
+    from flows.registry import EVENT
+
+    with httpx.Client(base_url=api_url, timeout=30) as api:
+        events = api.post("/events/filter", json={"filter": {"event": {"name": [EVENT]}}, "limit": 200}).json()
+        for event in events.get("events", []):
+            if event["payload"].get("name") == model:
+                print("event", event["id"], event["occurred"], event["resource"], flush=True)
+        for automation in api.post("/automations/filter", json={}).json():
+            print("automation", automation["name"], automation["enabled"], automation["trigger"].get("match"))
+        runs = api.post("/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_DESC", "limit": 30}).json()
+        for run in runs:
+            print("run", run["name"], run["parameters"].get("version"), run["state_type"], run["state_name"])
+        print("pool", api.get("/work_pools/interp-audit").json(), flush=True)
+    kept = Path(tempfile.mkdtemp(prefix="interp-audit-load-logs-"))
+    shutil.copytree(state / "fleet" / "logs", kept, dirs_exist_ok=True)
+    print(f"the fleet's logs are kept in {kept}", flush=True)
+
+
 def fleet(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "fleet", *args], cwd=ROOT, capture_output=True, text=True, timeout=900
@@ -254,6 +276,8 @@ def main() -> None:
             time.sleep(1)
             runs = report.list_runs(store)
             both = runs[runs.model_name == "load-f"]
+        if len(both) < 2:
+            diagnose(api_url, "load-f", state)
         results["two_specs_one_version"] = {
             "published": int(len(both)),
             "distinct_specs": int(both.spec_sha256.nunique()),

@@ -36,6 +36,10 @@ PREFECT_YAML = "deployments/prefect.yaml"
 DB_USER, DB_NAME = "interp_audit", "prefect"
 READY_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 30
+HEARTBEAT_SECONDS = 30  # each flow run's heartbeat event (Prefect's minimum interval)
+SILENT_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # a run silent this long lost its process: it is marked crashed
+CRASH_DETECTION = "interp-audit: mark silent runs crashed"
+WATCH_QUEUE = "registry-watch"  # the pool's queue of the registry watcher (one slot of its own)
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ def up(settings: FleetSettings) -> Fleet:
         fleet.api_url = _start_server(fleet, settings.port, database_url)
         fleet.write()
         _create_pool(fleet.api_url, settings.pool, settings.pool_limit or settings.workers)
+        _create_crash_detection(fleet.api_url)
         _start_workers(fleet, settings.workers)
         _deploy(fleet.api_url, settings)
     except BaseException:
@@ -136,16 +141,61 @@ def down(state: Path) -> list[str]:
         return []
     running = fleet.running()
     for process in reversed(running):
-        # PostgreSQL's fast shutdown is SIGINT (SIGTERM would wait for every client to leave)
-        stop = signal.SIGINT if process.name == "postgres" else signal.SIGTERM
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, stop)
-        if not _wait_gone(process, STOP_TIMEOUT_SECONDS):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            _wait_gone(process, 5)
+        _stop(process)
     (fleet.state / STATE_FILE).unlink()
     return [f"{p.name} (pid {p.pid})" for p in running]
+
+
+def restart(state: Path, name: str) -> Started:
+    """Stop one part of the fleet (if it still runs) and start it again as ``up`` did: PostgreSQL on its data and
+    port, the Prefect server on the same database and port, a worker under its name. What runs meanwhile carries
+    on: Prefect's clients retry while the server is away, and the server reconnects to PostgreSQL."""
+    fleet = Fleet.read(state.resolve())
+    if fleet is None:
+        raise SpecError(f"no fleet in {state}: `interp-audit fleet up --state {state}` first")
+    old = next((process for process in fleet.processes if process.name == name), None)
+    if old is None:
+        names = ", ".join(process.name for process in fleet.processes)
+        raise SpecError(f"the fleet in {state} has no part {name!r}: name one of {names}")
+    if _alive(old):
+        _stop(old)
+    fleet.processes.remove(old)
+    port = int(old.address.rsplit(":", 1)[1]) if old.address else 0
+    if name == "postgres":
+        _start_postgres(fleet, port)
+    elif name == "prefect-server":
+        _start_server(fleet, port, _database_url(fleet))
+    else:
+        _start_worker_processes(fleet, [name])
+    return next(process for process in fleet.processes if process.name == name)
+
+
+def _stop(process: Started) -> None:
+    # PostgreSQL's fast shutdown is SIGINT (SIGTERM would wait for every client to leave)
+    stop = signal.SIGINT if process.name == "postgres" else signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, stop)
+    if not _wait_gone(process, STOP_TIMEOUT_SECONDS):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        _wait_gone(process, 5)
+
+
+def _database_url(fleet: Fleet) -> str:
+    """The server's database URL again: with the password of the PostgreSQL started here, or the user's own URL
+    from PREFECT_API_DATABASE_CONNECTION_URL (never written to the fleet's record)."""
+    password_file = fleet.state / "postgres.password"
+    if any(process.name == "postgres" for process in fleet.processes) and password_file.exists():
+        parts = urlsplit(fleet.database)
+        password = password_file.read_text().strip()
+        return f"postgresql+asyncpg://{parts.username}:{password}@{parts.hostname}:{parts.port}{parts.path}"
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    if not url:
+        raise SpecError(
+            f"the fleet's server uses a PostgreSQL of yours ({fleet.database}): set "
+            "PREFECT_API_DATABASE_CONNECTION_URL to its URL, password included, to restart the server"
+        )
+    return url
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL
@@ -285,7 +335,7 @@ def _start_server(fleet: Fleet, port: int, database_url: str) -> str:
             "PREFECT_API_DATABASE_CONNECTION_URL": database_url,
             "PREFECT_UI_ENABLED": "1",
             "PREFECT_UI_API_URL": url,
-            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_LOGGING_LEVEL": os.environ.get("PREFECT_SERVER_LOGGING_LEVEL", "WARNING"),
         }
     )
     server = fleet.launch("prefect-server", server_command(port), f"http://127.0.0.1:{port}", env=env)
@@ -295,28 +345,84 @@ def _start_server(fleet: Fleet, port: int, database_url: str) -> str:
 
 
 def _create_pool(api_url: str, name: str, limit: int) -> None:
-    """A process work pool running at most ``limit`` audits at once; an existing one of that kind is reused."""
+    """A process work pool running at most ``limit`` audits at once (its default queue), and the registry watcher
+    beside them in a queue of its own with one slot, so that a look at the registry never waits behind audits nor
+    takes an audit's slot; an existing pool of that kind is reused."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", concurrency_limit=limit))
+            client.create_work_pool(WorkPoolCreate(name=name, type="process", concurrency_limit=limit + 1))
         else:
             if pool.type != "process":
                 raise SpecError(
                     f"work pool {name!r} exists on this Prefect server as a {pool.type!r} pool, and the fleet's "
                     "workers run audits as processes: name another with --pool"
                 )
-            client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
-    progress.step(f"work pool {name!r} (process), at most {limit} audit(s) at once")
+            client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit + 1))
+        default = client.read_work_queue_by_name("default", work_pool_name=name)
+        client.update_work_queue(default.id, concurrency_limit=limit, priority=1)
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_queue(WATCH_QUEUE, work_pool_name=name, concurrency_limit=1, priority=2)
+        watch = client.read_work_queue_by_name(WATCH_QUEUE, work_pool_name=name)
+        client.update_work_queue(watch.id, concurrency_limit=1, priority=2)
+    progress.step(f"work pool {name!r} (process): at most {limit} audit(s) at once, and the registry watcher")
+
+
+def _create_crash_detection(api_url: str) -> None:
+    """An automation that marks a flow run crashed once its heartbeats stop (its worker or machine died), as
+    Prefect's docs recommend for a self-hosted server: an audit left ``Running`` would never be re-run, and a
+    watcher's run left so would hold the watcher's one slot for good. The state change is not forced: a run whose
+    last heartbeat reached the server after its end (a watcher's run lasts seconds) stays as it ended, and the
+    server logs the refused action as a warning. The audits'
+    deployments re-run their crashed runs (``flows.registry.auditor_deployment``). Replaced on each ``up``."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    ends = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
+    automation = Automation(
+        name=CRASH_DETECTION,
+        description=f"a flow run whose heartbeat ({HEARTBEAT_SECONDS} s) stops for {SILENT_AFTER_SECONDS} s crashed",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *ends},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=SILENT_AFTER_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {SILENT_AFTER_SECONDS} s: the process running it is gone",
+            )
+        ],
+    )
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with contextlib.suppress(ValueError):  # none yet
+            Automation.read(name=CRASH_DETECTION).delete()
+        automation.create()
 
 
 def _start_workers(fleet: Fleet, count: int) -> None:
+    names = [f"{fleet.pool}-worker-{index}" for index in range(1, count + 1)]
+    _start_worker_processes(fleet, names)
+    progress.step(f"{count} worker(s) online: {', '.join(names)}")
+
+
+def _start_worker_processes(fleet: Fleet, names: list[str]) -> None:
+    """A `prefect worker` process per name, polling the fleet's pool; returns once each is online."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -327,13 +433,13 @@ def _start_workers(fleet: Fleet, count: int) -> None:
             "PREFECT_API_URL": fleet.api_url,
             "PREFECT_HOME": str(fleet.state / "prefect"),
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "False",
             "GX_ANALYTICS_ENABLED": "False",
             "INTERP_AUDIT_HOME": str(ROOT),  # deployments/prefect.yaml's pull step
         }
     )
     prefect = str(Path(sys.executable).parent / "prefect")
-    names = [f"{fleet.pool}-worker-{index}" for index in range(1, count + 1)]
     workers = [
         fleet.launch(
             name,
@@ -343,10 +449,15 @@ def _start_workers(fleet: Fleet, count: int) -> None:
         )
         for name in names
     ]
+    started = time.time()
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     with temporary_settings({PREFECT_API_URL: fleet.api_url}), get_client(sync_client=True) as client:
         while True:
-            online = {w.name for w in client.read_workers_for_work_pool(fleet.pool) if w.status == "ONLINE"}
+            online = {
+                w.name
+                for w in client.read_workers_for_work_pool(fleet.pool)
+                if w.status == "ONLINE" and w.last_heartbeat_time.timestamp() >= started
+            }
             if set(names) <= online:
                 break
             dead = [(n, w) for n, w in zip(names, workers, strict=True) if w.poll() is not None]
@@ -354,7 +465,6 @@ def _start_workers(fleet: Fleet, count: int) -> None:
                 name, worker = dead[0] if dead else (names[0], workers[0])
                 raise AuditError(f"worker {name} did not come online: {tail(worker.log)}")
             time.sleep(0.5)
-    progress.step(f"{count} worker(s) online: {', '.join(names)}")
 
 
 def _deploy(api_url: str, settings: FleetSettings) -> None:
@@ -382,7 +492,7 @@ def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
     from prefect.deployments.runner import EntrypointType
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.registry import auditor_deployment, watch_registries
+    from flows.registry import ONE_LOOK_AT_A_TIME, auditor_deployment, watch_registries
     from flows.runners import RunnerChoice
     from interp_audit.spec import load_spec
 
@@ -398,6 +508,8 @@ def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
             interval=timedelta(seconds=settings.interval),
             tags=["interp-audit"],
             description=f"lists the registry's versions of {len(specs)} spec(s)' models and announces new ones",
+            concurrency_limit=ONE_LOOK_AT_A_TIME,
+            work_queue_name=WATCH_QUEUE,
             **by_module,
         )
     )

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 from prefect import flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.concurrency.sync import concurrency
 from prefect.events import DeploymentEventTrigger, emit_event
 
 from flows.runners import Runner, RunnerChoice
 from interp_audit import progress
-from interp_audit.errors import SpecError
+from interp_audit.errors import AuditError, SpecError
 from interp_audit.report import list_runs
 from interp_audit.spec import LoadedSpec, load_spec, with_model_version
 from tasks.limits import ensure_limit
@@ -29,6 +34,10 @@ from tasks.registry import list_registered_versions
 EVENT = "interp_audit.model_version.created"
 EVENT_NAMESPACE = uuid.UUID("6f1c3a52-6d0e-4d36-9a43-1f0d2f4e8a11")
 KEY_LEASE_SECONDS = 60  # how long after its holder died a version's audit slot is free again
+# A look at the registry that starts while the last one still runs (a slow registry, a busy machine) is cancelled:
+# watcher runs never pile up, nor take the slots audits wait for
+ONE_LOOK_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+MAX_CRASHES = 3  # a version whose audit crashed this often is not re-run again by the deployment's trigger
 
 
 def audit_key(model: str, version: str, spec_sha256: str) -> str:
@@ -52,12 +61,35 @@ def published_run(store: str, model: str, version: str, spec_sha256: str) -> dic
     return None if runs.empty else runs.iloc[0].to_dict()
 
 
-def key_lock(key: str):
+@contextmanager
+def key_lock(key: str) -> Iterator[None]:
     """Hold the key's one-slot concurrency limit. The holder renews its lease while it lives; when it dies (killed,
     machine lost), the server frees the slot once the lease expires, so no later audit of the key waits for good.
-    This needs a server that keeps leases across restarts (see flows/prefect_api.py and the README)."""
-    ensure_limit(f"interp-audit-{key}", 1)
-    return concurrency(f"interp-audit-{key}", occupy=1, lease_duration=KEY_LEASE_SECONDS)
+    This needs a server that keeps leases across restarts (see flows/prefect_api.py and the README).
+
+    Giving the slot back is best effort: when the API cannot be reached at that moment (a server restarting), the
+    audit, published already, does not fail for it; the lease frees the slot within KEY_LEASE_SECONDS."""
+    name = f"interp-audit-{key}"
+    ensure_limit(name, 1)
+    held = concurrency(name, occupy=1, lease_duration=KEY_LEASE_SECONDS)
+    held.__enter__()
+    try:
+        yield
+    except BaseException as exc:
+        _give_back(held, name, exc)
+        raise
+    _give_back(held, name, None)
+
+
+def _give_back(held, name: str, exc: BaseException | None) -> None:
+    try:
+        held.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+    except httpx.TransportError as error:
+        warnings.warn(
+            f"{name}: the slot could not be given back ({error!r}); it is free again when its lease expires, "
+            f"within {KEY_LEASE_SECONDS} s",
+            stacklevel=2,
+        )
 
 
 @flow(name="interp-audit-registry-version")
@@ -75,6 +107,10 @@ def audit_registered_version(
     loaded = with_model_version(_registry_spec(spec_path), version)
     spec = loaded.spec
     store_uri = store or spec.report.store
+    from prefect.runtime import deployment
+
+    if deployment.id:  # a run of the deployment, which re-runs it when it crashes
+        refuse_after_repeated_crashes(deployment.id, spec.model.name, version)
     with key_lock(audit_key(spec.model.name, version, loaded.sha256)):
         done = published_run(store_uri, spec.model.name, version, loaded.sha256)
         if done is not None:
@@ -84,6 +120,35 @@ def audit_registered_version(
 
         on = RunnerChoice(runner, ray_address, gpus_per_task)
         return on.applied_to(audit, store_uri)(spec_path=spec_path, store=store, device=device, version=version)
+
+
+def refuse_after_repeated_crashes(deployment_id: str, model: str, version: str) -> None:
+    """A deployment re-runs its crashed runs (``auditor_deployment``); an audit that kills its process each time
+    (out of memory, say) stops after MAX_CRASHES, with the reason, instead of crashing forever."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        crashed = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED])),
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+        )
+    crashes = [r for r in crashed if str(r.parameters.get("version")) == str(version)]
+    if len(crashes) >= MAX_CRASHES:
+        raise AuditError(
+            f"the audit of {model} v{version} crashed {len(crashes)} times (last: flow run {crashes[0].name}): "
+            "read that run's logs for what killed it, fix it, then run it again by hand"
+        )
 
 
 @flow(name="interp-audit-watch", persist_result=True)
@@ -149,28 +214,37 @@ def registry_deployments(
         interval=timedelta(seconds=interval_seconds),
         tags=["interp-audit"],
         description=f"lists versions of {loaded.spec.model.name} and announces new ones",
+        concurrency_limit=ONE_LOOK_AT_A_TIME,
     )
     return watcher, auditor_deployment(loaded, spec_path, store, on)
 
 
 def auditor_deployment(loaded: LoadedSpec, spec_path: Path, store: str | None, on: RunnerChoice, **options):
-    """The per-version audit of a spec, with a trigger on the watcher's events for that spec; ``on``: the runner of
-    the audits (parameters of the per-version flow); ``options`` go to ``to_deployment``."""
-    trigger = DeploymentEventTrigger(
+    """The per-version audit of a spec, with two triggers: the watcher's events for that spec, and a crash of one of
+    its own runs (its worker or machine died; ``flows.fleet`` marks silent runs crashed), which runs the version
+    again: the new run reuses the crashed run's finished tasks from the result cache. ``on``: the runner of the
+    audits (parameters of the per-version flow); ``options`` go to ``to_deployment``."""
+    parameters = {"spec_path": str(spec_path), "store": store, **on.parameters()}
+    announced = DeploymentEventTrigger(
+        name="new version",
         expect={EVENT},
         match={"interp_audit.spec": loaded.sha256[:16]},
-        parameters={
-            "spec_path": str(spec_path),
-            "store": store,
-            "version": "{{ event.payload.version }}",
-            **on.parameters(),
-        },
+        parameters=parameters | {"version": "{{ event.payload.version }}"},
+    )
+    crashed = DeploymentEventTrigger(
+        name="re-run a crashed audit",
+        expect={"prefect.flow-run.Crashed"},
+        match_related=[
+            {"prefect.resource.role": "flow", "prefect.resource.name": audit_registered_version.name},
+            {"prefect.resource.role": "deployment", "prefect.resource.name": loaded.spec.name},
+        ],
+        parameters=parameters | {"version": "{{ flow_run.parameters.version }}"},
     )
     return audit_registered_version.to_deployment(
         name=loaded.spec.name,
-        triggers=[trigger],
+        triggers=[announced, crashed],
         tags=["interp-audit"],
-        parameters={"spec_path": str(spec_path), "store": store, **on.parameters()},
+        parameters=parameters,
         description=f"audits each new version of {loaded.spec.model.name} once",
         **options,
     )

@@ -38,3 +38,9 @@ class QueryError(AuditError):
     """SQL that DuckDB rejects (exit 2); the message lists the tables that can be queried."""
 
     exit_code = 2
+
+
+class StoreFullError(AuditError):
+    """The report store ran out of space (or quota) while a run published; the run left nothing there (exit 3)."""
+
+    exit_code = 3

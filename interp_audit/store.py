@@ -4,9 +4,10 @@ files its manifest lists.
 A run's tables are written under ``_staging/<run_id>/``, moved into their table folders, and then its manifest,
 ``_manifests/<run_id>.json`` (each file's path, row count and SHA-256), is written: the manifest is the commit.
 Readers read the files that manifests list and nothing else, so a crash before the manifest leaves nothing
-visible, and a file put into a table folder by anyone else is never shown as a run's data (``check`` reports it
-as foreign). Appended records (reviews, requested diffs) are committed the same way, each with a manifest of its
-own. Files are never rewritten; a sign-off hashes the files of the run's manifest (``tables_sha256``).
+visible (and a commit that fails there, rather than crashes, takes back the files it moved), and a file put into
+a table folder by anyone else is never shown as a run's data (``check`` reports it as foreign). Appended records
+(reviews, requested diffs) are committed the same way, each with a manifest of its own. Files are never
+rewritten; a sign-off hashes the files of the run's manifest (``tables_sha256``).
 
 This module opens, writes and reads a store; the layout and manifest format are in ``store_manifest``,
 and ``check``, ``adopt`` and ``gc`` in ``store_housekeeping``.
@@ -14,6 +15,7 @@ and ``check``, ``adopt`` and ``gc`` in ``store_housekeeping``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ __all__ = [
     "APPENDED_TABLES",
     "MANIFESTS",
     "MANIFEST_FORMAT",
+    "OUT_OF_SPACE",
     "PARTITIONING",
     "REVIEWS_TABLE",
     "RUNS_TABLE",
@@ -54,7 +57,22 @@ __all__ = [
     "PublishedFile",
     "ReportStore",
     "StoreCheck",
+    "out_of_space",
 ]
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(exc: BaseException) -> str | None:
+    """The reason ("No space left on device", "Disk quota exceeded") when ``exc`` is a write that failed for want
+    of space or quota, else None. pyarrow raises an OSError whose errno is often None, with the C library's
+    message in its text, so both are looked at."""
+    if not isinstance(exc, OSError):
+        return None
+    for code in OUT_OF_SPACE:
+        if exc.errno == code or os.strerror(code) in str(exc):
+            return os.strerror(code)
+    return None
 
 
 @dataclass(frozen=True)
@@ -169,11 +187,26 @@ class ReportStore(StoreHousekeeping):
             rows = pq.ParquetFile(self.filesystem.open_input_file(staged)).metadata.num_rows
             files.append(PublishedFile(name, relative, self._sha256(f"{STAGING}/{commit_id}/{relative}"), rows))
         manifest = Manifest(commit_id, kind, run_id, model, version, datetime.now(UTC).isoformat(), tuple(files))
-        for published in files:
-            self.filesystem.create_dir(self._path(published.path.rsplit("/", 1)[0]), recursive=True)
-            self.filesystem.move(self._path(STAGING, commit_id, published.path), self._path(published.path))
-        self._write_manifest(manifest)
+        moved = []
+        try:
+            for published in files:
+                self.filesystem.create_dir(self._path(published.path.rsplit("/", 1)[0]), recursive=True)
+                self.filesystem.move(self._path(STAGING, commit_id, published.path), self._path(published.path))
+                moved.append(published.path)
+            self._write_manifest(manifest)
+        except BaseException:
+            self._take_back(commit_id, moved)
+            raise
         return manifest
+
+    def _take_back(self, commit_id: str, moved: list[str]) -> None:
+        """Remove the table files a failed commit moved into place, unless its manifest made it after all. Left
+        there, no reader would show them, but they would hold space until ``gc``, and once the ``audit_runs`` file
+        is among them ``adopt`` would take them for a run written before manifests. A crash leaves them to ``gc``."""
+        if self._exists(self._path(MANIFESTS, f"{commit_id}.json")):
+            return
+        for path in moved:
+            self.filesystem.delete_file(self._path(path))
 
     def _write_manifest(self, manifest: Manifest) -> None:
         """Write the manifest aside, then move it into ``_manifests/`` (the commit) and drop the staging folder."""

@@ -169,9 +169,14 @@ class StoreHousekeeping:
         return self.check(verify=False).foreign
 
     def gc(self, grace_seconds: float) -> list[str]:
+        """Remove the debris of commits that never completed (``gc_debris``) and the task-input blobs no run has
+        put (``gc_blobs``), each untouched for ``grace_seconds``: ``interp-audit store gc``."""
+        return self.gc_debris(grace_seconds) + self.gc_blobs(grace_seconds)
+
+    def gc_debris(self, grace_seconds: float) -> list[str]:
         """Remove staging folders and orphaned table files untouched for ``grace_seconds`` (a live run's staging
-        and publishing are younger than that), and task-input blobs no run has put for as long (a run puts its
-        blobs as it starts, ``interp_audit.blobs``). Published, foreign and modified files are never touched."""
+        and publishing are younger than that). Published, foreign, modified and unrecorded files are never
+        touched; neither are blobs (``gc_blobs``)."""
         found = self.check(verify=False)
         debris: dict[str, list[str]] = {}  # commit id -> its staging folder and orphaned files
         for staging in found.staging:
@@ -188,6 +193,12 @@ class StoreHousekeeping:
                 else:
                     self.filesystem.delete_file(self._path(path))
                 removed.append(path)
+        return removed
+
+    def gc_blobs(self, grace_seconds: float) -> list[str]:
+        """Remove the task-input blobs no run has put for ``grace_seconds`` (a run puts its blobs as it starts, and
+        puts one again once older than ``interp_audit.blobs.REFRESH_AFTER_SECONDS``)."""
+        removed = []
         for blob in self._blobs():
             if time.time() - self._newest_mtime(blob) >= grace_seconds:
                 self.filesystem.delete_file(self._path(blob))

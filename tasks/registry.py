@@ -13,7 +13,8 @@ from tasks import UNCACHED
 
 # Uncached, all three: the registry's state (its "latest" version, aliases, tags) changes between runs, a
 # write-back is a side effect, and a fetched version is kept on disk by ``registry_model`` already.
-RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 10], **UNCACHED)
+# Retried for about a minute (67 s of delays): a registry restarting or failing over comes back within it.
+RETRIES = dict(retries=5, retry_delay_seconds=[2, 5, 10, 20, 30], **UNCACHED)
 
 
 def _registry_down(_task, _task_run, state) -> bool:

@@ -86,6 +86,20 @@ def fleet_down(state: StateOpt = DEFAULT_STATE) -> None:
     console.print(f"stopped {', '.join(stopped)}" if stopped else f"no fleet runs from {state}", markup=False)
 
 
+@fleet_app.command("restart")
+@exits
+def fleet_restart(
+    part: Annotated[str, typer.Argument(help="postgres, prefect-server or a worker's name (see `fleet status`).")],
+    state: StateOpt = DEFAULT_STATE,
+) -> None:
+    """Stop one part of the fleet and start it again the way `fleet up` did (same port, data and name); the rest,
+    running audits included, carries on."""
+    from flows.fleet import restart
+
+    process = restart(state, part)
+    console.print(f"{process.name} restarted: pid {process.pid}, log {process.log}", markup=False)
+
+
 @fleet_app.command("status")
 @exits
 def fleet_status(state: StateOpt = DEFAULT_STATE) -> None:
