@@ -45,3 +45,13 @@ def cached(extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
 CACHED = cached()
 UNCACHED = dict(cache_policy=NO_CACHE)
+
+
+def raised(state) -> BaseException | None:
+    """The exception a failed task run's ``state`` holds (None when it holds none): what the tasks'
+    ``retry_condition_fn`` decide on."""
+    try:
+        state.result()
+    except Exception as exc:
+        return exc
+    return None

@@ -9,7 +9,7 @@ from interp_audit import registry
 from interp_audit.intake import ModelRef, registry_model, tracking_uri
 from interp_audit.mlflow_connection import RegistryUnavailable
 from interp_audit.spec import MlflowModelSpec
-from tasks import UNCACHED
+from tasks import UNCACHED, raised
 
 # Uncached, all three: the registry's state (its "latest" version, aliases, tags) changes between runs, a
 # write-back is a side effect, and a fetched version is kept on disk by ``registry_model`` already.
@@ -19,13 +19,7 @@ RETRIES = dict(retries=5, retry_delay_seconds=[2, 5, 10, 20, 30], **UNCACHED)
 
 def _registry_down(_task, _task_run, state) -> bool:
     """Retry only when the registry was unreachable."""
-    try:
-        state.result()
-    except RegistryUnavailable:
-        return True
-    except Exception:
-        return False
-    return False
+    return isinstance(raised(state), RegistryUnavailable)
 
 
 @task(name="fetch-registered-model", retry_condition_fn=_registry_down, **RETRIES)

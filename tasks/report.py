@@ -12,7 +12,7 @@ from rich.markup import escape
 from interp_audit import progress
 from interp_audit.errors import StoreFullError
 from interp_audit.store import ReportStore, out_of_space
-from tasks import UNCACHED
+from tasks import UNCACHED, raised
 
 # How long a staging folder or an orphaned table file must be untouched before a publish removes it. A live run's
 # staging exists only for the seconds its publish takes (its tables are staged when they are all computed, and
@@ -23,13 +23,8 @@ DEBRIS_GRACE_SECONDS = 3600
 
 def _not_out_of_space(_task, _task_run, state) -> bool:
     """Retry transient faults, never a full store: two seconds later it is as full."""
-    try:
-        state.result()
-    except StoreFullError:
-        return False
-    except Exception:
-        return True
-    return False
+    exc = raised(state)
+    return exc is not None and not isinstance(exc, StoreFullError)
 
 
 @task(name="publish-report", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_out_of_space, **UNCACHED)
