@@ -137,23 +137,36 @@ def round_figures(store: Path, registry: str, versions: dict[str, list[str]], ap
     }
 
 
-def max_concurrent_audits(api_url: str, since: float) -> int:
-    """The most audit flow runs that were running at one moment since ``since`` (epoch seconds)."""
+def max_concurrent_audits(api_url: str, since: float, limit: int = 2) -> int:
+    """The most audits running at one moment since ``since`` (epoch seconds), from the start and end times of the
+    pool's registry-audit runs and of their audit subflows (a run the server marked crashed while its process went
+    on would show here). Above ``limit``, the runs overlapping at the peak are printed with their states."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    names = {"interp-audit-registry-version", "interp-audit"}
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        flow_runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["interp-audit"])))
-    edges = []
-    for run in flow_runs:
-        if run.start_time and run.start_time.timestamp() >= since:
-            end = run.end_time.timestamp() if run.end_time else time.time()
-            edges += [(run.start_time.timestamp(), 1), (end, -1)]
-    running = peak = 0
-    for _, step in sorted(edges, key=lambda edge: (edge[0], edge[1])):
-        running += step
-        peak = max(peak, running)
+        flows = {
+            flow.id: flow.name
+            for flow in client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=list(names))))
+        }
+        flow_runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(names))), limit=200)
+    peak, shown = 0, []
+    for name in names:
+        spans = [
+            (run.start_time.timestamp(), run.end_time.timestamp() if run.end_time else time.time(), run)
+            for run in flow_runs
+            if flows.get(run.flow_id) == name and run.start_time and run.start_time.timestamp() >= since
+        ]
+        for start, _, _ in spans:
+            overlapping = [run for begin, end, run in spans if begin <= start < end]
+            peak = max(peak, len(overlapping))
+            if len(overlapping) > limit and {run.id for run in overlapping} not in shown:
+                shown.append({run.id for run in overlapping})
+                print(f"{len(overlapping)} {name} runs at once:", flush=True)
+                for run in overlapping:
+                    print(" ", run.name, run.parameters.get("version"), run.state_name, run.start_time, run.end_time)
     return peak
 
 
