@@ -36,6 +36,7 @@ PREFECT_YAML = "deployments/prefect.yaml"
 DB_USER, DB_NAME = "interp_audit", "prefect"
 READY_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 30
+FIRST_WINDOW_MARGIN_SECONDS = 10  # the watcher's first window ends this long before the schedule's first one
 HEARTBEAT_SECONDS = 30  # each flow run's heartbeat event (Prefect's minimum interval)
 SILENT_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS  # a run silent this long lost its process: it is marked crashed
 CRASH_DETECTION = "interp-audit: mark silent runs crashed"
@@ -54,6 +55,7 @@ class FleetSettings:
     watch: tuple[Path, ...] = ()
     store: str | None = None
     interval: int = 60
+    watch_window: int = 300  # one watcher process per this many seconds, looking every `interval` (at least one look)
 
 
 @dataclass
@@ -484,12 +486,15 @@ def _deploy(api_url: str, settings: FleetSettings) -> None:
 
 
 def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
-    """Each spec's triggered audit, and one watcher for them all: one process per interval, however many specs.
+    """Each spec's triggered audit, and one watcher for them all: one process per window (looking every interval),
+    however many specs.
     Entry points as module paths: the pool's workers import them from the installed package."""
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
     from prefect import deploy
+    from prefect.client.orchestration import get_client
     from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Interval
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.registry import ONE_LOOK_AT_A_TIME, auditor_deployment, watch_registries
@@ -498,14 +503,23 @@ def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
 
     by_module = {"entrypoint_type": EntrypointType.MODULE_PATH}
     specs = [spec.resolve() for spec in settings.watch]
+    window = max(settings.interval, settings.watch_window)
+    # the schedule's windows follow a first one, run at once below: an interval schedule's first run would otherwise
+    # come a whole window after the deployment (its anchor is the moment of deploying, already past)
+    first_scheduled = datetime.now(UTC) + timedelta(seconds=window)
     deployments = [
         auditor_deployment(load_spec(spec), spec, settings.store, RunnerChoice(), **by_module) for spec in specs
     ]
     deployments.append(
         watch_registries.to_deployment(
             name="registry-watch",
-            parameters={"spec_paths": [str(spec) for spec in specs], "store": settings.store},
-            interval=timedelta(seconds=settings.interval),
+            parameters={
+                "spec_paths": [str(spec) for spec in specs],
+                "store": settings.store,
+                "look_every_seconds": settings.interval,
+                "window_seconds": window,
+            },
+            schedules=[Interval(timedelta(seconds=window), anchor_date=first_scheduled)],
             tags=["interp-audit"],
             description=f"lists the registry's versions of {len(specs)} spec(s)' models and announces new ones",
             concurrency_limit=ONE_LOOK_AT_A_TIME,
@@ -522,6 +536,10 @@ def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
             print_next_steps_message=False,
             ignore_warnings=True,
         )
+        with get_client(sync_client=True) as client:
+            watcher = client.read_deployment_by_name(f"{watch_registries.name}/registry-watch")
+            until_scheduled = (first_scheduled - datetime.now(UTC)).total_seconds() - FIRST_WINDOW_MARGIN_SECONDS
+            client.create_flow_run_from_deployment(watcher.id, parameters={"window_seconds": max(until_scheduled, 0)})
     return [f"{d.flow_name}/{d.name}" for d in deployments]
 
 

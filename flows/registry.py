@@ -10,6 +10,7 @@ published run for that key yet.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.concurrency.sync import concurrency
 from prefect.events import DeploymentEventTrigger, emit_event
@@ -158,10 +159,33 @@ def watch_registry(spec_path: str, store: str | None = None) -> list[str]:
 
 
 @flow(name="interp-audit-watch-all", persist_result=True)
-def watch_registries(spec_paths: list[str], store: str | None = None) -> dict[str, list[str]]:
-    """Every spec's look at the registry in one run (``interp-audit fleet``): a fleet that watches many specs
-    starts one process per interval, not one per spec."""
-    return {path: announce_new_versions(path, store) for path in spec_paths}
+def watch_registries(
+    spec_paths: list[str], store: str | None = None, look_every_seconds: float = 60, window_seconds: float = 0
+) -> dict[str, list[str]]:
+    """Every spec's look at the registry, every ``look_every_seconds`` until ``window_seconds`` after the run's
+    scheduled start (one look without a window), in one process (``interp-audit fleet`` schedules one run per
+    window). A process costs far more than a look: starting one per look every 15 s (~10 s of CPU each: Prefect,
+    the flow's imports) kept a whole core of two busy and slowed every audit. A look that fails (a registry or API
+    down beyond its retries) is logged and the next one tries again; the run fails if its last look did."""
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time
+    end = (scheduled.timestamp() if scheduled else time.time()) + window_seconds
+    announced: dict[str, list[str]] = {path: [] for path in spec_paths}
+    while True:
+        failure = None
+        for path in spec_paths:
+            try:
+                # a version stays announced (under one event id) until its audit publishes: listed once here
+                announced[path] += [v for v in announce_new_versions(path, store) if v not in announced[path]]
+            except Exception as exc:  # the window goes on; the run fails if this was its last look
+                failure = exc
+                get_run_logger().warning(f"the look at {path}'s registry failed: {type(exc).__name__}: {exc}")
+        if time.time() + look_every_seconds > end:
+            if failure is not None:
+                raise failure
+            return announced
+        time.sleep(look_every_seconds)
 
 
 def announce_new_versions(spec_path: str, store: str | None) -> list[str]:

@@ -352,3 +352,24 @@ def test_a_version_whose_audit_crashed_three_times_is_not_run_again():
     with pytest.raises(AuditError, match=f"gray-net v4 crashed {MAX_CRASHES} times"):
         refuse_after_repeated_crashes(str(deployment_id), "gray-net", "4")
     refuse_after_repeated_crashes(str(deployment_id), "gray-net", "5")  # one crash: re-run
+
+
+def test_one_watcher_run_looks_through_its_window_and_fails_only_if_its_last_look_did(tmp_path, registry_uri):
+    """The fleet's watcher: one process per window, a look every few seconds. A version registered in the middle
+    of the window is announced by that same run; a spec that cannot be read fails every look, then the run."""
+    import threading
+
+    from flows.registry import watch_registries
+    from interp_audit.errors import SpecError
+
+    register_gray(registry_uri)
+    spec = str(write_spec(tmp_path, registry_uri))
+    later = threading.Timer(4, register_gray, args=(registry_uri,), kwargs={"seed": 1})
+    later.start()
+    started = time.monotonic()
+    announced = watch_registries([spec], look_every_seconds=1, window_seconds=9)
+    later.join()
+    assert announced == {spec: ["2"]}  # version 1 was there before the first look (the watermark)
+    assert 7 <= time.monotonic() - started < 20
+    with pytest.raises(SpecError, match="missing.yaml"):
+        watch_registries([str(tmp_path / "missing.yaml")], look_every_seconds=1, window_seconds=2)
