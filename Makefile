@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-faults test-assets lint browser postgres fleet fleet-down clean
+.PHONY: install demo examples test test-faults test-assets lint browser postgres fleet fleet-down clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ $(RAY_STAMP): $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/interp-audit demo
+
+# Seeded weights of the ResNet-50 and ViT-B/16 examples (deployments/specs/resnet50-example.yaml, vit-b16-example.yaml):
+# about 100 and 350 MB in demo-models/, written once.
+examples: $(STAMP)
+	$(PY) -m interp_ops.reference_models demo-models
 
 # Two workers (pytest-xdist), each test file on one of them (module fixtures stay shared): much of the suite waits
 # on servers, subprocesses and leases rather than on the CPU. TEST_WORKERS=0 runs it in this process.

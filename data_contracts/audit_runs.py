@@ -20,7 +20,8 @@ CONTRACT = TableContract(
             column(
                 "weights_sha256",
                 pa.string(),
-                f"{_SHA256} of the PyTorch weights; null for ONNX models, which have none.",
+                f"{_SHA256} of the PyTorch weights or of the scikit-learn model's .skops file; null for ONNX "
+                "models, which have none.",
                 nullable=True,
             ),
             column("onnx_sha256", pa.string(), f"{_SHA256} of the ONNX file that was audited."),
@@ -52,7 +53,7 @@ CONTRACT = TableContract(
     ),
     unique_key=("run_id",),
     allowed_values={
-        "model_source": ("torch", "onnx", "mlflow"),
+        "model_source": ("torch", "onnx", "sklearn", "mlflow"),
         "status": ("passed", "failed_contracts", "failed_gates"),
     },
     ranges={"num_samples": (0, None)},

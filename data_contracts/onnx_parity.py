@@ -16,7 +16,8 @@ CONTRACT = TableContract(
             column(
                 "max_rel_diff",
                 pa.float64(),
-                "Largest relative difference over all elements, relative to PyTorch.",
+                "Largest absolute difference divided by the output's scale (its largest absolute value in "
+                "PyTorch): comparable across layers whose activations run large.",
             ),
             column(
                 "argmax_agreement",
@@ -41,6 +42,14 @@ THRESHOLDS = (
         column="max_abs_diff",
         bound="max",
         doc="Largest absolute PyTorch/ONNX Runtime difference allowed on any output.",
+    ),
+    Threshold(
+        key="onnx.max_rel_diff",
+        table="onnx_parity",
+        column="max_rel_diff",
+        bound="max",
+        doc="Largest PyTorch/ONNX Runtime difference allowed on any output, relative to that output's scale: for "
+        "deep models, whose activations run too large for an absolute bound to mean much.",
     ),
     Threshold(
         key="onnx.min_argmax_agreement",

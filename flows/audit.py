@@ -87,7 +87,9 @@ def run_record(
         "model_name": spec.model.name,
         "model_version": checked.model.version,
         "model_source": spec.model.source,
-        "weights_sha256": checked.model.sha256 if checked.model.source == "torch" else None,
+        "weights_sha256": checked.model.sha256
+        if checked.model.source == "torch" or spec.model.source == "sklearn"
+        else None,
         "onnx_sha256": onnx_sha256(onnx_bytes),
         "spec_sha256": loaded.sha256,
         "spec_text": loaded.text,
@@ -123,9 +125,11 @@ def audit(
 
     data_key = data_sha256(spec.data, loaded.base_dir)
     inputs = load_model_inputs(spec.data, str(loaded.base_dir), data_key, spec.seed, spec.model.input)
-    onnx_bytes = export_onnx(checked.model, tuple(spec.model.input.shape), spec.model.layers)
+    onnx_bytes = export_onnx(
+        checked.model, tuple(spec.model.input.shape), spec.model.layer_names, spec.model.token_grids
+    )
     progress.step(
-        f"ONNX bundle ready: logits + {len(spec.model.layers)} layer(s), {len(inputs.ids)} samples; "
+        f"ONNX bundle ready: logits + {len(spec.model.layer_names)} layer(s), {len(inputs.ids)} samples; "
         f"methods: {', '.join(methods) or 'none'}"
     )
     tables = method_tables(loaded, checked, inputs, onnx_bytes, methods, run_id, store_uri)

@@ -26,7 +26,11 @@ def method_tables(
     with task_resources(gpu=False):
         baseline_export = (
             export_random_baseline.submit(
-                checked.model, tuple(spec.model.input.shape), checked.dissection_layers, spec.seed
+                checked.model,
+                tuple(spec.model.input.shape),
+                checked.dissection_layers,
+                spec.model.token_grids,
+                spec.seed,
             )
             if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
             else None
@@ -37,7 +41,13 @@ def method_tables(
         predictions = predict.submit(shipped_onnx, shipped_inputs, checked.device)
         parity = (
             check_parity.submit(
-                checked.model, shipped_onnx, shipped_inputs, spec.model.layers, checked.device, wait_for=exports
+                checked.model,
+                shipped_onnx,
+                shipped_inputs,
+                spec.model.layer_names,
+                spec.model.token_grids,
+                checked.device,
+                wait_for=exports,
             )
             if checked.model.source == "torch"
             else None
@@ -117,6 +127,7 @@ def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list) -> tuple[lis
         render_unit_batch.submit(
             checked.model,
             layer,
+            spec.model.token_grids.get(layer),
             units[start : start + params.batch_units],
             settings=params.render_settings(),
             input_spec=spec.model.input,

@@ -22,7 +22,17 @@ from interp_audit import registry
 from interp_audit.errors import SpecError
 from interp_audit.hashing import sha256_file
 from interp_audit.mlflow_connection import default_tracking_uri
-from interp_audit.spec import FACTORY_REF, InputSpec, LoadedSpec, MlflowModelSpec, OnnxModelSpec, TorchModelSpec
+from interp_audit.sklearn_models import converted_model
+from interp_audit.spec import (
+    FACTORY_REF,
+    InputSpec,
+    LoadedSpec,
+    MlflowModelSpec,
+    OnnxModelSpec,
+    SklearnModelSpec,
+    TorchModelSpec,
+)
+from interp_ops.token_grid import TokenGridError, suggested_grid
 
 MAX_LISTED = 40
 
@@ -45,6 +55,8 @@ def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
     model = loaded.spec.model
     if isinstance(model, MlflowModelSpec):
         return registry_model(model, store or loaded.spec.report.store, str(loaded.base_dir))
+    if isinstance(model, SklearnModelSpec):
+        return sklearn_model(model, loaded.base_dir)
     relative = model.weights if isinstance(model, TorchModelSpec) else model.path
     key = "model.weights" if isinstance(model, TorchModelSpec) else "model.path"
     path = (loaded.base_dir / relative).resolve()
@@ -60,6 +72,27 @@ def resolve_model(loaded: LoadedSpec, store: str | None = None) -> ModelRef:
         factory=getattr(model, "factory", None),
         trust_pickle=getattr(model, "trust_pickle", False),
         base_dir=str(loaded.base_dir),
+        version=model.version,
+    )
+
+
+def sklearn_model(model: SklearnModelSpec, base_dir: Path) -> ModelRef:
+    """The skops file read safely and converted to ONNX; the audit then reads it as an ONNX model whose
+    identity (cache keys, ``weights_sha256``) is the skops file's content."""
+    path = (base_dir / model.path).resolve()
+    if not path.is_file():
+        raise SpecError(
+            f"model.path: file '{model.path}' does not exist (resolved to {path}); paths are relative to the "
+            "spec file's folder"
+        )
+    onnx_path, digest = converted_model(path, model.trusted, model.input.shape[0])
+    return ModelRef(
+        source="onnx",
+        path=str(onnx_path),
+        sha256=digest,
+        factory=None,
+        trust_pickle=False,
+        base_dir=str(base_dir),
         version=model.version,
     )
 
@@ -225,9 +258,9 @@ def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str
 
     from interp_ops.onnx_bundle import WithLayerOutputs
 
-    check_layers(spec.layers, torch_layer_names(module), "layer")
+    check_layers(spec.layer_names, torch_layer_names(module), "layer")
     try:
-        with torch.no_grad(), WithLayerOutputs(module, spec.layers) as wrapper:
+        with torch.no_grad(), WithLayerOutputs(module, spec.layer_names) as wrapper:
             out, *layers = wrapper(torch.from_numpy(x))
     except Exception as exc:
         raise SpecError(
@@ -236,8 +269,8 @@ def check_torch_model(module, spec: TorchModelSpec, x: np.ndarray, ids: list[str
         ) from None
     if not isinstance(out, torch.Tensor):
         raise SpecError(f"model: forward returned {type(out).__name__}; it must return one tensor of class scores")
-    shapes = {name: tuple(value.shape[1:]) for name, value in zip(spec.layers, layers)}
-    return check_outputs(out.numpy(), len(x), spec.input, ids), shapes
+    shapes = {name: tuple(value.shape[1:]) for name, value in zip(spec.layer_names, layers)}
+    return check_outputs(out.numpy(), len(x), spec.input, ids), audited_shapes(spec, shapes)
 
 
 def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids: list[str]) -> tuple[int, LayerShapes]:
@@ -245,14 +278,48 @@ def check_onnx_model(onnx_bytes: bytes, spec: OnnxModelSpec, x: np.ndarray, ids:
     from interp_ops.onnx_bundle import make_session, run_session
 
     try:
-        outputs = run_session(make_session(onnx_bytes, "cpu"), x, batch_size=len(x))
+        session = make_session(onnx_bytes, "cpu")
+        outputs = run_session(session, x, batch_size=len(x))
+        single = run_session(session, x[:1], batch_size=1)
     except Exception as exc:
         raise SpecError(
             f"model: ONNX Runtime could not run the model on input of shape {tuple(x.shape)}: "
             f"{' '.join(str(exc).split())[:400]}; check model.input.shape"
         ) from None
-    shapes = {name: tuple(outputs[name].shape[1:]) for name in spec.layers}
-    return check_outputs(outputs["logits"], len(x), spec.input, ids), shapes
+    for index, name in enumerate(spec.layer_names):
+        whole, alone = outputs[name].shape, single[name].shape
+        if whole[0] != len(x) or alone[0] != 1 or whole[1:] != alone[1:]:
+            raise SpecError(
+                f"model.layers[{index}]: tensor {name!r} has no fixed shape per sample: {list(alone)} for 1 sample, "
+                f"{list(whole)} for {len(x)}; audit a tensor whose first dimension is the batch and whose other "
+                "dimensions do not change with it"
+            )
+    shapes = {name: tuple(outputs[name].shape[1:]) for name in spec.layer_names}
+    return check_outputs(outputs["logits"], len(x), spec.input, ids), audited_shapes(spec, shapes)
+
+
+def audited_shapes(spec: TorchModelSpec | OnnxModelSpec | MlflowModelSpec, shapes: LayerShapes) -> LayerShapes:
+    """Each layer's output shape as the methods read it: token layers as their ``(dim, rows, cols)`` map. A layer
+    that outputs tokens (``[batch, tokens, dim]``) without a declared grid is refused: read as channels, its
+    units would be tokens and its maps one-dimensional."""
+    grids, audited = spec.token_grids, {}
+    for index, name in enumerate(spec.layer_names):
+        shape = shapes[name]
+        if name in grids:
+            try:
+                audited[name] = grids[name].map_shape(name, shape)
+            except TokenGridError as exc:
+                raise SpecError(f"model.layers[{index}].tokens.grid: {exc}") from None
+        elif len(shape) == 2:
+            raise SpecError(
+                f"model.layers[{index}]: {name!r} outputs [batch, {shape[0]}, {shape[1]}], which reads as "
+                f"{shape[0]} tokens of dim {shape[1]} (a transformer layer); say how its tokens lie: "
+                f"{{name: {name}, tokens: {{grid: [rows, cols], skip: leading non-patch tokens}}}} "
+                f"({suggested_grid(shape[0])})"
+            )
+        else:
+            audited[name] = shape
+    return audited
 
 
 def check_model(
@@ -275,5 +342,5 @@ def _check_onnx_file(
         model = load_onnx_file(ref.path)
     except (OnnxBundleError, OSError) as exc:
         raise SpecError(f"model.path: {exc}") from None
-    check_layers(spec.layers, graph_tensor_names(model), "tensor")
-    return check_onnx_model(expose_tensors(model.SerializeToString(), spec.layers), spec, x, ids)
+    check_layers(spec.layer_names, graph_tensor_names(model), "tensor")
+    return check_onnx_model(expose_tensors(model.SerializeToString(), spec.layer_names), spec, x, ids)

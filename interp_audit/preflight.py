@@ -52,7 +52,8 @@ def preflight(
     inputs = inputs_probe(spec.data, loaded.base_dir, spec.seed, spec.model.input, PROBE_SAMPLES)
     probe, probe_ids = inputs.x, inputs.ids[: len(inputs.x)]
     if ref.source != "torch":
-        check_needs_torch(spec, f"model {spec.model.name} v{ref.version} is an ONNX model")
+        kind = "a scikit-learn" if spec.model.source == "sklearn" else "an ONNX"
+        check_needs_torch(spec, f"model {spec.model.name} v{ref.version} is {kind} model")
     num_classes, layer_shapes = check_model(ref, spec.model, probe, probe_ids)
     if spec.ops.lime is not None:
         lime_sample_indices(spec.ops.lime, inputs.ids)
@@ -60,11 +61,11 @@ def preflight(
     units = (
         {}
         if spec.ops.activation_max is None
-        else actmax_units(spec.ops.activation_max, spec.model.layers, layer_shapes)
+        else actmax_units(spec.ops.activation_max, spec.model.layer_names, layer_shapes)
     )
     dissected, concepts = [], None
     if spec.ops.dissection is not None:
-        dissected = dissection_layers(spec.ops.dissection, spec.model.layers, layer_shapes)
+        dissected = dissection_layers(spec.ops.dissection, spec.model.layer_names, layer_shapes)
         concepts = check_concepts(spec.ops.dissection.concepts, loaded.base_dir, spec.seed)
     return Preflight(ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
 

@@ -13,11 +13,13 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from interp_ops.layer_capture import LayerCapture
+from interp_ops.token_grid import TokenGrid, TokenGridError
 
 LOGITS = "logits"
 # the exporter warns, once per process, about every torchvision operator it cannot register; we never use them
@@ -30,12 +32,12 @@ class OnnxBundleError(RuntimeError):
 
 class WithLayerOutputs(torch.nn.Module):
     """Returns ``(logits, *audited layer activations)``, captured by forward hooks on only those layers, which are
-    on ``model`` only inside ``with WithLayerOutputs(model, layers) as wrapper:``."""
+    on ``model`` only inside ``with WithLayerOutputs(model, layers) as wrapper:``; token layers (``grids``) as maps."""
 
-    def __init__(self, model: torch.nn.Module, layers: list[str]):
+    def __init__(self, model: torch.nn.Module, layers: list[str], grids: Mapping[str, TokenGrid] | None = None):
         super().__init__()
         self.model = model
-        self.capture = LayerCapture(model, layers)
+        self.capture = LayerCapture(model, layers, grids=grids)
 
     def __enter__(self) -> WithLayerOutputs:
         self.capture.__enter__()
@@ -72,11 +74,14 @@ def _failing_part(exc: BaseException) -> str:
     return f"operator {operator.group(0)}" if operator else ""
 
 
-def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> bytes:
-    """Export with a dynamic batch axis and the audited layers as extra named outputs; returns ONNX bytes."""
+def export_torch(
+    model, input_shape: tuple[int, ...], layers: list[str], grids: Mapping[str, TokenGrid] | None = None
+) -> bytes:
+    """Export with a dynamic batch axis and the audited layers as extra named outputs (token layers as
+    ``[batch, dim, rows, cols]`` maps); returns ONNX bytes."""
     import onnx
 
-    wrapper = WithLayerOutputs(model, layers).eval()
+    wrapper = WithLayerOutputs(model, layers, grids).eval()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1)
     output_names = [LOGITS, *layers]
@@ -99,6 +104,9 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
         onnx.checker.check_model(proto)
         _drop_stack_traces([*proto.graph.node, *(node for function in proto.functions for node in function.node)])
     except Exception as exc:
+        grid_error = _cause_of_type(exc, TokenGridError)
+        if grid_error is not None:  # a token layer declared wrong: the declaration's message, not the exporter's
+            raise grid_error from None
         part = _failing_part(exc)
         where = f" at {part}" if part else ""
         first = " ".join(ANSI.sub("", str(exc)).split())[:300]
@@ -106,7 +114,23 @@ def export_torch(model, input_shape: tuple[int, ...], layers: list[str]) -> byte
             f"ONNX export failed{where}: {type(exc).__name__}: {first}. Replace that operation with one "
             f"ONNX supports, or export the model yourself and audit it with model.source: onnx."
         ) from exc
+    fixed_batch = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    if fixed_batch:
+        raise OnnxBundleError(
+            f"ONNX export fixed the batch size at {fixed_batch}: the model's forward turns the batch dimension into "
+            "a Python number (len(x), or x.size(0) passed through int()), so the graph takes no other batch size. "
+            "Use x.shape[0] as it is, or export the model yourself and audit it with model.source: onnx."
+        )
     return proto.SerializeToString()
+
+
+def _cause_of_type(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _drop_stack_traces(nodes) -> None:
@@ -167,11 +191,15 @@ def graph_tensor_names(model) -> list[str]:
     return names
 
 
-def expose_tensors(onnx_bytes: bytes, tensors: list[str]) -> bytes:
-    """Return the graph with the named intermediate tensors added as outputs after its first output."""
+def expose_tensors(onnx_bytes: bytes, tensors: list[str], grids: Mapping[str, TokenGrid] | None = None) -> bytes:
+    """Return the graph with the named intermediate tensors added as outputs after its first output; a token
+    tensor with a grid in ``grids`` is output as its ``[batch, dim, rows, cols]`` map, under its own name."""
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
+    for name, grid in (grids or {}).items():
+        if name in tensors:
+            _tokens_as_map(model.graph, name, grid)
     inferred = onnx.shape_inference.infer_shapes(model)
     known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     first = model.graph.output[0]
@@ -185,6 +213,37 @@ def expose_tensors(onnx_bytes: bytes, tensors: list[str]) -> bytes:
         model.graph.output.append(info)
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _tokens_as_map(graph, name: str, grid: TokenGrid) -> None:
+    """Rename the token tensor ``name`` to ``name/tokens`` and compute ``name`` from it as the map
+    ``Transpose(Reshape(Slice(tokens, skip..), [batch, rows, cols, dim]), [0, 3, 1, 2])``, as the torch export does."""
+    import onnx
+    from onnx import helper
+
+    tokens = f"{name}/tokens"
+    for node in graph.node:
+        node.input[:] = [tokens if value == name else value for value in node.input]
+        node.output[:] = [tokens if value == name else value for value in node.output]
+    for info in graph.value_info:
+        if info.name == name:
+            info.name = tokens
+    constants = {
+        f"{name}/skip": [grid.skip],
+        f"{name}/end": [2**62],
+        f"{name}/axis": [1],
+        f"{name}/grid": [0, grid.rows, grid.cols, -1],  # 0: the batch as it is; -1: dim
+    }
+    graph.initializer.extend(
+        helper.make_tensor(key, onnx.TensorProto.INT64, [len(value)], value) for key, value in constants.items()
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Slice", [tokens, f"{name}/skip", f"{name}/end", f"{name}/axis"], [f"{name}/patches"]),
+            helper.make_node("Reshape", [f"{name}/patches", f"{name}/grid"], [f"{name}/grid_last"]),
+            helper.make_node("Transpose", [f"{name}/grid_last"], [name], perm=[0, 3, 1, 2]),
+        ]
+    )
 
 
 def onnx_sha256(onnx_bytes: bytes) -> str:
@@ -231,9 +290,16 @@ def run_session(session, x: np.ndarray, batch_size: int = 256) -> dict[str, np.n
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
 
 
-def run_torch(model, x: np.ndarray, layers: list[str], device: str, batch_size: int = 256) -> dict[str, np.ndarray]:
+def run_torch(
+    model,
+    x: np.ndarray,
+    layers: list[str],
+    device: str,
+    batch_size: int = 256,
+    grids: Mapping[str, TokenGrid] | None = None,
+) -> dict[str, np.ndarray]:
     """The same outputs as :func:`run_session`, computed by torch, for parity."""
-    wrapper = WithLayerOutputs(model, layers).eval().to(device)
+    wrapper = WithLayerOutputs(model, layers, grids).eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in (LOGITS, *layers)}
     with wrapper, torch.no_grad():
         for start in range(0, len(x), batch_size):

@@ -14,16 +14,25 @@ from interp_audit.spec import InputSpec
 from interp_ops import actmax, onnx_bundle
 from interp_ops.datasets import to_display
 from interp_ops.images import png_bytes
+from interp_ops.token_grid import TokenGrid
 from tasks import CACHED
 from tasks.gpu import compute_share
 
 
 @task(name="actmax-render", **CACHED)
 def render_unit_batch(
-    model: ModelRef, layer: str, units: list[int], settings: dict, input_spec: InputSpec, seed: int, device: str
+    model: ModelRef,
+    layer: str,
+    grid: TokenGrid | None,
+    units: list[int],
+    settings: dict,
+    input_spec: InputSpec,
+    seed: int,
+    device: str,
 ) -> actmax.UnitRenders:
-    """Renders of ``units`` of ``layer``, optimised as one batch; each unit's seed does not depend on the batch.
-    ``settings``: ``ActivationMaxSpec.render_settings``, passed on to the renderer as they are."""
+    """Renders of ``units`` of ``layer`` (a map of its tokens where ``grid`` says how they lie), optimised as one
+    batch; each unit's seed does not depend on the batch. ``settings``: ``ActivationMaxSpec.render_settings``,
+    passed on to the renderer as they are."""
     torch_model = build_torch_model(model)
     with compute_share(device):
         try:
@@ -37,6 +46,7 @@ def render_unit_batch(
                 std=input_spec.std,
                 seed=seed,
                 device=device,
+                grid=grid,
                 **settings,
             )
         except actmax.ActmaxError as exc:  # e.g. a render size the model cannot take: bad input, exit 2

@@ -9,16 +9,24 @@ from interp_audit.blobs import materialized, materialized_inputs
 from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_ops import onnx_bundle
+from interp_ops.token_grid import TokenGrid
 from tasks import CACHED, UNCACHED
 from tasks.gpu import compute_share
 
 
 @task(name="onnx-parity", **CACHED)
-def check_parity(model: ModelRef, onnx_bytes: bytes, inputs: ModelInputs, layers: list[str], device: str) -> list[dict]:
+def check_parity(
+    model: ModelRef,
+    onnx_bytes: bytes,
+    inputs: ModelInputs,
+    layers: list[str],
+    grids: dict[str, TokenGrid],
+    device: str,
+) -> list[dict]:
     """Max abs/rel diff and argmax agreement between torch and ONNX Runtime, per output."""
     onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
-        reference = onnx_bundle.run_torch(build_torch_model(model), inputs.x, layers, device)
+        reference = onnx_bundle.run_torch(build_torch_model(model), inputs.x, layers, device, grids=grids)
         candidate = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)
     return onnx_bundle.parity_rows(reference, candidate)
 

@@ -10,15 +10,17 @@ from interp_audit.inputs import ModelInputs, model_inputs
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.spec import InputSpec
 from interp_ops import onnx_bundle
+from interp_ops.token_grid import TokenGrid
 from tasks import CACHED
 
 
 @task(name="export-onnx", **CACHED)
-def export_onnx(model: ModelRef, input_shape: tuple[int, ...], layers: list[str]) -> bytes:
-    """ONNX bytes whose outputs are the logits and the audited layers (torch export, or an ONNX file as is)."""
+def export_onnx(model: ModelRef, input_shape: tuple[int, ...], layers: list[str], grids: dict[str, TokenGrid]) -> bytes:
+    """ONNX bytes whose outputs are the logits and the audited layers, token layers as maps (torch export, or an
+    ONNX file with those tensors exposed)."""
     if model.source == "onnx":
-        return onnx_bundle.expose_tensors(onnx_bundle.read_onnx(model.path), layers)
-    return onnx_bundle.export_torch(build_torch_model(model), input_shape, layers)
+        return onnx_bundle.expose_tensors(onnx_bundle.read_onnx(model.path), layers, grids)
+    return onnx_bundle.export_torch(build_torch_model(model), input_shape, layers, grids)
 
 
 @task(name="load-samples", **CACHED)

@@ -118,8 +118,8 @@ def test_activation_max_needs_a_torch_model(gray_spec):
     )
     assert_refused(
         spec,
-        "ops.activation_max: activation maximization follows gradients, which an ONNX file does not "
-        "give; audit the torch model (model.source: torch) or remove ops.activation_max",
+        "ops.activation_max: activation maximization follows gradients, which an onnx model does not "
+        "give; audit a torch model (model.source: torch) or remove ops.activation_max",
     )
 
 

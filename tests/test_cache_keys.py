@@ -31,6 +31,7 @@ def task_cases() -> dict:
     from interp_audit.intake import ModelRef
     from interp_audit.spec import ActivationMaxSpec, DissectionSpec, InputSpec, LimeSpec
     from interp_ops.dissection import DissectionResult
+    from interp_ops.token_grid import TokenGrid
     from tasks.actmax import find_exemplars, render_unit_batch
     from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
     from tasks.inference import check_parity, predict
@@ -84,8 +85,9 @@ def task_cases() -> dict:
         )
 
     common = dict(input_spec=input_spec, seed=3, device="cpu")
+    grids = {"body.conv1": TokenGrid(2, 2, skip=1)}
     return {
-        "export-onnx": (export_onnx, dict(model=ref, input_shape=(1, 28, 28), layers=layers)),
+        "export-onnx": (export_onnx, dict(model=ref, input_shape=(1, 28, 28), layers=layers, grids=grids)),
         "load-samples": (
             load_model_inputs,
             dict(
@@ -97,7 +99,10 @@ def task_cases() -> dict:
             ),
         ),
         "predict": (predict, dict(onnx_bytes=onnx, inputs=inputs, device="cpu")),
-        "onnx-parity": (check_parity, dict(model=ref, onnx_bytes=onnx, inputs=inputs, layers=layers, device="cpu")),
+        "onnx-parity": (
+            check_parity,
+            dict(model=ref, onnx_bytes=onnx, inputs=inputs, layers=layers, grids=grids, device="cpu"),
+        ),
         "lime": (
             explain_with_lime,
             dict(
@@ -115,7 +120,14 @@ def task_cases() -> dict:
         ),
         "actmax-render": (
             render_unit_batch,
-            dict(model=ref, layer="body.conv1", units=[0, 1], settings=actmax.render_settings(), **common),
+            dict(
+                model=ref,
+                layer="body.conv1",
+                grid=grids["body.conv1"],
+                units=[0, 1],
+                settings=actmax.render_settings(),
+                **common,
+            ),
         ),
         "actmax-exemplars": (
             find_exemplars,
@@ -125,7 +137,7 @@ def task_cases() -> dict:
         ),
         "random-init-baseline": (
             export_random_baseline,
-            dict(model=ref, input_shape=(1, 28, 28), layers=layers, seed=3),
+            dict(model=ref, input_shape=(1, 28, 28), layers=layers, grids=grids, seed=3),
         ),
         "dissection": (
             dissect_layer,

@@ -50,7 +50,7 @@ def test_defaults_and_numeric_version():
         ({"schedule": {"cron": "0 3 * * *", "timezone": "Mars/Olympus"}}, "schedule.timezone: unknown IANA time zone"),
         (
             {"model": {"source": "keras", "name": "m", "version": "1", "input": {"shape": [3]}}},
-            "model.source: must be one of: torch, onnx, mlflow (got 'keras')",
+            "model.source: must be one of: torch, onnx, sklearn, mlflow (got 'keras')",
         ),
         (
             {"model": {"source": "onnx", "name": "m", "version": "1", "path": "m.onnx", "input": {"shape": [2, 8, 8]}}},

@@ -37,7 +37,7 @@ def validate(spec: SpecArg, device: DeviceOpt = Device.auto) -> None:
     model = loaded.spec.model
     console.print(
         f"[green]valid:[/] {loaded.spec.name}: {model.source} model {model.name} v{checked.model.version}, "
-        f"{len(model.layers)} layer(s), {checked.num_samples} samples, device {checked.device}"
+        f"{len(model.layer_names)} layer(s), {checked.num_samples} samples, device {checked.device}"
     )
 
 

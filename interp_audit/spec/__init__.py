@@ -37,6 +37,8 @@ from interp_audit.spec.model import (
     MlflowModelSpec,
     ModelSpec,
     OnnxModelSpec,
+    SklearnModelSpec,
+    TokenLayerSpec,
     TorchModelSpec,
 )
 from interp_audit.spec.ops import (
@@ -68,6 +70,8 @@ __all__ = [
     "MlflowModelSpec",
     "ModelSpec",
     "OnnxModelSpec",
+    "SklearnModelSpec",
+    "TokenLayerSpec",
     "OpsSpec",
     "RegionSpec",
     "ReportSpec",

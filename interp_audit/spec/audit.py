@@ -109,10 +109,10 @@ class AuditSpec(StrictModel):
     def _require_model_layers(self, method: str, layers: list[str] | None, why: str) -> None:
         """A method's layers must be among model.layers: only those are exported as outputs of the ONNX bundle."""
         for index, layer in enumerate(layers or []):
-            if layer not in self.model.layers:
+            if layer not in self.model.layer_names:
                 raise ValueError(
                     f"ops.{method}.layers[{index}]: {layer!r} is not one of model.layers "
-                    f"{self.model.layers}; add it there ({why})"
+                    f"{self.model.layer_names}; add it there ({why})"
                 )
 
     @model_validator(mode="after")
@@ -121,12 +121,12 @@ class AuditSpec(StrictModel):
         if params is None:
             return self
         self._require_image_model("dissection")
-        if params.baseline == "random_init" and self.model.source == "onnx":
+        if params.baseline == "random_init" and self.model.source in ("onnx", "sklearn"):
             raise ValueError(
                 "ops.dissection.baseline: random_init re-initialises the torch architecture, which an "
                 "ONNX file does not give; audit the torch model or set baseline: none"
             )
-        if not params.layers and not self.model.layers:
+        if not params.layers and not self.model.layer_names:
             raise ValueError("ops.dissection.layers: no layer to dissect; list convolutional layers in model.layers")
         self._require_model_layers("dissection", params.layers, "its activations are exported for dissection")
         return self
@@ -136,13 +136,12 @@ class AuditSpec(StrictModel):
         params = self.ops.activation_max
         if params is None:
             return self
-        if self.model.source == "onnx":
+        if self.model.source in ("onnx", "sklearn"):
             raise ValueError(
-                "ops.activation_max: activation maximization follows gradients, which an ONNX file "
-                "does not give; audit the torch model (model.source: torch) or remove "
-                "ops.activation_max"
+                f"ops.activation_max: activation maximization follows gradients, which an {self.model.source} "
+                "model does not give; audit a torch model (model.source: torch) or remove ops.activation_max"
             )
-        if not params.layers and not self.model.layers:
+        if not params.layers and not self.model.layer_names:
             raise ValueError("ops.activation_max.layers: no layer to visualize; list one in model.layers")
         self._require_image_model("activation_max")
         self._require_model_layers("activation_max", params.layers, "its activations give the exemplars")
@@ -163,11 +162,11 @@ class AuditSpec(StrictModel):
             if (
                 isinstance(gate, DetectorsGate)
                 and gate.layer is not None
-                and gate.layer not in (self.ops.dissection.layers or self.model.layers)
+                and gate.layer not in (self.ops.dissection.layers or self.model.layer_names)
             ):
                 raise ValueError(
                     f"gates[{index}].layer: {gate.layer!r} is not a dissected layer "
-                    f"{self.ops.dissection.layers or self.model.layers}"
+                    f"{self.ops.dissection.layers or self.model.layer_names}"
                 )
             if gate.label in seen:
                 raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")

@@ -17,7 +17,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         elif (
-            part in ("torch", "onnx", "mlflow")
+            part in ("torch", "onnx", "sklearn", "mlflow")
             and path == "model"
             or isinstance(part, str)
             and path.endswith("]")
@@ -36,7 +36,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 TOP_LEVEL = "(top level)"
 
 
-UNION_BRANCHES = {"int", "float", "str", "bool", "list", "dict", "none"}
+UNION_BRANCHES = {"int", "float", "str", "bool", "list", "dict", "none", "TokenLayerSpec"}
 _FRIENDLY = {
     "int_from_float": "must be an integer",
     "int_parsing": "must be an integer",
@@ -51,20 +51,34 @@ _FRIENDLY = {
     "model_type": "must be a mapping",
     "missing": "is required",
     "extra_forbidden": "unknown key; remove it or check its spelling",
-    "union_tag_invalid": "must be one of: torch, onnx, mlflow",
-    "union_tag_not_found": "is required (one of: torch, onnx, mlflow)",
+    "union_tag_invalid": "must be one of: torch, onnx, sklearn, mlflow",
+    "union_tag_not_found": "is required (one of: torch, onnx, sklearn, mlflow)",
     "literal_error": "must be one of the allowed values",
 }
+
+
+def _other_branch_explains(item: dict, errors: list[dict]) -> bool:
+    """A mapping given where a name or a mapping may go (``model.layers``): the name branch's "must be a string"
+    says nothing the mapping branch's own errors do not say better."""
+    loc = tuple(item["loc"])
+    return (
+        item["type"] == "string_type"
+        and isinstance(item.get("input"), dict)
+        and any(tuple(other["loc"])[: len(loc) - 1] == loc[:-1] and other is not item for other in errors)
+    )
 
 
 def format_validation_error(error: ValidationError) -> list[str]:
     """One line per offending path; the alternatives of a union are joined into one line."""
     by_path: dict[str, list[str]] = {}
     got_by_path: dict[str, Any] = {}
-    for item in error.errors():
+    errors = error.errors()
+    for item in errors:
         loc = list(item["loc"])
         kind = item["type"]
         got = item.get("input")
+        if _other_branch_explains(item, errors):
+            continue
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             ctx = item.get("ctx") or {}
             loc.append(str(ctx.get("discriminator", "source")).strip("'"))

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from interp_audit.spec.fields import FACTORY_REF, Float, PositiveInt, SafeName, StrictModel
+from interp_audit.spec.fields import FACTORY_REF, Float, NonNegativeInt, PositiveInt, SafeName, StrictModel
+from interp_ops.token_grid import TokenGrid
 
 
 class InputSpec(StrictModel):
@@ -58,11 +59,42 @@ class InputSpec(StrictModel):
         return self
 
 
+class TokenLayout(StrictModel):
+    """How a transformer layer's ``[batch, tokens, dim]`` output lies on the image."""
+
+    grid: tuple[PositiveInt, PositiveInt] = Field(description="the patch tokens as [rows, cols], row by row")
+    skip: NonNegativeInt = Field(0, description="leading tokens that are no patch (1 for a class token)")
+
+
+class TokenLayerSpec(StrictModel):
+    """A transformer layer, audited as a ``dim x rows x cols`` map: units are its dims, over the patch tokens."""
+
+    name: str = Field(description="the module (torch) or tensor (ONNX) whose output is the tokens")
+    tokens: TokenLayout
+
+
 class _ModelBase(StrictModel):
     name: SafeName
     version: SafeName
     input: InputSpec
-    layers: list[str] = Field(default_factory=list, description="internal layers to audit")
+    layers: list[str | TokenLayerSpec] = Field(
+        default_factory=list,
+        description="internal layers to audit: a name, or {name, tokens: {grid: [rows, cols], skip}} for a "
+        "transformer layer",
+    )
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer if isinstance(layer, str) else layer.name for layer in self.layers]
+
+    @property
+    def token_grids(self) -> dict[str, TokenGrid]:
+        """The layers declared as tokens, by name, as the ops read them."""
+        return {
+            layer.name: TokenGrid(*layer.tokens.grid, skip=layer.tokens.skip)
+            for layer in self.layers
+            if isinstance(layer, TokenLayerSpec)
+        }
 
 
 class TorchModelSpec(_ModelBase):
@@ -90,6 +122,25 @@ class TorchModelSpec(_ModelBase):
 class OnnxModelSpec(_ModelBase):
     source: Literal["onnx"]
     path: str = Field(description="path to the .onnx file (relative to the spec)")
+
+
+class SklearnModelSpec(_ModelBase):
+    """A scikit-learn classifier or pipeline saved with skops, converted to ONNX (skl2onnx) for the audit."""
+
+    source: Literal["sklearn"]
+    path: str = Field(description="path to the .skops file (relative to the spec); never a pickle")
+    trusted: list[str] = Field(
+        default_factory=list,
+        description="types beyond skops' defaults the file may hold, as skops names them "
+        "(skops.io.get_untrusted_types); only for files you trust",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _tabular(cls, value: InputSpec) -> InputSpec:
+        if len(value.shape) != 1:
+            raise ValueError(f"shape: a scikit-learn model takes [features] (got {value.shape})")
+        return value
 
 
 MLFLOW_VERSION = re.compile(r"^([1-9][0-9]*|latest|@[A-Za-z0-9_-]+)$")
@@ -129,4 +180,6 @@ class MlflowModelSpec(_ModelBase):
         return value
 
 
-ModelSpec = Annotated[TorchModelSpec | OnnxModelSpec | MlflowModelSpec, Field(discriminator="source")]
+ModelSpec = Annotated[
+    TorchModelSpec | OnnxModelSpec | SklearnModelSpec | MlflowModelSpec, Field(discriminator="source")
+]

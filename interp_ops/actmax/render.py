@@ -15,7 +15,7 @@ What differs from Lucent, and why:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -28,6 +28,7 @@ from interp_ops.actmax.objectives import OBJECTIVES, Objective
 from interp_ops.actmax.transforms import TRANSFORMS, TransformChain
 from interp_ops.layer_capture import LayerCapture, LayersReached
 from interp_ops.normalization import Normalization, NormalizationError
+from interp_ops.token_grid import TokenGrid
 
 
 class ActmaxError(ValueError):
@@ -66,14 +67,14 @@ class LayerOutputs(LayerCapture):
     stops at that layer's first call.
     """
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[str]):
+    def __init__(self, model: torch.nn.Module, layers: Sequence[str], grids: Mapping[str, TokenGrid] | None = None):
         modules = dict(model.named_modules())
         for layer in layers:
             if layer not in modules or not layer:
                 names = [name for name in modules if name]
                 shown = ", ".join(names[:60]) + (f", ... ({len(names)} in all)" if len(names) > 60 else "")
                 raise ActmaxError(f"layer: the model has no module named {layer!r}; its modules are: {shown}")
-        super().__init__(model, layers, stop=True)
+        super().__init__(model, layers, stop=True, grids=grids)
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         self.outputs = {}
@@ -230,6 +231,7 @@ def render_units(
     thresholds: Sequence[int] | None = None,
     robustness_draws: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    grid: TokenGrid | None = None,
 ) -> UnitRenders:
     """Render `renders_per_unit` images per unit of `layer` that maximise the `objective` for that unit.
 
@@ -242,8 +244,9 @@ def render_units(
     transforms: "standard" (Lucent's standard_transforms, drawn per element) or "none". batch_units units
     are optimised as one batch of batch_units * renders_per_unit elements. mixed_precision runs the model under
     bfloat16 autocast on CUDA and is ignored on CPU. thresholds: steps at which the curve is recorded (default
-    powers of two and the last step). progress(units_done, units_total) is called after each batch. The model's
-    mode, parameter flags and device are restored afterwards; its parameters get no gradients.
+    powers of two and the last step). progress(units_done, units_total) is called after each batch. grid: how the
+    layer's tokens lie, for a transformer layer (its units are then the token dims, over the patch tokens' map).
+    The model's mode, parameter flags and device are restored afterwards; its parameters get no gradients.
     """
     units = [int(u) for u in units]
     thresholds = _check_settings(
@@ -270,7 +273,7 @@ def render_units(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if mixed_precision and device.type == "cuda" else nullcontext()
     )
-    outputs = LayerOutputs(model, [layer])
+    outputs = LayerOutputs(model, [layer], {layer: grid} if grid else None)
     parts: list[dict[str, Tensor]] = []
     with frozen_for_render(model, device), outputs:
         with torch.no_grad():
