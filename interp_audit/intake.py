@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from interp_audit.spec import (
     SklearnModelSpec,
     TorchModelSpec,
 )
+from interp_ops.cache_dirs import cache_dir
 from interp_ops.token_grid import TokenGridError, suggested_grid
 
 MAX_LISTED = 40
@@ -107,7 +107,7 @@ def registry_model(model: MlflowModelSpec, store: str, base_dir: str) -> ModelRe
     uri = tracking_uri(model, store)
     version = registry.resolve_version(uri, model.name, model.version)
     key = hashlib.sha256(f"{uri}\0{model.name}\0{version}".encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "interp-audit" / "mlflow" / key
+    cache = cache_dir("mlflow") / key
     fetched = registry.fetch_model(uri, model.name, version, cache, model.trust_pickle)
     factory = fetched.factory or model.factory
     if fetched.kind == "state_dict" and factory is None:

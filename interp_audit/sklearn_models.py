@@ -9,11 +9,11 @@ exactly, so LIME explains what ``predict_proba`` says.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from interp_audit.errors import SpecError
 from interp_audit.hashing import sha256_file
+from interp_ops.cache_dirs import cache_dir, write_atomically
 
 # log(0) is -inf, which the audit refuses as a model output: probabilities are clipped to this first
 SMALLEST_PROBABILITY = 1e-12
@@ -40,7 +40,7 @@ def load_skops(path: Path, trusted: list[str]):
     return sio.load(path, trusted=sorted(set(untrusted)))
 
 
-def final_step(estimator):
+def _final_step(estimator):
     return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
 
 
@@ -52,7 +52,7 @@ def sklearn_to_onnx(estimator, features: int) -> bytes:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    classifier = final_step(estimator)
+    classifier = _final_step(estimator)
     if not hasattr(classifier, "predict_proba"):
         raise SpecError(
             f"model.path: the model ends in {type(classifier).__name__}, which has no predict_proba; an audited "
@@ -104,12 +104,9 @@ def converted_model(path: Path, trusted: list[str], features: int) -> tuple[Path
     key = hashlib.sha256(
         "\0".join([digest, *sorted(trusted), str(features), skl2onnx.__version__]).encode()
     ).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "interp-audit" / "sklearn"
-    onnx_path = cache / f"{key}.onnx"
+    onnx_path = cache_dir("sklearn") / f"{key}.onnx"
     if not onnx_path.exists():
         onnx_bytes = sklearn_to_onnx(load_skops(path, trusted), features)
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = onnx_path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(onnx_bytes)
-        partial.replace(onnx_path)
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(onnx_path, lambda partial: partial.write_bytes(onnx_bytes))
     return onnx_path, digest

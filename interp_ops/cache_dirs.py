@@ -5,6 +5,7 @@ holds (and clears) them all."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -12,3 +13,11 @@ def cache_dir(kind: str) -> Path:
     """The folder of the ``kind`` cache (e.g. "concepts"); not created here."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "interp-audit" / kind
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(partial)`` then a rename onto ``path``: readers in other processes see either no file, the old one
+    or the complete new one, never a half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    write(partial)
+    os.replace(partial, path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from safetensors.torch import save
 from torch import nn
 
 from interp_ops import builtin_data, datasets, palette
+from interp_ops.cache_dirs import write_atomically
 
 DEMO_INPUT = dict(shape=[3, 64, 64], range=[0, 1], mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
 DEMO_LAYERS = ["features.4", "features.8", "features.12"]
@@ -148,13 +148,6 @@ def _cached(metrics_path: Path, weights_path: Path, key: str) -> DemoModel | Non
         return None
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Readers in other processes see either the old file or the complete new one."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(partial)
-    os.replace(partial, path)
-
-
 def _hyperparameters(table: dict[str, dict], name: str, what: str) -> dict:
     if name not in table:
         raise ValueError(f"{what} {name!r} is unknown; use one of {sorted(table)}")
@@ -231,8 +224,8 @@ def _save_trained(model: nn.Module, weights_path: Path, metrics_path: Path, reco
     """Weights first, then the sidecar that marks them valid for the cache key: a crash leaves no false hit."""
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    _write_atomically(weights_path, lambda path: path.write_bytes(save(state)))
-    _write_atomically(metrics_path, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+    write_atomically(weights_path, lambda path: path.write_bytes(save(state)))
+    write_atomically(metrics_path, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def ensure_demo_models(out_dir: Path) -> dict[str, DemoModel]:

@@ -192,14 +192,15 @@ def write_example_weights(out_dir: Path) -> list[Path]:
     a file already there is kept (the same seed writes the same bytes)."""
     from safetensors.torch import save_file
 
+    from interp_ops.cache_dirs import write_atomically
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, factory in EXAMPLES.items():
         path = out_dir / f"{name}.safetensors"
         if not path.exists():
-            partial = path.with_suffix(".partial")
-            save_file({key: value.contiguous() for key, value in factory().state_dict().items()}, partial)
-            partial.replace(path)
+            weights = {key: value.contiguous() for key, value in factory().state_dict().items()}
+            write_atomically(path, lambda partial, weights=weights: save_file(weights, partial))
         written.append(path)
     return written
 
