@@ -59,8 +59,11 @@ def trained(session_dir):
 
     from interp_ops.demo_models import ensure_demo_models
 
+    models = session_dir / "demo-models"
     with FileLock(session_dir / "demo-models.lock"):
-        return ensure_demo_models(copy_shipped(session_dir / "demo-models"))
+        if not models.exists():  # copied once: a second copy would overwrite what the first worker trained
+            copy_shipped(models)
+        return ensure_demo_models(models)
 
 
 @pytest.fixture(scope="session")
