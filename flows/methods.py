@@ -93,7 +93,7 @@ def submit_lime(spec, inputs, onnx_bytes, checked, ship) -> list:
     params = spec.ops.lime
     indices = lime_sample_indices(params, inputs.ids)
     labels = lime_labels(params, inputs.class_names, checked.num_classes)
-    training_data = ship(inputs.x) if inputs.x.ndim == 2 else None
+    training_data = ship(inputs.x[:]) if inputs.x.ndim == 2 else None  # tabular: LIME's feature statistics
     futures = []
     for start in range(0, len(indices), params.samples_per_task):
         batch = indices[start : start + params.samples_per_task]

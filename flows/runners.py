@@ -103,5 +103,5 @@ def by_reference(store_uri: str, value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return put_array(store_uri, value)
     if isinstance(value, ModelInputs):
-        return dataclasses.replace(value, x=put_array(store_uri, value.x))
+        return dataclasses.replace(value, x=put_array(store_uri, value.x[:]))  # an on-disk SampleFile read whole
     return value

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from interp_audit.blobs import ArrayRef, BlobRef, array_sha256
+from interp_ops.sample_file import SampleFile
 from interp_audit.intake import ModelRef
 from interp_audit.spec import FACTORY_REF
 
@@ -95,7 +96,7 @@ def canonical(value: Any, where: str = "value") -> Any:
         return _bytes_content(len(value), sha256_bytes(value))
     if isinstance(value, BlobRef):  # before dataclasses: a ref keys as its content, wherever it is stored
         return _bytes_content(value.size, value.sha256)
-    if isinstance(value, ArrayRef):
+    if isinstance(value, (ArrayRef, SampleFile)):  # keyed as the array they hold, not where it is
         return _array_content(value.dtype, value.shape, value.sha256)
     if isinstance(value, BaseModel):
         return {"__type__": _type_name(value), "fields": value.model_dump(mode="json")}

@@ -7,6 +7,8 @@ is bad input: a SpecError (exit 2).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,15 +16,20 @@ import numpy as np
 
 from interp_audit.errors import SpecError
 from interp_audit.spec import InputSpec
-from interp_ops.datasets import DataError, Samples, data_fingerprint, load_samples, preview_samples, to_model_input
+from interp_ops import datasets, normalization, sample_file
+from interp_ops import samples as sample_readers
+from interp_ops.cache_dirs import cache_dir, write_atomically
+from interp_ops.datasets import DataError, Samples, data_fingerprint, preview_samples, sample_chunks, to_model_input
+from interp_ops.sample_file import BATCH_ROWS, SampleFile, open_sample_file, write_sample_file
 
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """Samples converted to what the model takes."""
+    """Samples converted to what the model takes. ``x`` indexes like an array: on disk (a ``SampleFile``, read a
+    batch at a time) as the run reads it, or in memory (on a Ray worker, or given by a test)."""
 
     ids: list[str]
-    x: np.ndarray
+    x: SampleFile | np.ndarray
     labels: np.ndarray | None
     class_names: list[str] | None
     feature_names: list[str] | None = None
@@ -38,16 +45,73 @@ class InputsProbe:
     class_names: list[str] | None
 
 
-def model_inputs(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec) -> ModelInputs:
-    """Every sample, read and converted: the run's one read of the whole data set."""
+def model_inputs(data_uri: str, base_dir: Path, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
+    """Every sample, read and converted a chunk at a time into a file of the ``model-inputs`` cache: the run's one
+    read of the whole data set, and none when the same data was converted the same way before (``data_sha256``:
+    its content)."""
+    folder = cache_dir("model-inputs")
+    key = _inputs_key(data_sha256, seed, input_spec)
+    cached = _cached_inputs(folder, key)
+    if cached is not None:
+        return cached
     try:
-        samples = load_samples(data_uri, base_dir, seed)
+        ids, chunks = sample_chunks(data_uri, base_dir, seed, BATCH_ROWS)
     except DataError as exc:
         raise SpecError(str(exc)) from None
-    x = _converted(samples, samples.ids, data_uri, input_spec)
-    return ModelInputs(
-        samples.ids, x, samples.labels, input_spec.class_names or samples.class_names, samples.feature_names
+    if len(ids) == 0:
+        raise SpecError(f"data: '{data_uri}' holds no samples; give at least one")
+    first = {}
+    labels = []
+
+    def converted():
+        for chunk in chunks:
+            first.setdefault("samples", chunk)
+            labels.append(chunk.labels)
+            yield _converted(chunk, ids, data_uri, input_spec)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        x = write_sample_file(folder / f"{key}.npy", converted(), len(ids))
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
+    head = first["samples"]
+    inputs = ModelInputs(
+        ids,
+        x,
+        None if labels[0] is None else np.concatenate(labels),
+        input_spec.class_names or head.class_names,
+        head.feature_names,
     )
+    record = {
+        "sha256": x.sha256,
+        "ids": ids,
+        "labels": None if inputs.labels is None else inputs.labels.tolist(),
+        "class_names": inputs.class_names,
+        "feature_names": inputs.feature_names,
+    }
+    write_atomically(folder / f"{key}.json", lambda partial: partial.write_text(json.dumps(record)))
+    return inputs
+
+
+def _inputs_key(data_sha256: str, seed: int, input_spec: InputSpec) -> str:
+    """The data's content, the seed, the conversion asked for and the code that converts."""
+    digest = hashlib.sha256(json.dumps([data_sha256, seed, input_spec.model_dump(mode="json")]).encode())
+    for source in (datasets, sample_readers, normalization, sample_file):
+        digest.update(Path(source.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _cached_inputs(folder: Path, key: str) -> ModelInputs | None:
+    """The inputs converted before under ``key``; None when absent or unreadable (then converted again)."""
+    try:
+        record = json.loads((folder / f"{key}.json").read_text())
+        x = open_sample_file(folder / f"{key}.npy", record["sha256"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(x) != len(record["ids"]):
+        return None
+    labels = None if record["labels"] is None else np.asarray(record["labels"], dtype=np.int64)
+    return ModelInputs(record["ids"], x, labels, record["class_names"], record["feature_names"])
 
 
 def inputs_probe(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec, count: int) -> InputsProbe:

@@ -5,6 +5,7 @@ holds (and clears) them all."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,10 @@ def cache_dir(kind: str) -> Path:
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write(partial)`` then a rename onto ``path``: readers in other processes see either no file, the old one
-    or the complete new one, never a half-written file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(partial)
-    os.replace(partial, path)
+    or the complete new one, never a half-written file; a write that fails leaves nothing."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -7,7 +7,9 @@ Every source is read into the same ``Samples`` layout (images channel-last in [0
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from interp_ops.samples import (
     SamplePreview,
     Samples,
     image_files,
+    image_folder_chunks,
     read_array_file,
     read_image_folder,
 )
@@ -147,6 +150,35 @@ def _read(uri: str, base_dir: Path, seed: int, limit: int | None) -> tuple[list[
 def load_samples(uri: str, base_dir: Path, seed: int) -> Samples:
     """Samples from ``builtin:NAME?k=v``, an image directory or a .npy/.npz file; relative paths start at base_dir."""
     return _read(uri, base_dir, seed, None)[1]
+
+
+def sample_chunks(uri: str, base_dir: Path, seed: int, rows: int) -> tuple[list[str], Iterator[Samples]]:
+    """Every sample's id, and ``load_samples``'s samples ``rows`` at a time: an image folder is decoded and a .npy
+    file read chunk by chunk, so a pass over a large data set holds one chunk; builtins (generated) and .npz
+    archives (a zip member cannot be read in parts) are read whole and handed out in chunks."""
+    source = _resolve(uri, base_dir)
+    if isinstance(source, Path) and source.is_dir():
+        return image_folder_chunks(source, rows)
+    if isinstance(source, Path) and source.suffix.lower() == ".npy":
+        ids, _ = read_array_file(source, 0)
+        return ids, (read_array_file(source, stop, start)[1] for start, stop in _spans(len(ids), rows))
+    ids, samples = _read(uri, base_dir, seed, None)
+    return ids, (_rows_of(samples, start, stop) for start, stop in _spans(len(ids), rows))
+
+
+def _spans(count: int, rows: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, count, rows):
+        yield start, min(start + rows, count)
+
+
+def _rows_of(samples: Samples, start: int, stop: int) -> Samples:
+    def part(array):
+        return None if array is None else array[start:stop]
+
+    return dataclasses.replace(
+        samples, ids=samples.ids[start:stop], x=samples.x[start:stop], labels=part(samples.labels),
+        masks=part(samples.masks)
+    )
 
 
 def preview_samples(uri: str, base_dir: Path, seed: int, count: int) -> SamplePreview:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -277,15 +277,19 @@ def make_session(onnx_bytes: bytes, device: str, intra_op_threads: int = 0):
         raise OnnxBundleError(f"ONNX Runtime could not load the model: {' '.join(str(exc).split())[:500]}") from exc
 
 
-def run_session(session, x: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """All outputs for all samples, batched; the first graph output is returned as ``logits``."""
+def run_session(
+    session, x: np.ndarray, batch_size: int = 256, outputs: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The ``outputs`` (all when None) for all samples, batched; the first graph output is called ``logits``. ``x``
+    is read a batch at a time (a ``SampleFile`` stays on disk); only the outputs asked for are computed and kept."""
     input_name = session.get_inputs()[0].name
     names = [out.name for out in session.get_outputs()]
-    keys = [LOGITS, *names[1:]]
+    graph_name = dict(zip([LOGITS, *names[1:]], names))
+    keys = list(graph_name) if outputs is None else list(outputs)
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for start in range(0, len(x), batch_size):
-        results = session.run(names, {input_name: x[start : start + batch_size].astype(np.float32, copy=False)})
-        for key, value in zip(keys, results):
+        batch = np.asarray(x[start : start + batch_size], dtype=np.float32)
+        for key, value in zip(keys, session.run([graph_name[key] for key in keys], {input_name: batch})):
             chunks[key].append(value)
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
 
@@ -310,28 +314,34 @@ def run_torch(
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
 
 
-def parity_rows(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> list[dict]:
-    """Per output: max abs diff, max diff relative to the output's scale, and per-sample argmax agreement."""
-    rows = []
-    for name, ref in reference.items():
-        got = candidate[name]
-        if ref.shape != got.shape:
-            raise OnnxBundleError(
-                f"parity: output '{name}' has shape {got.shape} in ONNX Runtime but {ref.shape} in torch"
-            )
-        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-        scale = float(np.abs(ref).max()) if ref.size else 0.0
-        flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-        rows.append(
-            {
-                "output": name,
-                "shape": list(ref.shape[1:]),
-                "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-                "max_rel_diff": float(diff.max() / scale) if scale > 0 else 0.0,
-                "argmax_agreement": float((flat_ref.argmax(1) == flat_got.argmax(1)).mean()) if len(ref) else 1.0,
-            }
-        )
-    return rows
+def parity_rows(batches: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> list[dict]:
+    """Per output: max abs diff, max diff relative to the output's scale (its largest magnitude), and per-sample
+    argmax agreement, over (torch, ONNX Runtime) output pairs of successive batches: one batch in memory at a time."""
+    tallies: dict[str, dict] = {}
+    for reference, candidate in batches:
+        for name, ref in reference.items():
+            got = candidate[name]
+            if ref.shape != got.shape:
+                raise OnnxBundleError(
+                    f"parity: output '{name}' has shape {got.shape} in ONNX Runtime but {ref.shape} in torch"
+                )
+            tally = tallies.setdefault(name, {"shape": list(ref.shape[1:]), "diff": 0.0, "scale": 0.0, "agree": 0, "n": 0})
+            if ref.size:
+                tally["diff"] = max(tally["diff"], float(np.abs(ref.astype(np.float64) - got.astype(np.float64)).max()))
+                tally["scale"] = max(tally["scale"], float(np.abs(ref).max()))
+            flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+            tally["agree"] += int((flat_ref.argmax(1) == flat_got.argmax(1)).sum()) if len(ref) else 0
+            tally["n"] += len(ref)
+    return [
+        {
+            "output": name,
+            "shape": tally["shape"],
+            "max_abs_diff": tally["diff"],
+            "max_rel_diff": tally["diff"] / tally["scale"] if tally["scale"] > 0 else 0.0,
+            "argmax_agreement": tally["agree"] / tally["n"] if tally["n"] else 1.0,
+        }
+        for name, tally in tallies.items()
+    ]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,28 +127,42 @@ def read_image_folder(directory: Path, limit: int | None) -> tuple[list[str], Sa
     """Every image's id (its path in the folder) and the first ``limit`` images (all when None). Images are brought
     to the most common size, in colour if any image has colour: a layout read from the files' headers, so that only
     the images returned are decoded."""
+    ids, chunks = image_folder_chunks(directory, limit)
+    return ids, next(chunks)
+
+
+def image_folder_chunks(directory: Path, rows: int | None) -> tuple[list[str], Iterator[Samples]]:
+    """Every image's id, and the images decoded ``rows`` at a time (all at once when None), in id order, each chunk
+    brought to the folder's layout (``read_image_folder``). The first chunk is all that is decoded until the next
+    is asked for."""
     files = image_files(directory)
     shapes = [_stored_shape(path) for path in files]
     height, width = Counter(shape[:2] for shape in shapes).most_common(1)[0][0]
     channels = 3 if any(shape[2] == 3 for shape in shapes) else 1
     ids = [path.relative_to(directory).as_posix() for path in files]
-    read = files[:limit]
-    x = np.empty((len(read), height, width, channels), dtype=np.float32)
-    for i, path in enumerate(read):
-        image = _read_image(path)
-        if image.shape[-1] != channels:
-            image = gray2rgb(image[..., 0])
-        if image.shape[:2] != (height, width):
-            image = resize(image, (height, width), order=1, anti_aliasing=True)
-        x[i] = image
-    return ids, Samples(ids=ids[: len(read)], x=x, labels=None, masks=None, class_names=None)
+    step = rows or len(files)
+
+    def chunks() -> Iterator[Samples]:
+        for start in range(0, len(files), step):
+            read = files[start : start + step]
+            x = np.empty((len(read), height, width, channels), dtype=np.float32)
+            for i, path in enumerate(read):
+                image = _read_image(path)
+                if image.shape[-1] != channels:
+                    image = gray2rgb(image[..., 0])
+                if image.shape[:2] != (height, width):
+                    image = resize(image, (height, width), order=1, anti_aliasing=True)
+                x[i] = image
+            yield Samples(ids=ids[start : start + len(read)], x=x, labels=None, masks=None, class_names=None)
+
+    return ids, chunks()
 
 
-def _as_images_or_table(array: np.ndarray, source: str, limit: int | None) -> np.ndarray:
+def _as_images_or_table(array: np.ndarray, source: str, rows: slice) -> np.ndarray:
     """(N,D) stays tabular; (N,H,W), (N,H,W,C) and (N,C,H,W) become float32 (N,H,W,C) in [0, 1].
 
-    Dtype and shape are checked on the whole array, values on its first ``limit`` rows (all when None), the only
-    rows read: of a memory-mapped array, the rest stays on disk.
+    Dtype and shape are checked on the whole array, values on its ``rows``, the only rows read: of a memory-mapped
+    array, the rest stays on disk.
     """
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
         raise DataError(f"data: {source} has dtype {array.dtype}; give a numeric array")
@@ -161,7 +176,7 @@ def _as_images_or_table(array: np.ndarray, source: str, limit: int | None) -> np
         raise DataError(
             f"data: {source} has shape {array.shape}; give (N,D) tabular data or (N,H,W), (N,H,W,C), (N,C,H,W) images"
         )
-    rows = np.array(array[:limit])
+    rows = np.array(array[rows])
     if rows.ndim == 2:
         x = rows.astype(np.float32)
         if not np.isfinite(x).all():
@@ -201,9 +216,10 @@ def _open_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
 
 
-def read_array_file(path: Path, limit: int | None) -> tuple[list[str], Samples]:
-    """Every row's id and the first ``limit`` rows (all when None) as samples; a .npy file is memory-mapped, a .npz
-    archive is read whole (a zip member cannot be memory-mapped)."""
+def read_array_file(path: Path, limit: int | None, start: int = 0) -> tuple[list[str], Samples]:
+    """Every row's id and rows ``start`` to ``limit`` (to the end when None) as samples; a .npy file is
+    memory-mapped (and unmapped when the rows are copied out), a .npz archive is read whole (a zip member cannot be
+    memory-mapped)."""
     try:
         if path.suffix.lower() == ".npy":
             arrays = {"x": _open_npy(path)}
@@ -220,10 +236,11 @@ def read_array_file(path: Path, limit: int | None) -> tuple[list[str], Samples]:
             f"data: {path} has arrays {sorted(arrays)}; store the samples under 'x' or 'images' "
             "(and optional labels under 'labels' or 'y')"
         )
-    x = _as_images_or_table(arrays[image_key], path.name, limit)
+    rows = slice(start, limit)
+    x = _as_images_or_table(arrays[image_key], path.name, rows)
     ids = [f"row-{i:05d}" for i in range(len(arrays[image_key]))]
     label_key = next((key for key in NPZ_LABEL_KEYS if key in arrays), None)
     labels = None if label_key is None else _as_labels(arrays[label_key], len(ids), f"{path.name}['{label_key}']")
     return ids, Samples(
-        ids=ids[: len(x)], x=x, labels=None if labels is None else labels[: len(x)], masks=None, class_names=None
+        ids=ids[rows], x=x, labels=None if labels is None else labels[rows], masks=None, class_names=None
     )

@@ -1,10 +1,13 @@
-"""Sharing the machine between tasks: GPU work holds a slot of the global ``gpu`` concurrency limit (one slot per
-device) on the thread runner; on a Ray worker, Ray's resources do that job and each task keeps to its CPUs."""
+"""Sharing the machine between tasks: on the thread runner GPU work holds a slot of the global ``gpu`` concurrency
+limit (one slot per device) and CPU work one of ``CPU_TASKS`` slots of the process; on a Ray worker, Ray's
+resources do that job and each task keeps to its CPUs."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -13,6 +16,12 @@ from prefect.concurrency.sync import concurrency
 from tasks.limits import ensure_limit
 
 GPU_LIMIT = "gpu"
+# Compute tasks running at once on the CPU, in one audit process. Each already spreads over every core (ONNX
+# Runtime's and torch's thread pools), so more at once buy no speed but each holds its session, model and
+# batches: an audit of 64 LIME batches once held all 64 (3 GB for the demo CNN). Two let one task's Python-side
+# work (segmentation, regressions, PNGs) overlap another's model calls.
+CPU_TASKS = int(os.environ.get("INTERP_AUDIT_CPU_TASKS", "2"))
+_cpu_slots = threading.BoundedSemaphore(max(1, CPU_TASKS))
 
 
 def ensure_gpu_limit() -> None:
@@ -20,11 +29,11 @@ def ensure_gpu_limit() -> None:
     ensure_limit(GPU_LIMIT, max(torch.cuda.device_count(), 1))
 
 
-def gpu_slot(device: str):
-    """Hold a ``gpu`` slot while running on CUDA; a no-op on CPU."""
+def compute_slot(device: str):
+    """Hold a ``gpu`` slot while running on CUDA, one of the process's ``CPU_TASKS`` slots on the CPU."""
     if device.startswith("cuda"):
         return concurrency(GPU_LIMIT, occupy=1)
-    return contextlib.nullcontext()
+    return _cpu_slots
 
 
 def ray_task_cpus() -> int | None:
@@ -43,11 +52,11 @@ def ray_task_cpus() -> int | None:
 def compute_share(device: str) -> Iterator[int]:
     """Run a task's computation on its share of the machine; yields the ONNX Runtime intra-op thread count for
     its sessions. On a Ray worker torch and ONNX Runtime keep to the CPUs Ray assigned the task, so two tasks on
-    one node do not fight over cores, and torch's cached GPU memory is handed back afterwards; elsewhere their defaults stay (0: ONNX Runtime's own) and CUDA work holds
-    a ``gpu`` slot."""
+    one node do not fight over cores, and torch's cached GPU memory is handed back afterwards; elsewhere their
+    defaults stay (0: ONNX Runtime's own) and the task holds a compute slot (``compute_slot``)."""
     cpus = ray_task_cpus()
     if cpus is None:
-        with gpu_slot(device):
+        with compute_slot(device):
             yield 0
         return
     threads = torch.get_num_threads()

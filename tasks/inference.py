@@ -9,6 +9,7 @@ from interp_audit.blobs import materialized, materialized_inputs
 from interp_audit.inputs import ModelInputs
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_ops import onnx_bundle
+from interp_ops.sample_file import row_batches
 from interp_ops.token_grid import TokenGrid
 from tasks import CACHED, UNCACHED
 from tasks.gpu import compute_share
@@ -23,12 +24,18 @@ def check_parity(
     grids: dict[str, TokenGrid],
     device: str,
 ) -> list[dict]:
-    """Max abs/rel diff and argmax agreement between torch and ONNX Runtime, per output."""
+    """Max abs/rel diff and argmax agreement between torch and ONNX Runtime, per output, a batch at a time."""
     onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
-        reference = onnx_bundle.run_torch(build_torch_model(model), inputs.x, layers, device, grids=grids)
-        candidate = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)
-    return onnx_bundle.parity_rows(reference, candidate)
+        torch_model = build_torch_model(model)
+        session = onnx_bundle.make_session(onnx_bytes, device, threads)
+        return onnx_bundle.parity_rows(
+            (
+                onnx_bundle.run_torch(torch_model, batch, layers, device, grids=grids),
+                onnx_bundle.run_session(session, batch),
+            )
+            for batch in row_batches(inputs.x)
+        )
 
 
 @task(name="predict", **CACHED)
@@ -36,7 +43,8 @@ def predict(onnx_bytes: bytes, inputs: ModelInputs, device: str) -> list[dict]:
     """The model's decision on every sample, through the same ONNX graph the methods use."""
     onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
-        logits = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x)["logits"]
+        session = onnx_bundle.make_session(onnx_bytes, device, threads)
+        logits = onnx_bundle.run_session(session, inputs.x, outputs=[onnx_bundle.LOGITS])[onnx_bundle.LOGITS]
     probabilities = onnx_bundle.softmax(logits.astype(np.float64))
     predicted = probabilities.argmax(axis=1)
     names = inputs.class_names

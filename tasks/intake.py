@@ -11,7 +11,7 @@ from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.spec import InputSpec
 from interp_ops import onnx_bundle
 from interp_ops.token_grid import TokenGrid
-from tasks import CACHED
+from tasks import CACHED, UNCACHED
 
 
 @task(name="export-onnx", **CACHED)
@@ -23,8 +23,10 @@ def export_onnx(model: ModelRef, input_shape: tuple[int, ...], layers: list[str]
     return onnx_bundle.export_torch(build_torch_model(model), input_shape, layers, grids)
 
 
-@task(name="load-samples", **CACHED)
+@task(name="load-samples", **UNCACHED)
 def load_model_inputs(data_uri: str, base_dir: str, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
-    """Every sample converted to the model's input, the run's one read of the data set (preflight reads a probe);
-    ``data_sha256`` keys the cache on the data's content."""
-    return model_inputs(data_uri, Path(base_dir), seed, input_spec)
+    """Every sample converted to the model's input, the run's one read of the data set (preflight reads a probe).
+
+    Uncached by Prefect: the converted samples live in a file of their own cache, keyed by ``data_sha256`` (the
+    data's content), which a re-run reads again (a cached result could outlive the file it names)."""
+    return model_inputs(data_uri, Path(base_dir), data_sha256, seed, input_spec)

@@ -251,15 +251,41 @@ def test_gpu_work_takes_a_slot_of_the_gpu_limit():
     """Needs no GPU: we call the guard as a CUDA task would and watch the real limit on the test server."""
     from prefect.client.orchestration import get_client
 
-    from tasks.gpu import GPU_LIMIT, ensure_gpu_limit, gpu_slot
+    from tasks.gpu import GPU_LIMIT, compute_slot, ensure_gpu_limit
 
     ensure_gpu_limit()
     ensure_gpu_limit()  # idempotent
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
         assert limit.limit >= 1
-        with gpu_slot("cuda:0"):
+        with compute_slot("cuda:0"):
             assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
-        with gpu_slot("cpu"):
+        with compute_slot("cpu"):
             assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+
+
+def test_cpu_work_runs_at_most_cpu_tasks_at_once():
+    """Every task a thread of the pool, as the thread runner runs them: no more than CPU_TASKS compute at once, so an
+    audit of many batches holds the memory of a few."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.gpu import CPU_TASKS, compute_share
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(_):
+        with compute_share("cpu"):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+
+    with ThreadPoolExecutor(max_workers=4 * CPU_TASKS) as pool:
+        list(pool.map(work, range(8 * CPU_TASKS)))
+    assert most[0] == CPU_TASKS

@@ -35,7 +35,7 @@ def task_cases() -> dict:
     from tasks.actmax import find_exemplars, render_unit_batch
     from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
     from tasks.inference import check_parity, predict
-    from tasks.intake import export_onnx, load_model_inputs
+    from tasks.intake import export_onnx
     from tasks.lime import explain_with_lime
 
     rng = np.random.default_rng(0)
@@ -88,16 +88,6 @@ def task_cases() -> dict:
     grids = {"body.conv1": TokenGrid(2, 2, skip=1)}
     return {
         "export-onnx": (export_onnx, dict(model=ref, input_shape=(1, 28, 28), layers=layers, grids=grids)),
-        "load-samples": (
-            load_model_inputs,
-            dict(
-                data_uri="builtin:shapes?split=val&n=12",
-                base_dir="/specs",
-                data_sha256="b" * 64,
-                seed=3,
-                input_spec=input_spec,
-            ),
-        ),
         "predict": (predict, dict(onnx_bytes=onnx, inputs=inputs, device="cpu")),
         "onnx-parity": (
             check_parity,
@@ -340,7 +330,6 @@ def test_a_value_without_a_canonical_form_is_a_type_error_never_a_pickle():
 
 CACHED_TASKS = {
     "export-onnx",
-    "load-samples",
     "predict",
     "onnx-parity",
     "lime",

@@ -47,8 +47,12 @@ def test_the_examples_export_with_their_layers_within_the_parity_contract(spec_f
     onnx_bytes = onnx_bundle.export_torch(model, tuple(spec.model.input.shape), layers, grids)
     x = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
     rows = onnx_bundle.parity_rows(
-        onnx_bundle.run_torch(model, x, layers, "cpu", grids=grids),
-        onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, "cpu"), x),
+        [
+            (
+                onnx_bundle.run_torch(model, x, layers, "cpu", grids=grids),
+                onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, "cpu"), x),
+            )
+        ]
     )
     shapes = {row["output"]: row["shape"] for row in rows}
     if "vit" in spec_file:

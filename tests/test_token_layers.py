@@ -103,7 +103,7 @@ def test_token_layers_export_as_maps_equal_to_the_tokens_and_to_the_planted_trut
     np.testing.assert_allclose(outputs["blocks.1"][:, RED_DIM], patch_red(x), atol=1e-5)
 
     reference = onnx_bundle.run_torch(model, x, list(PLANTED_GRIDS), "cpu", grids=PLANTED_GRIDS)
-    rows = onnx_bundle.parity_rows(reference, outputs)
+    rows = onnx_bundle.parity_rows([(reference, outputs)])
     assert {row["output"]: row["shape"] for row in rows} == {
         "logits": [3],
         "blocks.0": [8, GRID, GRID],
