@@ -180,27 +180,48 @@ def main() -> None:
             env = {**os.environ, "PREFECT_API_URL": url}
             if "dissection" in only:
                 big = 10_000 // scale
-                report |= pair("dissection_rss_10x", ("dissection-1k", dissection_spec(1000 // scale)),
-                               (f"dissection-{big}", dissection_spec(big)), work, env)
+                report |= pair(
+                    "dissection_rss_10x",
+                    ("dissection-1k", dissection_spec(1000 // scale)),
+                    (f"dissection-{big}", dissection_spec(big)),
+                    work,
+                    env,
+                )
             if "actmax" in only:
-                report |= pair("actmax_rss_32x", ("actmax-64", actmax_spec(64)),
-                               (f"actmax-{2048 // scale}", actmax_spec(2048 // scale)), work, env)
+                report |= pair(
+                    "actmax_rss_32x",
+                    ("actmax-64", actmax_spec(64)),
+                    (f"actmax-{2048 // scale}", actmax_spec(2048 // scale)),
+                    work,
+                    env,
+                )
             if "lime" in only:
-                report |= pair("lime_rss_64x", ("lime-16", lime_spec(16)),
-                               (f"lime-{1024 // scale}", lime_spec(1024 // scale)), work, env)
+                report |= pair(
+                    "lime_rss_64x",
+                    ("lime-16", lime_spec(16)),
+                    (f"lime-{1024 // scale}", lime_spec(1024 // scale)),
+                    work,
+                    env,
+                )
             if "data" in only:
                 small, big = image_folder(work, 1000), image_folder(work, 50_000 // scale)
-                report |= pair("data_rss_50x", ("data-1k", data_spec(small)),
-                               (f"data-{50_000 // scale}", data_spec(big)), work, env)
+                report |= pair(
+                    "data_rss_50x",
+                    ("data-1k", data_spec(small)),
+                    (f"data-{50_000 // scale}", data_spec(big)),
+                    work,
+                    env,
+                )
             if "demo" in only:
                 demo = peak_rss_mb(ROOT / "deployments/specs/shapes-demo.yaml", work, "demo", env)
                 report["demo_peak_rss_mb"] = round(demo)
                 print(f"demo_peak_rss_mb = {demo:.0f} (target <= {TARGET_DEMO_MB})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["ok"] = all(
-        value <= TARGET_RATIO for key, value in report.items() if key.endswith(("_10x", "_32x", "_64x", "_50x"))
-    ) and report.get("demo_peak_rss_mb", 0) <= TARGET_DEMO_MB
+    report["ok"] = (
+        all(value <= TARGET_RATIO for key, value in report.items() if key.endswith(("_10x", "_32x", "_64x", "_50x")))
+        and report.get("demo_peak_rss_mb", 0) <= TARGET_DEMO_MB
+    )
     write_results("memory", report, args.quick)
 
 

@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from interp_audit.blobs import ArrayRef, BlobRef, array_sha256
-from interp_ops.sample_file import SampleFile
 from interp_audit.intake import ModelRef
 from interp_audit.spec import FACTORY_REF
+from interp_ops.sample_file import SampleFile
 
 
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:

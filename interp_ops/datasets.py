@@ -176,8 +176,11 @@ def _rows_of(samples: Samples, start: int, stop: int) -> Samples:
         return None if array is None else array[start:stop]
 
     return dataclasses.replace(
-        samples, ids=samples.ids[start:stop], x=samples.x[start:stop], labels=part(samples.labels),
-        masks=part(samples.masks)
+        samples,
+        ids=samples.ids[start:stop],
+        x=samples.x[start:stop],
+        labels=part(samples.labels),
+        masks=part(samples.masks),
     )
 
 

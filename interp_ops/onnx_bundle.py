@@ -325,7 +325,9 @@ def parity_rows(batches: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndar
                 raise OnnxBundleError(
                     f"parity: output '{name}' has shape {got.shape} in ONNX Runtime but {ref.shape} in torch"
                 )
-            tally = tallies.setdefault(name, {"shape": list(ref.shape[1:]), "diff": 0.0, "scale": 0.0, "agree": 0, "n": 0})
+            tally = tallies.setdefault(
+                name, {"shape": list(ref.shape[1:]), "diff": 0.0, "scale": 0.0, "agree": 0, "n": 0}
+            )
             if ref.size:
                 tally["diff"] = max(tally["diff"], float(np.abs(ref.astype(np.float64) - got.astype(np.float64)).max()))
                 tally["scale"] = max(tally["scale"], float(np.abs(ref).max()))

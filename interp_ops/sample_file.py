@@ -17,7 +17,7 @@ import numpy as np
 
 from interp_ops.cache_dirs import write_atomically
 
-BATCH_ROWS = 256  # rows per read in a pass: small next to the data set, large enough that a read is one call
+BATCH_ROWS = 64  # rows per read in a pass: a batch of activations per task stays small, a read stays one call
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class SampleFile:
         count = stop - start
         with open(self.path, "rb") as stream:
             stream.seek(self.header_bytes + start * self.row_bytes)
-            data = np.fromfile(stream, dtype=self.dtype, count=count * (self.row_bytes // np.dtype(self.dtype).itemsize))
+            data = np.fromfile(
+                stream, dtype=self.dtype, count=count * (self.row_bytes // np.dtype(self.dtype).itemsize)
+            )
         if data.size * data.itemsize != count * self.row_bytes:
             raise OSError(f"{self.path} is truncated: rows {start}..{stop} are not all there; delete it to read again")
         return data.reshape(count, *self.shape[1:])

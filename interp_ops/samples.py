@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

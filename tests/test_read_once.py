@@ -82,11 +82,119 @@ def test_a_preview_holds_every_id_and_the_first_samples_of_the_full_read(tmp_pat
         np.testing.assert_array_equal(everything.x, full.x, err_msg=uri)
 
 
+@pytest.mark.parametrize("rows", [4, 100])
+def test_the_chunks_of_a_pass_are_the_full_read(tmp_path, data_sources, rows):
+    for uri in data_sources:
+        full = datasets.load_samples(uri, tmp_path, seed=5)
+        ids, chunks = datasets.sample_chunks(uri, tmp_path, 5, rows)
+        chunks = list(chunks)
+        assert ids == full.ids and [chunk.ids for chunk in chunks][0] == full.ids[: min(rows, len(full.ids))], uri
+        assert all(len(chunk.x) <= rows for chunk in chunks), uri
+        np.testing.assert_array_equal(np.concatenate([chunk.x for chunk in chunks]), full.x, err_msg=uri)
+        for field in ("labels", "masks"):
+            parts = [getattr(chunk, field) for chunk in chunks]
+            if getattr(full, field) is None:
+                assert all(part is None for part in parts), (uri, field)
+            else:
+                np.testing.assert_array_equal(np.concatenate(parts), getattr(full, field), err_msg=f"{uri} {field}")
+
+
+def test_the_run_reads_its_samples_from_disk_a_batch_at_a_time_and_converts_them_once(
+    tmp_path, data_sources, monkeypatch
+):
+    """The converted samples go to a file of the model-inputs cache, a chunk at a time; the same data converted the
+    same way is served from that file; the file keys a task's cache as the array in it would."""
+    from interp_audit.blobs import array_sha256
+    from interp_audit.cache_keys import content_key
+    from interp_ops.sample_file import SampleFile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_inputs_module, "BATCH_ROWS", 4)
+    gray = InputSpec(shape=[1, 12, 10], range=(-1.0, 1.0), mean=[0.1], std=[0.5])
+    cases = {
+        "mixed": gray,
+        "builtin:shapes?n=20": gray,
+        "first.npy": InputSpec(shape=[3, 6, 5]),
+        "table.npy": InputSpec(shape=[4]),
+    }
+    for uri, input_spec in cases.items():
+        key = datasets.data_fingerprint(uri, tmp_path)
+        streamed = model_inputs_module.model_inputs(uri, tmp_path, key, 5, input_spec)
+        full = datasets.load_samples(uri, tmp_path, seed=5)
+        expected = datasets.to_model_input(
+            full, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean, input_spec.std
+        )
+        assert isinstance(streamed.x, SampleFile) and streamed.x.shape == expected.shape, uri
+        np.testing.assert_array_equal(streamed.x[:], expected, err_msg=uri)
+        np.testing.assert_array_equal(streamed.x[[5, -1, 0, 5]], expected[[5, -1, 0, 5]], err_msg=uri)
+        assert streamed.x.sha256 == array_sha256(expected), uri
+        assert streamed.ids == full.ids and streamed.class_names == (input_spec.class_names or full.class_names), uri
+        assert (streamed.labels is None) == (full.labels is None), uri
+        in_memory = model_inputs_module.ModelInputs(
+            streamed.ids, expected, streamed.labels, streamed.class_names, streamed.feature_names
+        )
+        assert content_key({"inputs": streamed}) == content_key({"inputs": in_memory}), uri
+
+        def no_second_read(*args):
+            raise AssertionError("read again")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(model_inputs_module, "sample_chunks", no_second_read)
+            again = model_inputs_module.model_inputs(uri, tmp_path, key, 5, input_spec)
+        assert again.x == streamed.x and again.ids == streamed.ids, uri
+    converted = (tmp_path / "cache" / "interp-audit" / "model-inputs").iterdir()
+    assert sorted(path.suffix for path in converted) == [".json"] * len(cases) + [".npy"] * len(cases)
+
+
+def test_bad_values_in_a_later_chunk_are_refused_and_leave_no_file(tmp_path, monkeypatch, rng):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_inputs_module, "BATCH_ROWS", 4)
+    images = rng.random((11, 6, 5), dtype=np.float32)
+    images[9, 2, 2] = np.nan
+    np.save(tmp_path / "images.npy", images)
+    with pytest.raises(model_inputs_module.SpecError, match="images.npy holds image values in"):
+        model_inputs_module.model_inputs(
+            "images.npy", tmp_path, datasets.data_fingerprint("images.npy", tmp_path), 0, InputSpec(shape=[1, 6, 5])
+        )
+    assert list((tmp_path / "cache" / "interp-audit" / "model-inputs").iterdir()) == []
+
+
+def test_a_sample_file_reads_like_the_array_it_holds(tmp_path, rng):
+    from interp_ops.sample_file import open_sample_file, row_batches, write_sample_file
+
+    array = rng.random((10, 2, 3), dtype=np.float32)
+    stored = write_sample_file(tmp_path / "x.npy", (array[i : i + 3] for i in range(0, 10, 3)), 10)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), array)  # a plain .npy
+    assert open_sample_file(tmp_path / "x.npy", stored.sha256) == stored
+    assert (len(stored), stored.ndim, stored.shape) == (10, 3, (10, 2, 3))
+    for index in (
+        slice(None),
+        slice(2, 7),
+        slice(8, 20),
+        slice(-3, None),
+        slice(5, 2),
+        [],
+        [9, 0, 9, -10],
+        np.array([3, 1]),
+    ):
+        np.testing.assert_array_equal(stored[index], array[index], err_msg=str(index))
+    np.testing.assert_array_equal(np.concatenate(list(row_batches(stored, 4))), array)
+    with pytest.raises(IndexError):
+        stored[[10]]
+    with pytest.raises(ValueError, match="announced"):
+        write_sample_file(tmp_path / "short.npy", iter([array[:3]]), 10)
+    assert not list(tmp_path.glob("*short*"))  # nothing left of a failed write
+    with open(tmp_path / "x.npy", "r+b") as stream:
+        stream.truncate(stored.header_bytes + 5 * stored.row_bytes)
+    with pytest.raises(OSError, match="truncated"):
+        stored[4:7]
+
+
 def test_the_probe_preflight_checks_is_the_first_rows_of_the_model_input(tmp_path, data_sources):
     gray = InputSpec(shape=[1, 12, 10], range=(-1.0, 1.0), mean=[0.1], std=[0.5])
     colour = InputSpec(shape=[3, 6, 5])
     for uri, input_spec in [("mixed", gray), ("builtin:shapes?n=20", gray), ("first.npy", colour)]:
-        full = model_inputs_module.model_inputs(uri, tmp_path, 5, input_spec)
+        full = model_inputs_module.model_inputs(uri, tmp_path, datasets.data_fingerprint(uri, tmp_path), 5, input_spec)
         probe = model_inputs_module.inputs_probe(uri, tmp_path, 5, input_spec, 7)
         assert probe.ids == full.ids and probe.class_names == full.class_names, uri
         np.testing.assert_array_equal(probe.x, full.x[:7], err_msg=uri)
@@ -124,7 +232,7 @@ class ReadCounter:
         self.full_reads, self.previews, self.converted = [], [], []
         self._wrap(monkeypatch, samples, "_read_image", lambda path: self.decoded.update([path.name]))
         self._wrap(monkeypatch, datasets, "_hash_file", lambda digest, path: self.hashed.update([path.name]))
-        self._wrap(monkeypatch, model_inputs_module, "load_samples", lambda uri, *_: self.full_reads.append(uri))
+        self._wrap(monkeypatch, model_inputs_module, "sample_chunks", lambda uri, *_: self.full_reads.append(uri))
         self._wrap(monkeypatch, model_inputs_module, "preview_samples", lambda uri, *_: self.previews.append(uri))
         self._wrap(
             monkeypatch,
@@ -147,6 +255,7 @@ class ReadCounter:
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_one_run_decodes_every_image_once_and_only_the_probe_before_it(gray_spec, tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no converted samples from an earlier session
     total = PROBE_SAMPLES + 9
     write_image_folder(tmp_path / "images", rng, total, ("L", "RGB"), ((28, 28), (30, 32)))
     counter = ReadCounter(monkeypatch)
