@@ -92,6 +92,7 @@ def actmax_spec(units: int) -> dict:
                 "steps": 1,
                 "exemplars": 2,
                 "transforms": "none",
+                "batch_units": 8,
             }
         },
     }

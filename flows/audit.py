@@ -31,7 +31,7 @@ from interp_audit.report import diff_table
 from interp_audit.spec import load_spec, with_model_version
 from interp_ops.onnx_bundle import onnx_sha256
 from tasks.contracts import validate_contracts
-from tasks.gpu import ensure_gpu_limit
+from tasks.gpu import ensure_gpu_limit, limit_malloc_arenas
 from tasks.inference import ort_providers
 from tasks.intake import export_onnx, load_model_inputs
 from tasks.registry import fetch_registered_model, write_back
@@ -117,6 +117,7 @@ def audit(
 
     ``version`` pins a registry model (model.source: mlflow) to another version than the spec names.
     """
+    limit_malloc_arenas()
     loaded, checked, store_uri = checked_spec(spec_path, store, device, version)
     spec, version, run_id = loaded.spec, checked.model.version, str(flow_run.get_id() or "")
     started = datetime.now(UTC)

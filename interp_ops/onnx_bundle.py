@@ -271,6 +271,7 @@ def make_session(onnx_bytes: bytes, device: str, intra_op_threads: int = 0):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = intra_op_threads
+    options.enable_cpu_mem_arena = False
     try:
         return ort.InferenceSession(onnx_bytes, sess_options=options, providers=session_providers(device))
     except Exception as exc:

@@ -33,11 +33,10 @@ def render_unit_batch(
     """Renders of ``units`` of ``layer`` (a map of its tokens where ``grid`` says how they lie), optimised as one
     batch; each unit's seed does not depend on the batch. ``settings``: ``ActivationMaxSpec.render_settings``,
     passed on to the renderer as they are."""
-    torch_model = build_torch_model(model)
-    with compute_share(device):
+    with compute_share(device):  # the model is built in the task's slot: waiting tasks hold no copy of it
         try:
             return actmax.render_units(
-                torch_model,
+                build_torch_model(model),
                 layer,
                 units,
                 input_shape=tuple(input_spec.shape),

@@ -18,7 +18,8 @@ def _predict(onnx_bytes: bytes, device: str, threads: int) -> lime.Predict:
     session = onnx_bundle.make_session(onnx_bytes, device, threads)
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return onnx_bundle.softmax(onnx_bundle.run_session(session, batch, batch_size=len(batch))["logits"])
+        logits = onnx_bundle.run_session(session, batch, batch_size=len(batch), outputs=[onnx_bundle.LOGITS])
+        return onnx_bundle.softmax(logits[onnx_bundle.LOGITS])
 
     return predict
 
