@@ -3,7 +3,7 @@
 For every unit u of an audited layer and every concept label c of a Broden-format concept set:
 
 1. Threshold (``threshold``): T_u, the ``1 - quantile`` quantile of all of u's raw activations, exactly as
-   ``np.percentile`` gives it, from a running top-k in one forward pass; the maps that can exceed T_u are kept.
+   ``np.percentile`` gives it, from a running top-k in one forward pass; the maps that can exceed T_u are kept on disk.
 2. Upsample (``upsample``): each kept map bilinearly to the mask size, as PIL does; its active pixels are those
    above T_u. A map whose raw maximum is not above T_u is skipped (NetDissect-Lite's own test; bilinear weights
    are convex, so its upsampled map could not exceed T_u anyway).
@@ -99,15 +99,19 @@ def dissect(
         # 1. threshold: one pass of the images through the model
         model_inputs = _model_inputs(concepts, batch_size, tuple(input_shape), tuple(value_range), mean, std)
         thresholded = threshold_pass(session, model_inputs, layers, len(concepts), quantile, target, report)
-        # 2. upsample: the active pixels of each kept map at the mask size
-        active_pixels = {
-            layer: ActivePixels(kept.map_size, concepts.mask_size, target) for layer, kept in thresholded.items()
-        }
-        # 3. tally: one pass of the masks
-        labels = LabelIndex(concepts, target)
-        tallies, label_pixels = tally_pass(
-            concepts, thresholded, active_pixels, labels, batch_size, target, report, steps_before=batches
-        )
+        try:
+            # 2. upsample: the active pixels of each kept map at the mask size
+            active_pixels = {
+                layer: ActivePixels(kept.map_size, concepts.mask_size, target) for layer, kept in thresholded.items()
+            }
+            # 3. tally: one pass of the masks
+            labels = LabelIndex(concepts, target)
+            tallies, label_pixels = tally_pass(
+                concepts, thresholded, active_pixels, labels, batch_size, target, report, steps_before=batches
+            )
+        finally:
+            for kept in thresholded.values():
+                kept.spill.close()
         # 4. IoU
         return {
             layer: _result(layer, kept.thresholds, tallies[layer], label_pixels, labels)

@@ -103,23 +103,24 @@ class Tally:
 
     def add(
         self,
-        kept: ThresholdedMaps,
-        start: int,
-        stop: int,
+        kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        threshold_below: torch.Tensor,
         first_image: int,
         batch: BatchLabels,
         active_pixels: ActivePixels,
     ) -> None:
-        """Count kept maps ``start:stop`` (those of ``batch``, whose first image is ``first_image``)."""
+        """Count the ``kept`` maps (images, units, maps) of ``batch``, whose first image is ``first_image``."""
+        kept_image, kept_unit, kept_maps = kept
+        start, stop = 0, len(kept_unit)
         labels = self.labels
         pixels_per_map = active_pixels.size[0] * active_pixels.size[1]
         chunk = max(1, UPSAMPLE_CHUNK // pixels_per_map) if not active_pixels.sparse else SPARSE_CHUNK
         for chunk_start in range(start, stop, chunk):
             chunk_stop = min(chunk_start + chunk, stop)
             map_count = chunk_stop - chunk_start
-            unit = kept.unit[chunk_start:chunk_stop]
-            image = kept.image[chunk_start:chunk_stop] - first_image
-            map_index, pixel = active_pixels(kept.maps[chunk_start:chunk_stop], kept.threshold_below[unit])
+            unit = kept_unit[chunk_start:chunk_stop]
+            image = kept_image[chunk_start:chunk_stop] - first_image
+            map_index, pixel = active_pixels(kept_maps[chunk_start:chunk_stop], threshold_below[unit])
             activated = torch.bincount(map_index, minlength=map_count)  # (m,) activated pixels per map
             if batch.pixels is not None:
                 _, mask_layers, area = batch.pixels.shape
@@ -173,9 +174,8 @@ def tally_pass(
             batch_labels = _to_device(arrays, device)
             label_pixels += batch_labels.label_pixels
             for layer, kept in thresholded.items():
-                bounds = torch.tensor([first, last], device=device)
-                start, stop = torch.searchsorted(kept.image, bounds).tolist()
-                if stop > start:
-                    tallies[layer].add(kept, start, stop, first, batch_labels, active_pixels[layer])
+                maps = kept.of_images(first, last)
+                if len(maps[1]):
+                    tallies[layer].add(maps, kept.threshold_below, first, batch_labels, active_pixels[layer])
             report(step)
     return tallies, label_pixels.cpu().numpy().astype(np.float64)

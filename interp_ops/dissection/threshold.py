@@ -7,13 +7,16 @@ T_u = lerp(x_floor(position), x_floor(position)+1, position - floor(position)): 
 
 While the running top-k rises, every activation map whose maximum exceeds the unit's current k-th largest value
 is kept (raw, at layer resolution) and the rest dropped. The k-th largest only rises, and T_u is at least the
-final k-th largest, so every map that can exceed T_u once upsampled is kept; kept maps are pruned as the bound
-rises, so that at most about k maps per unit remain.
+final k-th largest, so every map that can exceed T_u once upsampled is kept. Kept maps go to a file on disk
+(``MapSpill``), a batch of images at a time, and pass 2 reads them back the same way: about k maps per unit pass
+T_u, and k grows with the number of images, so held in memory they made the pass's memory grow with the concept
+set (2.1 GB for 10,000 images of the demo CNN, 1.0 GB for 1,000).
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -67,19 +70,66 @@ def float32_below(threshold: np.ndarray) -> np.ndarray:
     return rounded
 
 
+class MapSpill:
+    """Pass 1's kept maps on disk, in blocks of images in ascending order, read back a block range at a time.
+
+    A block is what one batch kept: its images (int64), units (int64), map maxima and maps (float32), written as
+    raw bytes; the file is removed when closed."""
+
+    def __init__(self, map_size: tuple[int, int]):
+        self.map_size = map_size
+        self.file = tempfile.TemporaryFile(prefix="interp-audit-dissection-")
+        self.blocks: list[tuple[int, int, int, int]] = []  # first image, last image + 1, offset, maps
+
+    def append(self, image: torch.Tensor, unit: torch.Tensor, maxima: torch.Tensor, maps: torch.Tensor) -> None:
+        offset = self.file.seek(0, 2)
+        for part, dtype in ((image, np.int64), (unit, np.int64), (maxima, np.float32), (maps, np.float32)):
+            self.file.write(np.ascontiguousarray(part.cpu().numpy(), dtype=dtype).tobytes())
+        self.blocks.append((int(image.min()), int(image.max()) + 1, offset, len(image)))
+
+    def read(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every kept map of images ``first`` to ``last - 1``: images, units, maxima, maps (M, h * w)."""
+        pixels = self.map_size[0] * self.map_size[1]
+        parts = []
+        for block_first, block_last, offset, count in self.blocks:
+            if block_last <= first or block_first >= last:
+                continue
+            self.file.seek(offset)
+            image = np.fromfile(self.file, np.int64, count)
+            unit = np.fromfile(self.file, np.int64, count)
+            maxima = np.fromfile(self.file, np.float32, count)
+            maps = np.fromfile(self.file, np.float32, count * pixels).reshape(count, pixels)
+            inside = (image >= first) & (image < last)
+            parts.append((image[inside], unit[inside], maxima[inside], maps[inside]))
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.float32), np.zeros((0, pixels), dtype=np.float32)
+        return tuple(np.concatenate(column) for column in zip(*parts))
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class ThresholdedMaps:
-    """One layer after pass 1: its thresholds and the raw activation maps that exceed them, sorted by image."""
+    """One layer after pass 1: its thresholds, and the raw activation maps that may exceed them, on disk."""
 
     thresholds: np.ndarray  # (U,) float64 T_u
-    image: torch.Tensor  # (M,) concept-set position, ascending
-    unit: torch.Tensor  # (M,)
-    maps: torch.Tensor  # (M, h, w) raw activation maps whose maximum exceeds the unit's threshold
     threshold_below: torch.Tensor  # (U,) float32_below(T_u)
+    spill: MapSpill
+    device: torch.device
 
     @property
     def map_size(self) -> tuple[int, int]:
-        return tuple(self.maps.shape[1:])
+        return self.spill.map_size
+
+    def of_images(self, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, units and maps (M, h, w) of the maps of images ``first`` to ``last - 1`` whose maximum exceeds
+        their unit's threshold: those that can have active pixels."""
+        image, unit, maxima, maps = (torch.from_numpy(part).to(self.device) for part in self.spill.read(first, last))
+        keep = torch.nonzero(maxima > self.threshold_below.index_select(0, unit))[:, 0]
+        image, unit, maps = (part.index_select(0, keep) for part in (image, unit, maps))
+        return image, unit, maps.view(-1, *self.map_size)
 
 
 def _values_above(maps: torch.Tensor, unit: torch.Tensor, bound: torch.Tensor, units: int) -> torch.Tensor:
@@ -106,9 +156,7 @@ class RunningThreshold:
         self.k = 0
         self.count = 0
         self.map_size: tuple[int, int] | None = None
-        self.kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []  # image, unit, max, map
-        self.kept_size = 0
-        self.pruned_size = 0
+        self.spill: MapSpill | None = None
 
     def _start(self, activations: np.ndarray) -> None:
         if activations.ndim != 4:
@@ -121,6 +169,7 @@ class RunningThreshold:
         if units == 0 or height * width == 0:
             raise DissectionError(f"dissection.layers: layer {self.layer!r} has an empty output {activations.shape}")
         self.map_size = (height, width)
+        self.spill = MapSpill(self.map_size)
         self.count = self.total_images * height * width
         self.k = top_values_needed(self.count, self.quantile)
         self.largest = torch.full((units, self.k), -torch.inf, device=self.device)
@@ -159,39 +208,13 @@ class RunningThreshold:
         self.largest = torch.cat([self.largest, entering], dim=1).topk(self.k, dim=1, sorted=False).values
         keep = torch.nonzero(maxima > self.largest.amin(dim=1).index_select(0, unit))[:, 0]
         if len(keep):
-            self.kept.append(
-                (
-                    image.index_select(0, keep) + first_image,
-                    unit.index_select(0, keep),
-                    maxima.index_select(0, keep),
-                    maps.index_select(0, keep),
-                )
-            )
-            self.kept_size += len(keep)
-        if self.kept_size > 2 * self.pruned_size + 4096:
-            self._prune(self.largest.amin(dim=1))
-
-    def _prune(self, bound: torch.Tensor) -> None:
-        image, unit, maxima, maps = (torch.cat(parts) for parts in zip(*self.kept))
-        keep = torch.nonzero(maxima > bound.index_select(0, unit))[:, 0]
-        self.kept = [tuple(part.index_select(0, keep) for part in (image, unit, maxima, maps))]
-        self.kept_size = self.pruned_size = len(keep)
+            self.spill.append(*(part.index_select(0, keep) for part in (image + first_image, unit, maxima, maps)))
 
     def finish(self) -> ThresholdedMaps:
-        """The thresholds T_u and the maps that pass them, sorted by image."""
+        """The thresholds T_u, with the kept maps that may pass them."""
         thresholds = exact_quantile_threshold(self.largest.cpu().numpy(), self.count, self.quantile)
         below = torch.from_numpy(float32_below(thresholds)).to(self.device)
-        if self.kept:
-            image, unit, maxima, maps = (torch.cat(parts) for parts in zip(*self.kept))
-            keep = torch.nonzero(maxima > below.index_select(0, unit))[:, 0]
-            image, unit, maps = (part.index_select(0, keep) for part in (image, unit, maps))
-            order = torch.argsort(image, stable=True)
-            image, unit, maps = (part.index_select(0, order) for part in (image, unit, maps))
-        else:
-            image = unit = torch.zeros(0, dtype=torch.int64, device=self.device)
-            maps = torch.zeros((0, self.map_size[0] * self.map_size[1]), device=self.device)
-        self.kept = []
-        return ThresholdedMaps(thresholds, image, unit, maps.view(-1, *self.map_size), below)
+        return ThresholdedMaps(thresholds, below, self.spill, self.device)
 
 
 def threshold_pass(
