@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from shipped_models import RESEEDED, copy_shipped
 
-from interp_ops import builtin_data, demo_models, onnx_bundle
+from interp_ops import builtin_data, datasets, demo_models, onnx_bundle
 from interp_ops.datasets import load_samples, to_model_input
 from interp_ops.demo_models import (
     DEMO_INPUT,
@@ -141,6 +141,14 @@ def test_cache_key_follows_variant_seed_and_settings(tmp_path, tiny_settings, mo
     assert len({honest.cache_key, shortcut.cache_key, reseeded.cache_key}) == 3
     monkeypatch.setattr(demo_models, "HYPERPARAMETERS", {"honest": {**TINY, "epochs": 2}, "shortcut": TINY})
     assert train_demo_model("honest", tmp_path).cache_key != reseeded.cache_key
+
+
+def test_cache_key_follows_what_the_readers_produce(tmp_path, tiny_settings, monkeypatch):
+    """The key holds a probe of the model input itself: a reader whose output changes retrains the models."""
+    before = train_demo_model("honest", tmp_path).cache_key
+    convert = datasets.to_model_input
+    monkeypatch.setattr(datasets, "to_model_input", lambda *args, **kwargs: convert(*args, **kwargs) * 0.5)
+    assert train_demo_model("honest", tmp_path).cache_key != before
 
 
 def test_stale_or_corrupt_sidecar_means_retraining(tmp_path, tiny_settings, training_calls):
