@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -439,3 +440,14 @@ def test_label_outside_the_classes_is_refused(textures):
         TabularLime(lambda rows: np.full((len(rows), 2), 0.5), training, ["a", "b"]).attribute(
             training[:1], kernel_width=-1
         )
+
+
+def test_slic_that_merges_a_scene_into_one_segment_segments_it_again_without_the_connectivity_step():
+    """skimage's SLIC connectivity step merges this builtin scene whole; an audit of it must not fail for that."""
+    from skimage.segmentation import slic
+
+    from interp_ops import datasets
+
+    scene = datasets.load_samples("builtin:shapes?split=train&n=1024", Path("."), 0).x[353]
+    assert len(np.unique(slic(scene.astype(np.float64), n_segments=30, compactness=10))) == 1  # the trigger holds
+    assert len(np.unique(SLIC(scene))) > 10
