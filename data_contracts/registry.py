@@ -18,6 +18,7 @@ _TABLE_MODULES = (
     "dissection_summary",
     "contract_results",
     "reviews",
+    "model_cards",
     "version_diffs",
     "gate_results",
 )

@@ -1,7 +1,8 @@
 """Sign-off inside Prefect: a passed audit pauses until a reviewer decides, from the CLI or the Prefect UI.
 
 `interp-audit review RUN` resumes a run that waits, with the decision as its input; the Prefect UI shows the
-same form (`SignOff`). Either way the flow itself appends the review, so there is exactly one row per decision.
+same form (`SignOff`). Either way the flow itself appends the review, so there is exactly one row per decision
+(and, for an approval, one model card in ``model_cards``).
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ def find_run(store: str | Path | ReportStore, run_id: str) -> dict:
 def review_run(
     store: str | Path | ReportStore, run_id: str, *, approve: bool, reviewer: str, comment: str | None
 ) -> dict:
-    """Append a sign-off of a run, bound to the SHA-256 of its published tables; returns the review row."""
+    """Append a sign-off of a run, bound to the SHA-256 of its published tables, and for an approval the run's
+    model card (``model_cards``); returns the review row."""
     import uuid
     from datetime import datetime
 
@@ -125,6 +126,10 @@ def review_run(
         "tables_sha256": opened.tables_sha256(run["run_id"]),
     }
     opened.append("reviews", row["review_id"], run["model_name"], run["model_version"], pa.Table.from_pylist([row]))
+    if approve:  # the approved version's model card, beside the run for the inventory
+        from interp_audit.model_card import store_model_card
+
+        store_model_card(opened, row)
     return row
 
 

@@ -8,6 +8,7 @@ from prefect import task
 from interp_audit.diff import tables_of, version_diff
 from interp_audit.gates import evaluate_gates
 from interp_audit.report import Baseline, find_baseline, run_tables
+from interp_audit.verdict import Requirement, Verdict, verdict
 from tasks import UNCACHED
 
 
@@ -29,3 +30,10 @@ def compare_with_baseline(
 def check_gates(gates: list, tables: dict[str, pa.Table], diffs: list[dict], baseline: Baseline | None) -> list[dict]:
     """Uncached: cheap, and its tables carry this run's ``run_id``, so no key could match another run's."""
     return evaluate_gates(gates, tables_of(tables), diffs, baseline)
+
+
+@task(name="verdict", retries=2, retry_delay_seconds=2, **UNCACHED)
+def check_verdict(store_uri: str, model: str, version: str, require: Requirement | None = None) -> Verdict:
+    """Whether ``model`` ``version`` is cleared (``interp-audit verdict`` as a task), for a promotion flow to branch
+    on ``.cleared``. Retries cover a transient fault reading the report store; uncached: reviews change."""
+    return verdict(store_uri, model, version, require)

@@ -227,7 +227,11 @@ def assert_both_recorded(store: str, run_id: str) -> None:
     assert reviews.review_id.nunique() == 2
     assert set(reviews.tables_sha256) == {opened.tables_sha256(run_id)}
     appended = [manifest for manifest in opened.manifests() if manifest.kind == "append"]
-    assert sorted(manifest.commit_id for manifest in appended) == sorted(reviews.review_id)
+    of_reviews = [manifest for manifest in appended if {file.table for file in manifest.files} == {"reviews"}]
+    assert sorted(manifest.commit_id for manifest in of_reviews) == sorted(reviews.review_id)
+    (card,) = report.load_table(store, "model_cards", run_id=run_id).itertuples()  # the approval's, and only it
+    assert card.review_id == reviews[reviews.decision == "approved"].review_id.item()
+    assert len(appended) == 3
     result = CliRunner().invoke(app, ["report", "show", run_id, "--store", store])
     assert result.exit_code == 0, result.output
     shown = " ".join(result.output.split())
@@ -245,7 +249,7 @@ def test_two_reviewers_signing_off_one_run_at_the_same_moment_are_both_recorded(
     sign_off_together(str(store), run_id, tmp_path / "barrier")
     assert_both_recorded(str(store), run_id)
     assert len(list((store / "reviews" / PARTITION).iterdir())) == 2
-    assert len(list((store / MANIFESTS).iterdir())) == 3  # the run's and one per review
+    assert len(list((store / MANIFESTS).iterdir())) == 4  # the run's, one per review, the approval's model card
 
 
 def test_two_reviewers_signing_off_one_run_on_s3_at_the_same_moment_are_both_recorded(s3_endpoint, tmp_path):

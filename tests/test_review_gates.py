@@ -4,16 +4,22 @@ Real audits of the demo CNNs: version 1 honest (approved), version 2 the Clever-
 patch in the top-left corner, version 3 an honest model retrained with another seed.
 """
 
+import json
 from pathlib import Path
 
+import jsonschema
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from chromium import open_in_chromium
 from test_html_report import ALL_SECTIONS, assert_clean, assert_self_contained
+from test_model_card import CARD, assert_the_approved_card_parses_back, assert_the_shortcut_card_names_its_failed_gates
 from typer.testing import CliRunner
 
+from data_contracts import conform
 from flows.cli import app
 from interp_audit import report
+from interp_audit.verdict import SCHEMA_PATH
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
@@ -55,6 +61,7 @@ def demo_spec(tmp_path, weights, version: str) -> str:
     spec["ops"]["dissection"].update(baseline="none")
     spec["contracts"].pop("actmax.min_robustness")  # 16 steps make rough renders: not what this test is about
     spec["report"]["store"] = str(tmp_path / "reports")
+    spec["card"] = CARD  # what the model card's intended-use section shows
     path = tmp_path / f"spec-v{version}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -82,13 +89,20 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     assert v1["corner-shortcut"].outcome == "passed" and v1["shape-detectors"].outcome == "passed"
     assert v1["agrees-with-approved"].outcome == "skipped"  # nothing approved yet: not passed, not failed
     (v1_run,) = report.list_runs(store, version="1").run_id
+    code, output = cli("verdict", "shapes-cnn", "1", "--require", "approved", "--store", store)
+    assert code == 1 and "awaiting review" in output, output  # passed, but nobody signed it off yet
     assert cli("review", v1_run, "--approve", "--reviewer", "ada", "--store", store)[0] == 0
+    code, output = cli("verdict", "shapes-cnn", "1", "--require", "approved", "--store", store)
+    assert code == 0 and "approved its tables" in output, output
 
     code, output = cli("run", demo_spec(tmp_path, trained["shortcut"].weights_path, "2"))
     assert code == 1 and "failed_gates (corner-shortcut, agrees-with-approved, shape-detectors)" in output, output
     v2 = gates_of(store, "2")
     assert v2["corner-shortcut"].outcome == "failed" and v2["corner-shortcut"].value > 0.15
     assert v2["agrees-with-approved"].outcome == "failed"
+    (v2_run,) = report.list_runs(store, version="2").run_id
+    assert_the_approved_card_parses_back(store, v1_run, tmp_path)
+    assert_the_shortcut_card_names_its_failed_gates(store, v1_run, v2_run)
 
     code, output = cli("run", demo_spec(tmp_path, retrained_honest.weights_path, "3"))
     assert code == 0, output
@@ -121,6 +135,23 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     assert cli("report", "diff", "shapes-cnn", "2", "3", "--store", store)[1] == output
     assert len(sorted((store / "version_diffs").rglob("*.parquet"))) == len(files) + 1
 
+    # a promotion job reads the verdicts: v2 is held back by its gates (JSON as docs/verdict.schema.json says), and
+    # an approved v3 whose published tables change afterwards is no longer cleared
+    verdict = promotion_check(store, "2")
+    assert not verdict.cleared and verdict.reason.startswith("failed gates: corner-shortcut (lime.region_share = ")
+    code, output = cli("verdict", "shapes-cnn", "2", "--format", "json", "--store", store)
+    assert code == 1 and json.loads(output) == json.loads(verdict.model_dump_json()), output
+    jsonschema.validate(json.loads(output), json.loads(SCHEMA_PATH.read_text()))
+    (v3_run,) = report.list_runs(store, version="3").run_id
+    assert cli("review", v3_run, "--approve", "--reviewer", "ada", "--store", store)[0] == 0
+    assert cli("verdict", "shapes-cnn", "3", "--require", "approved", "--store", store)[0] == 0
+    (predictions,) = (store / "predictions" / "model=shapes-cnn" / "version=3").glob("*.parquet")
+    rows = pq.read_table(predictions).to_pylist()
+    rows[0]["correct"] = not rows[0]["correct"]
+    pq.write_table(conform("predictions", rows), predictions)
+    code, output = cli("verdict", "shapes-cnn", "3", "--require", "approved", "--store", store)
+    assert code == 1 and "tables changed since the approval by ada" in output, output
+
     # the reviewer's document of version 2 shows the verdict, the failed gates and the diff with approved v1
     html = tmp_path / "v2.html"
     assert (
@@ -131,6 +162,19 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     assert_clean(page)
     assert page.sections == ALL_SECTIONS, page.sections  # gates, a baseline and every method: every section
     assert "failed_gates" in page.text and "corner-shortcut" in page.text and "approved" in page.text
+
+
+def promotion_check(store, version: str):
+    """The verdict as a task of another flow (a promotion pipeline's), on the session's Prefect server."""
+    from prefect import flow
+
+    from tasks.review import check_verdict
+
+    @flow(name="promote")
+    def promote():
+        return check_verdict(str(store), "shapes-cnn", version)
+
+    return promote()
 
 
 def sign_off_spec(tmp_path, weights, timeout_seconds: int) -> str:
@@ -204,6 +248,8 @@ def test_an_audit_waits_for_its_sign_off_and_the_reviewer_resumes_it(tmp_path, t
     (review,) = report.load_table(store, "reviews").itertuples()  # recorded once, by the resumed flow
     assert (review.reviewer, review.decision, review.comment) == ("ada", "approved", "looks right")
     assert review.tables_sha256 == report.review_state(store, report.find_run(store, run_id))[1]
+    (card,) = report.load_table(store, "model_cards").itertuples()  # the approval's model card, stored by the flow
+    assert (card.run_id, card.review_id, card.tables_sha256) == (run_id, review.review_id, review.tables_sha256)
 
 
 def test_an_audit_nobody_signs_off_fails_and_keeps_its_report(tmp_path, trained):

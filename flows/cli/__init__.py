@@ -4,7 +4,7 @@ Exit codes: 0 passed, 1 failed contracts or gates, 2 invalid input, 3 runtime er
 never start Prefect, so they answer in about a second.
 
 A module per group of commands, assembled here in the order ``--help`` lists them: ``audit_commands`` (validate,
-run, schedule, watch, schema), ``review_commands`` (demo, review), ``report_commands`` (the ``report`` sub-app),
+run, schedule, watch, schema), ``review_commands`` (demo, review, verdict), ``report_commands`` (the ``report`` sub-app),
 ``store_commands`` (the ``store`` sub-app), ``fleet_commands`` (the ``fleet`` sub-app); ``options`` holds what they share.
 """
 
@@ -50,4 +50,5 @@ app.command()(audit_commands.schedule)
 app.command()(audit_commands.watch)
 app.command()(review_commands.demo)
 app.command()(review_commands.review)
+app.command()(review_commands.verdict)
 app.command("schema")(audit_commands.spec_schema)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
+import math
 import os
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +59,22 @@ GpusPerTaskOpt = Annotated[
     ),
 ]
 
+
+class TableFormat(str, enum.Enum):
+    """How a command that prints rows prints them: a table for people, JSON records or CSV for programs."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class DocumentFormat(str, enum.Enum):
+    """How a command that prints one nested answer prints it: text for people, or JSON (docs/tables.md)."""
+
+    table = "table"
+    json = "json"
+
+
 SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Report store path or URI (default: the spec's).")]
 ReadStoreOpt = Annotated[str, typer.Option("--store", help="Report store path or URI.", envvar="INTERP_AUDIT_STORE")]
@@ -95,3 +114,22 @@ def existing_store(store: str):
             "the store the audits publish to"
         )
     return opened
+
+
+def print_json(data) -> None:
+    """``data`` as JSON on stdout (progress and warnings go to stderr): times in ISO 8601, NaN as null."""
+    typer.echo(json.dumps(_plain(data), indent=2))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, datetime | date):
+        return None if value != value else value.isoformat()  # pandas' NaT is the one unequal to itself
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalars
+        return _plain(value.item())
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

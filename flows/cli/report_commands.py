@@ -1,8 +1,7 @@
-"""``interp-audit report``: read published reports (list, show, html, diff, query); never starts Prefect."""
+"""``interp-audit report``: read published reports (list, show, html, diff, query, card); never starts Prefect."""
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,16 +9,23 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from flows.cli.options import DEFAULT_STORE, ReadStoreOpt, existing_store, exits
+from flows.cli.options import (
+    DEFAULT_STORE,
+    DocumentFormat,
+    ReadStoreOpt,
+    TableFormat,
+    existing_store,
+    exits,
+    print_json,
+)
 from interp_audit.progress import console
 
-report_app = typer.Typer(help="Read published reports: list, show, diff, html, query.", no_args_is_help=True)
+report_app = typer.Typer(help="Read published reports: list, show, diff, html, query, card.", no_args_is_help=True)
 
-
-class QueryFormat(str, enum.Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+TableFormatOpt = Annotated[TableFormat, typer.Option("--format", help="table, or json / csv for programs.")]
+DocumentFormatOpt = Annotated[
+    DocumentFormat, typer.Option("--format", help="table, or json for programs (keys: docs/tables.md).")
+]
 
 
 @report_app.command("list")
@@ -28,11 +34,15 @@ def report_list(
     store: ReadStoreOpt = DEFAULT_STORE,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
+    output: TableFormatOpt = TableFormat.table,
 ) -> None:
-    """List published runs, oldest first."""
+    """List published runs, oldest first. JSON and CSV give every audit_runs column but spec_text."""
     from interp_audit.report import list_runs
 
     runs = list_runs(existing_store(store), model, version)
+    if output is not TableFormat.table:
+        print_rows(runs.drop(columns="spec_text"), output)
+        return
     table = Table("audit", "model", "version", "status", "started (UTC)", "samples")
     table.columns.insert(0, Column("run id", no_wrap=True))
     for run_row in runs.itertuples():
@@ -51,7 +61,9 @@ def report_list(
 @report_app.command("show")
 @exits
 def report_show(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")], store: ReadStoreOpt = DEFAULT_STORE
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    store: ReadStoreOpt = DEFAULT_STORE,
+    output: DocumentFormatOpt = DocumentFormat.table,
 ) -> None:
     """A summary of one run: provenance, parity, contracts, gates, the diff with its baseline, sign-offs, tables."""
     import pandas as pd
@@ -61,6 +73,10 @@ def report_show(
 
     opened = existing_store(store)
     run_row = find_run(opened, run_id)
+    if output is DocumentFormat.json:
+        print_json(run_document(opened, run_row))
+        _warn_foreign(opened)
+        return
     colour = "green" if run_row["status"] == "passed" else "red"
     console.print(
         f"[bold]{run_row['audit_name']}[/]: {run_row['model_name']} v{run_row['model_version']} "
@@ -157,6 +173,36 @@ def report_show(
     _warn_foreign(opened)
 
 
+SHOWN_TABLES = ("onnx_parity", "contract_results", "dissection_summary", "gate_results", "version_diffs")
+
+
+def run_document(opened, run_row: dict) -> dict:
+    """What ``report show --format json`` prints: the run's audit_runs row, the rows of the tables the text shows
+    (keys: their columns), its reviews (each with ``matches_tables``), its tables hash and rows per table."""
+    from interp_audit.report import review_state
+
+    run_id = run_row["run_id"]
+    reviews, current = review_state(opened, run_row)
+    return {
+        "run": run_row,
+        **{name: opened.read(name, run_id=run_id).to_pylist() for name in SHOWN_TABLES},
+        "reviews": [
+            {**row, "matches_tables": row["tables_sha256"] == current}
+            for row in sorted(opened.read("reviews", run_id=run_id).to_pylist(), key=lambda row: row["reviewed_at"])
+        ],
+        "tables_sha256": current,
+        "table_rows": {name: opened.read(name, run_id=run_id).num_rows for name in opened.tables_with_data()},
+    }
+
+
+def print_rows(rows, output: TableFormat) -> None:
+    """A DataFrame's rows as JSON records (ISO times, NaN as null) or CSV, on stdout."""
+    if output is TableFormat.csv:
+        typer.echo(rows.to_csv(index=False), nl=False)
+    else:
+        print_json(rows.to_dict("records"))
+
+
 def _warn_foreign(opened) -> None:
     """Files no run published are never shown as data, but a reviewer should know they are there."""
     foreign = opened.foreign_files()
@@ -207,13 +253,26 @@ def report_diff(
     new_version: Annotated[str, typer.Argument(help="The version to compare with it.")],
     store: ReadStoreOpt = DEFAULT_STORE,
     limit: Annotated[int, typer.Option(help="Rows shown per method (all are written).", min=1)] = 10,
+    output: DocumentFormatOpt = DocumentFormat.table,
 ) -> None:
     """What changed between two versions (their latest runs whose contracts held): LIME agreement per sample,
     detectors gained and lost per concept, render-ratio changes per unit. Written to version_diffs once per pair."""
     from interp_audit.diff import headline, summarize
     from interp_audit.report import diff_versions
 
-    (diff,) = summarize(diff_versions(existing_store(store), model, old_version, new_version))
+    rows = diff_versions(existing_store(store), model, old_version, new_version)
+    (diff,) = summarize(rows)
+    if output is DocumentFormat.json:
+        print_json(
+            {
+                "model": model,
+                "old_version": old_version,
+                "new_version": new_version,
+                "headline": headline(diff),
+                "version_diffs": rows.to_dict("records"),
+            }
+        )
+        return
     console.print(f"{model} v{old_version} -> v{new_version}: {headline(diff)}", markup=False)
     if diff["lime"]:
         table = Table("sample", "top-k Jaccard", "attribution shift", title="LIME, least agreement first")
@@ -237,19 +296,42 @@ def report_diff(
 def report_query(
     sql: Annotated[str, typer.Argument(help="One DuckDB SELECT; every table is a view of published runs.")],
     store: ReadStoreOpt = DEFAULT_STORE,
-    output: Annotated[QueryFormat, typer.Option("--format", help="How to print the rows.")] = QueryFormat.table,
+    output: TableFormatOpt = TableFormat.table,
 ) -> None:
     """Query the report tables with one read-only DuckDB SELECT, e.g. "SELECT model, version, status FROM
     audit_runs". Nothing outside the store's published tables can be read or written (exit 2 if tried)."""
     from interp_audit.report import query
 
     result = query(existing_store(store), sql).to_pandas()
-    if output is QueryFormat.csv:
-        typer.echo(result.to_csv(index=False), nl=False)
-    elif output is QueryFormat.json:
-        typer.echo(result.to_json(orient="records", date_format="iso"))
+    if output is not TableFormat.table:
+        print_rows(result, output)
     else:
         table = Table(*map(str, result.columns))
         for row in result.itertuples(index=False):
             table.add_row(*(str(value) for value in row))
         console.print(table)
+
+
+@report_app.command("card")
+@exits
+def report_card(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    store: ReadStoreOpt = DEFAULT_STORE,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Markdown file to write, in a folder that exists (default: <model>-v<version>-card.md here).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """The model card of a run (Hugging Face conventions: YAML metadata, then model details, intended use and
+    limitations from the spec's card: block, evaluation, interpretability findings, the version diff, sign-offs,
+    reproducibility), written from its published tables. Approving a run stores its card in model_cards too."""
+    from interp_audit.model_card import write_model_card
+
+    path = write_model_card(existing_store(store), run_id, output)
+    console.print(f"wrote {path}", markup=False)

@@ -6,11 +6,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from flows.cli.options import DEFAULT_STORE, ReadStoreOpt, existing_store, exits
+from flows.cli.options import (
+    DEFAULT_STORE,
+    EXIT_FAILED,
+    DocumentFormat,
+    ReadStoreOpt,
+    existing_store,
+    exits,
+    print_json,
+)
 from flows.cli.report_commands import report_list, report_show
 from interp_audit.errors import SpecError
 from interp_audit.progress import console
+from interp_audit.verdict import Requirement
 
 
 @exits
@@ -79,3 +89,40 @@ def review(
         f"{row['decision']} run {row['run_id']} by {row['reviewer']}; tables sha256 {row['tables_sha256'][:16]}...",
         markup=False,
     )
+    if approve:
+        console.print(f"its model card is stored in model_cards: interp-audit report card {full_id[:8]}", markup=False)
+
+
+@exits
+def verdict(
+    model: Annotated[str, typer.Argument(help="Model name, as the audits published it.")],
+    version: Annotated[str, typer.Argument(help="The version to clear.")],
+    require: Annotated[
+        Requirement | None,
+        typer.Option(
+            help="passed: the latest audit passed; approved: and a reviewer approved its tables, unchanged since. "
+            "Default: approved when the audit's spec waits for a sign-off, else passed.",
+            show_default=False,
+        ),
+    ] = None,
+    store: ReadStoreOpt = DEFAULT_STORE,
+    output: Annotated[
+        DocumentFormat, typer.Option("--format", help="table: one line; json: docs/verdict.schema.json.")
+    ] = DocumentFormat.table,
+) -> None:
+    """Whether a model version is cleared for production by its latest audit: exit 0 cleared, 1 not cleared (the
+    reason on one line: failed gates, failed contracts, awaiting review, rejected, tables changed since approval),
+    2 an unknown model or version. For CI:  if interp-audit verdict MODEL VERSION; then promote; fi"""
+    from interp_audit.verdict import verdict as read_verdict
+
+    answer = read_verdict(existing_store(store), model, version, require)
+    if output is DocumentFormat.json:
+        print_json(answer.model_dump(mode="json"))
+    else:
+        colour = "green" if answer.cleared else "red"
+        console.print(
+            f"{model} v{version} [{colour}]{'cleared' if answer.cleared else 'NOT cleared'}[/] "
+            f"(run {answer.run.run_id[:8]}): {escape(answer.reason)}"
+        )
+    if not answer.cleared:
+        raise typer.Exit(EXIT_FAILED)

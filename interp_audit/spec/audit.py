@@ -29,6 +29,19 @@ class ReviewSpec(StrictModel):
     )
 
 
+class CardSpec(StrictModel):
+    """What a run's model card says that no table knows: who answers for the model, what it is (not) for."""
+
+    owners: list[str] = Field(default_factory=list, description="people or teams who answer for the model")
+    intended_use: str | None = Field(None, description="what the model is for, and by whom")
+    out_of_scope_uses: list[str] = Field(
+        default_factory=list, description="uses the model is not meant or fit for (each one a sentence)"
+    )
+    known_limitations: list[str] = Field(
+        default_factory=list, description="known weaknesses, biases or failure cases (each one a sentence)"
+    )
+
+
 class ReportSpec(StrictModel):
     store: str = Field("./reports", description="local path or a pyarrow/fsspec filesystem URI")
 
@@ -72,6 +85,9 @@ class AuditSpec(StrictModel):
     gates: list[Gate] = Field(
         default_factory=list,
         description="verdicts on metrics and on the diff with the baseline version, evaluated after the contracts",
+    )
+    card: CardSpec | None = Field(
+        None, description="owners, intended use and limitations for the model card (`interp-audit report card`)"
     )
 
     @field_validator("contracts")
