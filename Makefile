@@ -41,9 +41,9 @@ TEST_WORKERS ?= 2
 test: $(STAMP) $(RAY_STAMP) browser postgres lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 -m "not faults"
 
-# The fleet's fault tests (tests marked `faults`: killed workers, restarted servers, a full disk): minutes each, as
-# crash detection waits for heartbeats to stop; CI runs them after `make test`.
-test-faults: $(STAMP) postgres
+# The fault tests (tests marked `faults`: killed fleet and Ray workers, restarted servers, a full disk, an audit killed
+# midway on S3): minutes each, as crash detection waits for heartbeats to stop; CI runs them after `make test`.
+test-faults: $(STAMP) $(RAY_STAMP) postgres
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 -m faults
 
 # The trained demo models the tests audit (tests/assets/shipped_models.py); a test says when they are stale

@@ -259,6 +259,7 @@ def test_a_run_without_address_starts_its_own_ray_and_stops_it(trained, runs):
     assert all(states[name] == {"Cached"} for name in ("predict", "onnx-parity", "lime")), states
 
 
+@pytest.mark.faults  # minutes on 2 cores: `make test-faults`, which CI runs after `make test`
 def test_a_worker_killed_mid_task_is_retried_and_one_run_is_published(runs, cluster, trained):
     """SIGKILL to the Ray worker running a LIME task: Ray runs the task again, the audit passes and publishes one
     run whose LIME tables equal the same spec's on the thread runner."""
@@ -304,6 +305,7 @@ def test_a_worker_killed_mid_task_is_retried_and_one_run_is_published(runs, clus
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_exact=True)
 
 
+@pytest.mark.faults  # minutes on 2 cores: `make test-faults`, which CI runs after `make test`
 def test_an_audit_killed_midway_leaves_nothing_visible_on_s3_and_its_rerun_reuses_what_finished(
     runs, cluster, s3_endpoint
 ):
