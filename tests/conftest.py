@@ -1,9 +1,12 @@
 """Shared fixtures. Prefect gets a temporary home and one test server for the whole session."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="interp-audit-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)  # each test process removes its own
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
