@@ -23,6 +23,17 @@ from interp_audit.progress import console
 report_app = typer.Typer(help="Read published reports: list, show, diff, html, query, card.", no_args_is_help=True)
 
 TableFormatOpt = Annotated[TableFormat, typer.Option("--format", help="table, or json / csv for programs.")]
+
+
+def output_file_option(help: str):
+    """``-o/--output FILE``, a file (not a folder) the command writes; None: the command's default name."""
+    return Annotated[Path | None, typer.Option("-o", "--output", help=help, dir_okay=False, show_default=False)]
+
+
+HtmlFileOpt = output_file_option("HTML file to write (default: <run id>.html in the current folder).")
+CardFileOpt = output_file_option(
+    "Markdown file to write, in a folder that exists (default: <model>-v<version>-card.md here)."
+)
 DocumentFormatOpt = Annotated[
     DocumentFormat, typer.Option("--format", help="table, or json for programs (keys: docs/tables.md).")
 ]
@@ -221,16 +232,7 @@ def _warn_foreign(opened) -> None:
 def report_html(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
     store: ReadStoreOpt = DEFAULT_STORE,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "-o",
-            "--output",
-            help="HTML file to write (default: <run id>.html in the current folder).",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
+    output: HtmlFileOpt = None,
 ) -> None:
     """One self-contained HTML page of a run for review: no scripts or external files, images inline."""
     from interp_audit.html_report import write_html
@@ -317,16 +319,7 @@ def report_query(
 def report_card(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
     store: ReadStoreOpt = DEFAULT_STORE,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "-o",
-            "--output",
-            help="Markdown file to write, in a folder that exists (default: <model>-v<version>-card.md here).",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
+    output: CardFileOpt = None,
 ) -> None:
     """The model card of a run (Hugging Face conventions: YAML metadata, then model details, intended use and
     limitations from the spec's card: block, evaluation, interpretability findings, the version diff, sign-offs,
