@@ -1,0 +1,119 @@
+"""Unit ablation (Bau et al. 2020, "Understanding the role of individual units"): zero units of a layer and measure
+what each class loses.
+
+The audit's ONNX graph is cut at the layer: the activations are computed once (the layer is already an output of
+the graph), and only the rest of the graph runs again per set of ablated units, on the activations with those
+units zeroed. That is the same as a mask multiplied onto the layer's output inside the graph, without recomputing
+everything before the layer for every set, and it needs no torch, so ONNX-only models are covered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from interp_ops import onnx_bundle
+
+
+class AblationError(ValueError):
+    """The layer cannot be ablated as asked; the message names the layer or the units."""
+
+
+def graph_after(onnx_bytes: bytes, layer: str) -> bytes:
+    """The part of the graph from the layer's output to the logits, with the layer's output as its one input.
+
+    Refused when later nodes also read tensors from before the layer (a skip connection around it): zeroing the
+    layer's units would then not be all that changes, and the cut graph could not compute the logits alone."""
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.load_from_string(onnx_bytes)
+    if layer not in {output.name for output in model.graph.output}:
+        raise AblationError(f"layer {layer!r} is not an output of the audited graph; ablate one of model.layers")
+    try:
+        tail = Extractor(model).extract_model(input_names=[layer], output_names=[onnx_bundle.LOGITS])
+    except Exception as exc:  # onnx raises plain exceptions for tensors it cannot reach
+        raise AblationError(f"the graph cannot be cut at layer {layer!r}: {exc}") from exc
+    graph = tail.graph
+    available = {layer, *(o for node in graph.node for o in node.output), *(i.name for i in graph.initializer)}
+    before = sorted({name for node in graph.node for name in node.input if name and name not in available})
+    if before:
+        others = ", ".join(before)
+        raise AblationError(
+            f"layer {layer!r} does not separate the graph: the logits also read {others} from before it "
+            "(a skip connection around the layer); ablate a layer every path to the logits goes through"
+        )
+    return tail.SerializeToString()
+
+
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray, class_index: int) -> float:
+    """One-vs-rest: (recall + true-negative rate) / 2, as Bau et al. measure a class."""
+    positive = labels == class_index
+    hit = predicted == class_index
+    recall = hit[positive].mean() if positive.any() else np.nan
+    true_negative = (~hit[~positive]).mean() if (~positive).any() else np.nan
+    return float(np.nanmean([recall, true_negative]))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Per class: balanced accuracy, and the mean probability of the class over its own samples."""
+
+    accuracy: np.ndarray  # (classes,)
+    probability: np.ndarray  # (classes,)
+
+
+class UnitAblation:
+    """The rest of the graph after ``layer``, run on its activations with chosen units zeroed."""
+
+    def __init__(self, tail_session, activations: np.ndarray, labels: np.ndarray, num_classes: int, batch_size=256):
+        if activations.ndim < 2:
+            raise AblationError(f"activations of shape {activations.shape} have no unit axis")
+        self.session = tail_session
+        self.activations = activations
+        self.labels = labels
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+
+    @property
+    def num_units(self) -> int:
+        return self.activations.shape[1]
+
+    def logits(self, removed: Sequence[int], rows: np.ndarray | None = None) -> np.ndarray:
+        """Logits with the units in ``removed`` zeroed, for ``rows`` of the data (all by default)."""
+        bad = [unit for unit in removed if not 0 <= unit < self.num_units]
+        if bad:
+            raise AblationError(f"units {bad} are outside the layer's {self.num_units} units (0..{self.num_units - 1})")
+        x = self.activations if rows is None else self.activations[rows]
+        if len(removed):
+            x = x.copy()
+            x[:, list(removed)] = 0
+        return onnx_bundle.run_session(self.session, x, self.batch_size, outputs=[onnx_bundle.LOGITS])[
+            onnx_bundle.LOGITS
+        ]
+
+    def scores(self, removed: Sequence[int], rows: np.ndarray | None = None) -> ClassScores:
+        labels = self.labels if rows is None else self.labels[rows]
+        logits = self.logits(removed, rows)
+        predicted, probability = logits.argmax(axis=1), softmax(logits)
+        classes = range(self.num_classes)
+        return ClassScores(
+            accuracy=np.array([balanced_accuracy(predicted, labels, c) for c in classes]),
+            probability=np.array(
+                [probability[labels == c, c].mean() if (labels == c).any() else np.nan for c in classes]
+            ),
+        )
+
+    def rank_units(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(classes, units): each class's units, largest single-unit effect first; the effect of a unit is the drop
+        of the class's mean probability when it alone is zeroed (continuous, so fewer ties than accuracy)."""
+        before = self.scores([], rows).probability
+        drops = np.stack([before - self.scores([unit], rows).probability for unit in range(self.num_units)], axis=1)
+        return np.argsort(-drops, axis=1, kind="stable")

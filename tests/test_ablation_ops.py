@@ -1,0 +1,105 @@
+"""Unit ablation on the audited ONNX graph cut at a layer (issue 20, the ops; not yet an audit method): ground truth
+from a planted unit, and equality with the plain way (a torch hook zeroing the units in a full forward pass)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from interp_ops import onnx_bundle
+from interp_ops.ablation import AblationError, UnitAblation, balanced_accuracy, graph_after
+from interp_ops.demo_models import shapes_cnn
+
+
+class PlantedUnits(nn.Module):
+    """Four units of a 1x1 conv: red, green, blue, red + green. Class 1 is read from the blue unit alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.units = nn.Conv2d(3, 4, 1, bias=False)
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.units.weight.copy_(torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]]).float()[..., None, None])
+            self.head.weight.copy_(torch.tensor([[0, 0, 0, 0], [0, 0, 10, 0]]).float())
+            self.head.bias.copy_(torch.tensor([0, -5]).float())
+
+    def forward(self, x):
+        return self.head(self.units(x).mean(dim=(2, 3)))
+
+
+def ablation_of(model, x, labels, layer, num_classes) -> UnitAblation:
+    onnx_bytes = onnx_bundle.export_torch(model.eval(), tuple(x.shape[1:]), [layer])
+    activations = onnx_bundle.run_session(onnx_bundle.make_session(onnx_bytes, "cpu"), x, outputs=[layer])[layer]
+    tail = onnx_bundle.make_session(graph_after(onnx_bytes, layer), "cpu")
+    return UnitAblation(tail, activations, labels, num_classes)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    blue = rng.random(400).astype(np.float32)
+    x = rng.random((400, 3, 6, 6), dtype=np.float32)
+    x[:, 2] = blue[:, None, None]
+    labels = (blue > 0.5).astype(np.int64)
+    return ablation_of(PlantedUnits(), x, labels, "units", 2)
+
+
+def test_the_planted_unit_is_ranked_first_and_removing_it_takes_its_class_to_chance(planted):
+    intact = planted.scores([])
+    assert intact.accuracy.tolist() == [1.0, 1.0]
+    assert planted.rank_units()[1, 0] == 2  # the blue unit carries class 1
+    without_blue = planted.scores([2])
+    assert without_blue.accuracy.tolist() == [0.5, 0.5]  # every sample called class 0: recall 0 for class 1
+    assert without_blue.probability[1] < 0.01 < intact.probability[1]
+    for unit in (0, 1, 3):  # units the decision never reads change nothing
+        np.testing.assert_array_equal(planted.scores([unit]).accuracy, intact.accuracy)
+
+
+def test_the_cut_graph_equals_a_full_forward_with_the_units_zeroed_by_a_hook():
+    """The reference: the plain way, one full torch forward per ablated set, a hook zeroing the units."""
+    torch.manual_seed(3)
+    model = shapes_cnn().eval()
+    x = np.random.default_rng(1).random((16, 3, 64, 64), dtype=np.float32)
+    ablation = ablation_of(model, x, np.zeros(16, dtype=np.int64), "features.8", 3)
+    removed = [0, 5, 17, 31]
+
+    def zero(module, inputs, output):
+        output = output.clone()
+        output[:, removed] = 0
+        return output
+
+    handle = model.features[8].register_forward_hook(zero)
+    try:
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(ablation.logits(removed), want, rtol=1e-4, atol=1e-4)
+    assert np.abs(ablation.logits([]) - want).max() > 1e-3  # zeroing them changed the logits
+
+
+class SkipAround(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Conv2d(3, 3, 1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head((self.inner(x) + x).mean(dim=(2, 3)))
+
+
+def test_a_layer_with_a_skip_connection_around_it_or_units_out_of_range_are_refused(planted):
+    onnx_bytes = onnx_bundle.export_torch(SkipAround().eval(), (3, 4, 4), ["inner"])
+    with pytest.raises(AblationError, match=r"layer 'inner' does not separate the graph: the logits also read input"):
+        graph_after(onnx_bytes, "inner")
+    with pytest.raises(AblationError, match=r"layer 'head' is not an output of the audited graph"):
+        graph_after(onnx_bytes, "head")
+    with pytest.raises(AblationError, match=r"units \[4\] are outside the layer's 4 units \(0..3\)"):
+        planted.scores([4])
+
+
+def test_balanced_accuracy_is_the_mean_of_recall_and_true_negative_rate():
+    labels = np.array([0, 0, 0, 1, 1])
+    predicted = np.array([0, 1, 1, 1, 1])
+    assert balanced_accuracy(predicted, labels, 1) == pytest.approx((1.0 + 1 / 3) / 2)
+    assert balanced_accuracy(predicted, labels, 0) == pytest.approx((1 / 3 + 1.0) / 2)
