@@ -117,3 +117,42 @@ class UnitAblation:
         before = self.scores([], rows).probability
         drops = np.stack([before - self.scores([unit], rows).probability for unit in range(self.num_units)], axis=1)
         return np.argsort(-drops, axis=1, kind="stable")
+
+    def effects(
+        self, sizes: Sequence[int], random_draws: int, seed: int, class_names: Sequence[str] | None = None
+    ) -> list[dict]:
+        """Per class and size K: the K units with the largest single-unit effect on the class, ranked on one half
+        of the data and measured on the other (so a ranking cannot flatter itself), against ``random_draws`` random
+        sets of K units measured the same way. One row per class and K (``ablation_results``' columns but the run
+        id and the layer)."""
+        too_big = [k for k in sizes if not 1 <= k <= self.num_units]
+        if too_big:
+            raise AblationError(f"sizes {too_big} must be between 1 and the layer's {self.num_units} units")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self.labels))
+        ranking_rows, measuring_rows = np.sort(order[::2]), np.sort(order[1::2])
+        ranking = self.rank_units(ranking_rows)
+        before = self.scores([], measuring_rows)
+        rows = []
+        for k in sizes:
+            draws = [np.sort(rng.choice(self.num_units, size=k, replace=False)) for _ in range(random_draws)]
+            random_scores = [self.scores(draw, measuring_rows) for draw in draws]
+            for c in range(self.num_classes):
+                top = np.sort(ranking[c, :k])
+                after = self.scores(top, measuring_rows)
+                random_drops = np.array([before.accuracy[c] - scores.accuracy[c] for scores in random_scores])
+                rows.append(
+                    {
+                        "class_index": c,
+                        "class_name": class_names[c] if class_names else str(c),
+                        "k": k,
+                        "units": top.tolist(),
+                        "accuracy_before": float(before.accuracy[c]),
+                        "accuracy_after": float(after.accuracy[c]),
+                        "accuracy_drop": float(before.accuracy[c] - after.accuracy[c]),
+                        "probability_drop": float(before.probability[c] - after.probability[c]),
+                        "random_drop_mean": float(random_drops.mean()) if random_draws else None,
+                        "random_drop_std": float(random_drops.std()) if random_draws else None,
+                    }
+                )
+        return rows

@@ -103,3 +103,54 @@ def test_balanced_accuracy_is_the_mean_of_recall_and_true_negative_rate():
     predicted = np.array([0, 1, 1, 1, 1])
     assert balanced_accuracy(predicted, labels, 1) == pytest.approx((1.0 + 1 / 3) / 2)
     assert balanced_accuracy(predicted, labels, 0) == pytest.approx((1 / 3 + 1.0) / 2)
+
+
+def test_effects_rank_on_one_half_measure_on_the_other_and_beat_random_sets_of_the_same_size(planted):
+    rows = planted.effects(sizes=[1, 2], random_draws=20, seed=0, class_names=["dim", "blue"])
+    blue = {row["k"]: row for row in rows if row["class_name"] == "blue"}
+    assert blue[1]["units"] == [2] and 2 in blue[2]["units"]
+    assert blue[1]["accuracy_drop"] == pytest.approx(0.5)  # the other half: nothing of class 1 is recognised
+    assert blue[1]["random_drop_mean"] < blue[1]["accuracy_drop"] - 0.2  # a random unit is the blue one 1 time in 4
+    assert 0 < blue[1]["random_drop_std"]
+    assert rows == planted.effects(sizes=[1, 2], random_draws=20, seed=0, class_names=["dim", "blue"])  # seeded
+    with pytest.raises(AblationError, match=r"sizes \[5\] must be between 1 and the layer's 4 units"):
+        planted.effects(sizes=[5], random_draws=1, seed=0)
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+class TwoResidualBlocks(nn.Module):
+    """Skips inside each block, none across blocks: the output of block1 is all block2 and the head read."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block1, self.block2 = Residual(8), Residual(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.block2(self.block1(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_a_residual_network_is_cut_between_its_blocks():
+    torch.manual_seed(0)
+    model = TwoResidualBlocks().eval()
+    x = np.random.default_rng(2).random((8, 3, 16, 16), dtype=np.float32)
+    ablation = ablation_of(model, x, np.zeros(8, dtype=np.int64), "block1", 3)
+    handle = model.block1.register_forward_hook(lambda module, inputs, output: output * ZERO_0_AND_5)
+    try:
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(ablation.logits([0, 5]), want, rtol=1e-4, atol=1e-5)
+
+
+ZERO_0_AND_5 = torch.ones(1, 8, 1, 1).index_fill_(1, torch.tensor([0, 5]), 0.0)
