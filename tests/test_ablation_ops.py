@@ -154,3 +154,40 @@ def test_a_residual_network_is_cut_between_its_blocks():
 
 
 ZERO_0_AND_5 = torch.ones(1, 8, 1, 1).index_fill_(1, torch.tensor([0, 5]), 0.0)
+
+
+def test_removing_the_honest_models_triangle_detectors_costs_triangle_more_than_any_random_set(trained, tmp_path):
+    """Bau et al.'s check on the honest demo CNN: the units dissection names triangle detectors are the ones its
+    triangle decision uses; the same number of random units (10 draws) never costs as much."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from interp_ops import datasets
+    from interp_ops.concepts import load_concepts, write_builtin_concepts
+    from interp_ops.demo_models import DEMO_INPUT
+    from interp_ops.dissection import detectors, dissect
+
+    model = shapes_cnn()
+    model.load_state_dict(load_file(trained["honest"].weights_path))
+    layer, shape = "features.12", tuple(DEMO_INPUT["shape"])
+    onnx_bytes = onnx_bundle.export_torch(model.eval(), shape, [layer])
+    session = onnx_bundle.make_session(onnx_bytes, "cpu")
+    concepts = load_concepts(str(write_builtin_concepts(tmp_path / "concepts", 300, 64, 0))).head(150)
+    result = dissect(session, concepts, [layer], input_shape=shape, mean=DEMO_INPUT["mean"], std=DEMO_INPUT["std"])
+    units = detectors(result[layer], concepts)
+    triangle_units = units[units.is_detector & (units.concept == "triangle")].unit.tolist()
+    assert len(triangle_units) >= 8, units[units.is_detector].concept.value_counts()
+
+    samples = datasets.load_samples("builtin:shapes?split=val&n=300", Path("."), 0)
+    x = datasets.to_model_input(samples, shape, (0, 1), DEMO_INPUT["mean"], DEMO_INPUT["std"])
+    activations = onnx_bundle.run_session(session, x, outputs=[layer])[layer]
+    tail = onnx_bundle.make_session(graph_after(onnx_bytes, layer), "cpu")
+    ablation = UnitAblation(tail, activations, samples.labels, num_classes=3)
+    triangle = 2
+    before = ablation.scores([]).accuracy[triangle]
+    drop = before - ablation.scores(triangle_units).accuracy[triangle]
+    rng = np.random.default_rng(0)
+    random_sets = [rng.choice(ablation.num_units, len(triangle_units), replace=False) for _ in range(10)]
+    random_drops = [before - ablation.scores(units).accuracy[triangle] for units in random_sets]
+    assert before > 0.95 and drop > max(random_drops) and drop > 0.3, (before, drop, random_drops)
