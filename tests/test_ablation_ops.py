@@ -191,3 +191,13 @@ def test_removing_the_honest_models_triangle_detectors_costs_triangle_more_than_
     random_sets = [rng.choice(ablation.num_units, len(triangle_units), replace=False) for _ in range(10)]
     random_drops = [before - ablation.scores(units).accuracy[triangle] for units in random_sets]
     assert before > 0.95 and drop > max(random_drops) and drop > 0.3, (before, drop, random_drops)
+
+
+def test_the_activations_are_left_as_they_were_and_read_only_ones_are_copied(planted):
+    before = planted.activations.copy()
+    planted.scores([0, 2])
+    np.testing.assert_array_equal(planted.activations, before)
+    frozen = before.copy()
+    frozen.setflags(write=False)
+    ablation = UnitAblation(planted.session, frozen, planted.labels, 2)
+    assert ablation.scores([2]).accuracy.tolist() == [0.5, 0.5]
