@@ -183,7 +183,7 @@ def _decide(
         named = ", ".join(f"{g.gate} ({g.metric} = {_number(g.value)})" for g in gates if g.outcome == "failed")
         return False, f"failed gates: {named}"
     if requirement is Requirement.passed:
-        return True, "cleared: the latest audit passed (no sign-off required)"
+        return True, "the latest audit passed (no sign-off required)"
     if standing is None:
         return False, "awaiting review: the latest audit passed, nobody has signed it off (interp-audit review)"
     when = f"{standing.reviewed_at:%Y-%m-%d %H:%M} UTC"
@@ -192,7 +192,7 @@ def _decide(
         return False, f"rejected by {standing.reviewer} at {when}{because}"
     if not standing.matches_tables:
         return False, f"tables changed since the approval by {standing.reviewer} at {when}"
-    return True, f"cleared: the latest audit passed and {standing.reviewer} approved its tables at {when}"
+    return True, f"the latest audit passed and {standing.reviewer} approved its tables at {when}"
 
 
 def _number(value: float | None) -> str:
