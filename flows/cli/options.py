@@ -77,6 +77,7 @@ class DocumentFormat(str, enum.Enum):
 
 SpecArg = Annotated[Path, typer.Argument(help="Path to the audit spec YAML.", show_default=False)]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Report store path or URI (default: the spec's).")]
+RunIdArg = Annotated[str, typer.Argument(help="Run id (or a unique prefix).", show_default=False)]
 ReadStoreOpt = Annotated[str, typer.Option("--store", help="Report store path or URI.", envvar="INTERP_AUDIT_STORE")]
 
 

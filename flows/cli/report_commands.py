@@ -13,6 +13,7 @@ from flows.cli.options import (
     DEFAULT_STORE,
     DocumentFormat,
     ReadStoreOpt,
+    RunIdArg,
     TableFormat,
     existing_store,
     exits,
@@ -72,7 +73,7 @@ def report_list(
 @report_app.command("show")
 @exits
 def report_show(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run_id: RunIdArg,
     store: ReadStoreOpt = DEFAULT_STORE,
     output: DocumentFormatOpt = DocumentFormat.table,
 ) -> None:
@@ -230,7 +231,7 @@ def _warn_foreign(opened) -> None:
 @report_app.command("html")
 @exits
 def report_html(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run_id: RunIdArg,
     store: ReadStoreOpt = DEFAULT_STORE,
     output: HtmlFileOpt = None,
 ) -> None:
@@ -317,7 +318,7 @@ def report_query(
 @report_app.command("card")
 @exits
 def report_card(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run_id: RunIdArg,
     store: ReadStoreOpt = DEFAULT_STORE,
     output: CardFileOpt = None,
 ) -> None:

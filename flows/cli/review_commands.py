@@ -13,6 +13,7 @@ from flows.cli.options import (
     EXIT_FAILED,
     DocumentFormat,
     ReadStoreOpt,
+    RunIdArg,
     existing_store,
     exits,
     print_json,
@@ -59,7 +60,7 @@ def demo(store: ReadStoreOpt = DEFAULT_STORE) -> None:
 
 @exits
 def review(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run_id: RunIdArg,
     reviewer: Annotated[str, typer.Option(help="Who signs.")],
     approve: Annotated[bool, typer.Option("--approve/--reject", help="The decision.")],
     comment: Annotated[str | None, typer.Option(help="Why.")] = None,
