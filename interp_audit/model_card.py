@@ -354,7 +354,7 @@ def _diffs(baselines: list[dict]) -> list[dict]:
     return diffs
 
 
-def _sign_offs(reviews: pd.DataFrame, tables_sha256: str) -> list[dict]:
+def _sign_offs(reviews: pd.DataFrame) -> list[dict]:
     return [
         {
             "decision": text(row["decision"]),
@@ -363,7 +363,7 @@ def _sign_offs(reviews: pd.DataFrame, tables_sha256: str) -> list[dict]:
             "comment": text(row["comment"]) if row["comment"] else None,
             "review_id": code(row["review_id"]),
             "tables_sha256": code(row["tables_sha256"]),
-            "matches": row["tables_sha256"] == tables_sha256,
+            "matches": row["matches_tables"],
         }
         for row in records(reviews)
     ]
@@ -405,7 +405,7 @@ def _metadata(run: dict, tables_sha256: str, gates: pd.DataFrame, reviews: pd.Da
             "reviewed_at": fmt_time(latest["reviewed_at"]),
             "review_id": latest["review_id"],
             "tables_sha256": latest["tables_sha256"],
-            "matches_tables": latest["tables_sha256"] == tables_sha256,
+            "matches_tables": latest["matches_tables"],
         }
         if latest and latest["decision"] == "approved"
         else None
@@ -455,7 +455,7 @@ def _build(store: ReportStore, run_id: str) -> tuple[ModelCard, dict, str]:
         gates=_gates(gates),
         findings=_findings(table, baselines),
         diffs=_diffs(baselines),
-        sign_offs=_sign_offs(reviews, tables_sha256),
+        sign_offs=_sign_offs(reviews),
         repro=_reproducibility(run),
     )
     return card, run, tables_sha256

@@ -134,9 +134,12 @@ def review_run(
 
 
 def review_state(store: str | Path | ReportStore, run: dict) -> tuple[pd.DataFrame, str]:
-    """A run's reviews, oldest first, and the current SHA-256 of its published tables to compare them with."""
+    """A run's reviews, oldest first, each with ``matches_tables`` (its hash is still the tables'), and the current
+    SHA-256 of the run's published tables."""
     opened = _store(store)
-    return _reviews_of(opened, run), opened.tables_sha256(run["run_id"])
+    current = opened.tables_sha256(run["run_id"])
+    reviews = _reviews_of(opened, run)
+    return reviews.assign(matches_tables=reviews["tables_sha256"] == current), current
 
 
 def _reviews_of(store: ReportStore, run: dict) -> pd.DataFrame:

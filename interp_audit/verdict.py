@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from interp_audit.diff import headline, summarize
 from interp_audit.errors import NotFoundError
-from interp_audit.report import Baseline
+from interp_audit.report import Baseline, review_state
 from interp_audit.store import ReportStore
 
 SCHEMA_VERSION = 1
@@ -109,12 +109,8 @@ def verdict(store: str | Path | ReportStore, model: str, version: str, require: 
     requirement = require or _required_by_spec(run["spec_text"])
     gates = _rows(opened, "gate_results", run["run_id"])
     contracts = _rows(opened, "contract_results", run["run_id"])
-    current = opened.tables_sha256(run["run_id"])
-    reviews = [
-        Review(**{key: row[key] for key in Review.model_fields if key != "matches_tables"}, matches_tables=matched)
-        for row in sorted(_rows(opened, "reviews", run["run_id"]), key=lambda row: row["reviewed_at"])
-        for matched in [row["tables_sha256"] == current]
-    ]
+    recorded, current = review_state(opened, run)
+    reviews = [Review(**_pick(row, Review)) for row in recorded.to_dict("records")]
     failures = [ContractFailure(**_pick(row, ContractFailure)) for row in contracts if not row["success"]]
     gate_values = [GateValue(**_pick(row, GateValue)) for row in gates]
     standing = reviews[-1] if reviews else None

@@ -198,10 +198,7 @@ def run_document(opened, run_row: dict) -> dict:
     return {
         "run": run_row,
         **{name: opened.read(name, run_id=run_id).to_pylist() for name in SHOWN_TABLES},
-        "reviews": [
-            {**row, "matches_tables": row["tables_sha256"] == current}
-            for row in sorted(opened.read("reviews", run_id=run_id).to_pylist(), key=lambda row: row["reviewed_at"])
-        ],
+        "reviews": reviews.to_dict("records"),
         "tables_sha256": current,
         "table_rows": {name: opened.read(name, run_id=run_id).num_rows for name in opened.tables_with_data()},
     }
