@@ -39,6 +39,10 @@ KEY_LEASE_SECONDS = 60  # how long after its holder died a version's audit slot 
 # watcher runs never pile up, nor take the slots audits wait for
 ONE_LOOK_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 MAX_CRASHES = 3  # a version whose audit crashed this often is not re-run again by the deployment's trigger
+# A version's audit that failed because the Prefect API did not answer (its server or database restarting) starts
+# again after these waits. Its run ends Failed otherwise, and the watcher's event for the version, de-duplicated by
+# its id, would bring it back only after the server's 30-minute window.
+API_RETRY_WAITS = (10, 30, 60)
 
 
 def audit_key(model: str, version: str, spec_sha256: str) -> str:
@@ -106,6 +110,24 @@ def audit_registered_version(
     """Audit one registered version unless this spec already audited it, on the runner named (flows/runners.py);
     returns that run's summary."""
     loaded = with_model_version(_registry_spec(spec_path), version)
+    on = RunnerChoice(runner, ray_address, gpus_per_task)
+    for wait in API_RETRY_WAITS:
+        try:
+            return _audit_unless_published(loaded, version, spec_path, store, device, on)
+        except Exception as exc:
+            if not api_unavailable(exc):
+                raise
+            get_run_logger().warning(
+                f"the Prefect API did not answer ({type(exc).__name__}: {exc}); the audit of v{version} starts "
+                f"again in {wait} s, taking what finished from the result cache"
+            )
+            time.sleep(wait)
+    return _audit_unless_published(loaded, version, spec_path, store, device, on)
+
+
+def _audit_unless_published(
+    loaded: LoadedSpec, version: str, spec_path: str, store: str | None, device: str, on: RunnerChoice
+) -> dict:
     spec = loaded.spec
     store_uri = store or spec.report.store
     from prefect.runtime import deployment
@@ -119,8 +141,22 @@ def audit_registered_version(
             return {"run_id": done["run_id"], "status": done["status"], "skipped": True}
         from flows.audit import audit  # here, not above: the watcher's runs start without loading torch and ops
 
-        on = RunnerChoice(runner, ray_address, gpus_per_task)
         return on.applied_to(audit, store_uri)(spec_path=spec_path, store=store, device=device, version=version)
+
+
+def api_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the Prefect API not answering: a connection that failed or a server
+    error (5xx), which a restarting server or database gives; not a fault of the audit."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, httpx.TransportError):
+            return True
+        if isinstance(seen, PrefectHTTPStatusError) and seen.response.status_code >= 500:
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
 
 
 def refuse_after_repeated_crashes(deployment_id: str, model: str, version: str) -> None:

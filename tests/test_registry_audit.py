@@ -373,3 +373,107 @@ def test_one_watcher_run_looks_through_its_window_and_fails_only_if_its_last_loo
     assert 7 <= time.monotonic() - started < 20
     with pytest.raises(SpecError, match="missing.yaml"):
         watch_registries([str(tmp_path / "missing.yaml")], look_every_seconds=1, window_seconds=2)
+
+
+def _refused_connection() -> Exception:
+    """The error a Prefect client raises when its API is not listening (a server restarting)."""
+    from conftest import free_port
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_flow_runs(limit=1)
+        except Exception as exc:
+            return exc
+    raise AssertionError("a closed port answered")
+
+
+def _server_error() -> Exception:
+    """The error a Prefect client raises when its API answers 500 (its database restarting), from a real server."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{server.server_port}/api"}):
+            with get_client(sync_client=True) as client:
+                client.read_flow_runs(limit=1)
+    except Exception as exc:
+        return exc
+    finally:
+        server.shutdown()
+    raise AssertionError("a failing server answered")
+
+
+def test_an_api_that_does_not_answer_is_told_from_a_fault_of_the_audit():
+    from flows.registry import api_unavailable
+    from interp_audit.errors import AuditError, SpecError
+
+    refused, failing = _refused_connection(), _server_error()
+    assert api_unavailable(refused) and api_unavailable(failing)
+    try:  # an audit's own error raised while the API was away is still the audit's
+        try:
+            raise refused
+        except Exception:
+            raise SpecError("ops.lime.samples: bad") from None
+    except SpecError as exc:
+        assert not api_unavailable(exc)
+    try:  # and an error that came of the API's absence is the API's
+        try:
+            raise failing
+        except Exception as cause:
+            raise RuntimeError("the task's state could not be set") from cause
+    except RuntimeError as exc:
+        assert api_unavailable(exc)
+    assert not api_unavailable(AuditError(["contracts: a column is missing"]))
+
+
+def test_a_version_audit_whose_api_did_not_answer_starts_again_and_publishes_once(tmp_path, registry_uri, monkeypatch):
+    """The Prefect API failing under the per-version flow (its database restarted as the audit took its key's slot:
+    `make test-faults` has the real fault) fails that try only: the flow waits, tries again and publishes once.
+    The failure is injected by failing the flow's first try with the error a real refused connection raised."""
+    import flows.registry as registry
+
+    version = register_gray(registry_uri)
+    spec = write_spec(tmp_path, registry_uri)
+    refused, tries = _refused_connection(), []
+    audit_once = registry._audit_unless_published
+
+    def flaky(*args, **kwargs):
+        tries.append(1)
+        if len(tries) == 1:
+            raise refused
+        return audit_once(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "_audit_unless_published", flaky)
+    monkeypatch.setattr(registry, "API_RETRY_WAITS", (0.1,))
+    summary = registry.audit_registered_version(str(spec), version)
+    assert len(tries) == 2 and summary["status"] == "passed"
+    assert len(report.list_runs(tmp_path / "reports", "gray-net", version)) == 1
+
+    def unreachable(*args, **kwargs):
+        tries.append(1)
+        raise refused
+
+    tries.clear()
+    monkeypatch.setattr(registry, "_audit_unless_published", unreachable)
+    with pytest.raises(type(refused)):  # past its tries, the error is the run's
+        registry.audit_registered_version(str(spec), version)
+    assert len(tries) == 2
