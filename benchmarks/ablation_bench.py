@@ -56,7 +56,7 @@ def main() -> None:
 
     def ours() -> list[dict]:
         activations = onnx_bundle.run_session(full, x, outputs=[LAYER])[LAYER]
-        return UnitAblation(tail, activations, samples.labels, CLASSES).effects(SIZES, DRAWS, seed=0)
+        return UnitAblation(tail, activations, samples.labels, CLASSES).effects(SIZES, DRAWS, seed=0).rows
 
     # the sets ours measures, in its order: the baseline and each unit on the ranking half, the baseline, the random
     # sets and each class's top units on the measuring half

@@ -30,11 +30,39 @@ CONTRACT = TableContract(
                 "more than chance alone gives. Null without a baseline.",
                 nullable=True,
             ),
+            column(
+                "ablation_class",
+                pa.string(),
+                "The class whose mean probability (over its samples) falls most when this unit alone is zeroed "
+                "(ops.ablation of the layer); null where none falls, the layer was not ablated or the unit not "
+                "ranked.",
+                nullable=True,
+            ),
+            column(
+                "ablation_probability_drop",
+                pa.float64(),
+                "How much that class's mean probability falls (0 or less: no class's does); null where the layer "
+                "was not ablated or the unit not ranked.",
+                nullable=True,
+            ),
+            column(
+                "ablation_accuracy_drop",
+                pa.float64(),
+                "What the same class's balanced accuracy loses; null as ablation_probability_drop.",
+                nullable=True,
+            ),
         ]
     ),
     unique_key=("run_id", "layer", "unit"),
     allowed_values={},
-    ranges={"unit": (0, None), "iou": (0, 1), "baseline_iou": (0, 1), "baseline_max_iou": (0, 1)},
+    ranges={
+        "unit": (0, None),
+        "iou": (0, 1),
+        "baseline_iou": (0, 1),
+        "baseline_max_iou": (0, 1),
+        "ablation_probability_drop": (-1, 1),
+        "ablation_accuracy_drop": (-1, 1),
+    },
 )
 
 THRESHOLDS: tuple[Threshold, ...] = ()

@@ -16,6 +16,7 @@ _TABLE_MODULES = (
     "dissection_units",
     "dissection_tally",
     "dissection_summary",
+    "ablation_results",
     "contract_results",
     "reviews",
     "model_cards",

@@ -19,22 +19,29 @@ CONTRACT = TableContract(
                 "How the baseline was chosen: `approved` (latest approved version whose tables still match "
                 "the approval), `passed` (latest passed version, none approved) or `requested` (report diff).",
             ),
-            column("method", pa.string(), "lime, dissection or activation_max."),
+            column("method", pa.string(), "lime, dissection, activation_max or ablation."),
             column(
                 "metric",
                 pa.string(),
                 "lime: topk_jaccard (top-k superpixel sets, same segmentation), attribution_shift (total "
                 "variation between the normalized |weight| distributions, 0 same to 1 disjoint); dissection: "
                 "detectors, detectors_gained, detectors_lost (units); activation_max: ratio (render "
-                "activation / dataset max).",
+                "activation / dataset max); ablation: accuracy_drop (per class and K), max_drop (the largest "
+                "over the classes, per K).",
             ),
             column(
                 "scope",
                 pa.string(),
-                "What a row is about: sample, concept, category, unit, or overall (mean or total over the others).",
+                "What a row is about: sample, concept, category, unit, class, or overall (mean, total or largest over the "
+                "others).",
             ),
             column("layer", pa.string(), "Layer compared (`output` for LIME, which explains the model output)."),
-            column("item", pa.string(), "Sample id, concept name, category, unit index, or `*` for overall."),
+            column(
+                "item",
+                pa.string(),
+                "Sample id, concept name, category, unit index, `CLASS k=K` (ablation), or `*` (`k=K` for "
+                "ablation) for overall.",
+            ),
             column("category", pa.string(), "Concept category (dissection), else null.", nullable=True),
             column("old_value", pa.float64(), "The metric in the baseline run, where it has one.", nullable=True),
             column("new_value", pa.float64(), "The metric in this run, where it has one.", nullable=True),
@@ -44,8 +51,8 @@ CONTRACT = TableContract(
     unique_key=("run_id", "baseline_run_id", "method", "metric", "scope", "layer", "item"),
     allowed_values={
         "baseline_basis": ("approved", "passed", "requested"),
-        "method": ("lime", "dissection", "activation_max"),
-        "scope": ("sample", "concept", "category", "unit", "overall"),
+        "method": ("lime", "dissection", "activation_max", "ablation"),
+        "scope": ("sample", "concept", "category", "unit", "class", "overall"),
     },
     ranges={},
 )

@@ -5,12 +5,15 @@ export on the CPU: ``task_resources`` turns that into what each asks a Ray clust
 
 from __future__ import annotations
 
+import warnings
+
 import pyarrow as pa
 
 import data_contracts
 from flows.runners import fenced_by, shipping, task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
+from tasks.ablation import ablate_layer
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
 from tasks.inference import check_parity, predict
@@ -59,6 +62,8 @@ def method_tables(
         dissected = (
             submit_dissection(loaded, shipped_onnx, checked, baseline_export, ship) if "dissection" in methods else None
         )
+        ranks_all_units = "ablation" in methods and spec.ops.ablation.units != "detectors"
+        ablated = submit_ablation(spec, shipped_onnx, shipped_inputs, checked, None) if ranks_all_units else {}
 
     rows = {"predictions": predictions.result()}
     if lime_batches:
@@ -82,6 +87,15 @@ def method_tables(
             f"dissection: {sum(r['is_detector'] for r in rows['dissection_units'])} detectors among "
             f"{len(rows['dissection_units'])} units"
         )
+    if "ablation" in methods:
+        if not ranks_all_units:
+            with task_resources(gpu=True):
+                ablated = submit_ablation(spec, shipped_onnx, shipped_inputs, checked, rows["dissection_units"])
+        effects = {layer: future.result() for layer, future in ablated.items()}
+        rows["ablation_results"] = [{"layer": layer, **row} for layer, found in effects.items() for row in found.rows]
+        progress.step(ablation_headline(rows["ablation_results"]))
+    if dissected is not None:
+        rows["dissection_units"] = with_unit_effects(rows["dissection_units"], effects if "ablation" in methods else {})
     if parity is not None:
         rows["onnx_parity"] = parity.result()
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
@@ -139,6 +153,67 @@ def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list) -> tuple[lis
         for start in range(0, len(units), params.batch_units)
     ]
     return renders, exemplars
+
+
+def submit_ablation(spec, onnx_bytes, inputs, checked, dissection_units: list[dict] | None) -> dict:
+    """One ablation task per layer; ``dissection_units`` given, each layer's detectors are the units ranked (the
+    sizes above their count are left out, with a warning; a layer without detectors is not ablated)."""
+    params = spec.ops.ablation
+    futures = {}
+    for layer in spec.ablation_layers:
+        candidates, sizes = params.units if isinstance(params.units, list) else None, params.sizes
+        if dissection_units is not None:
+            candidates = [r["unit"] for r in dissection_units if r["layer"] == layer and r["is_detector"]]
+            sizes = [k for k in params.sizes if k <= len(candidates)]
+            if len(sizes) < len(params.sizes):
+                warnings.warn(
+                    f"ops.ablation: {layer} has {len(candidates)} detector(s); sizes "
+                    f"{[k for k in params.sizes if k > len(candidates)]} are left out",
+                    stacklevel=2,
+                )
+            if not sizes:
+                continue
+        futures[layer] = ablate_layer.submit(
+            onnx_bytes,
+            inputs,
+            layer,
+            candidates,
+            sizes,
+            params.random_draws,
+            checked.num_classes,
+            params.batch_size,
+            spec.seed,
+            checked.device,
+        )
+    return futures
+
+
+def ablation_headline(rows: list[dict]) -> str:
+    if not rows:
+        return "ablation: no layer ablated"
+    k = min(row["k"] for row in rows)
+    worst = max((row for row in rows if row["k"] == k), key=lambda row: row["accuracy_drop"])
+    return (
+        f"ablation: {len(rows)} class x K results; zeroing {k} unit(s) costs {worst['class_name']} at most "
+        f"{worst['accuracy_drop']:.2f} balanced accuracy ({worst['layer']})"
+    )
+
+
+def with_unit_effects(units: list[dict], effects: dict) -> list[dict]:
+    """Dissection's units with their largest single-unit class effect where their layer was ablated."""
+    by_unit = {(layer, row["unit"]): row for layer, found in effects.items() for row in found.units}
+    rows = []
+    for unit in units:
+        effect = by_unit.get((unit["layer"], unit["unit"]), {})
+        rows.append(
+            {
+                **unit,
+                "ablation_class": effect.get("class_name"),
+                "ablation_probability_drop": effect.get("probability_drop"),
+                "ablation_accuracy_drop": effect.get("accuracy_drop"),
+            }
+        )
+    return rows
 
 
 def submit_dissection(loaded, onnx_bytes, checked, baseline_export, ship) -> tuple[list, list | None]:

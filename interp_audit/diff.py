@@ -2,7 +2,7 @@
 
 Each method is compared only where both runs measured the same thing: LIME on the same samples and labels with
 the same superpixels, dissection on the same layers (units are matched by index), activation maximization on
-the units of layers both runs rendered. Everything here works on a run's tables as pandas frames (``RunTables``),
+the units of layers both runs rendered, ablation on the same layers, classes and K. Everything here works on a run's tables as pandas frames (``RunTables``),
 so the flow can diff its own tables before they are published and ``report diff`` can diff two published runs.
 """
 
@@ -32,7 +32,7 @@ def tables_of(tables: Mapping[str, object]) -> RunTables:
 
 def version_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Rows of ``version_diffs`` (without the run and baseline columns) for every method both runs have."""
-    return [*lime_diff(old, new), *dissection_diff(old, new), *actmax_diff(old, new)]
+    return [*lime_diff(old, new), *dissection_diff(old, new), *actmax_diff(old, new), *ablation_diff(old, new)]
 
 
 def _row(
@@ -218,6 +218,35 @@ def actmax_diff(old: RunTables, new: RunTables) -> list[dict]:
     return rows
 
 
+def ablation_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Per layer, class and K both runs ablated: the change of the accuracy drop; per layer and K: the change of the
+    largest drop over the classes (the ``ablation.max_drop`` gate's metric)."""
+    before, after = old("ablation_results"), new("ablation_results")
+    if before.empty or after.empty:
+        return []
+    columns = ["layer", "class_name", "k", "accuracy_drop"]
+    both = before[columns].merge(after[columns], on=["layer", "class_name", "k"], suffixes=("_old", "_new"))
+    rows = [
+        _row(
+            "ablation",
+            "accuracy_drop",
+            "class",
+            row["layer"],
+            f"{row['class_name']} k={row['k']}",
+            row["accuracy_drop_new"] - row["accuracy_drop_old"],
+            row["accuracy_drop_old"],
+            row["accuracy_drop_new"],
+        )
+        for row in both.sort_values(["layer", "k", "class_name"]).to_dict("records")
+    ]
+    for (layer, k), group in both.groupby(["layer", "k"], sort=True):
+        worst_old, worst_new = group["accuracy_drop_old"].max(), group["accuracy_drop_new"].max()
+        rows.append(
+            _row("ablation", "max_drop", "overall", layer, f"k={k}", worst_new - worst_old, worst_old, worst_new)
+        )
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- reading
 
 
@@ -231,7 +260,8 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
 
     Each entry: run_id, version, basis; lime (overall jaccard and shift, samples by id) or None; dissection
     (overall detectors per layer, categories, concepts that gained or lost detectors) or None; actmax (overall
-    ratios per layer, units by |change|, largest first) or None."""
+    ratios per layer, units by |change|, largest first) or None; ablation (largest drop per layer and K, drops per
+    class and K) or None."""
     summaries = []
     for (baseline, version, basis), rows in diffs.groupby(
         ["baseline_run_id", "baseline_version", "baseline_basis"], sort=False, dropna=False
@@ -243,6 +273,7 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
             "lime": None,
             "dissection": None,
             "actmax": None,
+            "ablation": None,
         }
         lime = rows[rows["method"] == "lime"]
         if not lime.empty:
@@ -278,6 +309,12 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
                 "overall": records(actmax[actmax["scope"] == "overall"].sort_values("layer")),
                 "units": records(units.drop(columns="size")),
             }
+        ablation = rows[rows["method"] == "ablation"]
+        if not ablation.empty:
+            summary["ablation"] = {
+                "overall": records(ablation[ablation["scope"] == "overall"].sort_values(["layer", "item"])),
+                "classes": records(ablation[ablation["scope"] == "class"].sort_values(["layer", "item"])),
+            }
         summaries.append(summary)
     return summaries
 
@@ -312,4 +349,8 @@ def headline(summary: dict) -> str:
         parts.append(f"{row['layer']} detectors {row['old_value']:.0f} -> {row['new_value']:.0f}")
     for row in (summary["actmax"] or {}).get("overall", []):
         parts.append(f"{row['layer']} render ratio {row['old_value']:.2f} -> {row['new_value']:.2f}")
+    for row in (summary["ablation"] or {}).get("overall", []):
+        parts.append(
+            f"{row['layer']} largest ablation drop ({row['item']}) {row['old_value']:.2f} -> {row['new_value']:.2f}"
+        )
     return "; ".join(parts)

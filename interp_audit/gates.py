@@ -15,7 +15,7 @@ import pandas as pd
 
 from interp_audit.diff import RunTables
 from interp_audit.report import Baseline
-from interp_audit.spec import ActmaxGate, DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
+from interp_audit.spec import AblationGate, ActmaxGate, DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
 
 
 def evaluate_gates(gates: list, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> list[dict]:
@@ -53,7 +53,25 @@ def _measure(gate, run: RunTables, diffs: list[dict], baseline: Baseline | None)
             return None, "no activation-maximization renders in this run"
         beating = units["final_activation"] >= units["dataset_max"]
         return float(beating.mean()), f"{int(beating.sum())} of {len(units)} renders beat every dataset image"
+    if isinstance(gate, AblationGate):
+        return _max_drop(gate, run("ablation_results"))
     return _diff_metric(gate, diffs, baseline)
+
+
+def _max_drop(gate: AblationGate, results: pd.DataFrame) -> tuple[float | None, str]:
+    if results.empty:
+        return None, "no ablation in this run"
+    k = gate.k if gate.k is not None else int(results["k"].min())
+    chosen = results[results["k"] == k]
+    if gate.layer:
+        chosen = chosen[chosen["layer"] == gate.layer]
+    if chosen.empty:
+        return None, f"no ablation of {k} units{f' in layer {gate.layer}' if gate.layer else ''}"
+    worst = chosen.loc[chosen["accuracy_drop"].idxmax()]
+    return float(worst["accuracy_drop"]), (
+        f"zeroing {k} unit(s) of {worst['layer']} ({', '.join(map(str, worst['units']))}) takes class "
+        f"{worst['class_name']} from {worst['accuracy_before']:.2f} to {worst['accuracy_after']:.2f} balanced accuracy"
+    )
 
 
 def _detectors(gate: DetectorsGate, units: pd.DataFrame) -> tuple[float | None, str]:

@@ -316,6 +316,40 @@ def _dissection(summary: pd.DataFrame, units: pd.DataFrame) -> dict | None:
     }
 
 
+def _ablation(results: pd.DataFrame, units: pd.DataFrame) -> dict | None:
+    """Per layer and class, a bar per K: the drop of the class's top-K units next to random units' mean; and the
+    detectors whose zeroing alone costs a class most (dissection's units with their ablation effect)."""
+    if results.empty:
+        return None
+    scale = max(0.05, float(results[["accuracy_drop", "random_drop_mean"]].max().max()))
+
+    def width(value) -> float:
+        return 0.0 if _missing(value) else round(100 * min(max(value, 0.0), scale) / scale, 1)
+
+    layers = []
+    for layer, group in results.groupby("layer", sort=True):
+        classes = [
+            {
+                "class_name": name,
+                "bars": [
+                    {**row, "width": width(row["accuracy_drop"]), "random_width": width(row["random_drop_mean"])}
+                    for row in records(rows.sort_values("k"))
+                ],
+            }
+            for name, rows in group.groupby("class_name", sort=True)
+        ]
+        layers.append({"layer": layer, "classes": classes})
+    detectors = pd.DataFrame()
+    if not units.empty:
+        detectors = units[units["is_detector"].astype(bool) & units["ablation_class"].notna()]
+        detectors = detectors.sort_values("ablation_probability_drop", ascending=False).head(TOP_UNIT_CHANGES)
+    return {
+        "layers": layers,
+        "has_random": bool(results["random_drop_mean"].notna().any()),
+        "detectors": records(detectors) if not detectors.empty else [],
+    }
+
+
 def _reproducibility(run: dict) -> dict:
     try:
         versions = json.loads(run["package_versions"] or "{}")
@@ -376,6 +410,7 @@ def render_html(store: str | Path | ReportStore, run_id: str) -> str:
         "lime": _lime(table("lime_explanations"), table("lime_attributions")),
         "actmax": _actmax(table("actmax_units"), table("actmax_exemplars")),
         "dissection": _dissection(table("dissection_summary"), table("dissection_units")),
+        "ablation": _ablation(table("ablation_results"), table("dissection_units")),
         "repro": _reproducibility(run),
         "generated": fmt_time(datetime.now(UTC)),
     }

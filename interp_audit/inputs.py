@@ -43,6 +43,7 @@ class InputsProbe:
     ids: list[str]
     x: np.ndarray
     class_names: list[str] | None
+    labelled: bool  # whether the data gives each sample a class label
 
 
 def model_inputs(data_uri: str, base_dir: Path, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
@@ -121,7 +122,9 @@ def inputs_probe(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec
     except DataError as exc:
         raise SpecError(str(exc)) from None
     x = _converted(preview.head, preview.ids, data_uri, input_spec)
-    return InputsProbe(preview.ids, x, input_spec.class_names or preview.head.class_names)
+    return InputsProbe(
+        preview.ids, x, input_spec.class_names or preview.head.class_names, preview.head.labels is not None
+    )
 
 
 def _converted(samples: Samples, ids: list[str], data_uri: str, input_spec: InputSpec) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 from interp_audit.errors import SpecError
 from interp_audit.inputs import concepts_error, inputs_probe, load_concepts
 from interp_audit.intake import LayerShapes, ModelRef, check_model, resolve_model
-from interp_audit.spec import UNITS_FIRST, ActivationMaxSpec, DissectionSpec, LimeSpec, LoadedSpec
+from interp_audit.spec import UNITS_FIRST, AblationSpec, ActivationMaxSpec, DissectionSpec, LimeSpec, LoadedSpec
 from interp_audit.store import ReportStore
 
 PROBE_SAMPLES = 32  # the samples the model is checked on before the run
@@ -67,6 +67,8 @@ def preflight(
     if spec.ops.dissection is not None:
         dissected = dissection_layers(spec.ops.dissection, spec.model.layer_names, layer_shapes)
         concepts = check_concepts(spec.ops.dissection.concepts, loaded.base_dir, spec.seed)
+    if spec.ops.ablation is not None:
+        check_ablation(spec.ops.ablation, spec.ablation_layers, layer_shapes, spec.model.token_grids, inputs.labelled)
     return Preflight(ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
 
 
@@ -135,6 +137,39 @@ def actmax_units(params: ActivationMaxSpec, model_layers: list[str], layer_shape
                 )
             resolved[layer] = list(params.units)
     return resolved
+
+
+def check_ablation(
+    params: AblationSpec, layers: list[str], layer_shapes: LayerShapes, token_grids: dict, labelled: bool
+) -> None:
+    """Ablation measures each class's accuracy against the data's labels, on a layer's units (its first axis)."""
+    if not labelled:
+        raise SpecError(
+            "ops.ablation: the data gives no class labels, and ablation measures what each class's accuracy loses; "
+            "audit labelled data (a builtin, an image folder with one subfolder per class, an .npz with 'labels')"
+        )
+    for index, layer in enumerate(layers):
+        where = f"ops.ablation.layers[{index}]" if params.layers else "ops.ablation (the last of model.layers)"
+        if layer in token_grids:
+            raise SpecError(
+                f"{where}: {layer!r} is a token layer; ablating its dims is not supported yet: ablate a layer "
+                "with channels (C, H, W) or features (C,)"
+            )
+        count = layer_shapes[layer][0]
+        if isinstance(params.units, list):
+            outside = [unit for unit in params.units if unit >= count]
+            if outside:
+                raise SpecError(
+                    f"ops.ablation.units: unit {outside[0]} is out of range for layer {layer!r}, which has {count} "
+                    f"units (0..{count - 1})"
+                )
+        ranked = len(set(params.units)) if isinstance(params.units, list) else count
+        too_big = [k for k in params.sizes if k > ranked]
+        if too_big:
+            what = "units listed in ops.ablation.units" if isinstance(params.units, list) else f"units of {layer!r}"
+            raise SpecError(
+                f"ops.ablation.sizes: {too_big[0]} is more than the {ranked} {what}; give sizes up to {ranked}"
+            )
 
 
 def lime_sample_indices(lime: LimeSpec, ids: list[str]) -> list[int]:

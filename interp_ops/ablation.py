@@ -57,11 +57,6 @@ def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray, class_index: in
     return float(np.nanmean([recall, true_negative]))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 @dataclass(frozen=True)
 class ClassScores:
     """Per class: balanced accuracy, and the mean probability of the class over its own samples."""
@@ -112,7 +107,7 @@ class UnitAblation:
     def scores(self, removed: Sequence[int]) -> ClassScores:
         labels = self.labels
         logits = self.logits(removed)
-        predicted, probability = logits.argmax(axis=1), softmax(logits)
+        predicted, probability = logits.argmax(axis=1), onnx_bundle.softmax(logits)
         classes = range(self.num_classes)
         return ClassScores(
             accuracy=np.array([balanced_accuracy(predicted, labels, c) for c in classes]),
@@ -121,40 +116,54 @@ class UnitAblation:
             ),
         )
 
-    def rank_units(self) -> np.ndarray:
-        """(classes, units): each class's units, largest single-unit effect first; the effect of a unit is the drop
-        of the class's mean probability when it alone is zeroed (continuous, so fewer ties than accuracy)."""
-        before = self.scores([]).probability
-        drops = np.stack([before - self.scores([unit]).probability for unit in range(self.num_units)], axis=1)
-        return np.argsort(-drops, axis=1, kind="stable")
+    def single_unit_drops(self) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, units) each: the drop of each class's balanced accuracy and of its mean probability when a unit
+        alone is zeroed."""
+        before = self.scores([])
+        alone = [self.scores([unit]) for unit in range(self.num_units)]
+        accuracy = np.stack([before.accuracy - scores.accuracy for scores in alone], axis=1)
+        probability = np.stack([before.probability - scores.probability for scores in alone], axis=1)
+        return accuracy, probability
 
     def effects(
-        self, sizes: Sequence[int], random_draws: int, seed: int, class_names: Sequence[str] | None = None
-    ) -> list[dict]:
-        """Per class and size K: the K units with the largest single-unit effect on the class, ranked on one half
-        of the data and measured on the other (so a ranking cannot flatter itself), against ``random_draws`` random
-        sets of K units measured the same way. One row per class and K (``ablation_results``' columns but the run
-        id and the layer)."""
-        too_big = [k for k in sizes if not 1 <= k <= self.num_units]
+        self,
+        sizes: Sequence[int],
+        random_draws: int,
+        seed: int,
+        class_names: Sequence[str] | None = None,
+        candidates: Sequence[int] | None = None,
+    ) -> AblationEffects:
+        """Per class (of those the measuring half holds samples of) and size K: the K ``candidates`` (default: every
+        unit) with the largest single-unit effect on the class, ranked on one half of the data and measured on the other (so a ranking cannot flatter itself),
+        against ``random_draws`` random sets of K units of the whole layer measured the same way. A unit's effect
+        is the drop of the class's mean probability when it alone is zeroed (continuous, so fewer ties than
+        accuracy)."""
+        pool = np.arange(self.num_units) if candidates is None else np.unique(np.asarray(candidates, dtype=np.int64))
+        if len(pool) and not 0 <= pool.min() <= pool.max() < self.num_units:
+            raise AblationError(f"candidate units must lie in 0..{self.num_units - 1} (got {pool.tolist()})")
+        too_big = [k for k in sizes if not 1 <= k <= len(pool)]
         if too_big:
-            raise AblationError(f"sizes {too_big} must be between 1 and the layer's {self.num_units} units")
+            raise AblationError(f"sizes {too_big} must be between 1 and the {len(pool)} units ranked")
+        names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(self.num_classes)]
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(self.labels))
-        ranking = self.rows(np.sort(order[::2])).rank_units()
+        accuracy_drops, probability_drops = self.rows(np.sort(order[::2])).single_unit_drops()
+        ranking = pool[np.argsort(-probability_drops[:, pool], axis=1, kind="stable")]
         measuring = self.rows(np.sort(order[1::2]))
         before = measuring.scores([])
+        measured = [c for c in range(self.num_classes) if (measuring.labels == c).any()]  # classes it can tell
         rows = []
         for k in sizes:
             draws = [np.sort(rng.choice(self.num_units, size=k, replace=False)) for _ in range(random_draws)]
             random_scores = [measuring.scores(draw) for draw in draws]
-            for c in range(self.num_classes):
+            for c in measured:
                 top = np.sort(ranking[c, :k])
                 after = measuring.scores(top)
                 random_drops = np.array([before.accuracy[c] - scores.accuracy[c] for scores in random_scores])
                 rows.append(
                     {
                         "class_index": c,
-                        "class_name": class_names[c] if class_names else str(c),
+                        "class_name": names[c],
                         "k": k,
                         "units": top.tolist(),
                         "accuracy_before": float(before.accuracy[c]),
@@ -165,4 +174,27 @@ class UnitAblation:
                         "random_drop_std": float(random_drops.std()) if random_draws else None,
                     }
                 )
-        return rows
+        strongest = np.nan_to_num(probability_drops, nan=-np.inf).argmax(axis=0)
+        units = []
+        for unit in pool:
+            c = strongest[unit]
+            drop = float(probability_drops[c, unit])
+            units.append(
+                {
+                    "unit": int(unit),
+                    "class_name": names[c] if drop > 0 else None,
+                    "probability_drop": drop,
+                    "accuracy_drop": float(accuracy_drops[c, unit]),
+                }
+            )
+        return AblationEffects(rows, units)
+
+
+@dataclass(frozen=True)
+class AblationEffects:
+    """``rows``: per class and K (``ablation_results``' columns but the run id and the layer). ``units``: per
+    ranked unit, the class whose mean probability falls most when it alone is zeroed (None when none falls), by how
+    much, and what that class's balanced accuracy loses (on the ranking half)."""
+
+    rows: list[dict]
+    units: list[dict]

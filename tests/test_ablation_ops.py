@@ -47,7 +47,8 @@ def planted():
 def test_the_planted_unit_is_ranked_first_and_removing_it_takes_its_class_to_chance(planted):
     intact = planted.scores([])
     assert intact.accuracy.tolist() == [1.0, 1.0]
-    assert planted.rank_units()[1, 0] == 2  # the blue unit carries class 1
+    accuracy_drops, probability_drops = planted.single_unit_drops()
+    assert probability_drops[1].argmax() == 2 and accuracy_drops[1].tolist() == [0, 0, 0.5, 0]  # blue carries 1
     without_blue = planted.scores([2])
     assert without_blue.accuracy.tolist() == [0.5, 0.5]  # every sample called class 0: recall 0 for class 1
     assert without_blue.probability[1] < 0.01 < intact.probability[1]
@@ -106,15 +107,33 @@ def test_balanced_accuracy_is_the_mean_of_recall_and_true_negative_rate():
 
 
 def test_effects_rank_on_one_half_measure_on_the_other_and_beat_random_sets_of_the_same_size(planted):
-    rows = planted.effects(sizes=[1, 2], random_draws=20, seed=0, class_names=["dim", "blue"])
-    blue = {row["k"]: row for row in rows if row["class_name"] == "blue"}
+    effects = planted.effects(sizes=[1, 2], random_draws=20, seed=0, class_names=["dim", "blue"])
+    blue = {row["k"]: row for row in effects.rows if row["class_name"] == "blue"}
     assert blue[1]["units"] == [2] and 2 in blue[2]["units"]
     assert blue[1]["accuracy_drop"] == pytest.approx(0.5)  # the other half: nothing of class 1 is recognised
     assert blue[1]["random_drop_mean"] < blue[1]["accuracy_drop"] - 0.2  # a random unit is the blue one 1 time in 4
     assert 0 < blue[1]["random_drop_std"]
-    assert rows == planted.effects(sizes=[1, 2], random_draws=20, seed=0, class_names=["dim", "blue"])  # seeded
-    with pytest.raises(AblationError, match=r"sizes \[5\] must be between 1 and the layer's 4 units"):
+    assert effects == planted.effects(sizes=[1, 2], random_draws=20, seed=0, class_names=["dim", "blue"])  # seeded
+    by_unit = {row["unit"]: row for row in effects.units}
+    assert sorted(by_unit) == [0, 1, 2, 3]
+    assert by_unit[2]["class_name"] == "blue" and by_unit[2]["accuracy_drop"] == pytest.approx(0.5)
+    assert by_unit[0]["class_name"] is None and by_unit[0]["probability_drop"] == 0  # the decision never reads it
+    with pytest.raises(AblationError, match=r"sizes \[5\] must be between 1 and the 4 units ranked"):
         planted.effects(sizes=[5], random_draws=1, seed=0)
+
+
+def test_only_the_candidate_units_are_ranked_and_random_sets_come_from_the_whole_layer(planted):
+    """Ranking dissection's detectors only: a pool without the blue unit cannot find it, however large its effect;
+    the random sets, drawn from the whole layer, still hit it sometimes."""
+    effects = planted.effects(sizes=[1], random_draws=40, seed=0, class_names=["dim", "blue"], candidates=[0, 3])
+    blue = next(row for row in effects.rows if row["class_name"] == "blue")
+    assert blue["units"] in ([0], [3]) and blue["accuracy_drop"] == 0
+    assert blue["random_drop_mean"] > 0
+    assert sorted(row["unit"] for row in effects.units) == [0, 3]
+    with pytest.raises(AblationError, match=r"sizes \[3\] must be between 1 and the 2 units ranked"):
+        planted.effects(sizes=[3], random_draws=1, seed=0, candidates=[0, 3])
+    with pytest.raises(AblationError, match=r"candidate units must lie in 0..3"):
+        planted.effects(sizes=[1], random_draws=1, seed=0, candidates=[7])
 
 
 class Residual(nn.Module):

@@ -152,6 +152,29 @@ def report_show(
                 ),
             )
         console.print(table)
+    ablation = load_table(opened, "ablation_results", run_id=run_row["run_id"])
+    if len(ablation):
+        table = Table(
+            "layer",
+            "class",
+            "K",
+            "units zeroed",
+            "accuracy",
+            "drop",
+            "random drop",
+            title="unit ablation: each class's K most important units zeroed (balanced accuracy; K random units)",
+        )
+        for row in ablation.itertuples():
+            table.add_row(
+                row.layer,
+                row.class_name,
+                str(row.k),
+                ", ".join(map(str, row.units)),
+                f"{row.accuracy_before:.2f} -> {row.accuracy_after:.2f}",
+                f"{row.accuracy_drop:.2f}",
+                "-" if pd.isna(row.random_drop_mean) else f"{row.random_drop_mean:.2f} ± {row.random_drop_std:.2f}",
+            )
+        console.print(table)
     gates = load_table(opened, "gate_results", run_id=run_row["run_id"])
     for row in gates.itertuples():
         colour = {"passed": "green", "failed": "red"}.get(row.outcome, "yellow")
@@ -185,7 +208,14 @@ def report_show(
     _warn_foreign(opened)
 
 
-SHOWN_TABLES = ("onnx_parity", "contract_results", "dissection_summary", "gate_results", "version_diffs")
+SHOWN_TABLES = (
+    "onnx_parity",
+    "contract_results",
+    "dissection_summary",
+    "ablation_results",
+    "gate_results",
+    "version_diffs",
+)
 
 
 def run_document(opened, run_row: dict) -> dict:
@@ -256,7 +286,8 @@ def report_diff(
     output: DocumentFormatOpt = DocumentFormat.table,
 ) -> None:
     """What changed between two versions (their latest runs whose contracts held): LIME agreement per sample,
-    detectors gained and lost per concept, render-ratio changes per unit. Written to version_diffs once per pair."""
+    detectors gained and lost per concept, render-ratio changes per unit, ablation drops per class. Written to
+    version_diffs once per pair."""
     from interp_audit.diff import headline, summarize
     from interp_audit.report import diff_versions
 
@@ -287,6 +318,11 @@ def report_diff(
     if diff["actmax"] and diff["actmax"]["units"]:
         table = Table("layer", "unit", "ratio before", "ratio after", title="activation maximization, largest changes")
         for row in diff["actmax"]["units"][:limit]:
+            table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
+        console.print(table)
+    if diff["ablation"]:
+        table = Table("layer", "class, K", "drop before", "drop after", title="unit ablation, largest changes")
+        for row in sorted(diff["ablation"]["classes"], key=lambda row: -abs(row["value"]))[:limit]:
             table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
         console.print(table)
 

@@ -13,6 +13,7 @@ from interp_audit.spec.audit import AuditSpec, ReportSpec, ReviewSpec, ScheduleS
 from interp_audit.spec.fields import FACTORY_REF, MAX_SEED, SAFE_NAME
 from interp_audit.spec.gates import (
     GATES,
+    AblationGate,
     ActmaxGate,
     DetectorsGate,
     DiffGate,
@@ -43,6 +44,7 @@ from interp_audit.spec.model import (
 )
 from interp_audit.spec.ops import (
     UNITS_FIRST,
+    AblationSpec,
     ActivationMaxSpec,
     DissectionSpec,
     LimeSpec,
@@ -51,6 +53,8 @@ from interp_audit.spec.ops import (
 )
 
 __all__ = [
+    "AblationGate",
+    "AblationSpec",
     "ActivationMaxSpec",
     "ActmaxGate",
     "AuditSpec",

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from interp_audit.errors import SpecError
 from interp_audit.spec.fields import Float, PositiveInt, SafeName, Seed, StrictModel
-from interp_audit.spec.gates import DetectorsGate, Gate, LimeRegionGate
+from interp_audit.spec.gates import AblationGate, DetectorsGate, Gate, LimeRegionGate
 from interp_audit.spec.model import ModelSpec
 from interp_audit.spec.ops import OpsSpec
 
@@ -164,6 +164,34 @@ class AuditSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _ablation_fits_model(self) -> AuditSpec:
+        params = self.ops.ablation
+        if params is None:
+            return self
+        if not params.layers and not self.model.layer_names:
+            raise ValueError("ops.ablation.layers: no layer to ablate; list one in model.layers")
+        self._require_model_layers("ablation", params.layers, "its activations are where units are zeroed")
+        if params.units == "detectors":
+            if self.ops.dissection is None:
+                raise ValueError(
+                    "ops.ablation.units: detectors are dissection's; add ops.dissection, or rank all units "
+                    "(units: all) or a list of them"
+                )
+            dissected = self.ops.dissection.layers or self.model.layer_names
+            for index, layer in enumerate(self.ablation_layers):
+                if layer not in dissected:
+                    raise ValueError(
+                        f"ops.ablation.layers[{index}]: {layer!r} is not dissected ({dissected}), so it has no "
+                        "detectors; dissect it (ops.dissection.layers) or set ops.ablation.units: all"
+                    )
+        return self
+
+    @property
+    def ablation_layers(self) -> list[str]:
+        params = self.ops.ablation
+        return [] if params is None else list(params.layers or self.model.layer_names[-1:])
+
+    @model_validator(mode="after")
     def _gates_fit_ops(self) -> AuditSpec:
         seen = set()
         for index, gate in enumerate(self.gates):
@@ -184,6 +212,15 @@ class AuditSpec(StrictModel):
                     f"gates[{index}].layer: {gate.layer!r} is not a dissected layer "
                     f"{self.ops.dissection.layers or self.model.layer_names}"
                 )
+            if isinstance(gate, AblationGate):
+                if gate.layer is not None and gate.layer not in self.ablation_layers:
+                    raise ValueError(
+                        f"gates[{index}].layer: {gate.layer!r} is not an ablated layer {self.ablation_layers}"
+                    )
+                if gate.k is not None and gate.k not in self.ops.ablation.sizes:
+                    raise ValueError(
+                        f"gates[{index}].k: {gate.k} is not one of ops.ablation.sizes {self.ops.ablation.sizes}"
+                    )
             if gate.label in seen:
                 raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")
             seen.add(gate.label)
@@ -198,4 +235,7 @@ class AuditSpec(StrictModel):
                 f"--only: {', '.join(unknown)} not declared under ops in the spec; "
                 f"declared methods: {', '.join(declared) or 'none'}"
             )
-        return [name for name in declared if only is None or name in only]
+        selected = [name for name in declared if only is None or name in only]
+        if "ablation" in selected and self.ops.ablation.units == "detectors" and "dissection" not in selected:
+            raise SpecError("--only: ablation ranks dissection's detectors (ops.ablation.units); add --only dissection")
+        return selected

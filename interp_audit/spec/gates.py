@@ -91,8 +91,17 @@ class ActmaxGate(_GateBase):
     )
 
 
-GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate)
-Gate = Annotated[DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate, Field(discriminator="metric")]
+class AblationGate(_GateBase):
+    metric: Literal["ablation.max_drop"] = Field(
+        description="largest drop of a class's balanced accuracy when its K most important units are zeroed: "
+        "a model whose few units carry a whole class is fragile"
+    )
+    layer: str | None = Field(None, description="only this ablated layer (default: all)")
+    k: int | None = Field(None, description="K, one of ops.ablation.sizes (default: the smallest)")
+
+
+GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate)
+Gate = Annotated[DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate, Field(discriminator="metric")]
 
 
 def gate_metrics() -> list[str]:

@@ -128,9 +128,46 @@ class DissectionSpec(StrictModel):
     )
 
 
+class AblationSpec(StrictModel):
+    """Unit ablation (Bau et al. 2020): zero each class's most important units of a layer and measure what the class
+    loses, next to random units of the layer: whether the decision uses what the units detect."""
+
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers to ablate, each one of model.layers that every path to the logits goes through "
+        "(default: the last of model.layers)",
+    )
+    units: Literal["all", "detectors"] | list[NonNegativeInt] = Field(
+        "all",
+        description="the units ranked per class: all of the layer's, dissection's detectors on the layer "
+        "(needs ops.dissection), or a list of unit indices",
+    )
+    sizes: list[PositiveInt] = Field(
+        [1, 4, 16], min_length=1, description="K: the K ranked units of largest effect on a class are zeroed together"
+    )
+    random_draws: NonNegativeInt = Field(10, description="random sets of K units of the layer per K, for comparison")
+    batch_size: PositiveInt = Field(256, description="samples per ONNX Runtime call")
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, units: str | list[int]) -> str | list[int]:
+        if isinstance(units, list) and not units:
+            raise ValueError("must name at least one unit (got [])")
+        return units
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"each size once (got {sizes})")
+        return sorted(sizes)
+
+
 class OpsSpec(StrictModel):
     """One block per interpretability method; each method issue adds its block here."""
 
     lime: LimeSpec | None = None
     activation_max: ActivationMaxSpec | None = None
     dissection: DissectionSpec | None = None
+    ablation: AblationSpec | None = None

@@ -104,3 +104,22 @@ class ScaledGrayNet(GrayNet):
 def scaled_gray_net():
     torch.manual_seed(0)
     return ScaledGrayNet()
+
+
+class SkipGrayNet(GrayNet):
+    """GrayNet whose second convolution has a skip connection around it (a residual block, as in ResNets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip_conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 13 * 13, 10)
+
+    def forward(self, x):
+        body = self.body
+        x = body.pool(body.act1(body.conv1(x)))
+        return self.head(torch.relu(self.skip_conv(x) + x).flatten(1))
+
+
+def skip_gray_net():
+    torch.manual_seed(0)
+    return SkipGrayNet()
