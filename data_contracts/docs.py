@@ -81,7 +81,7 @@ ISO 8601 in UTC; a missing number is `null`. `--format csv` (row listings only) 
 | command | prints |
 |---|---|
 | `report list` | one object per run: the `audit_runs` columns but `spec_text`, and the partition columns `model`, `version` |
-| `report show RUN` | `run` (the `audit_runs` row), `onnx_parity`, `contract_results`, `dissection_summary`, `ablation_results`, `gate_results`, `version_diffs` (lists of the run's rows), `reviews` (its rows oldest first, each with `matches_tables`), `tables_sha256` (the run's tables now), `table_rows` (rows per table) |
+| `report show RUN` | `run` (the `audit_runs` row), `onnx_parity`, `contract_results`, `dissection_summary`, `ablation_results`, `sanity_checks`, `gate_results`, `version_diffs` (lists of the run's rows), `reviews` (its rows oldest first, each with `matches_tables`), `tables_sha256` (the run's tables now), `table_rows` (rows per table) |
 | `report diff MODEL OLD NEW` | `model`, `old_version`, `new_version`, `headline`, `version_diffs` (the pair's rows) |
 | `report query SQL` | one object per result row, keyed by the query's column names |
 | `verdict MODEL VERSION` | the verdict, as [`docs/verdict.schema.json`](verdict.schema.json) specifies (`schema_version` 1) |"""

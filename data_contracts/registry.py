@@ -11,6 +11,7 @@ _TABLE_MODULES = (
     "predictions",
     "lime_explanations",
     "lime_attributions",
+    "sanity_checks",
     "actmax_units",
     "actmax_exemplars",
     "dissection_units",

@@ -1,13 +1,15 @@
 """How the audit's methods fan out: every method's tasks submitted at once, their rows gathered as tables.
 
-Every task submitted here is GPU-bound (it runs the model) but the random-init baseline's export, which is torch
-export on the CPU: ``task_resources`` turns that into what each asks a Ray cluster for."""
+Every task submitted here is GPU-bound (it runs the model) but the torch exports of re-drawn copies (dissection's
+random-init baseline, LIME sanity's cascade), which run on the CPU: ``task_resources`` turns that into what each asks
+a Ray cluster for."""
 
 from __future__ import annotations
 
 import warnings
 
 import pyarrow as pa
+from rich.markup import escape
 
 import data_contracts
 from flows.runners import fenced_by, shipping, task_resources
@@ -17,7 +19,7 @@ from tasks.ablation import ablate_layer
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
 from tasks.inference import check_parity, predict
-from tasks.lime import explain_with_lime
+from tasks.lime import check_lime_sanity, explain_with_lime, export_randomised_cascade
 
 
 def method_tables(
@@ -38,7 +40,19 @@ def method_tables(
             if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
             else None
         )
-    exports = fenced_by([baseline_export] if baseline_export is not None else [])  # for parity and renders
+        sanity = spec.ops.lime.sanity if "lime" in methods and spec.ops.lime is not None else None
+        cascade_export = (
+            export_randomised_cascade.submit(
+                checked.model,
+                tuple(spec.model.input.shape),
+                None if sanity.steps == "all" else sanity.steps,
+                spec.seed,
+            )
+            if sanity is not None
+            else None
+        )
+    # for parity and renders
+    exports = fenced_by([export for export in (baseline_export, cascade_export) if export is not None])
     with task_resources(gpu=True):
         shipped_onnx, shipped_inputs = ship(onnx_bytes), ship(inputs)
         predictions = predict.submit(shipped_onnx, shipped_inputs, checked.device)
@@ -56,6 +70,11 @@ def method_tables(
             else None
         )
         lime_batches = submit_lime(spec, inputs, shipped_onnx, checked, ship) if "lime" in methods else []
+        sanity_checked = (
+            submit_lime_sanity(spec, inputs, shipped_onnx, checked, ship, cascade_export)
+            if sanity is not None
+            else None
+        )
         actmax = (
             submit_actmax(spec, shipped_inputs, shipped_onnx, checked, exports) if "activation_max" in methods else None
         )
@@ -71,6 +90,9 @@ def method_tables(
         rows["lime_explanations"] = [row for batch in explanations for row in batch]
         rows["lime_attributions"] = [row for batch in attributions for row in batch]
         progress.step(f"LIME: {len(rows['lime_explanations'])} explanations")
+    if sanity_checked is not None:
+        rows["sanity_checks"] = sanity_checked.result()
+        progress.step(sanity_headline(rows["sanity_checks"]))
     if actmax is not None:
         renders, exemplars = actmax
         rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(
@@ -128,6 +150,34 @@ def submit_lime(spec, inputs, onnx_bytes, checked, ship) -> list:
             )
         )
     return futures
+
+
+def submit_lime_sanity(spec, inputs, onnx_bytes, checked, ship, cascade_export):
+    """One task: the first ``sanity.samples`` LIME samples explained by each randomised copy of the cascade."""
+    params = spec.ops.lime
+    batch = lime_sample_indices(params, inputs.ids)[: params.sanity.samples]
+    return check_lime_sanity.submit(
+        onnx_bytes,
+        cascade_export,
+        ship(inputs.x[batch]),
+        sample_ids=[inputs.ids[i] for i in batch],
+        sample_keys=batch,
+        labels=lime_labels(params, inputs.class_names, checked.num_classes),
+        settings=params.explainer_settings(),
+        input_spec=spec.model.input,
+        seed=spec.seed,
+        device=checked.device,
+    )
+
+
+def sanity_headline(rows: list[dict]) -> str:
+    last = max(row["step"] for row in rows)
+    first = [row["similarity"] for row in rows if row["step"] == 1]
+    final = [row["similarity"] for row in rows if row["step"] == last]
+    return (
+        f"LIME sanity: rank similarity to the model's explanations {sum(first) / len(first):.2f} with the top layer "
+        f"re-drawn, {sum(final) / len(final):.2f} with {last} layer(s)"
+    )
 
 
 def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list) -> tuple[list, object]:
@@ -194,8 +244,8 @@ def ablation_headline(rows: list[dict]) -> str:
     k = min(row["k"] for row in rows)
     worst = max((row for row in rows if row["k"] == k), key=lambda row: row["accuracy_drop"])
     return (
-        f"ablation: {len(rows)} class x K results; zeroing {k} unit(s) costs {worst['class_name']} at most "
-        f"{worst['accuracy_drop']:.2f} balanced accuracy ({worst['layer']})"
+        f"ablation: {len(rows)} class x K results; zeroing {k} unit(s) costs {escape(worst['class_name'])} at most "
+        f"{worst['accuracy_drop']:.2f} balanced accuracy ({escape(worst['layer'])})"
     )
 
 

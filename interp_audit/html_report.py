@@ -236,6 +236,27 @@ def _lime(explanations: pd.DataFrame, attributions: pd.DataFrame) -> dict | None
     return {"count": len(explanations), "means": means, "cards": cards, "tabular": tabular}
 
 
+def _sanity(checks: pd.DataFrame) -> list[dict] | None:
+    """The similarity-by-layer curve: per randomisation step, the mean rank similarity to the model's explanations
+    (the bar: of the absolute weights, 0 to 1)."""
+    if checks.empty:
+        return None
+    steps = checks.groupby(["step", "randomised_through"], sort=True)[["similarity", "similarity_abs"]].agg(
+        ["mean", "max"]
+    )
+    return [
+        {
+            "step": step,
+            "layer": layer,
+            "mean": values[("similarity", "mean")],
+            "max": values[("similarity", "max")],
+            "mean_abs": values[("similarity_abs", "mean")],
+            "width": round(100 * min(max(values[("similarity_abs", "mean")], 0.0), 1.0), 1),
+        }
+        for (step, layer), values in steps.iterrows()
+    ]
+
+
 def _actmax(units: pd.DataFrame, exemplars: pd.DataFrame) -> dict | None:
     if units.empty:
         return None
@@ -408,6 +429,7 @@ def render_html(store: str | Path | ReportStore, run_id: str) -> str:
         "contracts": _contracts(table("contract_results")),
         "predictions": _predictions(table("predictions")),
         "lime": _lime(table("lime_explanations"), table("lime_attributions")),
+        "sanity": _sanity(table("sanity_checks")),
         "actmax": _actmax(table("actmax_units"), table("actmax_exemplars")),
         "dissection": _dissection(table("dissection_summary"), table("dissection_units")),
         "ablation": _ablation(table("ablation_results"), table("dissection_units")),

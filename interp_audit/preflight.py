@@ -79,6 +79,11 @@ def check_needs_torch(spec, what: str) -> None:
             f"ops.activation_max: {what}, which gives no gradients; register the torch model "
             "(interp_audit.registry.log_model) or remove ops.activation_max"
         )
+    if spec.ops.lime is not None and spec.ops.lime.sanity is not None:
+        raise SpecError(
+            f"ops.lime.sanity: {what}, whose weights cannot be re-drawn; register the torch model "
+            "(interp_audit.registry.log_model) or remove ops.lime.sanity"
+        )
     if spec.ops.dissection is not None and spec.ops.dissection.baseline == "random_init":
         raise SpecError(
             f"ops.dissection.baseline: {what}, whose architecture cannot be re-initialised; register "

@@ -14,6 +14,7 @@ from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.spec import InputSpec
 from interp_ops import dissection, onnx_bundle
 from interp_ops.concepts import ConceptDataError, ConceptSet
+from interp_ops.randomisation import random_init_copy
 from interp_ops.token_grid import TokenGrid
 from tasks import CACHED, cached
 from tasks.gpu import compute_share
@@ -39,7 +40,7 @@ def export_random_baseline(
     model: ModelRef, input_shape: tuple[int, ...], layers: list[str], grids: dict[str, TokenGrid], seed: int
 ) -> bytes:
     """The ONNX bundle of the same architecture with seeded random weights: what chance alone detects."""
-    baseline = dissection.random_init_copy(build_torch_model(model), seed)
+    baseline = random_init_copy(build_torch_model(model), seed)
     return onnx_bundle.export_torch(baseline, input_shape, layers, grids)
 
 

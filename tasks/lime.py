@@ -7,9 +7,12 @@ from prefect import task
 
 from interp_audit.blobs import materialized
 from interp_audit.errors import SpecError
+from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.spec import InputSpec
 from interp_ops import lime, onnx_bundle
 from interp_ops.datasets import to_display
+from interp_ops.randomisation import cascade_order, cascading_copies
+from interp_ops.sanity import randomisation_similarity
 from tasks import CACHED
 from tasks.gpu import compute_share
 
@@ -73,6 +76,65 @@ def explain_with_lime(
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None
     return report_rows(result, sample_ids, class_names)
+
+
+@task(name="randomised-cascade", **CACHED)
+def export_randomised_cascade(
+    model: ModelRef, input_shape: tuple[int, ...], steps: int | None, seed: int
+) -> list[tuple[str, bytes]]:
+    """The ONNX bundles of the cascade of randomised copies (``interp_ops.randomisation.cascading_copies``): the
+    top module re-drawn, then one more per step (``steps`` of them; None: every module), each with its name."""
+    torch_model = build_torch_model(model)
+    copies = cascading_copies(torch_model, seed, steps or len(cascade_order(torch_model)))
+    return [(name, onnx_bundle.export_torch(copy.eval(), input_shape, [])) for name, copy in copies]
+
+
+@task(name="lime-sanity", **CACHED)
+def check_lime_sanity(
+    onnx_bytes: bytes,
+    cascade: list[tuple[str, bytes]],
+    x: np.ndarray,
+    sample_ids: list[str],
+    sample_keys: list[int],
+    labels: list[int] | None,
+    settings: dict,
+    input_spec: InputSpec,
+    seed: int,
+    device: str,
+) -> list[dict]:
+    """``sanity_checks`` rows: the samples explained with LIME's segments, perturbations and labels by each
+    randomised copy of the ``cascade``, compared with their explanations by the model."""
+    onnx_bytes, x = materialized(onnx_bytes), materialized(x)
+    with compute_share(device) as threads:
+        original = _predict(onnx_bytes, device, threads)
+        explain = lime.ImageLime(original, settings["batch_size"]).fixed_surrogates(
+            x,
+            to_display(x, input_spec.range, input_spec.mean, input_spec.std),
+            None if labels is None else [labels] * len(x),
+            num_samples=settings["num_samples"],
+            kernel_width=settings["kernel_width"] or 0.25,
+            hide=settings["hide"],
+            segmentation=lime.Segmentation(**settings["segmentation"]),
+            seed=seed,
+            heldout_samples=settings["heldout_samples"],
+            sample_keys=sample_keys,
+        )
+        randomised = [_predict(materialized(copy), device, threads) for _, copy in cascade]
+        signed, absolute = randomisation_similarity(explain, original, randomised)
+    return [
+        {
+            "method": "lime",
+            "sample_id": sample_id,
+            "label": int(label),
+            "step": step + 1,
+            "randomised_through": name,
+            "similarity": float(signed[step, index, position]),
+            "similarity_abs": float(absolute[step, index, position]),
+        }
+        for step, (name, _) in enumerate(cascade)
+        for index, sample_id in enumerate(sample_ids)
+        for position, label in enumerate(explain.labels[index])
+    ]
 
 
 def report_rows(

@@ -22,12 +22,12 @@ from interp_ops.dissection import (
     detectors,
     dissect,
     exact_quantile_threshold,
-    random_init_copy,
     results_tables,
     top_values_needed,
     upsample_maps,
 )
 from interp_ops.onnx_bundle import export_torch, make_session
+from interp_ops.randomisation import random_init_copy
 
 SIZE = 64
 PLANTED_LAYERS = ["color", "texture", "pooled"]

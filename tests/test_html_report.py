@@ -36,6 +36,7 @@ ALL_SECTIONS = [
     "lime",
     "activation_max",
     "dissection",
+    "ablation",
     "reproducibility",
 ]
 HOSTILE_CLASSES = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "tri&amp; \"angle\" 'q'"]

@@ -152,6 +152,18 @@ def report_show(
                 ),
             )
         console.print(table)
+    checks = load_table(opened, "sanity_checks", run_id=run_row["run_id"])
+    if len(checks):
+        table = Table("step", "re-drawn through", "similarity", "highest", "of |weights|", title="LIME sanity check")
+        for (step, layer), group in checks.groupby(["step", "randomised_through"], sort=True):
+            table.add_row(
+                str(step),
+                layer,
+                f"{group.similarity.mean():.2f}",
+                f"{group.similarity.max():.2f}",
+                f"{group.similarity_abs.mean():.2f}",
+            )
+        console.print(table)
     ablation = load_table(opened, "ablation_results", run_id=run_row["run_id"])
     if len(ablation):
         table = Table(
@@ -213,6 +225,7 @@ SHOWN_TABLES = (
     "contract_results",
     "dissection_summary",
     "ablation_results",
+    "sanity_checks",
     "gate_results",
     "version_diffs",
 )

@@ -164,6 +164,18 @@ class AuditSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _lime_sanity_fits_model(self) -> AuditSpec:
+        if self.ops.lime is None or self.ops.lime.sanity is None:
+            return self
+        if self.model.source in ("onnx", "sklearn"):
+            raise ValueError(
+                f"ops.lime.sanity: the check re-draws the weights of the torch architecture, which an "
+                f"{self.model.source} model does not give; audit the torch model or remove ops.lime.sanity"
+            )
+        self._require_image_model("lime.sanity")
+        return self
+
+    @model_validator(mode="after")
     def _ablation_fits_model(self) -> AuditSpec:
         params = self.ops.ablation
         if params is None:

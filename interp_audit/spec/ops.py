@@ -30,6 +30,16 @@ class SegmentationSpec(StrictModel):
     compactness: PositiveFloat = Field(10.0, description="slic only")
 
 
+class LimeSanitySpec(StrictModel):
+    """The cascading randomisation check (Adebayo et al. 2018): the same samples explained, with the same segments,
+    perturbations and labels, by copies of the model whose weights are re-drawn from the top layer down."""
+
+    samples: PositiveInt = Field(4, description="the first N explained samples are checked")
+    steps: PositiveInt | Literal["all"] = Field(
+        "all", description="layers re-drawn, one more per step from the output down: all of them, or the top N"
+    )
+
+
 class LimeSpec(StrictModel):
     """LIME (Ribeiro et al. 2016): a weighted linear surrogate of the model around each sample."""
 
@@ -48,6 +58,9 @@ class LimeSpec(StrictModel):
     stability_seeds: PositiveInt = Field(3, description="seeds whose top-k are compared for stability (1 = off)")
     heldout_samples: NonNegativeInt = Field(200, description="fresh perturbations for the held-out R^2 (0 = off)")
     samples_per_task: PositiveInt = Field(8, description="samples per Prefect task (the fan-out unit)")
+    sanity: LimeSanitySpec | None = Field(
+        None, description="explain randomised copies of the model and record how similar the explanations stay"
+    )
 
     @field_validator("num_samples")
     @classmethod
@@ -58,7 +71,7 @@ class LimeSpec(StrictModel):
 
     def explainer_settings(self) -> dict:
         """What a LIME task reads: how to explain, not which samples or labels nor how the flow batches them."""
-        return self.model_dump(exclude={"samples", "labels", "samples_per_task"})
+        return self.model_dump(exclude={"samples", "labels", "samples_per_task", "sanity"})
 
 
 UNITS_FIRST = re.compile(r"^first:(?P<count>[1-9][0-9]*)$")

@@ -31,7 +31,6 @@ import torch
 
 from interp_ops.concepts import ConceptBatch, ConceptSet
 from interp_ops.datasets import Samples, to_model_input
-from interp_ops.dissection.baseline import random_init_copy
 from interp_ops.dissection.result import DissectionError, DissectionResult
 from interp_ops.dissection.tables import (
     DEFAULT_IOU_THRESHOLD,
@@ -60,7 +59,6 @@ __all__ = [
     "detectors",
     "dissect",
     "exact_quantile_threshold",
-    "random_init_copy",
     "results_tables",
     "top_values_needed",
     "upsample_maps",

@@ -109,6 +109,16 @@ class Fit:
     insertion_auc: np.ndarray
 
 
+def _sample_keys(sample_keys: Sequence[int] | None, count: int) -> list[int]:
+    keys = list(range(count)) if sample_keys is None else [int(key) for key in sample_keys]
+    if len(keys) != count or min(keys, default=0) < 0:
+        raise LimeInputError(
+            f"sample_keys has {len(keys)} entries for {count} samples; give one "
+            "non-negative integer per sample (e.g. its index in the data set)"
+        )
+    return keys
+
+
 def explain_samples(
     predict: Predict,
     batch_size: int,
@@ -122,12 +132,7 @@ def explain_samples(
     neighbourhood, and its scores; the other stability_seeds - 1 seeds serve only the stability score."""
     num_samples, seed, stability_seeds = settings.num_samples, settings.seed, settings.stability_seeds
     input_shape = inputs.shape[1:]
-    keys = list(range(len(inputs))) if sample_keys is None else [int(key) for key in sample_keys]
-    if len(keys) != len(inputs) or min(keys, default=0) < 0:
-        raise LimeInputError(
-            f"sample_keys has {len(keys)} entries for {len(inputs)} samples; give one "
-            "non-negative integer per sample (e.g. its index in the data set)"
-        )
+    keys = _sample_keys(sample_keys, len(inputs))
     probabilities = predict_in_batches(predict, [GivenRows(inputs)], input_shape, batch_size)[0]
     labels = _resolve_labels(labels, probabilities)
     rows = num_samples + settings.heldout_samples
@@ -179,3 +184,55 @@ def explain_samples(
             )
         )
     return fits
+
+
+@dataclass(frozen=True)
+class FixedSurrogates:
+    """An explainer with its samples, labels and perturbations fixed: called with a model's predictions, it returns
+    each sample's surrogate coefficients (labels, features), so explanations of different models differ only by
+    the model."""
+
+    labels: list[np.ndarray]  # per sample, the labels explained
+    hoods: list  # per sample, its Neighbourhood
+    kernels: list[np.ndarray]
+    input_shape: tuple[int, ...]
+    num_samples: int
+    batch_size: int
+
+    def __call__(self, predict: Predict) -> list[np.ndarray]:
+        predicted = predict_in_batches(predict, [hood.inputs for hood in self.hoods], self.input_shape, self.batch_size)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return [
+                fit_surrogate(hood.binary, predicted[i][:, self.labels[i]], self.kernels[i], self.num_samples)[0]
+                for i, hood in enumerate(self.hoods)
+            ]
+
+
+def fixed_surrogates(
+    predict: Predict,
+    batch_size: int,
+    perturbation: Perturbation,
+    inputs: np.ndarray,
+    labels: list[list[int]] | None,
+    settings: LoopSettings,
+    sample_keys: Sequence[int] | None,
+) -> FixedSurrogates:
+    """The surrogates ``explain_samples`` fits (on the first seed's neighbourhoods, for the labels it resolves with
+    ``predict``), as a function of the model: given ``predict`` they are exactly the weights ``explain_samples``
+    reports; given another model's, that model's weights on the same perturbations, for the same labels."""
+    keys = _sample_keys(sample_keys, len(inputs))
+    input_shape = inputs.shape[1:]
+    probabilities = predict_in_batches(predict, [GivenRows(inputs)], input_shape, batch_size)[0]
+    rows = settings.num_samples + settings.heldout_samples  # the draws explain_samples makes, the same rows
+    hoods = [
+        perturbation.neighbourhood(index, np.random.default_rng([settings.seed, keys[index]]), rows)
+        for index in range(len(inputs))
+    ]
+    return FixedSurrogates(
+        labels=_resolve_labels(labels, probabilities),
+        hoods=hoods,
+        kernels=[exponential_kernel(perturbation.distance(hood.binary), settings.kernel_width) for hood in hoods],
+        input_shape=input_shape,
+        num_samples=settings.num_samples,
+        batch_size=batch_size,
+    )

@@ -18,7 +18,13 @@ import numpy as np
 from interp_ops.images import png_bytes
 from interp_ops.lime.batching import Predict
 from interp_ops.lime.errors import LimeInputError
-from interp_ops.lime.explain import LoopSettings, check_batch_size, explain_samples
+from interp_ops.lime.explain import (
+    FixedSurrogates,
+    LoopSettings,
+    check_batch_size,
+    explain_samples,
+    fixed_surrogates,
+)
 from interp_ops.lime.perturb import Neighbourhood, cosine_distance_to_all_on
 from interp_ops.lime.tables import LimeResult, table_rows
 
@@ -204,32 +210,9 @@ class ImageLime:
         Segmentation runs in threads on every core, so a custom segmentation must be thread-safe.
         """
         settings = LoopSettings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        display = np.asarray(display)
-        display = display[..., None] if display.ndim == 3 else display
-        if x.ndim != 4 or display.shape[:3] != (len(x), *x.shape[2:]) or display.shape[-1] not in (1, 3):
-            raise LimeInputError(
-                f"x has shape {x.shape} and display {display.shape}; give x as (N, C, H, W) and "
-                "display as (N, H, W, 1 or 3) with the same N, H and W"
-            )
-        if hide != "mean" and not isinstance(hide, (int, float, np.floating)):
-            raise LimeInputError(f"hide={hide!r} must be 'mean' or a number in model-input units")
-        # skimage's segmenters release the GIL, and the model is idle meanwhile: use every core
-        with ThreadPoolExecutor(max_workers=max(1, min(len(display), _usable_cores()))) as pool:
-            segment_maps = list(pool.map(partial(_segment, segmentation), display, range(len(display))))
-        ids, segment_of_pixel = zip(*(np.unique(m, return_inverse=True) for m in segment_maps))
-        segment_of_pixel = [index.ravel() for index in segment_of_pixel]
-        channels, pixels = x.shape[1], x.shape[2] * x.shape[3]
-        sources = x.reshape(len(x), channels, pixels)
-        fills = [  # row-major (np.take; [:, index] would give column-major and stride every compose pass)
-            np.take(segment_means(source, index, len(names)), index, axis=1)
-            if hide == "mean"
-            else np.full((channels, pixels), hide, dtype=np.float32)
-            for source, index, names in zip(sources, segment_of_pixel, ids)
-        ]
-        images = SegmentedImages(
-            sources, fills, [_PixelRuns.of(index) for index in segment_of_pixel], [len(names) for names in ids]
-        )
+        x, display, segmented = _segmented(x, display, hide, segmentation)
+        images, segment_maps, ids, segment_of_pixel = segmented
+        pixels = x.shape[2] * x.shape[3]
         fits = explain_samples(self.predict, self.batch_size, images, x, labels, settings, sample_keys)
         area_fractions = [np.bincount(index) / pixels for index in segment_of_pixel]
         height, width = x.shape[2:]
@@ -250,3 +233,55 @@ class ImageLime:
             },
         )
         return LimeResult(explanations, attributions)
+
+    def fixed_surrogates(
+        self,
+        x: np.ndarray,
+        display: np.ndarray,
+        labels: list[list[int]] | None = None,
+        *,
+        num_samples: int = 1000,
+        kernel_width: float = 0.25,
+        hide: Literal["mean"] | float = "mean",
+        segmentation: Segmentation = Segmentation(),
+        seed: int = 0,
+        heldout_samples: int = 200,
+        sample_keys: Sequence[int] | None = None,
+    ) -> FixedSurrogates:
+        """``attribute``'s surrogate weights (same segments, perturbations and labels, taken with this explainer's
+        model) as a function of the model: what a sanity check compares across randomised models."""
+        settings = LoopSettings(num_samples, kernel_width, 1, seed, 1, heldout_samples)
+        x, _, (images, *_) = _segmented(x, display, hide, segmentation)
+        return fixed_surrogates(self.predict, self.batch_size, images, x, labels, settings, sample_keys)
+
+
+def _segmented(x: np.ndarray, display: np.ndarray, hide, segmentation: Segmentation):
+    """x as float32, display as (N, H, W, C'), and (the segmented images, their segment maps, each image's segment
+    ids, each pixel's segment index per image)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    display = np.asarray(display)
+    display = display[..., None] if display.ndim == 3 else display
+    if x.ndim != 4 or display.shape[:3] != (len(x), *x.shape[2:]) or display.shape[-1] not in (1, 3):
+        raise LimeInputError(
+            f"x has shape {x.shape} and display {display.shape}; give x as (N, C, H, W) and "
+            "display as (N, H, W, 1 or 3) with the same N, H and W"
+        )
+    if hide != "mean" and not isinstance(hide, (int, float, np.floating)):
+        raise LimeInputError(f"hide={hide!r} must be 'mean' or a number in model-input units")
+    # skimage's segmenters release the GIL, and the model is idle meanwhile: use every core
+    with ThreadPoolExecutor(max_workers=max(1, min(len(display), _usable_cores()))) as pool:
+        segment_maps = list(pool.map(partial(_segment, segmentation), display, range(len(display))))
+    ids, segment_of_pixel = zip(*(np.unique(m, return_inverse=True) for m in segment_maps))
+    segment_of_pixel = [index.ravel() for index in segment_of_pixel]
+    channels, pixels = x.shape[1], x.shape[2] * x.shape[3]
+    sources = x.reshape(len(x), channels, pixels)
+    fills = [  # row-major (np.take; [:, index] would give column-major and stride every compose pass)
+        np.take(segment_means(source, index, len(names)), index, axis=1)
+        if hide == "mean"
+        else np.full((channels, pixels), hide, dtype=np.float32)
+        for source, index, names in zip(sources, segment_of_pixel, ids)
+    ]
+    images = SegmentedImages(
+        sources, fills, [_PixelRuns.of(index) for index in segment_of_pixel], [len(names) for names in ids]
+    )
+    return x, display, (images, segment_maps, ids, segment_of_pixel)

@@ -1,0 +1,184 @@
+"""Sanity checks of explanations (issue 20; Adebayo et al. 2018): the model's weights re-drawn from the output down,
+the same samples explained again. Ground truth: the reference is LIME's own explanation, bit for bit; an explainer
+that ignores the model is flagged by the contract, and LIME on the honest demo model is not."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import store_is_empty
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import data_contracts
+from flows.cli import app
+from interp_audit import report
+from interp_ops import datasets, lime, onnx_bundle
+from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
+from interp_ops.randomisation import cascade_order, cascading_copies
+from interp_ops.sanity import randomisation_similarity, rank_similarity
+from tasks.lime import _predict
+
+runner = CliRunner()
+SHAPE = tuple(DEMO_INPUT["shape"])
+SEGMENTS = lime.Segmentation(method="slic", n_segments=30)
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def honest(trained):
+    model = shapes_cnn()
+    model.load_state_dict(load_file(trained["honest"].weights_path))
+    samples = datasets.load_samples("builtin:shapes?split=val&n=6", ".", 0)
+    x = datasets.to_model_input(samples, SHAPE, (0, 1), DEMO_INPUT["mean"], DEMO_INPUT["std"])
+    display = datasets.to_display(x, (0, 1), DEMO_INPUT["mean"], DEMO_INPUT["std"])
+    return model.eval(), x, display
+
+
+def onnx_predict(model):
+    return _predict(onnx_bundle.export_torch(model.eval(), SHAPE, []), "cpu", 0)
+
+
+def test_the_reference_is_limes_own_explanation_and_the_cascade_redraws_one_more_module_per_step(honest):
+    model, x, display = honest
+    original = onnx_predict(model)
+    settings = dict(num_samples=300, hide=0.0, segmentation=SEGMENTS, seed=4, heldout_samples=20)
+    explained = lime.ImageLime(original).attribute(x, display, stability_seeds=1, **settings)
+    weights = lime.ImageLime(original).fixed_surrogates(x, display, **settings)(original)
+    for index in range(len(x)):
+        mine = {int(r["feature"]): r["weight"] for r in explained.attributions if r["sample_index"] == index}
+        assert [mine[segment] for segment in sorted(mine)] == weights[index][0].tolist()  # bit for bit
+
+    order = cascade_order(model)
+    assert order[0] == "classifier" and order[-1] == "features.0"
+    copies = cascading_copies(model, seed=0, steps=3)
+    assert [name for name, _ in copies] == order[:3]
+    trained = dict(model.named_parameters())
+    for step, (_, copy) in enumerate(copies):
+        redrawn = {n for n, p in copy.named_parameters() if not torch.equal(p, trained[n])}
+        assert {n.rsplit(".", 1)[0] for n in redrawn} == set(order[: step + 1])
+    again = cascading_copies(model, seed=0, steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(copies[2][1].parameters(), again[2][1].parameters()))
+    # a deeper cascade draws its first steps the same
+    assert torch.equal(cascading_copies(model, 0, 4)[1][1].classifier.weight, copies[1][1].classifier.weight)
+
+
+def edge_weights(display: np.ndarray):
+    """A planted "explainer" that ignores the model: each superpixel's weight is its mean edge strength."""
+    segments = [SEGMENTS(image) for image in display]
+
+    def weights(_predict) -> list[np.ndarray]:
+        out = []
+        for image, segment_map in zip(display, segments):
+            gray = image.mean(axis=-1)
+            edges = np.hypot(*np.gradient(gray))
+            ids = np.unique(segment_map)
+            out.append(np.array([[edges[segment_map == i].mean() for i in ids]]))
+        return out
+
+    return weights
+
+
+def test_an_explainer_that_ignores_the_model_is_flagged_and_lime_on_the_honest_model_is_not(honest):
+    model, x, display = honest
+    original = onnx_predict(model)
+    randomised = [onnx_predict(copy) for _, copy in cascading_copies(model, seed=0, steps=3)]
+    explain = lime.ImageLime(original).fixed_surrogates(
+        x, display, num_samples=500, hide=0.0, segmentation=SEGMENTS, seed=0, heldout_samples=0
+    )
+    ours, ours_abs = randomisation_similarity(explain, original, randomised)
+    edges, edges_abs = randomisation_similarity(edge_weights(display), original, randomised)
+    np.testing.assert_allclose(edges, 1.0)  # the same ranking whatever the model
+    assert ours.max() < 0.7 and ours.mean() < 0.2 and ours_abs.mean() < 0.6
+
+    def rows(similarity, absolute):
+        return [
+            {"run_id": "r", "method": "lime", "sample_id": f"s{i}", "label": 0, "step": s + 1,
+             "randomised_through": "x", "similarity": float(similarity[s, i, 0]),
+             "similarity_abs": float(absolute[s, i, 0])}
+            for s in range(similarity.shape[0]) for i in range(similarity.shape[1])
+        ]  # fmt: skip
+
+    contract = {"lime.max_randomised_similarity": 0.7}
+    for similarity, absolute, passes in ((ours, ours_abs, True), (edges, edges_abs, False)):
+        table = data_contracts.conform("sanity_checks", rows(similarity, absolute))
+        results = data_contracts.validate_tables({"sanity_checks": table}, contract)
+        (threshold,) = [r for r in results if r["column"] == "similarity" and '"max_value": 0.7' in r["details"]]
+        assert threshold["success"] is passes, threshold
+
+
+def test_rank_similarity_is_spearman_per_label_and_zero_for_a_constant_ranking():
+    a = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    assert rank_similarity(a, a).tolist() == [1.0, 1.0]
+    assert rank_similarity(a, a[::-1]).tolist() == [-1.0, -1.0]
+    assert rank_similarity(a, np.ones_like(a)).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_the_sanity_check_runs_inside_the_audit_and_is_refused_for_an_onnx_model(tmp_path, trained):
+    spec = {
+        "name": "sanity-demo",
+        "seed": 0,
+        "model": {
+            "source": "torch",
+            "name": "shapes-cnn",
+            "version": "1",
+            "factory": "interp_ops.demo_models:shapes_cnn",
+            "weights": str(trained["honest"].weights_path),
+            "input": {"shape": list(SHAPE), "mean": [0.5] * 3, "std": [0.25] * 3},
+            "layers": ["features.12"],
+        },
+        "data": "builtin:shapes?split=val&n=8",
+        "ops": {
+            "lime": {
+                "samples": 4,
+                "num_samples": 300,
+                "hide": 0.0,
+                "segmentation": {"method": "slic", "n_segments": 30},
+                "stability_seeds": 1,
+                "heldout_samples": 20,
+                "sanity": {"samples": 3, "steps": 3},
+            }
+        },
+        "contracts": {"lime.max_randomised_similarity": 0.7},
+        "report": {"store": str(tmp_path / "reports")},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, output = cli("run", path)
+    assert code == 0 and "LIME sanity: rank similarity" in output, output
+    checks = report.load_table(tmp_path / "reports", "sanity_checks")
+    assert len(checks) == 3 * 3 and checks.groupby("step").randomised_through.first().tolist() == [
+        "classifier", "features.13", "features.12"
+    ]  # fmt: skip
+    explained = report.load_table(tmp_path / "reports", "lime_explanations")
+    assert set(checks.sample_id) == set(explained.sample_id.iloc[:3])
+    assert (checks.merge(explained, on=["sample_id", "label"]).shape[0]) == len(checks)  # the labels LIME explained
+    results = report.load_table(tmp_path / "reports", "contract_results")
+    assert results[results.table_name == "sanity_checks"].success.all()
+    run_id = report.list_runs(tmp_path / "reports").run_id.iloc[0]
+    code, output = cli("report", "show", run_id, "--store", tmp_path / "reports")
+    assert code == 0 and "LIME sanity check" in output and "features.13" in output, output
+    html = tmp_path / "r.html"
+    assert cli("report", "html", run_id, "--store", tmp_path / "reports", "-o", html)[0] == 0
+    assert "Sanity check: the model" in html.read_text()
+
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(onnx_bundle.export_torch(shapes_cnn().eval(), SHAPE, []))
+    spec["model"] = {
+        "source": "onnx",
+        "name": "m",
+        "version": "1",
+        "path": str(onnx_path),
+        "input": spec["model"]["input"],
+    }
+    spec["report"]["store"] = str(tmp_path / "onnx-reports")
+    path.write_text(yaml.safe_dump(spec))
+    code, output = cli("run", path)
+    assert code == 2 and "ops.lime.sanity: the check re-draws the weights" in output, output
+    assert store_is_empty(tmp_path / "onnx-reports")
