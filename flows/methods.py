@@ -47,6 +47,9 @@ def method_tables(
                 tuple(spec.model.input.shape),
                 None if sanity.steps == "all" else sanity.steps,
                 spec.seed,
+                wait_for=fenced_by(
+                    [baseline_export] if baseline_export is not None else []
+                ),  # one torch.export at a time
             )
             if sanity is not None
             else None

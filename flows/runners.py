@@ -74,9 +74,9 @@ def task_resources(gpu: bool):
 
 def fenced_by(exports: list) -> list:
     """What a torch task must wait for among the torch ``exports`` submitted beside it. torch.export switches
-    oneDNN off for its whole process while it traces, so on the thread runner, where every task shares the flow's
-    process, torch compute beside an export would use other kernels and its floats would depend on timing: it
-    waits for them all. A Ray worker runs one task at a time, so there nothing waits (a task waiting on Ray would
+    oneDNN off for its whole process while it traces (and two exports at once break its tracing state), so on the
+    thread runner, where every task shares the flow's process, torch compute beside an export would use other
+    kernels and its floats would depend on timing: it waits for them all. A Ray worker runs one task at a time, so there nothing waits (a task waiting on Ray would
     hold a worker idle, and Ray would start another beside it)."""
     return exports if _ray_runner() is None else []
 

@@ -112,7 +112,7 @@ def test_diff_and_gates_flag_the_shortcut_version_and_pass_a_retrained_honest_on
     # the ground truth: two honest models agree with each other far more than the shortcut model agrees with either
     shortcut, retrained = agreement(store, "2"), agreement(store, "3")
     methods = report.load_table(store, "version_diffs").method.unique()
-    assert set(methods) == {"lime", "dissection", "activation_max"}
+    assert set(methods) == {"lime", "dissection", "activation_max", "ablation"}
     assert shortcut < 0.3 and retrained > shortcut + 0.15, (shortcut, retrained)
     assert v1["corner-shortcut"].value < 0.05 and v3["corner-shortcut"].value < 0.05
 
