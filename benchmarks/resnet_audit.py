@@ -8,8 +8,9 @@ at a time). Per method: ``wall`` (first start to last end of its tasks, as the P
 export, predictions and parity come from the first run's cache after it) and ``run_seconds`` (the whole command).
 The floor, measured in this process after
 the audit on the same weights: the bare model passes the method needs, timed on a slice and scaled to the whole
-(LIME: ONNX Runtime forwards of 8,000 images, logits only; act-max: torch forward + backward to `layer4` for 16
-units x 128 steps; dissection: ONNX Runtime forwards of 500 images to both layers). ``gflops``: the same work from
+(LIME: ONNX Runtime forwards of every image LIME predicts, logits only: 8 samples x (1 + 3 stability seeds x
+(1,000 + 200 held-out perturbations) + 42 curve points) = 29,144 images, not the 8 x 1,000 an earlier version
+counted; act-max: torch forward + backward to `layer4` for 16 units x 128 steps; dissection: ONNX Runtime forwards of 500 images to both layers). ``gflops``: the same work from
 torch's FlopCounterMode on one forward (backward counted as 2x forward), and ``gpu_projection_seconds``: those
 FLOPs at 40% of one H200's 67 TFLOP/s FP32, a projection, not a measurement.
 
@@ -74,11 +75,22 @@ def task_spans(run_id: str) -> dict[str, dict]:
     return figures
 
 
+def lime_forwards(lime) -> int:
+    """The images LIME runs through the model per explained sample and label (top-1: one): the sample itself,
+    ``stability_seeds`` neighbourhoods of ``num_samples`` + ``heldout_samples`` perturbations, and the deletion and
+    insertion curves (at most CURVE_POINTS each)."""
+    from interp_ops.lime import CURVE_POINTS
+
+    per_sample = 1 + lime.stability_seeds * (lime.num_samples + lime.heldout_samples) + 2 * CURVE_POINTS
+    return lime.samples * per_sample
+
+
 def floors(spec: dict) -> dict[str, dict]:
     """The bare model passes each method needs, timed on a slice and scaled; their GFLOPs; the GPU projection."""
     from safetensors.torch import load_file
     from torch.utils.flop_counter import FlopCounterMode
 
+    from interp_audit.spec import LimeSpec
     from interp_ops import onnx_bundle, reference_models
     from interp_ops.layer_capture import LayerCapture
 
@@ -93,7 +105,7 @@ def floors(spec: dict) -> dict[str, dict]:
             model(torch.from_numpy(x[:1]))
     forward_gflops = counter.get_total_flops() / 1e9
 
-    lime_images = ops["lime"]["samples"] * ops["lime"]["num_samples"]
+    lime_images = lime_forwards(LimeSpec.model_validate(ops["lime"]))  # with the spec's defaults filled in
     per_image = timed(lambda: onnx_bundle.run_session(session, x, batch_size=32, outputs=[onnx_bundle.LOGITS])) / len(x)
     units, steps = int(ops["activation_max"]["units"].split(":")[1]), ops["activation_max"]["steps"]
     image = torch.randn(units, 3, 224, 224, requires_grad=True)
