@@ -27,6 +27,22 @@ def _predict(onnx_bytes: bytes, device: str, threads: int) -> lime.Predict:
     return predict
 
 
+def _image_arguments(
+    x: np.ndarray, labels: list[int] | None, settings: dict, input_spec: InputSpec
+) -> tuple[tuple, dict]:
+    """What ``ImageLime.attribute`` and ``.fixed_surrogates`` both take from the spec: the images, their display
+    and each one's labels; and how to segment, perturb and weigh."""
+    options = dict(
+        num_samples=settings["num_samples"],
+        kernel_width=settings["kernel_width"] or 0.25,
+        hide=settings["hide"],
+        segmentation=lime.Segmentation(**settings["segmentation"]),
+        heldout_samples=settings["heldout_samples"],
+    )
+    display = to_display(x, input_spec.range, input_spec.mean, input_spec.std)
+    return (x, display, None if labels is None else [labels] * len(x)), options
+
+
 @task(name="lime", **CACHED)
 def explain_with_lime(
     onnx_bytes: bytes,
@@ -46,32 +62,31 @@ def explain_with_lime(
     so the result does not depend on how the flow batches samples. ``settings``: ``LimeSpec.explainer_settings``."""
     onnx_bytes, x, training_data = materialized(onnx_bytes), materialized(x), materialized(training_data)
     per_sample_labels = None if labels is None else [labels] * len(x)
-    common = dict(
-        num_samples=settings["num_samples"],
-        top_k=settings["top_k"],
-        seed=seed,
-        sample_keys=sample_keys,
-        stability_seeds=settings["stability_seeds"],
-        heldout_samples=settings["heldout_samples"],
-    )
     with compute_share(device) as threads:
         predict = _predict(onnx_bytes, device, threads)
         try:
             if x.ndim == 4:
-                segmentation = lime.Segmentation(**settings["segmentation"])
+                images, options = _image_arguments(x, labels, settings, input_spec)
                 result = lime.ImageLime(predict, settings["batch_size"]).attribute(
-                    x,
-                    to_display(x, input_spec.range, input_spec.mean, input_spec.std),
-                    per_sample_labels,
-                    kernel_width=settings["kernel_width"] or 0.25,
-                    hide=settings["hide"],
-                    segmentation=segmentation,
-                    **common,
+                    *images,
+                    **options,
+                    top_k=settings["top_k"],
+                    stability_seeds=settings["stability_seeds"],
+                    seed=seed,
+                    sample_keys=sample_keys,
                 )
             else:
                 names = feature_names or [f"x{i}" for i in range(x.shape[1])]
                 result = lime.TabularLime(predict, training_data, names, settings["batch_size"]).attribute(
-                    x, per_sample_labels, kernel_width=settings["kernel_width"], **common
+                    x,
+                    per_sample_labels,
+                    kernel_width=settings["kernel_width"],
+                    num_samples=settings["num_samples"],
+                    top_k=settings["top_k"],
+                    seed=seed,
+                    sample_keys=sample_keys,
+                    stability_seeds=settings["stability_seeds"],
+                    heldout_samples=settings["heldout_samples"],
                 )
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None
@@ -107,17 +122,9 @@ def check_lime_sanity(
     onnx_bytes, x = materialized(onnx_bytes), materialized(x)
     with compute_share(device) as threads:
         original = _predict(onnx_bytes, device, threads)
+        images, options = _image_arguments(x, labels, settings, input_spec)
         explain = lime.ImageLime(original, settings["batch_size"]).fixed_surrogates(
-            x,
-            to_display(x, input_spec.range, input_spec.mean, input_spec.std),
-            None if labels is None else [labels] * len(x),
-            num_samples=settings["num_samples"],
-            kernel_width=settings["kernel_width"] or 0.25,
-            hide=settings["hide"],
-            segmentation=lime.Segmentation(**settings["segmentation"]),
-            seed=seed,
-            heldout_samples=settings["heldout_samples"],
-            sample_keys=sample_keys,
+            *images, **options, seed=seed, sample_keys=sample_keys
         )
         randomised = [_predict(materialized(copy), device, threads) for _, copy in cascade]
         signed, absolute = randomisation_similarity(explain, original, randomised)
