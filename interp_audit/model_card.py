@@ -188,6 +188,31 @@ def _methods(table: Table) -> list[tuple[str, list[tuple[str, str]]]]:
                 ],
             )
         )
+    checks = table("sanity_checks")
+    if not checks.empty:
+        by_step = checks.groupby(["step", "randomised_through"], sort=True)["similarity"].mean()
+        methods.append(
+            (
+                "LIME sanity check (weights re-drawn from the output down)",
+                [
+                    (f"mean rank similarity with {code(layer)} re-drawn (step {step})", fmt(float(value)))
+                    for (step, layer), value in by_step.items()
+                ],
+            )
+        )
+    ablation = table("ablation_results")
+    if not ablation.empty:
+        rows = []
+        for (layer, k), group in ablation.groupby(["layer", "k"], sort=True):
+            worst = group.loc[group["accuracy_drop"].idxmax()]
+            rows.append(
+                (
+                    f"largest drop of a class's balanced accuracy, {int(k)} unit(s) of {code(layer)} zeroed",
+                    f"{fmt(float(worst['accuracy_drop']))} ({text(worst['class_name'])}; random units "
+                    f"{fmt(worst['random_drop_mean'])})",
+                )
+            )
+        methods.append(("unit ablation", rows))
     units = table("dissection_units")
     if not units.empty:
         methods.append(

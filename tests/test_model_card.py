@@ -207,8 +207,9 @@ def assert_the_approved_card_parses_back(store, v1: str, tmp_path) -> None:
         assert text in markdown
     assert "**approved** by ada" in markdown and f"`{review.tables_sha256}`" in markdown
     assert "matches the current tables" in markdown
-    for method in ("### LIME", "### activation maximization", "### network dissection", "### Data contracts"):
+    for method in ("### LIME", "### activation maximization", "### network dissection", "### unit ablation"):
         assert method in markdown
+    assert "### Data contracts" in markdown and "unit(s) of `features.12` zeroed" in markdown
     assert "`lime.min_r2_heldout` | `lime_explanations.r2_heldout` | ≥ 0.2 |" in markdown
     assert "| `shape-detectors` | `dissection.detectors` |" in markdown and "No gate failed." in markdown
     assert "### Concept detectors (network dissection)" in markdown and "| triangle | object |" in markdown
