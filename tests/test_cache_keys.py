@@ -278,6 +278,7 @@ def test_task_settings_leave_out_only_what_the_flow_decides():
         "samples",
         "labels",
         "samples_per_task",
+        "sanity",  # which samples and copies the sanity task explains: its own parameters
     }
     assert set(ActivationMaxSpec.model_fields) - set(ActivationMaxSpec().render_settings()) == {
         "layers",
