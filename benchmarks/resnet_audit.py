@@ -14,11 +14,13 @@ counted; act-max: torch forward + backward to `layer4` for 16 units x 128 steps;
 torch's FlopCounterMode on one forward (backward counted as 2x forward), and ``gpu_projection_seconds``: those
 FLOPs at 40% of one H200's 67 TFLOP/s FP32, a projection, not a measurement.
 
-    make examples && .venv/bin/python benchmarks/resnet_audit.py   # ~20 min on 2 cores; results/resnet_audit.json
+    make examples && .venv/bin/python benchmarks/resnet_audit.py   # ~40 min on 2 cores; results/resnet_audit.json
+    .venv/bin/python benchmarks/resnet_audit.py --only lime --output resnet_lime   # one method
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -156,17 +158,25 @@ def main() -> None:
     from flows.prefect_api import prefect_api
     from interp_ops.reference_models import write_example_weights
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--only", choices=["lime", "activation_max", "dissection"], action="append", help="these methods (repeatable)"
+    )
+    parser.add_argument("--output", default="resnet_audit", help="results file name (benchmarks/results/NAME.json)")
+    args = parser.parse_args()
     write_example_weights(ROOT / "demo-models")
     spec = yaml.safe_load(SPEC.read_text())
     methods = {}
     with tempfile.TemporaryDirectory(prefix="interp-audit-resnet-") as work, prefect_api() as url:
-        for method in ("lime", "activation_max", "dissection"):
+        for method in args.only or ("lime", "activation_max", "dissection"):
             seconds, run_id = run_method(method, work, url)
             spans = task_spans(run_id)
             methods[method] = spans[method] | {"run_seconds": round(seconds, 1)}
             if "shared" in spans and method == "lime":  # the first run computes them; later runs read the cache
                 methods["shared"] = spans["shared"]
     for method, floor in floors(spec).items():
+        if method not in methods:
+            continue
         methods[method] |= floor
         methods[method]["wall_vs_floor"] = round(methods[method]["wall"] / floor["floor_seconds"], 2)
     report = {
@@ -176,7 +186,7 @@ def main() -> None:
         "gpu_projection": f"FLOPs at {GPU_UTILISATION:.0%} of {GPU_FP32_FLOPS / 1e12:.0f} TFLOP/s FP32 (one H200)",
     }
     print(yaml.safe_dump(report, sort_keys=False))
-    write_results("resnet_audit", report, quick=False)
+    write_results(args.output, report, quick=False)
 
 
 if __name__ == "__main__":
