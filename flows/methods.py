@@ -112,6 +112,7 @@ def method_tables(
             f"dissection: {sum(r['is_detector'] for r in rows['dissection_units'])} detectors among "
             f"{len(rows['dissection_units'])} units"
         )
+    effects = {}
     if "ablation" in methods:
         if not ranks_all_units:
             with task_resources(gpu=True):
@@ -120,7 +121,7 @@ def method_tables(
         rows["ablation_results"] = [{"layer": layer, **row} for layer, found in effects.items() for row in found.rows]
         progress.step(ablation_headline(rows["ablation_results"]))
     if dissected is not None:
-        rows["dissection_units"] = with_unit_effects(rows["dissection_units"], effects if "ablation" in methods else {})
+        rows["dissection_units"] = with_unit_effects(rows["dissection_units"], effects)
     if parity is not None:
         rows["onnx_parity"] = parity.result()
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
