@@ -33,6 +33,20 @@ CONTRACT = TableContract(
                 nullable=True,
             ),
             column(
+                "random_ratio",
+                pa.float64(),
+                "The same ratio for the same unit of the model's copy with every weight re-drawn (seeded; "
+                "ops.activation_max.sanity): a unit that learned something should be rendered better than a random "
+                "one. Null without the check, or when the copy's data never drive the unit above 0.",
+                nullable=True,
+            ),
+            column(
+                "random_robustness",
+                pa.float64(),
+                "The same robustness for the re-drawn copy's render of the unit; null without the check.",
+                nullable=True,
+            ),
+            column(
                 "diversity",
                 pa.float64(),
                 "Mean pairwise cosine distance of the layer's features among the unit's renders; null "

@@ -19,7 +19,9 @@ CONTRACT = TableContract(
                 "How the baseline was chosen: `approved` (latest approved version whose tables still match "
                 "the approval), `passed` (latest passed version, none approved) or `requested` (report diff).",
             ),
-            column("method", pa.string(), "lime, dissection, activation_max or ablation."),
+            column(
+                "method", pa.string(), "lime, sanity (LIME's sanity check), dissection, activation_max or ablation."
+            ),
             column(
                 "metric",
                 pa.string(),
@@ -27,20 +29,26 @@ CONTRACT = TableContract(
                 "variation between the normalized |weight| distributions, 0 same to 1 disjoint); dissection: "
                 "detectors, detectors_gained, detectors_lost (units); activation_max: ratio (render "
                 "activation / dataset max); ablation: accuracy_drop (per class and K), max_drop (the largest "
-                "over the classes, per K).",
+                "over the classes, per K); sanity: lime_similarity (mean rank similarity of LIME's explanations "
+                "under the copy re-drawn through `layer` to the model's own, per step).",
             ),
             column(
                 "scope",
                 pa.string(),
-                "What a row is about: sample, concept, category, unit, class, or overall (mean, total or largest over the "
+                "What a row is about: sample, concept, category, unit, class, step (sanity), or overall (mean, total or largest over the "
                 "others).",
             ),
-            column("layer", pa.string(), "Layer compared (`output` for LIME, which explains the model output)."),
+            column(
+                "layer",
+                pa.string(),
+                "Layer compared (`output` for LIME, which explains the model output; for sanity, the lowest module "
+                "re-drawn at the step).",
+            ),
             column(
                 "item",
                 pa.string(),
-                "Sample id, concept name, category, unit index, `CLASS k=K` (ablation), or `*` (`k=K` for "
-                "ablation) for overall.",
+                "Sample id, concept name, category, unit index, `CLASS k=K` (ablation), `step=N` (sanity), or "
+                "`*` (`k=K` for ablation) for overall.",
             ),
             column("category", pa.string(), "Concept category (dissection), else null.", nullable=True),
             column("old_value", pa.float64(), "The metric in the baseline run, where it has one.", nullable=True),
@@ -51,8 +59,8 @@ CONTRACT = TableContract(
     unique_key=("run_id", "baseline_run_id", "method", "metric", "scope", "layer", "item"),
     allowed_values={
         "baseline_basis": ("approved", "passed", "requested"),
-        "method": ("lime", "dissection", "activation_max", "ablation"),
-        "scope": ("sample", "concept", "category", "unit", "class", "overall"),
+        "method": ("lime", "sanity", "dissection", "activation_max", "ablation"),
+        "scope": ("sample", "concept", "category", "unit", "class", "step", "overall"),
     },
     ranges={},
 )

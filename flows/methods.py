@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 
+import pandas as pd
 import pyarrow as pa
 from rich.markup import escape
 
@@ -15,6 +16,7 @@ import data_contracts
 from flows.runners import fenced_by, shipping, task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
+from interp_audit.readings import largest_drops, similarity_by_step, versus_random
 from tasks.ablation import ablate_layer
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
@@ -28,16 +30,13 @@ def method_tables(
     """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
     spec = loaded.spec
     ship = shipping(store_uri)
+    random_layers = random_init_layers(spec, checked, methods)
     with task_resources(gpu=False):
         baseline_export = (
             export_random_baseline.submit(
-                checked.model,
-                tuple(spec.model.input.shape),
-                checked.dissection_layers,
-                spec.model.token_grids,
-                spec.seed,
+                checked.model, tuple(spec.model.input.shape), random_layers, spec.model.token_grids, spec.seed
             )
-            if "dissection" in methods and spec.ops.dissection.baseline == "random_init"
+            if random_layers
             else None
         )
         sanity = spec.ops.lime.sanity if "lime" in methods and spec.ops.lime is not None else None
@@ -84,6 +83,11 @@ def method_tables(
         dissected = (
             submit_dissection(loaded, shipped_onnx, checked, baseline_export, ship) if "dissection" in methods else None
         )
+        actmax_randomised = (
+            submit_actmax(spec, shipped_inputs, ship(baseline_export.result()), checked, exports, randomised=True)
+            if "activation_max" in methods and spec.ops.activation_max.sanity
+            else None
+        )
         ranks_all_units = "ablation" in methods and spec.ops.ablation.units != "detectors"
         ablated = submit_ablation(spec, shipped_onnx, shipped_inputs, checked, None) if ranks_all_units else {}
 
@@ -98,14 +102,14 @@ def method_tables(
         progress.step(sanity_headline(rows["sanity_checks"]))
     if actmax is not None:
         renders, exemplars = actmax
+        randomised = None
+        if actmax_randomised is not None:
+            random_renders, random_exemplars = actmax_randomised
+            randomised = resolved(random_renders), random_exemplars.result()
         rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(
-            resolved(renders), exemplars.result(), inputs, spec.model.input
+            resolved(renders), exemplars.result(), inputs, spec.model.input, randomised
         )
-        above = sum(row["final_activation"] >= row["dataset_max"] for row in rows["actmax_units"])
-        progress.step(
-            f"activation maximization: {len(rows['actmax_units'])} renders, {above} drive their unit "
-            "past every dataset image"
-        )
+        progress.step(actmax_headline(rows["actmax_units"]))
     if dissected is not None:
         rows |= dissection_rows(loaded, *dissected)
         progress.step(
@@ -175,21 +179,39 @@ def submit_lime_sanity(spec, inputs, onnx_bytes, checked, ship, cascade_export):
 
 
 def sanity_headline(rows: list[dict]) -> str:
-    last = max(row["step"] for row in rows)
-    first = [row["similarity"] for row in rows if row["step"] == 1]
-    final = [row["similarity"] for row in rows if row["step"] == last]
+    steps = similarity_by_step(pd.DataFrame(rows))
+    first, last = steps.iloc[0], steps.iloc[-1]
     return (
-        f"LIME sanity: rank similarity to the model's explanations {sum(first) / len(first):.2f} with the top layer "
-        f"re-drawn, {sum(final) / len(final):.2f} with {last} layer(s)"
+        f"LIME sanity: rank similarity to the model's explanations {first['mean']:.2f} with the top layer "
+        f"re-drawn, {last['mean']:.2f} with {last['step']} layer(s)"
     )
 
 
-def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list) -> tuple[list, object]:
+def actmax_headline(rows: list[dict]) -> str:
+    units = pd.DataFrame(rows)
+    above = int((units["final_activation"] >= units["dataset_max"]).sum())
+    line = f"activation maximization: {len(units)} renders, {above} drive their unit past every dataset image"
+    randomised = versus_random(units)
+    if len(randomised):
+        line += (
+            f"; {randomised['beating'].sum()} of {randomised['compared'].sum()} beat the ratio of the copy with "
+            "re-drawn weights"
+        )
+    return line
+
+
+def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list, randomised: bool = False) -> tuple[list, object]:
     """One render task per layer and batch of units (once the torch ``exports`` are done), and one exemplar pass
-    over the data, all at once."""
+    over the data, all at once. ``randomised``: the sanity check's, of the copy with re-drawn weights whose ONNX
+    bundle ``onnx_bytes`` is (its exemplar pass gives only the dataset maxima)."""
     params = spec.ops.activation_max
     exemplars = find_exemplars.submit(
-        onnx_bytes, inputs, checked.actmax_units, params.exemplars, params.objective, checked.device
+        onnx_bytes,
+        inputs,
+        checked.actmax_units,
+        1 if randomised else params.exemplars,
+        params.objective,
+        checked.device,
     )
     renders = [
         render_unit_batch.submit(
@@ -201,12 +223,24 @@ def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list) -> tuple[lis
             input_spec=spec.model.input,
             seed=spec.seed,
             device=checked.device,
+            random_init_seed=spec.seed if randomised else None,
             wait_for=exports,
         )
         for layer, units in checked.actmax_units.items()
         for start in range(0, len(units), params.batch_units)
     ]
     return renders, exemplars
+
+
+def random_init_layers(spec, checked, methods: list[str]) -> list[str]:
+    """The layers the export of the copy with re-drawn weights gives: those dissection's random-init baseline
+    dissects and those act-max's sanity check renders (one export serves both)."""
+    layers = []
+    if "dissection" in methods and spec.ops.dissection.baseline == "random_init":
+        layers += checked.dissection_layers
+    if "activation_max" in methods and spec.ops.activation_max.sanity:
+        layers += [layer for layer in checked.actmax_units if layer not in layers]
+    return layers
 
 
 def submit_ablation(spec, onnx_bytes, inputs, checked, dissection_units: list[dict] | None) -> dict:
@@ -245,8 +279,9 @@ def submit_ablation(spec, onnx_bytes, inputs, checked, dissection_units: list[di
 def ablation_headline(rows: list[dict]) -> str:
     if not rows:
         return "ablation: no layer ablated"
-    k = min(row["k"] for row in rows)
-    worst = max((row for row in rows if row["k"] == k), key=lambda row: row["accuracy_drop"])
+    drops = largest_drops(pd.DataFrame(rows))
+    k = drops["k"].min()
+    worst = drops.loc[drops[drops["k"] == k]["accuracy_drop"].idxmax()]
     return (
         f"ablation: {len(rows)} class x K results; zeroing {k} unit(s) costs {escape(worst['class_name'])} at most "
         f"{worst['accuracy_drop']:.2f} balanced accuracy ({escape(worst['layer'])})"
@@ -286,7 +321,7 @@ def submit_dissection(loaded, onnx_bytes, checked, baseline_export, ship) -> tup
     )
     results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     baselines = None
-    if baseline_export is not None:
+    if params.baseline == "random_init":
         baseline_bytes = ship(baseline_export.result())
         baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     return results, baselines

@@ -2,7 +2,8 @@
 
 Each method is compared only where both runs measured the same thing: LIME on the same samples and labels with
 the same superpixels, dissection on the same layers (units are matched by index), activation maximization on
-the units of layers both runs rendered, ablation on the same layers, classes and K. Everything here works on a run's tables as pandas frames (``RunTables``),
+the units of layers both runs rendered, ablation on the same layers, classes and K, LIME's sanity check on the same
+randomisation steps. Everything here works on a run's tables as pandas frames (``RunTables``),
 so the flow can diff its own tables before they are published and ``report diff`` can diff two published runs.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from interp_audit.readings import similarity_by_step
 
 RunTables = Callable[[str], pd.DataFrame]
 """A run's table by name (an empty frame where the run has none)."""
@@ -32,7 +35,13 @@ def tables_of(tables: Mapping[str, object]) -> RunTables:
 
 def version_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Rows of ``version_diffs`` (without the run and baseline columns) for every method both runs have."""
-    return [*lime_diff(old, new), *dissection_diff(old, new), *actmax_diff(old, new), *ablation_diff(old, new)]
+    return [
+        *lime_diff(old, new),
+        *sanity_diff(old, new),
+        *dissection_diff(old, new),
+        *actmax_diff(old, new),
+        *ablation_diff(old, new),
+    ]
 
 
 def _row(
@@ -247,6 +256,30 @@ def ablation_diff(old: RunTables, new: RunTables) -> list[dict]:
     return rows
 
 
+def sanity_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Per randomisation step both runs took (the same module re-drawn through): the change of the mean rank
+    similarity of LIME's explanations under the re-drawn copy to its explanations under the model."""
+    before, after = old("sanity_checks"), new("sanity_checks")
+    if before.empty or after.empty:
+        return []
+    both = similarity_by_step(before).merge(
+        similarity_by_step(after), on=["step", "randomised_through"], suffixes=("_old", "_new")
+    )
+    return [
+        _row(
+            "sanity",
+            "lime_similarity",
+            "step",
+            row["randomised_through"],
+            f"step={row['step']}",
+            row["mean_new"] - row["mean_old"],
+            row["mean_old"],
+            row["mean_new"],
+        )
+        for row in both.to_dict("records")
+    ]
+
+
 # ------------------------------------------------------------------------------------------------- reading
 
 
@@ -261,7 +294,7 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
     Each entry: run_id, version, basis; lime (overall jaccard and shift, samples by id) or None; dissection
     (overall detectors per layer, categories, concepts that gained or lost detectors) or None; actmax (overall
     ratios per layer, units by |change|, largest first) or None; ablation (largest drop per layer and K, drops per
-    class and K) or None."""
+    class and K) or None; sanity (LIME's mean similarity under the re-drawn copies, per step) or None."""
     summaries = []
     for (baseline, version, basis), rows in diffs.groupby(
         ["baseline_run_id", "baseline_version", "baseline_basis"], sort=False, dropna=False
@@ -274,6 +307,7 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
             "dissection": None,
             "actmax": None,
             "ablation": None,
+            "sanity": None,
         }
         lime = rows[rows["method"] == "lime"]
         if not lime.empty:
@@ -315,6 +349,9 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
                 "overall": records(ablation[ablation["scope"] == "overall"].sort_values(["layer", "item"])),
                 "classes": records(ablation[ablation["scope"] == "class"].sort_values(["layer", "item"])),
             }
+        sanity = rows[rows["method"] == "sanity"]
+        if not sanity.empty:
+            summary["sanity"] = records(sanity.sort_values("item"))
         summaries.append(summary)
     return summaries
 
@@ -353,4 +390,7 @@ def headline(summary: dict) -> str:
         parts.append(
             f"{row['layer']} largest ablation drop ({row['item']}) {row['old_value']:.2f} -> {row['new_value']:.2f}"
         )
+    if summary["sanity"]:
+        old, new = ("/".join(f"{row[key]:.2f}" for row in summary["sanity"]) for key in ("old_value", "new_value"))
+        parts.append(f"LIME sanity similarity by step {old} -> {new}")
     return "; ".join(parts)

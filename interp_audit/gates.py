@@ -14,8 +14,17 @@ import numpy as np
 import pandas as pd
 
 from interp_audit.diff import RunTables
+from interp_audit.readings import largest_drops, similarity_by_step, versus_random
 from interp_audit.report import Baseline
-from interp_audit.spec import AblationGate, ActmaxGate, DetectorsGate, DiffGate, LimeRegionGate, RegionSpec
+from interp_audit.spec import (
+    AblationGate,
+    ActmaxGate,
+    DetectorsGate,
+    DiffGate,
+    LimeRegionGate,
+    LimeSanityGate,
+    RegionSpec,
+)
 
 
 def evaluate_gates(gates: list, run: RunTables, diffs: list[dict], baseline: Baseline | None) -> list[dict]:
@@ -48,21 +57,48 @@ def _measure(gate, run: RunTables, diffs: list[dict], baseline: Baseline | None)
     if isinstance(gate, LimeRegionGate):
         return _region_share(gate.region, run("lime_explanations"), run("lime_attributions"))
     if isinstance(gate, ActmaxGate):
-        units = run("actmax_units")
-        if units.empty:
-            return None, "no activation-maximization renders in this run"
-        beating = units["final_activation"] >= units["dataset_max"]
-        return float(beating.mean()), f"{int(beating.sum())} of {len(units)} renders beat every dataset image"
+        return _actmax_share(gate, run("actmax_units"))
     if isinstance(gate, AblationGate):
         return _max_drop(gate, run("ablation_results"))
+    if isinstance(gate, LimeSanityGate):
+        return _randomised_similarity(run("sanity_checks"))
     return _diff_metric(gate, diffs, baseline)
+
+
+def _actmax_share(gate: ActmaxGate, units: pd.DataFrame) -> tuple[float | None, str]:
+    if units.empty:
+        return None, "no activation-maximization renders in this run"
+    if gate.metric == "activation_max.share_beating_dataset":
+        beating = units["final_activation"] >= units["dataset_max"]
+        return float(beating.mean()), f"{int(beating.sum())} of {len(units)} renders beat every dataset image"
+    layers = versus_random(units)
+    compared, beating = int(layers["compared"].sum()), int(layers["beating"].sum())
+    if not compared:
+        return None, "no render has a ratio for both the model and its re-drawn copy (ops.activation_max.sanity)"
+    per_layer = ", ".join(f"{row.layer} {row.beating}/{row.compared}" for row in layers.itertuples())
+    return beating / compared, (
+        f"{beating} of {compared} renders with a ratio for both beat the re-drawn copy's render of their unit "
+        f"({per_layer})"
+    )
+
+
+def _randomised_similarity(checks: pd.DataFrame) -> tuple[float | None, str]:
+    if checks.empty:
+        return None, "no sanity check in this run (ops.lime.sanity)"
+    steps = similarity_by_step(checks)
+    top = steps.loc[steps["mean"].idxmax()]
+    return float(top["mean"]), (
+        f"highest mean rank similarity over the {len(steps)} randomisation step(s): step {top['step']}, re-drawn "
+        f"through {top['randomised_through']}, over {int((checks['step'] == top['step']).sum())} explanations"
+    )
 
 
 def _max_drop(gate: AblationGate, results: pd.DataFrame) -> tuple[float | None, str]:
     if results.empty:
         return None, "no ablation in this run"
     k = gate.k if gate.k is not None else int(results["k"].min())
-    chosen = results[results["k"] == k]
+    chosen = largest_drops(results)
+    chosen = chosen[chosen["k"] == k]
     if gate.layer:
         chosen = chosen[chosen["layer"] == gate.layer]
     if chosen.empty:

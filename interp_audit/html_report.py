@@ -23,6 +23,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from interp_audit.diff import records, summarize
+from interp_audit.readings import similarity_by_step, versus_random
 from interp_audit.report import find_run, load_table, review_state
 from interp_audit.store import ReportStore
 
@@ -241,19 +242,16 @@ def _sanity(checks: pd.DataFrame) -> list[dict] | None:
     (the bar: of the absolute weights, 0 to 1)."""
     if checks.empty:
         return None
-    steps = checks.groupby(["step", "randomised_through"], sort=True)[["similarity", "similarity_abs"]].agg(
-        ["mean", "max"]
-    )
     return [
         {
-            "step": step,
-            "layer": layer,
-            "mean": values[("similarity", "mean")],
-            "max": values[("similarity", "max")],
-            "mean_abs": values[("similarity_abs", "mean")],
-            "width": round(100 * min(max(values[("similarity_abs", "mean")], 0.0), 1.0), 1),
+            "step": row["step"],
+            "layer": row["randomised_through"],
+            "mean": row["mean"],
+            "max": row["max"],
+            "mean_abs": row["mean_abs"],
+            "width": round(100 * min(max(row["mean_abs"], 0.0), 1.0), 1),
         }
-        for (step, layer), values in steps.iterrows()
+        for row in similarity_by_step(checks).to_dict("records")
     ]
 
 
@@ -282,6 +280,8 @@ def _actmax(units: pd.DataFrame, exemplars: pd.DataFrame) -> dict | None:
                 "diversity": row["diversity"],
                 "final_activation": row["final_activation"],
                 "dataset_max": row["dataset_max"],
+                "random_ratio": row.get("random_ratio"),
+                "random_robustness": row.get("random_robustness"),
                 "exemplars": by_unit.get((row["layer"], int(row["unit"])), []) if row["render"] == 0 else [],
             }
         )
@@ -302,6 +302,7 @@ def _actmax(units: pd.DataFrame, exemplars: pd.DataFrame) -> dict | None:
         "max_exemplars": MAX_EXEMPLARS,
         "total_exemplars": total_exemplars,
         "multiple_renders": bool((units["render"] > 0).any()),
+        "versus_random": records(versus_random(units)),
     }
 
 

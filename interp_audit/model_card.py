@@ -33,6 +33,7 @@ from data_contracts import THRESHOLDS
 from interp_audit.diff import headline, records, summarize
 from interp_audit.errors import SpecError
 from interp_audit.html_report import fmt, fmt_time
+from interp_audit.readings import largest_drops, similarity_by_step, versus_random
 from interp_audit.report import find_run, load_table, review_state
 from interp_audit.spec.audit import CardSpec
 from interp_audit.spec.messages import format_validation_error
@@ -185,33 +186,42 @@ def _methods(table: Table) -> list[tuple[str, list[tuple[str, str]]]]:
                     ("mean render / dataset-max ratio", fmt(_mean(first["ratio"]))),
                     ("renders driving their unit past every dataset image", fmt(int((first["ratio"] >= 1).sum()))),
                     ("mean robustness", fmt(_mean(actmax["robustness"]))),
+                    *(
+                        (
+                            f"renders of {code(row.layer)} beating the re-drawn copy's (ratio; robustness)",
+                            f"{row.beating} of {row.compared} (mean {fmt(row.ratio)} against "
+                            f"{fmt(row.random_ratio)}; {fmt(row.robustness)} against {fmt(row.random_robustness)})",
+                        )
+                        for row in versus_random(actmax).itertuples()
+                    ),
                 ],
             )
         )
     checks = table("sanity_checks")
     if not checks.empty:
-        by_step = checks.groupby(["step", "randomised_through"], sort=True)["similarity"].mean()
         methods.append(
             (
                 "LIME sanity check (weights re-drawn from the output down)",
                 [
-                    (f"mean rank similarity with {code(layer)} re-drawn (step {step})", fmt(float(value)))
-                    for (step, layer), value in by_step.items()
+                    (
+                        f"mean rank similarity with {code(row.randomised_through)} re-drawn (step {row.step})",
+                        fmt(float(row.mean)),
+                    )
+                    for row in similarity_by_step(checks).itertuples()
                 ],
             )
         )
     ablation = table("ablation_results")
     if not ablation.empty:
-        rows = []
-        for (layer, k), group in ablation.groupby(["layer", "k"], sort=True):
-            worst = group.loc[group["accuracy_drop"].idxmax()]
-            rows.append(
-                (
-                    f"largest drop of a class's balanced accuracy, {int(k)} unit(s) of {code(layer)} zeroed",
-                    f"{fmt(float(worst['accuracy_drop']))} ({text(worst['class_name'])}; random units "
-                    f"{fmt(worst['random_drop_mean'])})",
-                )
+        rows = [
+            (
+                f"largest drop of a class's balanced accuracy, {int(worst['k'])} unit(s) of {code(worst['layer'])} "
+                "zeroed",
+                f"{fmt(float(worst['accuracy_drop']))} ({text(worst['class_name'])}; random units "
+                f"{fmt(worst['random_drop_mean'])})",
             )
+            for worst in largest_drops(ablation).to_dict("records")
+        ]
         methods.append(("unit ablation", rows))
     units = table("dissection_units")
     if not units.empty:

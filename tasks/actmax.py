@@ -14,6 +14,7 @@ from interp_audit.spec import InputSpec
 from interp_ops import actmax, onnx_bundle
 from interp_ops.datasets import to_display
 from interp_ops.images import png_bytes
+from interp_ops.randomisation import random_init_copy
 from interp_ops.token_grid import TokenGrid
 from tasks import CACHED
 from tasks.gpu import compute_share
@@ -29,14 +30,19 @@ def render_unit_batch(
     input_spec: InputSpec,
     seed: int,
     device: str,
+    random_init_seed: int | None = None,
 ) -> actmax.UnitRenders:
     """Renders of ``units`` of ``layer`` (a map of its tokens where ``grid`` says how they lie), optimised as one
     batch; each unit's seed does not depend on the batch. ``settings``: ``ActivationMaxSpec.render_settings``,
-    passed on to the renderer as they are."""
+    passed on to the renderer as they are. With ``random_init_seed``, the units rendered are those of the model's
+    copy with every weight re-drawn under that seed (``export_random_baseline``'s copy): the sanity check."""
     with compute_share(device):  # the model is built in the task's slot: waiting tasks hold no copy of it
+        torch_model = build_torch_model(model)
+        if random_init_seed is not None:
+            torch_model = random_init_copy(torch_model, random_init_seed)
         try:
             return actmax.render_units(
-                build_torch_model(model),
+                torch_model,
                 layer,
                 units,
                 input_shape=tuple(input_spec.shape),
@@ -70,28 +76,31 @@ def actmax_rows(
     exemplars: dict[str, actmax.Exemplars],
     inputs: ModelInputs,
     input_spec: InputSpec,
+    randomised: tuple[list[actmax.UnitRenders], dict[str, actmax.Exemplars]] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Rows of ``actmax_units`` (with each render's ratio to its dataset maximum) and ``actmax_exemplars``."""
+    """Rows of ``actmax_units`` (with each render's ratio to its dataset maximum) and ``actmax_exemplars``;
+    ``randomised``, the same units' renders and dataset maxima for the copy with re-drawn weights, fills the
+    random_ratio and random_robustness columns (null without it)."""
+    random_scores = {} if randomised is None else _scores(*randomised)
     unit_rows = []
     for result in renders:
-        found = exemplars[result.layer]
-        dataset_max = dict(zip(found.units, found.dataset_max.tolist()))
         diversity = None if result.diversity is None else dict(zip(result.units, result.diversity.tolist()))
-        for row in range(len(result.images)):
-            unit = int(result.unit_of_row[row])
-            final, best = float(result.final_activation[row]), dataset_max[unit]
+        for row, (key, (final, best, ratio, robustness)) in enumerate(_scores([result], exemplars).items()):
+            random_ratio, random_robustness = random_scores.get(key, (None, None, None, None))[2:]
             unit_rows.append(
                 {
                     "layer": result.layer,
-                    "unit": unit,
-                    "render": int(result.render_index[row]),
+                    "unit": key[1],
+                    "render": key[2],
                     "objective": result.descriptions[row],
                     "render_png": png_bytes(result.images[row].transpose(1, 2, 0)),
                     "final_activation": final,
                     "dataset_max": best,
-                    "ratio": final / best if best > 0 else None,
-                    "robustness": _finite_or_none(result.robustness[row]),
-                    "diversity": None if diversity is None else diversity[unit],
+                    "ratio": ratio,
+                    "robustness": robustness,
+                    "random_ratio": random_ratio,
+                    "random_robustness": random_robustness,
+                    "diversity": None if diversity is None else diversity[key[1]],
                     "curve_steps": list(result.thresholds),
                     "curve": result.curve[row].astype(float).tolist(),
                 }
@@ -113,6 +122,23 @@ def actmax_rows(
         for rank, (index, activation) in enumerate(zip(indices.tolist(), activations.tolist()))
     ]
     return unit_rows, exemplar_rows
+
+
+def _scores(
+    renders: list[actmax.UnitRenders], exemplars: dict[str, actmax.Exemplars]
+) -> dict[tuple[str, int, int], tuple[float, float, float | None, float | None]]:
+    """(layer, unit, render) -> final activation, dataset maximum, their ratio and the render's robustness, in
+    the renders' row order."""
+    scores = {}
+    for result in renders:
+        found = exemplars[result.layer]
+        dataset_max = dict(zip(found.units, found.dataset_max.tolist()))
+        for row in range(len(result.images)):
+            unit = int(result.unit_of_row[row])
+            final, best = float(result.final_activation[row]), dataset_max[unit]
+            key = (result.layer, unit, int(result.render_index[row]))
+            scores[key] = (final, best, final / best if best > 0 else None, _finite_or_none(result.robustness[row]))
+    return scores
 
 
 def _finite_or_none(value) -> float | None:

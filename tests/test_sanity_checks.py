@@ -146,12 +146,14 @@ def test_the_sanity_check_runs_inside_the_audit_and_is_refused_for_an_onnx_model
             }
         },
         "contracts": {"lime.max_randomised_similarity": 0.7},
+        "gates": [{"metric": "lime.randomised_similarity", "max": 0.5}],
         "report": {"store": str(tmp_path / "reports")},
     }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     code, output = cli("run", path)
     assert code == 0 and "LIME sanity: rank similarity" in output, output
+    assert "gate lime.randomised_similarity: passed" in output, output
     checks = report.load_table(tmp_path / "reports", "sanity_checks")
     assert len(checks) == 3 * 3 and checks.groupby("step").randomised_through.first().tolist() == [
         "classifier", "features.13", "features.12"
@@ -167,6 +169,19 @@ def test_the_sanity_check_runs_inside_the_audit_and_is_refused_for_an_onnx_model
     html = tmp_path / "r.html"
     assert cli("report", "html", run_id, "--store", tmp_path / "reports", "-o", html)[0] == 0
     assert "Sanity check: the model" in html.read_text()
+    gate = report.load_table(tmp_path / "reports", "gate_results").iloc[0]
+    by_step = checks.groupby("step").similarity.mean()
+    assert gate.value == pytest.approx(by_step.max()) and f"step {by_step.idxmax()}" in gate.detail
+
+    spec["model"]["version"] = "2"  # the same weights again: the diff per step is there and is 0
+    path.write_text(yaml.safe_dump(spec))
+    assert cli("run", path)[0] == 0
+    diffs = report.load_table(tmp_path / "reports", "version_diffs")
+    steps = diffs[diffs.method == "sanity"].sort_values("item")
+    assert steps.item.tolist() == ["step=1", "step=2", "step=3"] and steps.layer.tolist() == [
+        "classifier", "features.13", "features.12"
+    ]  # fmt: skip
+    assert np.allclose(steps.old_value, by_step.values) and np.allclose(steps.value, 0.0)
 
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(onnx_bundle.export_torch(shapes_cnn().eval(), SHAPE, []))
@@ -182,3 +197,89 @@ def test_the_sanity_check_runs_inside_the_audit_and_is_refused_for_an_onnx_model
     code, output = cli("run", path)
     assert code == 2 and "ops.lime.sanity: the check re-draws the weights" in output, output
     assert store_is_empty(tmp_path / "onnx-reports")
+
+
+# ------------------------------------------------------------------------------------------ activation maximization
+
+
+def actmax_sanity_spec(tmp_path, weights, **actmax) -> dict:
+    return {
+        "name": "actmax-sanity",
+        "seed": 0,
+        "model": {
+            "source": "torch",
+            "name": "shapes-cnn",
+            "version": "1",
+            "factory": "interp_ops.demo_models:shapes_cnn",
+            "weights": str(weights),
+            "input": {"shape": list(SHAPE), "mean": [0.5] * 3, "std": [0.25] * 3},
+            "layers": ["features.12"],
+        },
+        "data": "builtin:shapes?split=val&n=48",
+        "ops": {"activation_max": {"steps": 48, "exemplars": 2, "sanity": True, **actmax}},
+        "gates": [{"metric": "activation_max.share_beating_random", "min": 0.6}],
+        "report": {"store": str(tmp_path / "reports")},
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_actmax_sanity_renders_the_redrawn_copy_and_the_trained_units_beat_it(tmp_path, trained):
+    """The random columns are the re-drawn copy's own: its dataset maxima recomputed here with torch, its final
+    activations with the renderer on that copy; and the honest model's units are rendered better than the copy's."""
+    from interp_ops import actmax
+    from interp_ops.randomisation import random_init_copy
+
+    spec = actmax_sanity_spec(tmp_path, trained["honest"].weights_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, output = cli("run", path)
+    assert code == 0 and "gate activation_max.share_beating_random: passed" in output, output
+    units = report.load_table(tmp_path / "reports", "actmax_units").sort_values("unit")
+    assert units.random_robustness.notna().all()
+    compared = units.dropna(subset=["ratio", "random_ratio"])
+    assert len(compared) >= 10 and (compared.ratio > compared.random_ratio).mean() >= 0.6, compared
+
+    model = shapes_cnn()
+    model.load_state_dict(load_file(trained["honest"].weights_path))
+    randomised = random_init_copy(model.eval(), seed=0)
+    samples = datasets.load_samples(spec["data"], tmp_path, 0)
+    x = torch.from_numpy(datasets.to_model_input(samples, SHAPE, (0, 1), DEMO_INPUT["mean"], DEMO_INPUT["std"]))
+    captured = {}
+    randomised.features[12].register_forward_hook(lambda module, args, out: captured.update(out=out))
+    with torch.no_grad():
+        randomised(x)
+    random_max = captured["out"].mean(dim=(2, 3)).max(dim=0).values.numpy()
+    renders = actmax.render_units(
+        randomised, "features.12", list(range(64)), input_shape=SHAPE, value_range=(0, 1), mean=[0.5] * 3,
+        std=[0.25] * 3, seed=0, device="cpu", steps=48,
+    )  # fmt: skip
+    for row in units.itertuples():
+        if random_max[row.unit] > 0:
+            expected = renders.final_activation[row.unit] / random_max[row.unit]
+            assert row.random_ratio == pytest.approx(expected, rel=1e-3), row.unit
+        else:
+            assert np.isnan(row.random_ratio)
+
+    run_id = report.list_runs(tmp_path / "reports").run_id.iloc[0]
+    code, output = cli("report", "show", run_id, "--store", tmp_path / "reports")
+    assert code == 0 and "re-drawn" in output, output
+
+
+def test_the_gate_against_the_redrawn_copy_needs_the_sanity_check(tmp_path, trained, capsys):
+    spec = actmax_sanity_spec(tmp_path, trained["honest"].weights_path, sanity=False)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, output = cli("run", path)
+    assert code == 2 and "set ops.activation_max.sanity: true" in output, output
+    assert store_is_empty(tmp_path / "reports")
+
+    onnx_path = tmp_path / "m.onnx"  # a model given as ONNX has neither gradients nor weights to re-draw
+    onnx_path.write_bytes(onnx_bundle.export_torch(shapes_cnn().eval(), SHAPE, ["features.12"]))
+    spec = actmax_sanity_spec(tmp_path, trained["honest"].weights_path)
+    spec["model"] = {"source": "onnx", "name": "m", "version": "1", "path": str(onnx_path),
+                     "input": spec["model"]["input"], "layers": ["features.12"]}  # fmt: skip
+    path.write_text(yaml.safe_dump(spec))
+    code, output = cli("run", path)
+    assert code == 2 and "ops.activation_max:" in output and "model.source: torch" in output, output
+    assert store_is_empty(tmp_path / "reports")

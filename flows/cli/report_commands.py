@@ -81,6 +81,7 @@ def report_show(
     import pandas as pd
 
     from interp_audit.diff import headline, records, summarize
+    from interp_audit.readings import similarity_by_step, versus_random
     from interp_audit.report import find_run, load_table, review_state
 
     opened = existing_store(store)
@@ -155,13 +156,46 @@ def report_show(
     checks = load_table(opened, "sanity_checks", run_id=run_row["run_id"])
     if len(checks):
         table = Table("step", "re-drawn through", "similarity", "highest", "of |weights|", title="LIME sanity check")
-        for (step, layer), group in checks.groupby(["step", "randomised_through"], sort=True):
+        for row in similarity_by_step(checks).itertuples():
             table.add_row(
-                str(step),
+                str(row.step), row.randomised_through, f"{row.mean:.2f}", f"{row.max:.2f}", f"{row.mean_abs:.2f}"
+            )
+        console.print(table)
+    actmax = load_table(opened, "actmax_units", run_id=run_row["run_id"])
+    if len(actmax):
+        table = Table(
+            "layer",
+            "renders",
+            "beat every image",
+            "mean ratio",
+            "mean robustness",
+            title="activation maximization (ratio: render activation / dataset max)",
+        )
+        for layer, group in actmax.groupby("layer", sort=True):
+            table.add_row(
                 layer,
-                f"{group.similarity.mean():.2f}",
-                f"{group.similarity.max():.2f}",
-                f"{group.similarity_abs.mean():.2f}",
+                str(len(group)),
+                str(int((group.final_activation >= group.dataset_max).sum())),
+                f"{group.ratio.mean():.2f}",
+                f"{group.robustness.mean():.2f}",
+            )
+        console.print(table)
+    randomised = versus_random(actmax)
+    if len(randomised):
+        table = Table(
+            "layer",
+            "beat the copy's ratio",
+            "mean ratio",
+            "copy's",
+            "mean robustness",
+            "copy's",
+            title="activation maximization sanity check: against a copy with every weight re-drawn",
+        )
+        for row in randomised.itertuples():
+            table.add_row(
+                row.layer,
+                f"{row.beating} of {row.compared}",
+                *(f"{value:.2f}" for value in (row.ratio, row.random_ratio, row.robustness, row.random_robustness)),
             )
         console.print(table)
     ablation = load_table(opened, "ablation_results", run_id=run_row["run_id"])

@@ -19,6 +19,7 @@ from interp_audit.spec.gates import (
     DiffGate,
     Gate,
     LimeRegionGate,
+    LimeSanityGate,
     RegionSpec,
     gate_metrics,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Gate",
     "InputSpec",
     "LimeRegionGate",
+    "LimeSanityGate",
     "LimeSpec",
     "LoadedSpec",
     "MAX_SEED",

@@ -213,6 +213,16 @@ class AuditSpec(StrictModel):
                     f"gates[{index}]: {gate.metric} measures {method}, which the spec does not run; "
                     f"add ops.{method} or remove the gate"
                 )
+            if gate.metric == "lime.randomised_similarity" and self.ops.lime.sanity is None:
+                raise ValueError(
+                    f"gates[{index}]: {gate.metric} reads the sanity check's table; add ops.lime.sanity "
+                    "(e.g. sanity: {samples: 4, steps: 3}) or remove the gate"
+                )
+            if gate.metric == "activation_max.share_beating_random" and not self.ops.activation_max.sanity:
+                raise ValueError(
+                    f"gates[{index}]: {gate.metric} compares with the re-drawn copy's renders; set "
+                    "ops.activation_max.sanity: true or remove the gate"
+                )
             if isinstance(gate, LimeRegionGate) and len(self.model.input.shape) != 3:
                 raise ValueError(f"gates[{index}]: lime.region_share needs an image model")
             if (

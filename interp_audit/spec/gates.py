@@ -86,8 +86,10 @@ class DiffGate(_GateBase):
 
 
 class ActmaxGate(_GateBase):
-    metric: Literal["activation_max.share_beating_dataset"] = Field(
-        description="share of rendered units whose render drives them past every dataset image"
+    metric: Literal["activation_max.share_beating_dataset", "activation_max.share_beating_random"] = Field(
+        description="share of renders that drive their unit past every dataset image (beating_dataset), or whose "
+        "ratio beats that of the same unit of the copy with re-drawn weights (beating_random; needs "
+        "ops.activation_max.sanity)"
     )
 
 
@@ -100,8 +102,18 @@ class AblationGate(_GateBase):
     k: int | None = Field(None, description="K, one of ops.ablation.sizes (default: the smallest)")
 
 
-GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate)
-Gate = Annotated[DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate, Field(discriminator="metric")]
+class LimeSanityGate(_GateBase):
+    metric: Literal["lime.randomised_similarity"] = Field(
+        description="highest mean rank similarity, over the randomisation steps of ops.lime.sanity, of LIME's "
+        "explanations under the re-drawn copies to its explanations under the model: high means they ignore the model"
+    )
+
+
+GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate, LimeSanityGate)
+Gate = Annotated[
+    DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate | LimeSanityGate,
+    Field(discriminator="metric"),
+]
 
 
 def gate_metrics() -> list[str]:

@@ -101,6 +101,12 @@ class ActivationMaxSpec(StrictModel):
     renders_per_unit: PositiveInt = Field(1, description="renders per unit; more than 1 scores their diversity")
     exemplars: PositiveInt = Field(9, description="dataset images kept per unit, most activating first")
     mixed_precision: bool = Field(False, description="autocast on CUDA (ignored on CPU)")
+    sanity: bool = Field(
+        False,
+        description="also render the same units of a copy of the model whose weights are all re-drawn (seeded, "
+        "dissection's random-init baseline) and record its ratio and robustness beside the model's: a unit that "
+        "learned something should be rendered better than one of a model that learned nothing",
+    )
 
     @field_validator("units")
     @classmethod
@@ -113,7 +119,7 @@ class ActivationMaxSpec(StrictModel):
 
     def render_settings(self) -> dict:
         """What a render task reads: how to optimise, not which layers and units nor the exemplars."""
-        return self.model_dump(exclude={"layers", "units", "exemplars"})
+        return self.model_dump(exclude={"layers", "units", "exemplars", "sanity"})
 
 
 class DissectionSpec(StrictModel):
