@@ -9,8 +9,8 @@ export, predictions and parity come from the first run's cache after it) and ``r
 The floor, measured in this process after
 the audit on the same weights: the bare model passes the method needs, timed on a slice and scaled to the whole
 (LIME: ONNX Runtime forwards of every image LIME predicts, logits only: 8 samples x (1 + 3 stability seeds x
-(1,000 + 200 held-out perturbations) + 42 curve points) = 29,144 images, not the 8 x 1,000 an earlier version
-counted; act-max: torch forward + backward to `layer4` for 16 units x 128 steps; dissection: ONNX Runtime forwards of 500 images to both layers). ``gflops``: the same work from
+(1,000 + 200 held-out perturbations) + 42 curve points + 50 faithfulness subsets) = 29,544 images (29,144 before
+the faithfulness correlation), not the 8 x 1,000 an earlier version counted; act-max: torch forward + backward to `layer4` for 16 units x 128 steps; dissection: ONNX Runtime forwards of 500 images to both layers). ``gflops``: the same work from
 torch's FlopCounterMode on one forward (backward counted as 2x forward), and ``gpu_projection_seconds``: those
 FLOPs at 40% of one H200's 67 TFLOP/s FP32, a projection, not a measurement.
 
@@ -79,11 +79,13 @@ def task_spans(run_id: str) -> dict[str, dict]:
 
 def lime_forwards(lime) -> int:
     """The images LIME runs through the model per explained sample and label (top-1: one): the sample itself,
-    ``stability_seeds`` neighbourhoods of ``num_samples`` + ``heldout_samples`` perturbations, and the deletion and
-    insertion curves (at most CURVE_POINTS each)."""
+    ``stability_seeds`` neighbourhoods of ``num_samples`` + ``heldout_samples`` perturbations, the deletion and
+    insertion curves (at most CURVE_POINTS each) and the ``faithfulness_runs`` subsets."""
     from interp_ops.lime import CURVE_POINTS
 
-    per_sample = 1 + lime.stability_seeds * (lime.num_samples + lime.heldout_samples) + 2 * CURVE_POINTS
+    per_sample = (
+        1 + lime.stability_seeds * (lime.num_samples + lime.heldout_samples) + 2 * CURVE_POINTS + lime.faithfulness_runs
+    )
     return lime.samples * per_sample
 
 

@@ -42,6 +42,14 @@ CONTRACT = TableContract(
                 "Area under the probability curve while adding features in attribution order, sampled at up to 21 "
                 "points (higher is better).",
             ),
+            column(
+                "faithfulness_correlation",
+                pa.float64(),
+                "Pearson correlation, over random feature subsets, of their summed weights with the drop in "
+                "probability when they are hidden (Bhatt et al. 2020; higher is better); null when off or when "
+                "the drops or sums were all equal.",
+                nullable=True,
+            ),
             column("kernel_width", pa.float64(), "Width of the exponential kernel on the distance."),
             column("num_samples", pa.int64(), "Perturbations the surrogate was fit on (the all-on row included)."),
             column("num_features", pa.int64(), "Interpretable features: superpixels (images) or columns (tabular)."),
@@ -79,6 +87,7 @@ CONTRACT = TableContract(
         "stability": (0, 1),
         "deletion_auc": (0, 1),
         "insertion_auc": (0, 1),
+        "faithfulness_correlation": (-1, 1),
         "kernel_width": (0, None),
         "num_samples": (2, None),
         "num_features": (2, None),
@@ -101,5 +110,13 @@ THRESHOLDS = (
         column="stability",
         bound="min",
         doc="Smallest top-k Jaccard across seeds of any LIME explanation: below it the ranking is noise.",
+    ),
+    Threshold(
+        key="lime.min_faithfulness",
+        table="lime_explanations",
+        column="faithfulness_correlation",
+        bound="min",
+        doc="Smallest faithfulness correlation of any LIME explanation: below it the weights do not say how much "
+        "hiding features moves the model.",
     ),
 )

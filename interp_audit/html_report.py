@@ -206,6 +206,7 @@ LIME_SCORES = (
     ("stability", "stability"),
     ("deletion_auc", "deletion AUC \u2193"),
     ("insertion_auc", "insertion AUC \u2191"),
+    ("faithfulness_correlation", "faithfulness \u2191"),
     ("prediction_gap", "prediction gap"),
 )
 

@@ -172,6 +172,7 @@ def _methods(table: Table) -> list[tuple[str, list[tuple[str, str]]]]:
                     ("mean stability (top-k Jaccard across seeds)", fmt(_mean(lime["stability"]))),
                     ("mean deletion AUC (lower is better)", fmt(_mean(lime["deletion_auc"]))),
                     ("mean insertion AUC (higher is better)", fmt(_mean(lime["insertion_auc"]))),
+                    ("mean faithfulness correlation (higher is better)", fmt(_mean(lime["faithfulness_correlation"]))),
                 ],
             )
         )

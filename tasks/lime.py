@@ -72,6 +72,8 @@ def explain_with_lime(
                     **options,
                     top_k=settings["top_k"],
                     stability_seeds=settings["stability_seeds"],
+                    faithfulness_runs=settings["faithfulness_runs"],
+                    faithfulness_subset=settings["faithfulness_subset"],
                     seed=seed,
                     sample_keys=sample_keys,
                 )
@@ -87,6 +89,8 @@ def explain_with_lime(
                     sample_keys=sample_keys,
                     stability_seeds=settings["stability_seeds"],
                     heldout_samples=settings["heldout_samples"],
+                    faithfulness_runs=settings["faithfulness_runs"],
+                    faithfulness_subset=settings["faithfulness_subset"],
                 )
         except lime.LimeInputError as exc:  # e.g. a segmentation that yields one segment: bad input, exit 2
             raise SpecError(f"ops.lime: {exc}") from None

@@ -246,6 +246,7 @@ def hostile_tables(run_id: str) -> dict:
             "stability": None,
             "deletion_auc": 0.2,
             "insertion_auc": 0.8,
+            "faithfulness_correlation": 0.6,
             "kernel_width": 1.0,
             "num_samples": 100,
             "num_features": 3,

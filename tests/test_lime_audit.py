@@ -65,7 +65,8 @@ def lime_spec(tmp_path, trained):
 def test_lime_tables_are_published_and_reproducible(lime_spec, tmp_path):
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
-    code, output = cli("run", lime_spec(contracts={"lime.min_r2_heldout": -10.0, "lime.min_stability": 0.0}))
+    contracts = {"lime.min_r2_heldout": -10.0, "lime.min_stability": 0.0, "lime.min_faithfulness": -1.0}
+    code, output = cli("run", lime_spec(contracts=contracts))
     assert code == 0, output
     explanations = report.load_table(tmp_path / "reports", "lime_explanations")
     attributions = report.load_table(tmp_path / "reports", "lime_attributions")
@@ -73,6 +74,7 @@ def test_lime_tables_are_published_and_reproducible(lime_spec, tmp_path):
     assert explanations.label_name.isin(["circle", "square", "triangle"]).all()
     assert explanations.overlay_png.map(lambda png: png[:8] == b"\x89PNG\r\n\x1a\n").all()
     assert explanations.r2_in_sample.between(-1, 1).all() and explanations.stability.between(0, 1).all()
+    assert explanations.faithfulness_correlation.between(-1, 1).all()
     per_sample = attributions.groupby("sample_id").agg(n=("feature", "size"), area=("area_fraction", "sum"))
     assert (per_sample.area.round(6) == 1.0).all()  # superpixels tile the image
     merged = explanations.set_index("sample_id").num_features

@@ -68,6 +68,11 @@ Fraction = Annotated[
     refuse_unless(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     Field(json_schema_extra={"minimum": 0, "maximum": 1}),
 ]
+OpenFraction = Annotated[
+    Float,
+    refuse_unless(lambda v: 0 < v < 1, "must be in (0, 1), 0 and 1 excluded"),
+    Field(json_schema_extra={"exclusiveMinimum": 0, "exclusiveMaximum": 1}),
+]
 # The seed reaches numpy (any size >= 0), torch.manual_seed (up to 2**64 - 1), sums like seed + run, the int64
 # `seed` column of audit_runs, and builtin:concepts' seed (0 to 2**32 - 1, numpy's legacy range): the smallest wins.
 MAX_SEED = 2**32 - 1

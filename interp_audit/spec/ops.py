@@ -12,6 +12,7 @@ from interp_audit.spec.fields import (
     Fraction,
     Int,
     NonNegativeInt,
+    OpenFraction,
     PositiveFloat,
     PositiveInt,
     StrictModel,
@@ -57,6 +58,14 @@ class LimeSpec(StrictModel):
     batch_size: PositiveInt = Field(256, description="images per ONNX Runtime call")
     stability_seeds: PositiveInt = Field(3, description="seeds whose top-k are compared for stability (1 = off)")
     heldout_samples: NonNegativeInt = Field(200, description="fresh perturbations for the held-out R^2 (0 = off)")
+    faithfulness_runs: NonNegativeInt = Field(
+        50,
+        description="random feature subsets hidden for the faithfulness correlation (Bhatt et al. 2020), one forward "
+        "pass each per sample (0 = off, else at least 2)",
+    )
+    faithfulness_subset: OpenFraction = Field(
+        0.25, description="share of a sample's features hidden in each faithfulness run"
+    )
     samples_per_task: PositiveInt = Field(8, description="samples per Prefect task (the fan-out unit)")
     sanity: LimeSanitySpec | None = Field(
         None, description="explain randomised copies of the model and record how similar the explanations stay"
@@ -67,6 +76,13 @@ class LimeSpec(StrictModel):
     def _enough_samples(cls, value: int) -> int:
         if value < 2:
             raise ValueError(f"must be at least 2 perturbations to fit a surrogate (got {value})")
+        return value
+
+    @field_validator("faithfulness_runs")
+    @classmethod
+    def _enough_runs(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("must be 0 (off) or at least 2 runs: a correlation needs two points (got 1)")
         return value
 
     def explainer_settings(self) -> dict:

@@ -3,8 +3,8 @@
 What the package does per perturbed row in Python happens here once per batch in numpy: masks are drawn as
 one matrix, perturbed inputs are composed straight into the model's batch buffer, the batches mix rows of
 several samples, and all labels of a sample share its perturbations and one ridge solve. Each explanation is
-scored: in-sample and held-out R^2 of the surrogate, its gap to the model, deletion/insertion AUC, and top-k
-stability across seeds.
+scored: in-sample and held-out R^2 of the surrogate, its gap to the model, deletion/insertion AUC, the
+faithfulness correlation, and top-k stability across seeds.
 
 Modules: ``perturb`` (the `Perturbation` protocol a kind of data implements), ``image`` and ``tabular`` (its
 two implementations and their explainers, whose docstrings list the deliberate differences from the
@@ -34,6 +34,10 @@ from interp_ops.lime.scores import (
     curve_auc,
     curve_steps,
     deletion_insertion_masks,
+    faithfulness_correlation,
+    faithfulness_subset_size,
+    faithfulness_subsets,
+    subset_masks,
     top_k_jaccard,
     weighted_r2,
 )
@@ -63,10 +67,14 @@ __all__ = [
     "deletion_insertion_masks",
     "euclidean_distance_to_all_on",
     "exponential_kernel",
+    "faithfulness_correlation",
+    "faithfulness_subset_size",
+    "faithfulness_subsets",
     "fit_quartile_bins",
     "overlay_png",
     "predict_in_batches",
     "segment_means",
+    "subset_masks",
     "top_k_jaccard",
     "weighted_r2",
     "weighted_ridge",

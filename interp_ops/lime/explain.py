@@ -1,8 +1,9 @@
 """The LIME loop every kind of data shares: perturb, predict in shared batches, fit the surrogates, score them.
 
 Every random draw comes from a generator seeded by (seed, sample key: its index in the data set, by default),
-so a sample's explanation does not depend on the batch size or on which other samples are in the call. All
-labels of a sample share its perturbations and one ridge solve.
+so a sample's explanation does not depend on the batch size or on which other samples are in the call (the
+faithfulness subsets from their own stream, (seed, key, FAITHFULNESS_STREAM), so asking for them leaves the LIME
+draws as they were). All labels of a sample share its perturbations and one ridge solve.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from interp_ops.lime.scores import (
     attribution_order,
     deletion_insertion_auc,
     deletion_insertion_masks,
+    faithfulness_correlation,
+    faithfulness_subset_size,
+    faithfulness_subsets,
+    subset_masks,
     top_k_stability,
 )
 from interp_ops.lime.surrogate import exponential_kernel, fit_surrogate
+
+FAITHFULNESS_STREAM = 1  # third seed word of the faithfulness subsets' generator; the LIME draws use two words
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class LoopSettings:
     seed: int
     stability_seeds: int
     heldout_samples: int
+    faithfulness_runs: int = 0
+    faithfulness_subset: float = 0.25
 
     def __post_init__(self) -> None:
         problems = [
@@ -56,6 +65,16 @@ class LoopSettings:
             (
                 self.heldout_samples < 0,
                 f"heldout_samples={self.heldout_samples} must be >= 0; use 0 to skip the held-out R^2",
+            ),
+            (
+                self.faithfulness_runs < 0 or self.faithfulness_runs == 1,
+                f"faithfulness_runs={self.faithfulness_runs} must be 0 (off) or >= 2 (a correlation needs two "
+                "points); use e.g. 50",
+            ),
+            (
+                not 0 < self.faithfulness_subset < 1,
+                f"faithfulness_subset={self.faithfulness_subset} must be a fraction of the features in (0, 1), "
+                "e.g. 0.25",
             ),
         ]
         for failed, message in problems:
@@ -107,6 +126,7 @@ class Fit:
     stability: np.ndarray | None
     deletion_auc: np.ndarray
     insertion_auc: np.ndarray
+    faithfulness: list[float | None] | None  # None when not asked for; None entries where it is undefined
 
 
 def _sample_keys(sample_keys: Sequence[int] | None, count: int) -> list[int]:
@@ -119,6 +139,22 @@ def _sample_keys(sample_keys: Sequence[int] | None, count: int) -> list[int]:
     return keys
 
 
+def _faithfulness_draws(settings: LoopSettings, keys: list[int], widths: list[int]) -> list[np.ndarray]:
+    """Each sample's faithfulness subsets (runs, subset_size) over its `widths` features, from its own stream;
+    none when faithfulness_runs is 0."""
+    if not settings.faithfulness_runs:
+        return []
+    return [
+        faithfulness_subsets(
+            np.random.default_rng([settings.seed, key, FAITHFULNESS_STREAM]),
+            width,
+            faithfulness_subset_size(width, settings.faithfulness_subset),
+            settings.faithfulness_runs,
+        )
+        for key, width in zip(keys, widths)
+    ]
+
+
 def explain_samples(
     predict: Predict,
     batch_size: int,
@@ -129,7 +165,8 @@ def explain_samples(
     sample_keys: Sequence[int] | None,
 ) -> list[Fit]:
     """One Fit per sample of inputs (N, *input_shape): its surrogate, fitted on the first seed's
-    neighbourhood, and its scores; the other stability_seeds - 1 seeds serve only the stability score."""
+    neighbourhood, and its scores; the other stability_seeds - 1 seeds serve only the stability score. The
+    deletion/insertion rows and the faithfulness subsets' rows go through the model in one pass."""
     num_samples, seed, stability_seeds = settings.num_samples, settings.seed, settings.stability_seeds
     input_shape = inputs.shape[1:]
     keys = _sample_keys(sample_keys, len(inputs))
@@ -162,7 +199,11 @@ def explain_samples(
     curve_inputs = [
         perturbation.masked(index, masks.reshape(-1, masks.shape[-1])) for index, masks in enumerate(curve_masks)
     ]
-    curves = predict_in_batches(predict, curve_inputs, input_shape, batch_size)
+    widths = [coef.shape[1] for coef, *_ in surrogates[0]]
+    subsets = _faithfulness_draws(settings, keys, widths)
+    subset_inputs = [perturbation.masked(i, subset_masks(drawn, widths[i])) for i, drawn in enumerate(subsets)]
+    masked_probabilities = predict_in_batches(predict, curve_inputs + subset_inputs, input_shape, batch_size)
+    curves, subset_probabilities = masked_probabilities[: len(inputs)], masked_probabilities[len(inputs) :]
     fits = []
     for index, (coef, intercept, r2, r2_heldout) in enumerate(surrogates[0]):
         sample_labels = labels[index]
@@ -170,6 +211,11 @@ def explain_samples(
         if stability_seeds > 1:
             stability = top_k_stability([run[index][0] for run in surrogates], settings.top_k)
         deletion_auc, insertion_auc = deletion_insertion_auc(curves[index], curve_masks[index], sample_labels)
+        faithfulness = None
+        if subsets:
+            faithfulness = faithfulness_correlation(
+                coef, probabilities[index, sample_labels], subset_probabilities[index], subsets[index], sample_labels
+            )
         fits.append(
             Fit(
                 sample_labels,
@@ -181,6 +227,7 @@ def explain_samples(
                 stability,
                 deletion_auc=deletion_auc,
                 insertion_auc=insertion_auc,
+                faithfulness=faithfulness,
             )
         )
     return fits

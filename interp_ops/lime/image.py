@@ -203,13 +203,26 @@ class ImageLime:
         seed: int = 0,
         stability_seeds: int = 3,
         heldout_samples: int = 200,
+        faithfulness_runs: int = 50,
+        faithfulness_subset: float = 0.25,
         sample_keys: Sequence[int] | None = None,
     ) -> LimeResult:
         """Explain each image in x (N, C, H, W) for its labels; display (N, H, W, C') in [0, 1] is segmented.
 
         Segmentation runs in threads on every core, so a custom segmentation must be thread-safe.
+        faithfulness_runs random subsets of faithfulness_subset of the superpixels are hidden for the
+        faithfulness correlation (0 runs: skipped); each run is one more forward pass per image.
         """
-        settings = LoopSettings(num_samples, kernel_width, top_k, seed, stability_seeds, heldout_samples)
+        settings = LoopSettings(
+            num_samples,
+            kernel_width,
+            top_k,
+            seed,
+            stability_seeds,
+            heldout_samples,
+            faithfulness_runs,
+            faithfulness_subset,
+        )
         x, display, segmented = _segmented(x, display, hide, segmentation)
         images, segment_maps, ids, segment_of_pixel = segmented
         pixels = x.shape[2] * x.shape[3]

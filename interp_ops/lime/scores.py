@@ -1,9 +1,10 @@
 """How far an explanation can be trusted: the surrogate's fit, its stability across seeds, its faithfulness.
 
 R^2 of the surrogate on its own rows (in sample) and on rows it never saw (held out), the Jaccard agreement of
-its top-k features across seeds (stability), and the deletion/insertion curves: the model's probability as
+its top-k features across seeds (stability), the deletion/insertion curves: the model's probability as
 features are removed (or added) in the explanation's order, whose areas say whether that order is the one
-the model actually depends on.
+the model actually depends on; and the faithfulness correlation (Bhatt et al. 2020): whether the weights of
+random feature subsets predict how much hiding them moves the model.
 """
 
 from __future__ import annotations
@@ -78,3 +79,41 @@ def deletion_insertion_auc(
     fractions = curve_steps(masks.shape[-1]) / masks.shape[-1]
     auc = curve_auc(np.take_along_axis(curves, labels[:, None, None, None], axis=3)[..., 0], fractions)
     return auc[:, 0], auc[:, 1]
+
+
+def faithfulness_subset_size(num_features: int, fraction: float) -> int:
+    """Features hidden per faithfulness run: round(fraction * d), at least 1 and at most d - 1, so every run
+    hides something and (for d >= 2) leaves something shown (Quantus refuses a subset as large as the input)."""
+    return max(1, min(round(fraction * num_features), num_features - 1))
+
+
+def faithfulness_subsets(rng: np.random.Generator, num_features: int, subset_size: int, runs: int) -> np.ndarray:
+    """(runs, subset_size) feature indices, each run's drawn uniformly without replacement."""
+    return np.argsort(rng.random((runs, num_features)), axis=1)[:, :subset_size]
+
+
+def subset_masks(subsets: np.ndarray, num_features: int) -> np.ndarray:
+    """(runs, d) binary rows with each run's subset hidden (False) and every other feature shown."""
+    masks = np.ones((len(subsets), num_features), dtype=bool)
+    np.put_along_axis(masks, subsets, False, axis=1)
+    return masks
+
+
+def faithfulness_correlation(
+    coef: np.ndarray, probability: np.ndarray, masked: np.ndarray, subsets: np.ndarray, labels: np.ndarray
+) -> list[float | None]:
+    """Per label, the Pearson correlation over runs of a subset's summed weights with the drop in the label's
+    probability when it is hidden, as quantus.FaithfulnessCorrelation computes it: from the weights coef (L, d),
+    the probabilities on the input (L,), the model's probabilities (runs, K) on the rows with each subset
+    (runs, k) hidden, and the labels (L,). None where the drops or the sums are all equal: no correlation."""
+    drops = probability[:, None] - masked[:, labels].T  # (L, runs)
+    sums = coef[:, subsets].sum(axis=2)  # (L, runs)
+    scores = []
+    for drop, total in zip(drops, sums):
+        if np.ptp(drop) == 0 or np.ptp(total) == 0:
+            scores.append(None)
+            continue
+        drop, total = drop - drop.mean(), total - total.mean()
+        correlation = (drop * total).sum() / np.sqrt((drop * drop).sum() * (total * total).sum())
+        scores.append(float(np.clip(correlation, -1.0, 1.0)))
+    return scores

@@ -20,9 +20,11 @@ class LimeResult:
     intercept, local_prediction (the surrogate's with every feature on), r2_in_sample, r2_heldout (None
     without held-out rows), prediction_gap (|local_prediction - probability|), stability (mean pairwise
     Jaccard of the top-k sets over the stability seeds; None for one seed), deletion_auc, insertion_auc,
-    kernel_width, num_samples, num_features, top_features, and for images overlay_png, height, width and
-    segments (the superpixel map: the (height, width) segment ids as a flat row-major int64 array, the
-    attributions' ``segment`` values).
+    faithfulness_correlation (Bhatt et al.'s correlation of random subsets' weight sums with the probability
+    drop when they are hidden; None when off, or when the drops or the sums were all equal), kernel_width,
+    num_samples, num_features, top_features, and for images overlay_png, height, width and segments (the
+    superpixel map: the (height, width) segment ids as a flat row-major int64 array, the attributions'
+    ``segment`` values).
     attributions, one row per sample x label x feature: sample_index, label, feature (the feature's name: the
     segment id in decimal for images), weight, rank (1 = most positive weight for images, largest |weight|
     for tables), and segment (the segment id as given by the segmentation) with area_fraction (images) or
@@ -69,6 +71,7 @@ def table_rows(
                     "stability": None if fit.stability is None else float(fit.stability[row]),
                     "deletion_auc": float(fit.deletion_auc[row]),
                     "insertion_auc": float(fit.insertion_auc[row]),
+                    "faithfulness_correlation": None if fit.faithfulness is None else fit.faithfulness[row],
                     "kernel_width": float(settings.kernel_width),
                     "num_samples": settings.num_samples,
                     "num_features": len(order),

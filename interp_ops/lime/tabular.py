@@ -145,11 +145,17 @@ class TabularLime:
         seed: int = 0,
         stability_seeds: int = 3,
         heldout_samples: int = 200,
+        faithfulness_runs: int = 50,
+        faithfulness_subset: float = 0.25,
         sample_keys: Sequence[int] | None = None,
     ) -> LimeResult:
-        """Explain each row (N, D) for its labels; kernel_width None means lime's 0.75 * sqrt(D)."""
+        """Explain each row (N, D) for its labels; kernel_width None means lime's 0.75 * sqrt(D).
+        faithfulness_runs random subsets of faithfulness_subset of the columns are set to their training mean
+        for the faithfulness correlation (0 runs: skipped); each run is one more forward pass per row."""
         width = 0.75 * np.sqrt(len(self.feature_names)) if kernel_width is None else kernel_width
-        settings = LoopSettings(num_samples, width, top_k, seed, stability_seeds, heldout_samples)
+        settings = LoopSettings(
+            num_samples, width, top_k, seed, stability_seeds, heldout_samples, faithfulness_runs, faithfulness_subset
+        )
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
             raise LimeInputError(
