@@ -26,15 +26,14 @@ def ablate_layer(
     device: str,
 ) -> ablation.AblationEffects:
     """Per class and K, what zeroing the class's K most important ``candidates`` of ``layer`` (every unit when
-    None) takes from it, beside random units; the layer's activations are computed once, the rest of the graph
-    runs per set."""
+    None) takes from it, beside random units. The data streams through a batch at a time: each batch's activations
+    at the layer are computed once, and the rest of the graph runs on them per set of units."""
     onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
         try:
             tail = onnx_bundle.make_session(ablation.graph_after(onnx_bytes, layer), device, threads)
-            activations = onnx_bundle.run_session(
-                onnx_bundle.make_session(onnx_bytes, device, threads), inputs.x, batch_size, [layer]
-            )[layer]
+            head = onnx_bundle.make_session(onnx_bytes, device, threads)
+            activations = ablation.computed_activations(head, inputs.x, layer, batch_size)
             return ablation.UnitAblation(tail, activations, inputs.labels, num_classes, batch_size).effects(
                 sizes, random_draws, seed, inputs.class_names, candidates
             )

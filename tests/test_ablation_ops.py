@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from interp_ops import onnx_bundle
-from interp_ops.ablation import AblationError, UnitAblation, balanced_accuracy, graph_after
+from interp_ops.ablation import AblationError, ClassTally, UnitAblation, computed_activations, graph_after
 from interp_ops.demo_models import shapes_cnn
 
 
@@ -99,11 +99,47 @@ def test_a_layer_with_a_skip_connection_around_it_or_units_out_of_range_are_refu
         planted.scores([4])
 
 
-def test_balanced_accuracy_is_the_mean_of_recall_and_true_negative_rate():
+def test_balanced_accuracy_is_the_mean_of_recall_and_true_negative_rate_whatever_the_batches():
     labels = np.array([0, 0, 0, 1, 1])
-    predicted = np.array([0, 1, 1, 1, 1])
-    assert balanced_accuracy(predicted, labels, 1) == pytest.approx((1.0 + 1 / 3) / 2)
-    assert balanced_accuracy(predicted, labels, 0) == pytest.approx((1 / 3 + 1.0) / 2)
+    logits = np.eye(3)[[0, 1, 1, 1, 1]] * 5  # predicted 0, 1, 1, 1, 1; class 2 never seen nor predicted
+    whole, split = ClassTally(3), ClassTally(3)
+    whole.add(logits, labels)
+    split.add(logits[:2], labels[:2])
+    split.add(logits[2:], labels[2:])
+    for tally in (whole, split):
+        scores = tally.scores()
+        assert scores.accuracy[1] == pytest.approx((1.0 + 1 / 3) / 2)
+        assert scores.accuracy[0] == pytest.approx((1 / 3 + 1.0) / 2)
+        assert scores.accuracy[2] == pytest.approx(1.0)  # no sample of it: its true-negative rate alone
+        assert scores.probability[1] == pytest.approx(np.exp(5) / (np.exp(5) + 2))  # both its samples predicted 1
+        assert np.isnan(scores.probability[2])
+    np.testing.assert_array_equal(whole.scores().accuracy, split.scores().accuracy)
+
+
+def test_streamed_activations_give_the_stored_ones_answer_with_a_batch_in_memory(tmp_path):
+    """The task's way (activations computed a batch at a time from the data) equals the stored activations' answer,
+    on a gray user model with other layer names."""
+    from user_models import gray_net
+
+    model = gray_net().eval()
+    x = np.random.default_rng(1).random((90, 1, 28, 28), dtype=np.float32)
+    labels = np.random.default_rng(2).integers(0, 10, 90)
+    onnx_bytes = onnx_bundle.export_torch(model, (1, 28, 28), ["body.act2"])
+    head, tail = (
+        onnx_bundle.make_session(onnx_bytes, "cpu"),
+        onnx_bundle.make_session(graph_after(onnx_bytes, "body.act2"), "cpu"),
+    )
+    stored = onnx_bundle.run_session(head, x, outputs=["body.act2"])["body.act2"]
+    streamed = computed_activations(head, x, "body.act2", batch_size=16)
+    a = UnitAblation(tail, stored, labels, 10).effects([1, 2], 5, seed=0)
+    b = UnitAblation(tail, streamed, labels, 10, batch_size=16).effects([1, 2], 5, seed=0)
+    for left, right in zip(a.rows, b.rows, strict=True):
+        assert {k: v for k, v in left.items() if "drop" not in k and "accuracy" not in k} == {
+            k: v for k, v in right.items() if "drop" not in k and "accuracy" not in k
+        }
+        for key in ("accuracy_before", "accuracy_after", "accuracy_drop", "probability_drop", "random_drop_mean"):
+            assert left[key] == pytest.approx(right[key], abs=1e-6)
+    assert [u["unit"] for u in a.units] == [u["unit"] for u in b.units]
 
 
 def test_effects_rank_on_one_half_measure_on_the_other_and_beat_random_sets_of_the_same_size(planted):
@@ -212,11 +248,11 @@ def test_removing_the_honest_models_triangle_detectors_costs_triangle_more_than_
     assert before > 0.95 and drop > max(random_drops) and drop > 0.3, (before, drop, random_drops)
 
 
-def test_the_activations_are_left_as_they_were_and_read_only_ones_are_copied(planted):
-    before = planted.activations.copy()
-    planted.scores([0, 2])
-    np.testing.assert_array_equal(planted.activations, before)
-    frozen = before.copy()
-    frozen.setflags(write=False)
-    ablation = UnitAblation(planted.session, frozen, planted.labels, 2)
+def test_stored_activations_are_left_as_they_were_and_read_only_ones_are_served(planted):
+    stored = np.concatenate(list(planted.activations(planted.selected)))
+    before = stored.copy()
+    ablation = UnitAblation(planted.session, stored, planted.labels, 2, batch_size=64)
+    assert ablation.scores([2]).accuracy.tolist() == [0.5, 0.5]
+    np.testing.assert_array_equal(stored, before)
+    stored.setflags(write=False)  # a memory map opened read-only, say
     assert ablation.scores([2]).accuracy.tolist() == [0.5, 0.5]
