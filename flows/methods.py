@@ -266,6 +266,7 @@ def submit_ablation(spec, onnx_bytes, inputs, checked, dissection_units: list[di
             inputs,
             layer,
             candidates,
+            params.top_units,
             sizes,
             params.random_draws,
             checked.num_classes,

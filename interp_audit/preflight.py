@@ -168,6 +168,11 @@ def check_ablation(
                     f"ops.ablation.units: unit {outside[0]} is out of range for layer {layer!r}, which has {count} "
                     f"units (0..{count - 1})"
                 )
+        if params.top_units is not None and params.top_units > count:
+            raise SpecError(
+                f"ops.ablation.units: {params.units} asks for more units than layer {layer!r} has ({count}); "
+                f"give top:K with K up to {count}, or all"
+            )
         ranked = len(set(params.units)) if isinstance(params.units, list) else count
         too_big = [k for k in params.sizes if k > ranked]
         if too_big:

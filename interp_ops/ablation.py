@@ -212,22 +212,30 @@ class UnitAblation:
         seed: int,
         class_names: Sequence[str] | None = None,
         candidates: Sequence[int] | None = None,
+        top: int | None = None,
     ) -> AblationEffects:
         """Per class (of those the measuring half holds samples of) and size K: the K ``candidates`` (default: every
-        unit) with the largest single-unit effect on the class, ranked on one half of the data and measured on the other (so a ranking cannot flatter itself),
+        unit; ``top``: the ``top`` units of largest effect on any class) with the largest single-unit effect on the
+        class, ranked on one half of the data and measured on the other (so a ranking cannot flatter itself),
         against ``random_draws`` random sets of K units of the whole layer measured the same way. A unit's effect
         is the drop of the class's mean probability when it alone is zeroed (continuous, so fewer ties than
         accuracy)."""
         pool = np.arange(self.num_units) if candidates is None else np.unique(np.asarray(candidates, dtype=np.int64))
         if len(pool) and not 0 <= pool.min() <= pool.max() < self.num_units:
             raise AblationError(f"candidate units must lie in 0..{self.num_units - 1} (got {pool.tolist()})")
-        too_big = [k for k in sizes if not 1 <= k <= len(pool)]
+        if top is not None and not 1 <= top <= len(pool):
+            raise AblationError(f"top={top} must be between 1 and the {len(pool)} units ranked")
+        ranked = len(pool) if top is None else top
+        too_big = [k for k in sizes if not 1 <= k <= ranked]
         if too_big:
-            raise AblationError(f"sizes {too_big} must be between 1 and the {len(pool)} units ranked")
+            raise AblationError(f"sizes {too_big} must be between 1 and the {ranked} units ranked")
         names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(self.num_classes)]
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(self.labels))
         accuracy_drops, probability_drops = self.rows(np.sort(order[::2])).single_unit_drops()
+        if top is not None:  # the units whose largest class effect is largest, in unit order
+            strength = np.nan_to_num(probability_drops[:, pool], nan=-np.inf).max(axis=0)
+            pool = np.sort(pool[np.argsort(-strength, kind="stable")[:top]])
         ranking = pool[np.argsort(-probability_drops[:, pool], axis=1, kind="stable")]
         measuring = self.rows(np.sort(order[1::2]))
         measured = [c for c in range(self.num_classes) if (measuring.labels == c).any()]  # classes it can tell

@@ -18,6 +18,7 @@ def ablate_layer(
     inputs: ModelInputs,
     layer: str,
     candidates: list[int] | None,
+    top: int | None,
     sizes: list[int],
     random_draws: int,
     num_classes: int,
@@ -26,7 +27,7 @@ def ablate_layer(
     device: str,
 ) -> ablation.AblationEffects:
     """Per class and K, what zeroing the class's K most important ``candidates`` of ``layer`` (every unit when
-    None) takes from it, beside random units. The data streams through a batch at a time: each batch's activations
+    None; of those, the ``top`` of largest effect when given) takes from it, beside random units. The data streams through a batch at a time: each batch's activations
     at the layer are computed once, and the rest of the graph runs on them per set of units."""
     onnx_bytes, inputs = materialized(onnx_bytes), materialized_inputs(inputs)
     with compute_share(device) as threads:
@@ -35,7 +36,7 @@ def ablate_layer(
             head = onnx_bundle.make_session(onnx_bytes, device, threads)
             activations = ablation.computed_activations(head, inputs.x, layer, batch_size)
             return ablation.UnitAblation(tail, activations, inputs.labels, num_classes, batch_size).effects(
-                sizes, random_draws, seed, inputs.class_names, candidates
+                sizes, random_draws, seed, inputs.class_names, candidates, top
             )
         except ablation.AblationError as exc:  # a layer with a skip connection around it, too few detectors
             raise SpecError(f"ops.ablation: {exc}") from None

@@ -114,12 +114,13 @@ def test_each_model_is_found_deciding_with_what_it_learned(tmp_path, trained):
 def test_a_user_model_of_another_shape_is_ablated_and_a_layer_inside_a_skip_is_refused(gray_spec, tmp_path):
     """A 1x28x28, ten-class model: only the classes the data holds are measured. A layer that a skip connection
     goes around cannot be ablated on its own: exit 2, the reason, nothing in the store."""
-    path = gray_spec(ops={"ablation": {"layers": ["body.conv1"], "sizes": [1, 2], "random_draws": 3}})
+    path = gray_spec(ops={"ablation": {"layers": ["body.conv1"], "units": "top:3", "sizes": [1, 2], "random_draws": 3}})
     code, output = cli("run", path)
     assert code == 0, output
     results = report.load_table(tmp_path / "reports", "ablation_results")
     assert len(results) == 3 * 2 and set(results.class_index) == {0, 1, 2}
     assert results.units.map(len).tolist() == [1, 1, 1, 2, 2, 2] and (results.units.map(max) < 4).all()
+    assert len({unit for units in results.units for unit in units}) <= 3  # every class's units among the top 3
 
     from user_models import skip_gray_net
 
@@ -150,6 +151,13 @@ def test_a_user_model_of_another_shape_is_ablated_and_a_layer_inside_a_skip_is_r
         ({"ablation": {"sizes": [1, 7]}}, {}, "ops.ablation.sizes: 7 is more than the 6 units of 'body.act2'"),
         ({"ablation": {"layers": ["head"]}}, {}, "ops.ablation.layers[0]: 'head' is not one of model.layers"),
         ({"ablation": {"sizes": [2, 2]}}, {}, "ops.ablation.sizes: each size once"),
+        (
+            {"ablation": {"units": "top:7", "sizes": [1]}},
+            {},
+            "ops.ablation.units: top:7 asks for more units than layer 'body.act2'",
+        ),
+        ({"ablation": {"units": "top:2", "sizes": [1, 3]}}, {}, "ops.ablation.sizes: 3 is more than the 2 units"),
+        ({"ablation": {"units": "top:0"}}, {}, "ops.ablation.units"),
         (
             {"ablation": {"sizes": [1]}},
             {"gates": [{"metric": "ablation.max_drop", "max": 0.5, "k": 4}]},

@@ -256,3 +256,13 @@ def test_stored_activations_are_left_as_they_were_and_read_only_ones_are_served(
     np.testing.assert_array_equal(stored, before)
     stored.setflags(write=False)  # a memory map opened read-only, say
     assert ablation.scores([2]).accuracy.tolist() == [0.5, 0.5]
+
+
+def test_top_k_keeps_the_units_of_largest_effect_on_any_class(planted):
+    effects = planted.effects(sizes=[1], random_draws=0, seed=0, class_names=["dim", "blue"], top=1)
+    assert [unit["unit"] for unit in effects.units] == [2]  # the blue unit, found on the ranking half
+    assert {row["class_name"]: row["units"] for row in effects.rows} == {"dim": [2], "blue": [2]}
+    with pytest.raises(AblationError, match="sizes \\[2\\] must be between 1 and the 1 units"):
+        planted.effects(sizes=[2], random_draws=0, seed=0, top=1)
+    with pytest.raises(AblationError, match="top=9 must be between 1 and the 4 units"):
+        planted.effects(sizes=[1], random_draws=0, seed=0, top=9)

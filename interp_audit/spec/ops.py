@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from interp_audit.spec.fields import (
     Float,
@@ -173,10 +173,13 @@ class AblationSpec(StrictModel):
         description="layers to ablate, each one of model.layers that every path to the logits goes through "
         "(default: the last of model.layers)",
     )
-    units: Literal["all", "detectors"] | list[NonNegativeInt] = Field(
-        "all",
-        description="the units ranked per class: all of the layer's, dissection's detectors on the layer "
-        "(needs ops.dissection), or a list of unit indices",
+    units: Literal["all", "detectors"] | Annotated[str, Field(pattern=r"^top:[1-9][0-9]*$")] | list[NonNegativeInt] = (
+        Field(
+            "all",
+            description="the units ranked per class: all of the layer's, dissection's detectors on the layer "
+            "(needs ops.dissection), top:K (the K units whose zeroing alone lowers some class's probability most, "
+            "found on the ranking half), or a list of unit indices",
+        )
     )
     sizes: list[PositiveInt] = Field(
         [1, 4, 16], min_length=1, description="K: the K ranked units of largest effect on a class are zeroed together"
@@ -193,10 +196,24 @@ class AblationSpec(StrictModel):
 
     @field_validator("sizes")
     @classmethod
-    def _sizes(cls, sizes: list[int]) -> list[int]:
+    def _sizes(cls, sizes: list[int], info: ValidationInfo) -> list[int]:
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"each size once (got {sizes})")
+        top = _top_units(info.data.get("units"))
+        if top is not None and max(sizes) > top:
+            raise ValueError(
+                f"{max(sizes)} is more than the {top} units of units: top:{top}; give sizes up to {top} or rank more"
+            )
         return sorted(sizes)
+
+    @property
+    def top_units(self) -> int | None:
+        """K of ``units: top:K``; None for the other forms."""
+        return _top_units(self.units)
+
+
+def _top_units(units) -> int | None:
+    return int(units.split(":")[1]) if isinstance(units, str) and units.startswith("top:") else None
 
 
 class OpsSpec(StrictModel):
