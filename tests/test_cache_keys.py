@@ -284,6 +284,7 @@ def test_task_settings_leave_out_only_what_the_flow_decides():
         "layers",
         "units",
         "exemplars",
+        "sanity",  # whether the flow also renders the re-drawn copy: a task parameter of its own (random_init_seed)
     }
 
 
