@@ -216,7 +216,7 @@ def actmax_sanity_spec(tmp_path, weights, **actmax) -> dict:
             "layers": ["features.12"],
         },
         "data": "builtin:shapes?split=val&n=48",
-        "ops": {"activation_max": {"steps": 48, "exemplars": 2, "sanity": True, **actmax}},
+        "ops": {"activation_max": {"steps": 32, "exemplars": 2, "sanity": True, **actmax}},
         "gates": [{"metric": "activation_max.share_beating_random", "min": 0.6}],
         "report": {"store": str(tmp_path / "reports")},
     }
@@ -250,11 +250,13 @@ def test_actmax_sanity_renders_the_redrawn_copy_and_the_trained_units_beat_it(tm
     with torch.no_grad():
         randomised(x)
     random_max = captured["out"].mean(dim=(2, 3)).max(dim=0).values.numpy()
+    checked = list(range(8))  # a unit's render does not depend on the batch it is rendered in
     renders = actmax.render_units(
-        randomised, "features.12", list(range(64)), input_shape=SHAPE, value_range=(0, 1), mean=[0.5] * 3,
-        std=[0.25] * 3, seed=0, device="cpu", steps=48,
+        randomised, "features.12", checked, input_shape=SHAPE, value_range=(0, 1), mean=[0.5] * 3,
+        std=[0.25] * 3, seed=0, device="cpu", steps=32,
     )  # fmt: skip
-    for row in units.itertuples():
+    assert (random_max[checked] > 0).sum() >= 2  # some of the checked units have a ratio in the copy
+    for row in units[units.unit.isin(checked)].itertuples():
         if random_max[row.unit] > 0:
             expected = renders.final_activation[row.unit] / random_max[row.unit]
             assert row.random_ratio == pytest.approx(expected, rel=1e-3), row.unit
