@@ -5,7 +5,7 @@ explanations stay. An explanation that stays the same when the model has learned
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -27,11 +27,12 @@ def rank_similarity(original: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 
 def randomisation_similarity(
-    explain: Explainer, original: Predict, randomised: Sequence[Predict]
+    explain: Explainer, original: Predict, randomised: Iterable[Predict]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(steps, samples, labels) twice: the rank similarity of each sample's explanation under each randomised model
     to its explanation under the original, of the weights and of their absolute values (Adebayo et al. report both:
-    a sign flip reverses the ranking but may keep what is important)."""
+    a sign flip reverses the ranking but may keep what is important). ``randomised`` is read one model at a time,
+    so a generator keeps one copy loaded at once."""
     reference = explain(original)
     signed, absolute = [], []
     for model in randomised:

@@ -130,7 +130,7 @@ def check_lime_sanity(
         explain = lime.ImageLime(original, settings["batch_size"]).fixed_surrogates(
             *images, **options, seed=seed, sample_keys=sample_keys
         )
-        randomised = [_predict(materialized(copy), device, threads) for _, copy in cascade]
+        randomised = (_predict(materialized(copy), device, threads) for _, copy in cascade)  # one session at a time
         signed, absolute = randomisation_similarity(explain, original, randomised)
     return [
         {
