@@ -1,0 +1,137 @@
+"""TCAV (interp_ops.tcav, issue 19) against Captum 0.9's ``captum.concept.TCAV`` on the same work, in one process.
+
+The work: the honest demo CNN at `features.8` and `features.12`; two concepts (triangle scenes, scenes with the
+circle's corner patch) against 10 random sets of 20 scenes, plus the random-vs-random null; 3 classes of 16 inputs
+each (8 with --quick). Every contender computes every CAV once and scores every (concept, layer, class).
+
+  ours         activations from the ONNX graph (exported beforehand: the audit has it), CAVs from ``train_cav``, the
+               null once per layer, each class's logit gradients once per layer
+  captum       ``TCAV.interpret`` per class with its default classifier (SGD); CAVs trained on the first class's call
+               and read back from its save_path on the others, as Captum does
+  captum_cavs  the same with our CAV classifier behind Captum's ``Classifier`` interface (tests/test_tcav_ops.py)
+
+Prints ``speedup_vs_captum`` = captum / ours (target >= 3) and ``speedup_vs_captum_same_cavs``.
+
+    .venv/bin/python benchmarks/tcav_bench.py           # writes results/tcav.json
+    .venv/bin/python benchmarks/tcav_bench.py --quick   # 8 inputs per class; prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from _results import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "assets")]
+LAYERS, RANDOM_SETS, EXAMPLES, CLASSES = ["features.8", "features.12"], 10, 20, 3
+
+
+def main() -> None:
+    from captum.concept import TCAV, Concept
+    from captum.concept._utils.classifier import DefaultClassifier
+    from safetensors.torch import load_file
+    from test_tcav_ops import DEMO, CaptumCav, model_input, scenes, scenes_of_class, with_corner_patch
+
+    from interp_ops import builtin_data, onnx_bundle
+    from interp_ops.demo_models import ensure_demo_models, shapes_cnn
+    from interp_ops.tcav import class_logit_gradients, concept_cavs, layer_activations, null_cavs, tcav_test
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="8 inputs per class; writes no results file")
+    args = parser.parse_args()
+    inputs_per_class = 8 if args.quick else 16
+
+    model = shapes_cnn()
+    model.load_state_dict(load_file(ensure_demo_models(ROOT / "demo-models")["honest"].weights_path))
+    model.eval()
+    images = builtin_data.shapes("val", EXAMPLES, seed=100)[0]
+    concepts = {
+        "triangle": scenes_of_class(2, EXAMPLES, seed=400, patch=False, **DEMO),
+        "patch": model_input(with_corner_patch(images, 0), **DEMO),
+    }
+    randoms = [scenes(EXAMPLES, seed=200 + i, **DEMO) for i in range(RANDOM_SETS)]
+    class_inputs = [scenes_of_class(k, inputs_per_class, seed=300, patch=False, **DEMO) for k in range(CLASSES)]
+    session = onnx_bundle.make_session(onnx_bundle.export_torch(model, DEMO["shape"], LAYERS), "cpu")
+
+    def ours() -> dict:
+        scores = {}
+        for layer in LAYERS:
+            random_activations = [layer_activations(session, x, layer) for x in randoms]
+            null = null_cavs(random_activations, seed=0)
+            cavs = {
+                name: concept_cavs(layer_activations(session, x, layer), random_activations, seed=0)
+                for name, x in concepts.items()
+            }
+            for k, x in enumerate(class_inputs):
+                gradients = class_logit_gradients(model, layer, x, k)
+                for name in concepts:
+                    scores[name, layer, k] = tcav_test(cavs[name], null, gradients).scores
+        return scores
+
+    def captum(classifier) -> dict:
+        sets = [(name, x) for name, x in concepts.items()] + [(f"random{i}", x) for i, x in enumerate(randoms)]
+        made = [
+            Concept(i, name, torch.utils.data.DataLoader(torch.from_numpy(x), batch_size=len(x)))
+            for i, (name, x) in enumerate(sets)
+        ]
+        by_name, random_concepts = {c.name: c for c in made}, made[len(concepts) :]
+        experiments = [[by_name[name], random] for name in concepts for random in random_concepts]
+        experiments += [[random, random_concepts[(i + 1) % RANDOM_SETS]] for i, random in enumerate(random_concepts)]
+        scores = {}
+        with tempfile.TemporaryDirectory() as save_path, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = TCAV(model, LAYERS, classifier=classifier(), save_path=save_path)
+            for k, x in enumerate(class_inputs):
+                results = interpreter.interpret(torch.from_numpy(x), experiments, target=k)
+                for name in concepts:
+                    for layer in LAYERS:
+                        keys = [f"{by_name[name].id}-{random.id}" for random in random_concepts]
+                        scores[name, layer, k] = np.array([float(results[key][layer]["sign_count"][0]) for key in keys])
+        return scores
+
+    contenders = {
+        "ours": ours,
+        "captum": lambda: captum(DefaultClassifier),
+        "captum_cavs": lambda: captum(lambda: CaptumCav(0)),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in contenders}
+    outputs = {}
+    for round_ in range(2):  # rotating order, fastest round counts
+        names = list(contenders)[round_:] + list(contenders)[:round_]
+        for name in names:
+            started = time.perf_counter()
+            outputs[name] = contenders[name]()
+            timings[name].append(time.perf_counter() - started)
+    agree = max(float(np.abs(outputs["ours"][key] - outputs["captum_cavs"][key]).max()) for key in outputs["ours"])
+    best = {name: min(values) for name, values in timings.items()}
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+        "work": dict(
+            concepts=len(concepts),
+            random_sets=RANDOM_SETS,
+            examples=EXAMPLES,
+            layers=LAYERS,
+            classes=CLASSES,
+            inputs_per_class=inputs_per_class,
+        ),
+        "seconds": {name: round(value, 3) for name, value in best.items()},
+        "speedup_vs_captum": round(best["captum"] / best["ours"], 2),
+        "speedup_vs_captum_same_cavs": round(best["captum_cavs"] / best["ours"], 2),
+        "max_score_difference_same_cavs": agree,
+    }
+    print(report)
+    write_results("tcav", report, args.quick)
+
+
+if __name__ == "__main__":
+    main()
