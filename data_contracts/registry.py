@@ -18,6 +18,7 @@ _TABLE_MODULES = (
     "dissection_tally",
     "dissection_summary",
     "ablation_results",
+    "tcav_scores",
     "contract_results",
     "reviews",
     "model_cards",

@@ -20,7 +20,9 @@ CONTRACT = TableContract(
                 "the approval), `passed` (latest passed version, none approved) or `requested` (report diff).",
             ),
             column(
-                "method", pa.string(), "lime, sanity (LIME's sanity check), dissection, activation_max or ablation."
+                "method",
+                pa.string(),
+                "lime, sanity (LIME's sanity check), dissection, activation_max, ablation or tcav.",
             ),
             column(
                 "metric",
@@ -30,7 +32,8 @@ CONTRACT = TableContract(
                 "detectors, detectors_gained, detectors_lost (units); activation_max: ratio (render "
                 "activation / dataset max); ablation: accuracy_drop (per class and K), max_drop (the largest "
                 "over the classes, per K); sanity: lime_similarity (mean rank similarity of LIME's explanations "
-                "under the copy re-drawn through `layer` to the model's own, per step).",
+                "under the copy re-drawn through `layer` to the model's own, per step); tcav: score (the concept's TCAV "
+                "score for the class at `layer`).",
             ),
             column(
                 "scope",
@@ -47,7 +50,8 @@ CONTRACT = TableContract(
             column(
                 "item",
                 pa.string(),
-                "Sample id, concept name, category, unit index, `CLASS k=K` (ablation), `step=N` (sanity), or "
+                "Sample id, concept name, category, unit index, `CLASS k=K` (ablation), `step=N` (sanity), "
+                "`CONCEPT -> CLASS` (tcav), or "
                 "`*` (`k=K` for ablation) for overall.",
             ),
             column("category", pa.string(), "Concept category (dissection), else null.", nullable=True),
@@ -59,7 +63,7 @@ CONTRACT = TableContract(
     unique_key=("run_id", "baseline_run_id", "method", "metric", "scope", "layer", "item"),
     allowed_values={
         "baseline_basis": ("approved", "passed", "requested"),
-        "method": ("lime", "sanity", "dissection", "activation_max", "ablation"),
+        "method": ("lime", "sanity", "dissection", "activation_max", "ablation", "tcav"),
         "scope": ("sample", "concept", "category", "unit", "class", "step", "overall"),
     },
     ranges={},

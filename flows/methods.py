@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from rich.markup import escape
@@ -17,11 +18,13 @@ from flows.runners import fenced_by, shipping, task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
 from interp_audit.readings import largest_drops, similarity_by_step, versus_random
+from interp_ops.tcav import draw_random_sets
 from tasks.ablation import ablate_layer
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
 from tasks.inference import check_parity, predict
 from tasks.lime import check_lime_sanity, explain_with_lime, export_randomised_cascade
+from tasks.tcav import load_concept_examples, tcav_layer, tcav_rows
 
 
 def method_tables(
@@ -90,6 +93,7 @@ def method_tables(
         )
         ranks_all_units = "ablation" in methods and spec.ops.ablation.units != "detectors"
         ablated = submit_ablation(spec, shipped_onnx, shipped_inputs, checked, None) if ranks_all_units else {}
+        tested = submit_tcav(loaded, checked, inputs, shipped_onnx, ship, predictions) if "tcav" in methods else None
 
     rows = {"predictions": predictions.result()}
     if lime_batches:
@@ -126,6 +130,14 @@ def method_tables(
         progress.step(ablation_headline(rows["ablation_results"]))
     if dissected is not None:
         rows["dissection_units"] = with_unit_effects(rows["dissection_units"], effects)
+    if tested is not None:
+        futures, class_inputs = tested
+        rows["tcav_scores"] = [
+            row
+            for layer, future in futures
+            for row in tcav_rows(layer, future.result(), inputs.class_names, class_inputs)
+        ]
+        progress.step(tcav_headline(rows["tcav_scores"]))
     if parity is not None:
         rows["onnx_parity"] = parity.result()
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
@@ -341,6 +353,77 @@ def dissection_rows(loaded, results: list, baselines: list | None) -> dict[str, 
         loaded.spec.seed,
         params.iou_threshold,
     )
+
+
+def submit_tcav(loaded, checked, inputs, onnx_bytes, ship, predictions) -> tuple[list, dict[int, int]]:
+    """One TCAV task per layer and batch of concepts, all at once, on the same concept examples, random sets and
+    class inputs; returns (layer, future) pairs and each class's count of inputs. Without labels in the data, a
+    class's inputs are those the model assigns it."""
+    spec, params, plan = loaded.spec, loaded.spec.ops.tcav, checked.tcav
+    examples = load_concept_examples.submit(
+        plan.concepts, params.examples_per_concept, str(loaded.base_dir), spec.model.input, spec.seed
+    ).result()
+    labels = inputs.labels
+    if labels is None:
+        labels = np.array([row["predicted"] for row in predictions.result()], dtype=np.int64)
+    if plan.random_pool is None:
+        drawn = draw_random_sets(labels, len(inputs.ids), params.random_sets, params.examples_per_concept, spec.seed)
+        pooled_rows = np.unique(np.concatenate(drawn))  # sets overlap: each row is read and run once
+        pool = ship(inputs.x[pooled_rows])
+        random_sets = [np.searchsorted(pooled_rows, rows) for rows in drawn]
+    else:
+        pooled = load_concept_examples.submit(
+            {"random": plan.random_pool},
+            len(plan.random_pool.positions),
+            str(loaded.base_dir),
+            spec.model.input,
+            spec.seed,
+        ).result()
+        pool, random_sets = ship(pooled["random"]), [np.asarray(rows) for rows in plan.random_sets]
+    classes, counts = {}, {}
+    for class_index in plan.classes:
+        rows = np.flatnonzero(labels == class_index)[: params.class_inputs]
+        if len(rows):
+            classes[class_index], counts[class_index] = ship(inputs.x[rows]), len(rows)
+        else:
+            warnings.warn(f"ops.tcav: no input of class {class_index} in the data; it is not tested", stacklevel=2)
+    names = list(plan.concepts)
+    comparisons = len(names) * len(spec.tcav_layers) * max(len(classes), 1)  # Bonferroni over every test made
+    futures = [
+        (
+            layer,
+            tcav_layer.submit(
+                checked.model,
+                onnx_bytes,
+                layer,
+                spec.model.token_grids.get(layer),
+                {name: ship(examples[name]) for name in names[start : start + params.concepts_per_task]},
+                pool,
+                random_sets,
+                classes,
+                spec.seed,
+                params.alpha,
+                comparisons,
+                params.batch_size,
+                checked.device,
+            ),
+        )
+        for layer in spec.tcav_layers
+        for start in range(0, len(names), params.concepts_per_task)
+    ]
+    return futures, counts
+
+
+def tcav_headline(rows: list[dict]) -> str:
+    significant = [row for row in rows if row["significant"]]
+    line = f"TCAV: {len(significant)} of {len(rows)} concept x class x layer tests significant"
+    if significant:
+        top = max(significant, key=lambda row: abs(row["score_mean"] - 0.5))
+        line += (
+            f"; strongest: {escape(top['concept'])} -> {escape(top['class_name'])} at {escape(top['layer'])} "
+            f"(score {top['score_mean']:.2f}, random {top['random_score_mean']:.2f})"
+        )
+    return line
 
 
 def resolved(futures: list) -> list:

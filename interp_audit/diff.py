@@ -3,7 +3,7 @@
 Each method is compared only where both runs measured the same thing: LIME on the same samples and labels with
 the same superpixels, dissection on the same layers (units are matched by index), activation maximization on
 the units of layers both runs rendered, ablation on the same layers, classes and K, LIME's sanity check on the same
-randomisation steps. Everything here works on a run's tables as pandas frames (``RunTables``),
+randomisation steps, TCAV on the same concepts, layers and classes. Everything here works on a run's tables as pandas frames (``RunTables``),
 so the flow can diff its own tables before they are published and ``report diff`` can diff two published runs.
 """
 
@@ -41,6 +41,7 @@ def version_diff(old: RunTables, new: RunTables) -> list[dict]:
         *dissection_diff(old, new),
         *actmax_diff(old, new),
         *ablation_diff(old, new),
+        *tcav_diff(old, new),
     ]
 
 
@@ -256,6 +257,28 @@ def ablation_diff(old: RunTables, new: RunTables) -> list[dict]:
     return rows
 
 
+def tcav_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Per concept, layer and class both runs tested: the change of the TCAV score."""
+    before, after = old("tcav_scores"), new("tcav_scores")
+    if before.empty or after.empty:
+        return []
+    columns = ["layer", "concept", "class_name", "score_mean"]
+    both = before[columns].merge(after[columns], on=["layer", "concept", "class_name"], suffixes=("_old", "_new"))
+    return [
+        _row(
+            "tcav",
+            "score",
+            "class",
+            row["layer"],
+            f"{row['concept']} -> {row['class_name']}",
+            row["score_mean_new"] - row["score_mean_old"],
+            row["score_mean_old"],
+            row["score_mean_new"],
+        )
+        for row in both.sort_values(["layer", "concept", "class_name"]).to_dict("records")
+    ]
+
+
 def sanity_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Per randomisation step both runs took (the same module re-drawn through): the change of the mean rank
     similarity of LIME's explanations under the re-drawn copy to its explanations under the model."""
@@ -294,7 +317,8 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
     Each entry: run_id, version, basis; lime (overall jaccard and shift, samples by id) or None; dissection
     (overall detectors per layer, categories, concepts that gained or lost detectors) or None; actmax (overall
     ratios per layer, units by |change|, largest first) or None; ablation (largest drop per layer and K, drops per
-    class and K) or None; sanity (LIME's mean similarity under the re-drawn copies, per step) or None."""
+    class and K) or None; sanity (LIME's mean similarity under the re-drawn copies, per step) or None; tcav (score
+    changes per layer, concept and class) or None."""
     summaries = []
     for (baseline, version, basis), rows in diffs.groupby(
         ["baseline_run_id", "baseline_version", "baseline_basis"], sort=False, dropna=False
@@ -307,6 +331,7 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
             "dissection": None,
             "actmax": None,
             "ablation": None,
+            "tcav": None,
             "sanity": None,
         }
         lime = rows[rows["method"] == "lime"]
@@ -352,6 +377,9 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
         sanity = rows[rows["method"] == "sanity"]
         if not sanity.empty:
             summary["sanity"] = records(sanity.sort_values("item"))
+        tcav = rows[rows["method"] == "tcav"]
+        if not tcav.empty:
+            summary["tcav"] = records(tcav.sort_values(["layer", "item"]))
         summaries.append(summary)
     return summaries
 
@@ -389,6 +417,11 @@ def headline(summary: dict) -> str:
     for row in (summary["ablation"] or {}).get("overall", []):
         parts.append(
             f"{row['layer']} largest ablation drop ({row['item']}) {row['old_value']:.2f} -> {row['new_value']:.2f}"
+        )
+    if summary["tcav"]:
+        top = max(summary["tcav"], key=lambda row: abs(row["value"]))
+        parts.append(
+            f"largest TCAV change {top['item']} at {top['layer']} {top['old_value']:.2f} -> {top['new_value']:.2f}"
         )
     if summary["sanity"]:
         old, new = ("/".join(f"{row[key]:.2f}" for row in summary["sanity"]) for key in ("old_value", "new_value"))

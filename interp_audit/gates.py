@@ -24,6 +24,7 @@ from interp_audit.spec import (
     LimeRegionGate,
     LimeSanityGate,
     RegionSpec,
+    TcavGate,
 )
 
 
@@ -42,7 +43,7 @@ def _verdict(gate, value: float | None, detail: str) -> dict:
     return {
         "gate": gate.label,
         "metric": gate.metric,
-        "params": json.dumps(gate.model_dump(exclude_none=True), sort_keys=True),
+        "params": json.dumps(gate.model_dump(exclude_none=True, by_alias=True), sort_keys=True),
         "value": value,
         "min": gate.min,
         "max": gate.max,
@@ -62,7 +63,30 @@ def _measure(gate, run: RunTables, diffs: list[dict], baseline: Baseline | None)
         return _max_drop(gate, run("ablation_results"))
     if isinstance(gate, LimeSanityGate):
         return _randomised_similarity(run("sanity_checks"))
+    if isinstance(gate, TcavGate):
+        return _tcav_score(gate, run("tcav_scores"))
     return _diff_metric(gate, diffs, baseline)
+
+
+def _tcav_score(gate: TcavGate, scores: pd.DataFrame) -> tuple[float | None, str]:
+    if scores.empty:
+        return None, "no TCAV in this run"
+    by_class = "class_index" if isinstance(gate.class_, int) else "class_name"
+    chosen = scores[(scores["concept"] == gate.concept) & (scores[by_class] == gate.class_)]
+    if gate.layer:
+        chosen = chosen[chosen["layer"] == gate.layer]
+    if chosen.empty:
+        return None, f"no TCAV test of {gate.concept} for class {gate.class_} (a class without inputs is not tested)"
+    counted = chosen["score_mean"].where(chosen["significant"].astype(bool), 0.5)  # not significant: no dependence
+    top = chosen.loc[counted.idxmax()]
+    p_value = "n/a" if pd.isna(top["p_value"]) else f"{top['p_value']:.2g}"
+    verdict = (
+        "significant" if top["significant"] else f"not significant (threshold {top['threshold']:.2g}), counted as 0.5"
+    )
+    return float(counted.max()), (
+        f"{gate.concept} -> {top['class_name']} at {top['layer']}: score {top['score_mean']:.2f} against random "
+        f"{top['random_score_mean']:.2f} +- {top['random_score_std']:.2f}, p {p_value}, {verdict}"
+    )
 
 
 def _actmax_share(gate: ActmaxGate, units: pd.DataFrame) -> tuple[float | None, str]:

@@ -373,6 +373,39 @@ def _ablation(results: pd.DataFrame, units: pd.DataFrame) -> dict | None:
     }
 
 
+def _tcav(scores: pd.DataFrame) -> dict | None:
+    """Per layer and class, a bar per concept on a 0-1 scale: its TCAV score, the random sets' null as mean +- std
+    behind it, 0.5 (no direction preferred) marked, and whether the t-test found it significant."""
+    if scores.empty:
+        return None
+
+    def percent(value: float) -> float:
+        return round(100 * min(max(float(value), 0.0), 1.0), 1)
+
+    layers = []
+    for layer, group in scores.groupby("layer", sort=True):
+        classes = []
+        for name, rows in group.sort_values(["class_index", "concept"]).groupby("class_name", sort=False):
+            bars = [
+                {
+                    **row,
+                    "width": percent(row["score_mean"]),
+                    "null_left": percent(row["random_score_mean"] - row["random_score_std"]),
+                    "null_width": percent(row["random_score_mean"] + row["random_score_std"])
+                    - percent(row["random_score_mean"] - row["random_score_std"]),
+                }
+                for row in records(rows)
+            ]
+            classes.append({"class_name": name, "bars": bars})
+        layers.append({"layer": layer, "classes": classes})
+    return {
+        "layers": layers,
+        "tests": len(scores),
+        "significant": int(scores["significant"].astype(bool).sum()),
+        "threshold": float(scores["threshold"].iloc[0]),
+    }
+
+
 def _reproducibility(run: dict) -> dict:
     try:
         versions = json.loads(run["package_versions"] or "{}")
@@ -435,6 +468,7 @@ def render_html(store: str | Path | ReportStore, run_id: str) -> str:
         "actmax": _actmax(table("actmax_units"), table("actmax_exemplars")),
         "dissection": _dissection(table("dissection_summary"), table("dissection_units")),
         "ablation": _ablation(table("ablation_results"), table("dissection_units")),
+        "tcav": _tcav(table("tcav_scores")),
         "repro": _reproducibility(run),
         "generated": fmt_time(datetime.now(UTC)),
     }

@@ -46,6 +46,17 @@ class InputsProbe:
     labelled: bool  # whether the data gives each sample a class label
 
 
+@dataclass(frozen=True)
+class ConceptExamples:
+    """Where a TCAV concept's examples are read: the positions of the concept source's images that hold it (a
+    concept named in ``ops.tcav.concept_source``), or the first of a data URI's samples (``positions`` None).
+    ``fingerprint``: the content read, the key of the cached read."""
+
+    uri: str
+    positions: list[int] | None
+    fingerprint: str
+
+
 def model_inputs(data_uri: str, base_dir: Path, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
     """Every sample, read and converted a chunk at a time into a file of the ``model-inputs`` cache: the run's one
     read of the whole data set, and none when the same data was converted the same way before (``data_sha256``:
@@ -146,8 +157,9 @@ def data_sha256(data_uri: str, base_dir: Path) -> str:
         raise SpecError(str(exc)) from None
 
 
-def load_concepts(uri: str, base_dir: Path, seed: int):
-    """The spec's concept set (a builtin one is written on first use); a broken or empty one is bad input."""
+def load_concepts(uri: str, base_dir: Path, seed: int, field: str = "ops.dissection.concepts"):
+    """The concept set the spec's ``field`` names (a builtin one is written on first use); a broken or empty one is
+    bad input."""
     from interp_ops.concepts import ConceptDataError, resolve_concepts
 
     try:
@@ -156,9 +168,9 @@ def load_concepts(uri: str, base_dir: Path, seed: int):
             raise ConceptDataError(f"'{uri}' holds no images; give a Broden folder with images, or builtin:concepts")
         return concepts
     except (ConceptDataError, OSError) as exc:
-        raise concepts_error(exc) from None
+        raise concepts_error(exc, field) from None
 
 
-def concepts_error(exc: Exception) -> SpecError:
+def concepts_error(exc: Exception, field: str = "ops.dissection.concepts") -> SpecError:
     """Broken concept data is bad input (exit 2), named as the spec names it."""
-    return SpecError(f"ops.dissection.concepts: {str(exc).removeprefix('concepts: ')}")
+    return SpecError(f"{field}: {str(exc).removeprefix('concepts: ')}")

@@ -224,6 +224,23 @@ def _methods(table: Table) -> list[tuple[str, list[tuple[str, str]]]]:
             for worst in largest_drops(ablation).to_dict("records")
         ]
         methods.append(("unit ablation", rows))
+    scores = table("tcav_scores")
+    if not scores.empty:
+        significant = scores[scores["significant"].astype(bool)]
+        methods.append(
+            (
+                "TCAV (concepts the decision depends on)",
+                [
+                    (
+                        f"{text(row.concept)} for {text(row.class_name)} at {code(row.layer)}",
+                        f"score {fmt(float(row.score_mean))} (random sets {fmt(float(row.random_score_mean))}, "
+                        f"p {fmt(row.p_value)})",
+                    )
+                    for row in significant.sort_values(["layer", "concept", "class_index"]).itertuples()
+                ]
+                or [("significant tests", f"none of {len(scores)}")],
+            )
+        )
     units = table("dissection_units")
     if not units.empty:
         methods.append(

@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp_audit.errors import SpecError
-from interp_audit.inputs import concepts_error, inputs_probe, load_concepts
+from interp_audit.inputs import ConceptExamples, concepts_error, inputs_probe, load_concepts
 from interp_audit.intake import LayerShapes, ModelRef, check_model, resolve_model
-from interp_audit.spec import UNITS_FIRST, AblationSpec, ActivationMaxSpec, DissectionSpec, LimeSpec, LoadedSpec
+from interp_audit.spec import (
+    UNITS_FIRST,
+    AblationSpec,
+    ActivationMaxSpec,
+    DissectionSpec,
+    LimeSpec,
+    LoadedSpec,
+    TcavGate,
+    TcavSpec,
+)
 from interp_audit.store import ReportStore
 
 PROBE_SAMPLES = 32  # the samples the model is checked on before the run
@@ -29,6 +38,19 @@ class Preflight:
     actmax_units: dict[str, list[int]] = field(default_factory=dict)  # layer -> units to visualize
     dissection_layers: list[str] = field(default_factory=list)
     concepts_fingerprint: str | None = None
+    tcav: TcavPlan | None = None
+
+
+@dataclass(frozen=True)
+class TcavPlan:
+    """The concepts' examples, the classes tested, and, for random sets drawn from the concept source, the images
+    they draw (``random_pool``) and each set's positions among them (for random sets of the data: None, drawn by
+    the flow, which knows every sample's label)."""
+
+    concepts: dict[str, ConceptExamples]
+    classes: list[int]
+    random_pool: ConceptExamples | None = None
+    random_sets: list[list[int]] | None = None
 
 
 def resolve_device(requested: str) -> str:
@@ -69,7 +91,101 @@ def preflight(
         concepts = check_concepts(spec.ops.dissection.concepts, loaded.base_dir, spec.seed)
     if spec.ops.ablation is not None:
         check_ablation(spec.ops.ablation, spec.ablation_layers, layer_shapes, spec.model.token_grids, inputs.labelled)
-    return Preflight(ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts)
+    tcav = None
+    if spec.ops.tcav is not None:
+        tcav = tcav_plan(loaded, len(inputs.ids), inputs.class_names, num_classes)
+    return Preflight(ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts, tcav)
+
+
+def tcav_plan(loaded: LoadedSpec, num_samples: int, class_names: list[str] | None, num_classes: int) -> TcavPlan:
+    """Every concept with enough examples, the data with enough samples for a random set, the classes tested, and
+    the TCAV gates' classes among them."""
+    spec, params = loaded.spec, loaded.spec.ops.tcav
+    count = params.examples_per_concept
+    if params.randoms_from_data and num_samples < count:
+        raise SpecError(
+            f"ops.tcav.examples_per_concept: each random set draws {count} samples of the data, which holds "
+            f"{num_samples}; ask for fewer examples or give more data"
+        )
+    concepts = (
+        named_concepts(params, loaded.base_dir, spec.seed)
+        if params.named_in_source
+        else {
+            name: concept_folder(name, uri, count, loaded.base_dir, spec.seed) for name, uri in params.concepts.items()
+        }
+    )
+    random_pool, random_sets = None, None
+    if not params.randoms_from_data:
+        random_pool, random_sets = concept_source_randoms(params, loaded.base_dir, spec.seed)
+    classes = (
+        list(range(num_classes))
+        if params.classes == "all"
+        else [class_index(c, f"ops.tcav.classes[{i}]", class_names, num_classes) for i, c in enumerate(params.classes)]
+    )
+    for index, gate in enumerate(spec.gates):
+        if isinstance(gate, TcavGate):
+            tested = class_index(gate.class_, f"gates[{index}].class", class_names, num_classes)
+            if tested not in classes:
+                raise SpecError(f"gates[{index}].class: class {gate.class_!r} is not among ops.tcav.classes")
+    return TcavPlan(concepts, classes, random_pool, random_sets)
+
+
+def concept_source_randoms(params: TcavSpec, base_dir: Path, seed: int) -> tuple[ConceptExamples, list[list[int]]]:
+    """Random sets of the concept source's images: the images drawn (each once) and each set's positions among
+    them."""
+    import numpy as np
+
+    from interp_ops.concepts import concepts_fingerprint
+    from interp_ops.tcav import TcavError, draw_random_sets
+
+    uri = params.concept_source
+    concepts = load_concepts(uri, base_dir, seed, "ops.tcav.concept_source")
+    try:
+        drawn = draw_random_sets(None, len(concepts), params.random_sets, params.examples_per_concept, seed)
+    except TcavError as exc:
+        raise SpecError(f"ops.tcav.random_source: concept_source {uri}: {exc}") from None
+    images = np.unique(np.concatenate(drawn))
+    pool = ConceptExamples(uri, images.tolist(), concepts_fingerprint(uri, base_dir, seed))
+    return pool, [np.searchsorted(images, rows).tolist() for rows in drawn]
+
+
+def named_concepts(params: TcavSpec, base_dir: Path, seed: int) -> dict[str, ConceptExamples]:
+    """The concept source's images holding each named concept: the first ``examples_per_concept`` of each (read
+    from the masks, which are decoded until every concept has them)."""
+    from interp_ops.concepts import ConceptDataError, concepts_fingerprint
+
+    field, uri, count = "ops.tcav.concepts", params.concept_source, params.examples_per_concept
+    concepts = load_concepts(uri, base_dir, seed, "ops.tcav.concept_source")
+    try:
+        positions = concepts.images_with(params.named_in_source, count)
+    except (ConceptDataError, OSError) as exc:
+        raise SpecError(f"{field}: {str(exc).removeprefix('concepts: ')} (ops.tcav.concept_source: {uri})") from None
+    for name, found in positions.items():
+        if len(found) < count:
+            raise SpecError(
+                f"ops.tcav.examples_per_concept: concept {name!r} is present in {len(found)} image(s) of {uri}, "
+                f"fewer than the {count} asked for; ask for fewer or give a concept source with more"
+            )
+    fingerprint = concepts_fingerprint(uri, base_dir, seed)
+    return {name: ConceptExamples(uri, found, fingerprint) for name, found in positions.items()}
+
+
+def concept_folder(name: str, uri: str, count: int, base_dir: Path, seed: int) -> ConceptExamples:
+    """A concept given as a folder of images (or any data URI) with at least ``count`` of them."""
+    from interp_ops.datasets import DataError, data_fingerprint, preview_samples
+
+    field = f"ops.tcav.concepts.{name}"
+    try:
+        held = len(preview_samples(uri, base_dir, seed, 0).ids)
+        fingerprint = data_fingerprint(uri, base_dir)
+    except DataError as exc:
+        raise SpecError(f"{field}: {str(exc).removeprefix('data: ')}") from None
+    if held < count:
+        raise SpecError(
+            f"{field}: {uri} holds {held} example(s), fewer than ops.tcav.examples_per_concept ({count}); "
+            "give more or ask for fewer"
+        )
+    return ConceptExamples(uri, None, fingerprint)
 
 
 def check_needs_torch(spec, what: str) -> None:
@@ -83,6 +199,11 @@ def check_needs_torch(spec, what: str) -> None:
         raise SpecError(
             f"ops.lime.sanity: {what}, whose weights cannot be re-drawn; register the torch model "
             "(interp_audit.registry.log_model) or remove ops.lime.sanity"
+        )
+    if spec.ops.tcav is not None:
+        raise SpecError(
+            f"ops.tcav: {what}, which gives no gradients of its logits; register the torch model "
+            "(interp_audit.registry.log_model) or remove ops.tcav"
         )
     if spec.ops.dissection is not None and spec.ops.dissection.baseline == "random_init":
         raise SpecError(
@@ -199,18 +320,20 @@ def lime_labels(lime: LimeSpec, class_names: list[str] | None, num_classes: int)
     """Class indices to explain for every sample, or None for each sample's top-1."""
     if lime.labels == "top1":
         return None
-    resolved = []
-    for index, label in enumerate(lime.labels):
-        if isinstance(label, str):
-            if not class_names or label not in class_names:
-                raise SpecError(
-                    f"ops.lime.labels[{index}]: no class named {label!r}; classes are: "
-                    f"{', '.join(class_names) if class_names else 'unnamed (give indices or model.input.class_names)'}"
-                )
-            label = class_names.index(label)
-        if not 0 <= label < num_classes:
+    return [
+        class_index(label, f"ops.lime.labels[{i}]", class_names, num_classes) for i, label in enumerate(lime.labels)
+    ]
+
+
+def class_index(label: int | str, field: str, class_names: list[str] | None, num_classes: int) -> int:
+    """A class given by name or index, as the model's output index."""
+    if isinstance(label, str):
+        if not class_names or label not in class_names:
             raise SpecError(
-                f"ops.lime.labels[{index}]: class {label} is outside the model's classes 0..{num_classes - 1}"
+                f"{field}: no class named {label!r}; classes are: "
+                f"{', '.join(class_names) if class_names else 'unnamed (give indices or model.input.class_names)'}"
             )
-        resolved.append(label)
-    return resolved
+        label = class_names.index(label)
+    if not 0 <= label < num_classes:
+        raise SpecError(f"{field}: class {label} is outside the model's classes 0..{num_classes - 1}")
+    return label

@@ -13,7 +13,7 @@ Activations come from the audit's ONNX graph (:func:`layer_activations`); gradie
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ import torch
 
 from interp_ops import onnx_bundle
 from interp_ops.layer_capture import LayerCapture
+from interp_ops.token_grid import TokenGrid
 
 # the share of each CAV's examples held out to measure its accuracy (Captum's DefaultClassifier holds out 0.33)
 HELD_OUT = 0.33
@@ -126,10 +127,17 @@ def _evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 
 def class_logit_gradients(
-    model: torch.nn.Module, layer: str, x: np.ndarray, class_index: int, batch_size: int = 32, device: str = "cpu"
+    model: torch.nn.Module,
+    layer: str,
+    x: np.ndarray,
+    class_index: int,
+    batch_size: int = 32,
+    device: str = "cpu",
+    grid: TokenGrid | None = None,
 ) -> np.ndarray:
     """(N, D) float32: the gradient of each input's class logit w.r.t. ``layer``'s output, flattened per row.
-    Computed once per layer and class, it serves every CAV; the model keeps its weights, gradients and hooks."""
+    Computed once per layer and class, it serves every CAV; the model keeps its weights, gradients and hooks.
+    A token layer's gradient is laid out as its ``grid`` map, as the ONNX bundle lays out its activations."""
     if layer not in dict(model.named_modules()):
         raise TcavError(f"the model has no module '{layer}'; name one of its modules (model.named_modules())")
     chunks = []
@@ -138,7 +146,11 @@ def class_logit_gradients(
             # a copy (x may be read-only) that needs a gradient, so the layer's output has one in a frozen model too
             batch = torch.tensor(x[start : start + batch_size], device=device, requires_grad=True)
             logits = model(batch)
+            # w.r.t. the module's own output (a grid's map is computed beside the forward, not on its path); the
+            # map is a selection and a reshape, so the map of the gradient is the gradient of the map
             (gradient,) = torch.autograd.grad(logits[:, class_index].sum(), capture.outputs[layer])
+            if grid is not None:
+                gradient = grid.as_map(layer, gradient)
             chunks.append(gradient.reshape(len(batch), -1).float().cpu().numpy())
     return np.concatenate(chunks)
 
@@ -224,6 +236,68 @@ def tcav_scores(
     concept = _first_rows(concept, examples, "the concept")
     randoms = [_first_rows(random, examples, f"random set {i}") for i, random in enumerate(randoms)]
     return tcav_test(concept_cavs(concept, randoms, seed), null_cavs(randoms, seed), gradients, alpha, comparisons)
+
+
+def layer_tcav(
+    session,
+    model: torch.nn.Module,
+    layer: str,
+    concepts: Mapping[str, np.ndarray],
+    pool: np.ndarray,
+    random_sets: Sequence[np.ndarray],
+    classes: Mapping[int, np.ndarray],
+    seed: int,
+    alpha: float = 0.05,
+    comparisons: int = 1,
+    grid: TokenGrid | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> dict[tuple[str, int], TcavResult]:
+    """Every concept for every class at one layer, each tested against chance (:func:`tcav_test`).
+
+    ``concepts``: name -> the concept's examples (model input); ``pool``: the inputs the random sets draw from,
+    ``random_sets``: each set's rows of ``pool`` (sets overlap, so each row's activations are computed once);
+    ``classes``: class index -> the inputs whose logit is differentiated. Each concept's CAVs and the null are
+    trained once; one class's gradients are held at a time (a layer's width times its inputs)."""
+    _check_random_sets(random_sets)
+    _check_test_settings(alpha, comparisons)
+    pooled = layer_activations(session, pool, layer, batch_size)
+    randoms = [pooled[rows] for rows in random_sets]
+    null = null_cavs(randoms, seed)
+    cavs = {
+        name: concept_cavs(layer_activations(session, x, layer, batch_size), randoms, seed)
+        for name, x in concepts.items()
+    }
+    results = {}
+    for class_index, x in classes.items():
+        gradients = class_logit_gradients(model, layer, x, class_index, batch_size, device, grid)
+        for name, concept in cavs.items():
+            results[name, class_index] = tcav_test(concept, null, gradients, alpha, comparisons)
+    return results
+
+
+def draw_random_sets(labels: np.ndarray | None, rows: int, sets: int, size: int, seed: int) -> list[np.ndarray]:
+    """``sets`` seeded draws of ``size`` distinct rows out of ``rows``, each sorted. With ``labels``, each set takes
+    the classes in turns (equal shares, as far as each class has rows): a set then differs from a concept's
+    examples in the concept and not in its mix of classes, which a layer near the logits tells apart and a CAV
+    would follow (seen on the demo CNN at features.12)."""
+    if size > rows:
+        raise TcavError(
+            f"random sets of {size} examples need at least {size} samples in the data, which has {rows}; "
+            "give more data or fewer examples per concept"
+        )
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for _ in range(sets):
+        if labels is None:
+            chosen = rng.choice(rows, size, replace=False)
+        else:
+            pools = [rng.permutation(np.flatnonzero(labels == label)) for label in rng.permutation(np.unique(labels))]
+            depth = max(len(pool) for pool in pools)
+            turns = [pool[i] for i in range(depth) for pool in pools if i < len(pool)]  # one of each class in turn
+            chosen = np.array(turns[:size])
+        drawn.append(np.sort(chosen))
+    return drawn
 
 
 def _check_test_settings(alpha: float, comparisons: int) -> None:

@@ -122,6 +122,36 @@ def gray_spec(tmp_path):
     return write
 
 
+DEMO_CLASSES = ["circle", "square", "triangle"]
+
+
+def demo_cnn_spec(
+    tmp_path: Path, weights: Path, version: str, data: str, ops: dict, layers: list[str], **top_level
+) -> Path:
+    """A spec of the demo shapes CNN (``weights``: a trained copy) on builtin ``data``, writing to tmp_path/reports;
+    ``top_level`` keys (gates, contracts, name...) are added or replace the defaults."""
+    spec = {
+        "name": f"demo-v{version}",
+        "seed": 0,
+        "model": {
+            "source": "torch",
+            "name": "shapes-cnn",
+            "version": version,
+            "factory": "interp_ops.demo_models:shapes_cnn",
+            "weights": str(weights),
+            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": DEMO_CLASSES},
+            "layers": layers,
+        },
+        "data": data,
+        "ops": ops,
+        "report": {"store": str(tmp_path / "reports")},
+        **top_level,
+    }
+    path = tmp_path / f"spec-v{version}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
 # ----------------------------------------------------------------------- an S3-compatible server on 127.0.0.1
 
 CREDENTIALS = {

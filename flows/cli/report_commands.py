@@ -221,6 +221,31 @@ def report_show(
                 "-" if pd.isna(row.random_drop_mean) else f"{row.random_drop_mean:.2f} ± {row.random_drop_std:.2f}",
             )
         console.print(table)
+    scores = load_table(opened, "tcav_scores", run_id=run_row["run_id"])
+    if len(scores):
+        table = Table(
+            "layer",
+            "concept",
+            "class",
+            "score",
+            "random sets' null",
+            "p",
+            "significant",
+            "CAV accuracy",
+            title="TCAV: share of the class's inputs whose logit rises along the concept (0.5: none preferred)",
+        )
+        for row in scores.sort_values(["layer", "concept", "class_index"]).itertuples():
+            table.add_row(
+                row.layer,
+                row.concept,
+                row.class_name,
+                f"{row.score_mean:.2f} ± {row.score_std:.2f}",
+                f"{row.random_score_mean:.2f} ± {row.random_score_std:.2f}",
+                "-" if pd.isna(row.p_value) else f"{row.p_value:.2g}",
+                "[bold]yes[/]" if row.significant else "no",
+                f"{row.cav_accuracy_mean:.2f}",
+            )
+        console.print(table)
     gates = load_table(opened, "gate_results", run_id=run_row["run_id"])
     for row in gates.itertuples():
         colour = {"passed": "green", "failed": "red"}.get(row.outcome, "yellow")
@@ -259,6 +284,7 @@ SHOWN_TABLES = (
     "contract_results",
     "dissection_summary",
     "ablation_results",
+    "tcav_scores",
     "sanity_checks",
     "gate_results",
     "version_diffs",
@@ -370,6 +396,11 @@ def report_diff(
     if diff["ablation"]:
         table = Table("layer", "class, K", "drop before", "drop after", title="unit ablation, largest changes")
         for row in sorted(diff["ablation"]["classes"], key=lambda row: -abs(row["value"]))[:limit]:
+            table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
+        console.print(table)
+    if diff["tcav"]:
+        table = Table("layer", "concept -> class", "score before", "score after", title="TCAV, largest changes")
+        for row in sorted(diff["tcav"], key=lambda row: -abs(row["value"]))[:limit]:
             table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
         console.print(table)
 

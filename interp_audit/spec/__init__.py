@@ -21,6 +21,7 @@ from interp_audit.spec.gates import (
     LimeRegionGate,
     LimeSanityGate,
     RegionSpec,
+    TcavGate,
     gate_metrics,
 )
 from interp_audit.spec.loading import (
@@ -51,11 +52,13 @@ from interp_audit.spec.ops import (
     LimeSpec,
     OpsSpec,
     SegmentationSpec,
+    TcavSpec,
 )
 
 __all__ = [
     "AblationGate",
     "AblationSpec",
+    "TcavSpec",
     "ActivationMaxSpec",
     "ActmaxGate",
     "AuditSpec",
@@ -69,6 +72,7 @@ __all__ = [
     "InputSpec",
     "LimeRegionGate",
     "LimeSanityGate",
+    "TcavGate",
     "LimeSpec",
     "LoadedSpec",
     "MAX_SEED",

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from interp_audit.errors import SpecError
 from interp_audit.spec.fields import Float, PositiveInt, SafeName, Seed, StrictModel
-from interp_audit.spec.gates import AblationGate, DetectorsGate, Gate, LimeRegionGate
+from interp_audit.spec.gates import AblationGate, DetectorsGate, Gate, LimeRegionGate, TcavGate
 from interp_audit.spec.model import ModelSpec
 from interp_audit.spec.ops import OpsSpec
 
@@ -198,6 +198,28 @@ class AuditSpec(StrictModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _tcav_fits_model(self) -> AuditSpec:
+        params = self.ops.tcav
+        if params is None:
+            return self
+        if self.model.source in ("onnx", "sklearn"):
+            raise ValueError(
+                f"ops.tcav: TCAV differentiates class logits w.r.t. a layer, which an {self.model.source} model does "
+                "not give; audit a torch model (model.source: torch) or remove ops.tcav"
+            )
+        if not params.layers and not self.model.layer_names:
+            raise ValueError("ops.tcav.layers: no layer to test; list one in model.layers")
+        self._require_model_layers("tcav", params.layers, "its activations are what the CAVs separate")
+        if params.named_in_source:
+            self._require_image_model("tcav.concepts")
+        return self
+
+    @property
+    def tcav_layers(self) -> list[str]:
+        params = self.ops.tcav
+        return [] if params is None else list(params.layers or self.model.layer_names)
+
     @property
     def ablation_layers(self) -> list[str]:
         params = self.ops.ablation
@@ -243,6 +265,14 @@ class AuditSpec(StrictModel):
                     raise ValueError(
                         f"gates[{index}].k: {gate.k} is not one of ops.ablation.sizes {self.ops.ablation.sizes}"
                     )
+            if isinstance(gate, TcavGate):
+                if gate.concept not in self.ops.tcav.concepts:
+                    raise ValueError(
+                        f"gates[{index}].concept: {gate.concept!r} is not one of ops.tcav.concepts "
+                        f"{list(self.ops.tcav.concepts)}"
+                    )
+                if gate.layer is not None and gate.layer not in self.tcav_layers:
+                    raise ValueError(f"gates[{index}].layer: {gate.layer!r} is not a tested layer {self.tcav_layers}")
             if gate.label in seen:
                 raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")
             seen.add(gate.label)

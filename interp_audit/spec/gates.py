@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from interp_audit.spec.fields import Float, SafeName, StrictModel, refuse_unless
+from interp_audit.spec.fields import Float, Int, SafeName, StrictModel, refuse_unless
 
 
 class RegionSpec(StrictModel):
@@ -109,9 +109,19 @@ class LimeSanityGate(_GateBase):
     )
 
 
-GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate, LimeSanityGate)
+class TcavGate(_GateBase):
+    metric: Literal["tcav.score"] = Field(
+        description="the concept's TCAV score for the class (the highest over the layers tested, or at layer); a "
+        "score not significantly different from the random sets' counts as 0.5, no dependence either way"
+    )
+    concept: str = Field(description="one of ops.tcav.concepts")
+    class_: Int | str = Field(alias="class", description="the class, by name or index (one of ops.tcav.classes)")
+    layer: str | None = Field(None, description="only this layer of ops.tcav.layers (default: the highest score)")
+
+
+GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate, LimeSanityGate, TcavGate)
 Gate = Annotated[
-    DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate | LimeSanityGate,
+    DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate | LimeSanityGate | TcavGate,
     Field(discriminator="metric"),
 ]
 

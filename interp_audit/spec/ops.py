@@ -216,6 +216,69 @@ def _top_units(units) -> int | None:
     return int(units.split(":")[1]) if isinstance(units, str) and units.startswith("top:") else None
 
 
+class TcavSpec(StrictModel):
+    """TCAV (Kim et al. 2018): whether a human concept pushes a class's logit up, tested against random sets of the
+    data (a two-sided t-test of the concept's scores against random-vs-random ones, Bonferroni-corrected)."""
+
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="layers whose activations the CAVs separate, each one of model.layers (default: all of them)",
+    )
+    concepts: Annotated[list[str], Field(min_length=1)] | Annotated[dict[str, str], Field(min_length=1)] = Field(
+        description="names of labels of concept_source (its images where the label is present are the "
+        "concept's examples), or name -> a folder of the concept's images (or any data URI: .npy/.npz, builtin:)"
+    )
+    concept_source: str = Field(
+        "builtin:concepts",
+        description="where concepts given by name are looked up: builtin:concepts?n=&size= or a Broden-format "
+        "folder (path relative to the spec, or a pyarrow/fsspec URI)",
+    )
+    examples_per_concept: Annotated[
+        Int,
+        refuse_unless(lambda v: v >= 3, "must be at least 3 (a CAV holds a third of them out to measure its accuracy)"),
+    ] = Field(50, description="examples of each concept, and the size of each random set")
+    random_sets: Annotated[
+        Int, refuse_unless(lambda v: v >= 2, "must be at least 2 (random sets are also tested against each other)")
+    ] = Field(20, description="random sets of the data each concept is tested against (and each other, the null)")
+    random_source: Literal["data", "concept_source"] | None = Field(
+        None,
+        description="where the random sets are drawn: the audit's data (classes in equal shares where it has "
+        "labels) or images of concept_source; default: concept_source for concepts named in it (a CAV then "
+        "separates the concept, not one image collection from another), data for concept folders",
+    )
+    classes: Literal["all"] | Annotated[list[Int | str], Field(min_length=1)] = Field(
+        "all", description="classes whose logits are tested: all, or indices/names"
+    )
+    class_inputs: PositiveInt = Field(
+        50,
+        description="inputs scored per class: the first N samples of the class (by label; by the model's "
+        "decision where the data has no labels)",
+    )
+    alpha: OpenFraction = Field(0.05, description="significance level before Bonferroni (concepts x layers x classes)")
+    concepts_per_task: PositiveInt = Field(8, description="concepts tested per task (tasks fan out per layer)")
+    batch_size: PositiveInt = Field(32, description="inputs per forward or backward pass")
+
+    @field_validator("concepts")
+    @classmethod
+    def _concepts(cls, concepts: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+        names = list(concepts)
+        if any(not name.strip() for name in names):
+            raise ValueError(f"a concept name is empty (got {names}); name each concept")
+        if len(set(names)) != len(names):
+            raise ValueError(f"each concept once (got {names})")
+        return concepts
+
+    @property
+    def named_in_source(self) -> list[str]:
+        """The concepts looked up in concept_source (the list form)."""
+        return list(self.concepts) if isinstance(self.concepts, list) else []
+
+    @property
+    def randoms_from_data(self) -> bool:
+        return (self.random_source or ("concept_source" if self.named_in_source else "data")) == "data"
+
+
 class OpsSpec(StrictModel):
     """One block per interpretability method; each method issue adds its block here."""
 
@@ -223,3 +286,4 @@ class OpsSpec(StrictModel):
     activation_max: ActivationMaxSpec | None = None
     dissection: DissectionSpec | None = None
     ablation: AblationSpec | None = None
+    tcav: TcavSpec | None = None

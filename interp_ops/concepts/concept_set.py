@@ -141,6 +141,44 @@ class ConceptSet:
         for start in range(0, len(self._rows), batch_size):
             yield self._batch(range(start, min(start + batch_size, len(self._rows))), images, masks)
 
+    def label_ids(self, name: str) -> list[int]:
+        """The ids of the label called ``name`` (one, unless a data set lists it twice); [] when there is none."""
+        return [label for label, label_name in self.labels.items() if label_name == name]
+
+    def images_with(self, names: list[str], count: int, batch_size: int = 256) -> dict[str, list[int]]:
+        """For each label name, the positions of the first ``count`` images where the label is present (any pixel
+        of its masks, or an image-level label): read from the masks only, stopping once every name has ``count``
+        (fewer where the set holds fewer). A name that is no label is a ConceptDataError listing the labels."""
+        ids = {}
+        for name in names:
+            ids[name] = self.label_ids(name)
+            if not ids[name]:
+                known = sorted(set(self.labels.values()))
+                raise ConceptDataError(
+                    f"no concept named {name!r} in the concept set; its concepts are: {', '.join(known)}"
+                )
+        found: dict[str, list[int]] = {name: [] for name in names}
+        for batch in self.batches(batch_size, images=False):
+            for name in names:
+                present = self._present(batch, ids[name])
+                found[name] += batch.indices[present][: count - len(found[name])].tolist()
+            if all(len(positions) >= count for positions in found.values()):
+                break
+        return found
+
+    def _present(self, batch: ConceptBatch, label_ids: list[int]) -> np.ndarray:
+        """Whether each image holds one of ``label_ids`` in any category (a label may be listed in several)."""
+        present = np.zeros(len(batch), dtype=bool)
+        for labels in batch.pixel_labels.values():
+            present |= np.isin(labels, label_ids).any(axis=(1, 2, 3))
+        for per_image in batch.image_labels.values():
+            present |= np.array([not set(label_ids).isdisjoint(labels) for labels in per_image])
+        return present
+
+    def images_at(self, positions: list[int]) -> np.ndarray:
+        """float32 (N, H, W, 3) in [0, 1]: the images at ``positions`` (index.csv order), without their masks."""
+        return np.stack([self._read_image(self._rows[position]) for position in positions])
+
     def verify(self) -> None:
         """Read every mask once; raises ConceptDataError on the first one not a PNG or holding an unknown label."""
         for _ in self.batches(256, images=False):
