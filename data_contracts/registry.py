@@ -19,6 +19,7 @@ _TABLE_MODULES = (
     "dissection_summary",
     "ablation_results",
     "tcav_scores",
+    "probe_results",
     "contract_results",
     "reviews",
     "model_cards",

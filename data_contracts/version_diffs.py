@@ -22,7 +22,7 @@ CONTRACT = TableContract(
             column(
                 "method",
                 pa.string(),
-                "lime, sanity (LIME's sanity check), dissection, activation_max, ablation or tcav.",
+                "lime, sanity (LIME's sanity check), dissection, activation_max, ablation, tcav or probes.",
             ),
             column(
                 "metric",
@@ -33,12 +33,12 @@ CONTRACT = TableContract(
                 "activation / dataset max); ablation: accuracy_drop (per class and K), max_drop (the largest "
                 "over the classes, per K); sanity: lime_similarity (mean rank similarity of LIME's explanations "
                 "under the copy re-drawn through `layer` to the model's own, per step); tcav: score (the concept's TCAV "
-                "score for the class at `layer`).",
+                "score for the class at `layer`); probes: selectivity (of the attribute's probe at `layer`).",
             ),
             column(
                 "scope",
                 pa.string(),
-                "What a row is about: sample, concept, category, unit, class, step (sanity), or overall (mean, total or largest over the "
+                "What a row is about: sample, concept, category, unit, class, step (sanity), attribute (probes), or overall (mean, total or largest over the "
                 "others).",
             ),
             column(
@@ -51,7 +51,7 @@ CONTRACT = TableContract(
                 "item",
                 pa.string(),
                 "Sample id, concept name, category, unit index, `CLASS k=K` (ablation), `step=N` (sanity), "
-                "`CONCEPT -> CLASS` (tcav), or "
+                "`CONCEPT -> CLASS` (tcav), the attribute (probes), or "
                 "`*` (`k=K` for ablation) for overall.",
             ),
             column("category", pa.string(), "Concept category (dissection), else null.", nullable=True),
@@ -63,8 +63,8 @@ CONTRACT = TableContract(
     unique_key=("run_id", "baseline_run_id", "method", "metric", "scope", "layer", "item"),
     allowed_values={
         "baseline_basis": ("approved", "passed", "requested"),
-        "method": ("lime", "sanity", "dissection", "activation_max", "ablation", "tcav"),
-        "scope": ("sample", "concept", "category", "unit", "class", "step", "overall"),
+        "method": ("lime", "sanity", "dissection", "activation_max", "ablation", "tcav", "probes"),
+        "scope": ("sample", "concept", "category", "unit", "class", "step", "attribute", "overall"),
     },
     ranges={},
 )

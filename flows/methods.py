@@ -18,12 +18,14 @@ from flows.runners import fenced_by, shipping, task_resources
 from interp_audit import progress
 from interp_audit.preflight import lime_labels, lime_sample_indices
 from interp_audit.readings import largest_drops, similarity_by_step, versus_random
+from interp_ops import probes
 from interp_ops.tcav import draw_random_sets
 from tasks.ablation import ablate_layer
 from tasks.actmax import actmax_rows, find_exemplars, render_unit_batch
 from tasks.dissection import dissect_layer, dissection_tables, export_random_baseline
 from tasks.inference import check_parity, predict
 from tasks.lime import check_lime_sanity, explain_with_lime, export_randomised_cascade
+from tasks.probes import concept_labels, probe_layer, probe_rows
 from tasks.tcav import load_concept_examples, tcav_layer, tcav_rows
 
 
@@ -94,6 +96,7 @@ def method_tables(
         ranks_all_units = "ablation" in methods and spec.ops.ablation.units != "detectors"
         ablated = submit_ablation(spec, shipped_onnx, shipped_inputs, checked, None) if ranks_all_units else {}
         tested = submit_tcav(loaded, checked, inputs, shipped_onnx, ship, predictions) if "tcav" in methods else None
+        probed = submit_probes(loaded, checked, inputs, shipped_inputs, shipped_onnx) if "probes" in methods else []
 
     rows = {"predictions": predictions.result()}
     if lime_batches:
@@ -138,6 +141,9 @@ def method_tables(
             for row in tcav_rows(layer, future.result(), inputs.class_names, class_inputs)
         ]
         progress.step(tcav_headline(rows["tcav_scores"]))
+    if probed:
+        rows["probe_results"] = [row for *where, future in probed for row in probe_rows(*where, future.result())]
+        progress.step(probes_headline(rows["probe_results"]))
     if parity is not None:
         rows["onnx_parity"] = parity.result()
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
@@ -424,6 +430,47 @@ def tcav_headline(rows: list[dict]) -> str:
             f"(score {top['score_mean']:.2f}, random {top['random_score_mean']:.2f})"
         )
     return line
+
+
+def submit_probes(loaded, checked, inputs, shipped_inputs, onnx_bytes) -> list[tuple]:
+    """One probe task per layer and set of inputs: the data (class and column:NAME attributes) and the concept
+    source's images (concept:NAME); returns (layer, depth, inputs, count, future) tuples."""
+    spec, params = loaded.spec, loaded.spec.ops.probes
+    limit = params.max_inputs or len(inputs.ids)
+    sets = []
+    data_labels = {}
+    if "class" in params.attributes:
+        data_labels["class"] = inputs.labels[:limit]
+    for name in params.attribute_names("column"):
+        data_labels[f"column:{name}"] = probes.column_classes(inputs.x[:limit], inputs.feature_names, name, params.bins)
+    if data_labels:
+        sets.append(("data", shipped_inputs, min(limit, len(inputs.ids)), data_labels))
+    names = params.attribute_names("concept")
+    if names:
+        images = checked.probe_concepts
+        sets.append(("concept_source", images, images.count, concept_labels.submit(images, names).result()))
+    return [
+        (
+            layer,
+            spec.model.layer_names.index(layer),
+            where,
+            count,
+            probe_layer.submit(
+                onnx_bytes, layer, x, count, labels, params.folds, spec.seed, params.batch_size, checked.device
+            ),
+        )
+        for layer in spec.probe_layers
+        for where, x, count, labels in sets
+    ]
+
+
+def probes_headline(rows: list[dict]) -> str:
+    best = max(rows, key=lambda row: row["selectivity"])
+    return (
+        f"probes: {len(rows)} layer x attribute results; most readable: {escape(best['attribute'])} at "
+        f"{escape(best['layer'])} (accuracy {best['accuracy_mean']:.2f}, control {best['control_accuracy']:.2f}, "
+        f"chance {best['chance']:.2f})"
+    )
 
 
 def resolved(futures: list) -> list:

@@ -3,7 +3,7 @@
 Each method is compared only where both runs measured the same thing: LIME on the same samples and labels with
 the same superpixels, dissection on the same layers (units are matched by index), activation maximization on
 the units of layers both runs rendered, ablation on the same layers, classes and K, LIME's sanity check on the same
-randomisation steps, TCAV on the same concepts, layers and classes. Everything here works on a run's tables as pandas frames (``RunTables``),
+randomisation steps, TCAV on the same concepts, layers and classes, probes on the same layers and attributes. Everything here works on a run's tables as pandas frames (``RunTables``),
 so the flow can diff its own tables before they are published and ``report diff`` can diff two published runs.
 """
 
@@ -42,6 +42,7 @@ def version_diff(old: RunTables, new: RunTables) -> list[dict]:
         *actmax_diff(old, new),
         *ablation_diff(old, new),
         *tcav_diff(old, new),
+        *probes_diff(old, new),
     ]
 
 
@@ -279,6 +280,28 @@ def tcav_diff(old: RunTables, new: RunTables) -> list[dict]:
     ]
 
 
+def probes_diff(old: RunTables, new: RunTables) -> list[dict]:
+    """Per layer and attribute both runs probed: the change of the probe's selectivity."""
+    before, after = old("probe_results"), new("probe_results")
+    if before.empty or after.empty:
+        return []
+    columns = ["layer", "attribute", "selectivity"]
+    both = before[columns].merge(after[columns], on=["layer", "attribute"], suffixes=("_old", "_new"))
+    return [
+        _row(
+            "probes",
+            "selectivity",
+            "attribute",
+            row["layer"],
+            row["attribute"],
+            row["selectivity_new"] - row["selectivity_old"],
+            row["selectivity_old"],
+            row["selectivity_new"],
+        )
+        for row in both.sort_values(["layer", "attribute"]).to_dict("records")
+    ]
+
+
 def sanity_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Per randomisation step both runs took (the same module re-drawn through): the change of the mean rank
     similarity of LIME's explanations under the re-drawn copy to its explanations under the model."""
@@ -318,7 +341,7 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
     (overall detectors per layer, categories, concepts that gained or lost detectors) or None; actmax (overall
     ratios per layer, units by |change|, largest first) or None; ablation (largest drop per layer and K, drops per
     class and K) or None; sanity (LIME's mean similarity under the re-drawn copies, per step) or None; tcav (score
-    changes per layer, concept and class) or None."""
+    changes per layer, concept and class) or None; probes (selectivity changes per attribute and layer) or None."""
     summaries = []
     for (baseline, version, basis), rows in diffs.groupby(
         ["baseline_run_id", "baseline_version", "baseline_basis"], sort=False, dropna=False
@@ -332,6 +355,7 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
             "actmax": None,
             "ablation": None,
             "tcav": None,
+            "probes": None,
             "sanity": None,
         }
         lime = rows[rows["method"] == "lime"]
@@ -380,6 +404,9 @@ def summarize(diffs: pd.DataFrame) -> list[dict]:
         tcav = rows[rows["method"] == "tcav"]
         if not tcav.empty:
             summary["tcav"] = records(tcav.sort_values(["layer", "item"]))
+        probed = rows[rows["method"] == "probes"]
+        if not probed.empty:
+            summary["probes"] = records(probed.sort_values(["item", "layer"]))
         summaries.append(summary)
     return summaries
 
@@ -422,6 +449,12 @@ def headline(summary: dict) -> str:
         top = max(summary["tcav"], key=lambda row: abs(row["value"]))
         parts.append(
             f"largest TCAV change {top['item']} at {top['layer']} {top['old_value']:.2f} -> {top['new_value']:.2f}"
+        )
+    if summary["probes"]:
+        top = max(summary["probes"], key=lambda row: abs(row["value"]))
+        parts.append(
+            f"largest probe change {top['item']} at {top['layer']} selectivity {top['old_value']:.2f} -> "
+            f"{top['new_value']:.2f}"
         )
     if summary["sanity"]:
         old, new = ("/".join(f"{row[key]:.2f}" for row in summary["sanity"]) for key in ("old_value", "new_value"))

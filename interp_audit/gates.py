@@ -23,6 +23,7 @@ from interp_audit.spec import (
     DiffGate,
     LimeRegionGate,
     LimeSanityGate,
+    ProbeGate,
     RegionSpec,
     TcavGate,
 )
@@ -65,7 +66,24 @@ def _measure(gate, run: RunTables, diffs: list[dict], baseline: Baseline | None)
         return _randomised_similarity(run("sanity_checks"))
     if isinstance(gate, TcavGate):
         return _tcav_score(gate, run("tcav_scores"))
+    if isinstance(gate, ProbeGate):
+        return _selectivity(gate, run("probe_results"))
     return _diff_metric(gate, diffs, baseline)
+
+
+def _selectivity(gate: ProbeGate, results: pd.DataFrame) -> tuple[float | None, str]:
+    if results.empty:
+        return None, "no probes in this run"
+    chosen = results[results["attribute"] == gate.attribute]
+    if gate.layer:
+        chosen = chosen[chosen["layer"] == gate.layer]
+    if chosen.empty:
+        return None, f"no probe of {gate.attribute}{f' at {gate.layer}' if gate.layer else ''}"
+    top = chosen.loc[chosen["selectivity"].idxmax()]
+    return float(top["selectivity"]), (
+        f"{gate.attribute} at {top['layer']}: accuracy {top['accuracy_mean']:.2f} against the control task's "
+        f"{top['control_accuracy']:.2f} (chance {top['chance']:.2f}, {top['samples']} inputs)"
+    )
 
 
 def _tcav_score(gate: TcavGate, scores: pd.DataFrame) -> tuple[float | None, str]:

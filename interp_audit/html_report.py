@@ -406,6 +406,34 @@ def _tcav(scores: pd.DataFrame) -> dict | None:
     }
 
 
+def _probes(results: pd.DataFrame) -> dict | None:
+    """Per attribute, a bar per layer in order of depth: the probe's accuracy, the control task's behind it, and the
+    chance level marked; the selectivity is their difference."""
+    if results.empty:
+        return None
+
+    def percent(value: float) -> float:
+        return round(100 * min(max(float(value), 0.0), 1.0), 1)
+
+    attributes = [
+        {
+            "attribute": attribute,
+            "inputs": rows["inputs"].iloc[0],
+            "bars": [
+                {
+                    **row,
+                    "width": percent(row["accuracy_mean"]),
+                    "control_width": percent(row["control_accuracy"]),
+                    "chance_left": percent(row["chance"]),
+                }
+                for row in records(rows.sort_values("depth"))
+            ],
+        }
+        for attribute, rows in results.groupby("attribute", sort=True)
+    ]
+    return {"attributes": attributes}
+
+
 def _reproducibility(run: dict) -> dict:
     try:
         versions = json.loads(run["package_versions"] or "{}")
@@ -469,6 +497,7 @@ def render_html(store: str | Path | ReportStore, run_id: str) -> str:
         "dissection": _dissection(table("dissection_summary"), table("dissection_units")),
         "ablation": _ablation(table("ablation_results"), table("dissection_units")),
         "tcav": _tcav(table("tcav_scores")),
+        "probes": _probes(table("probe_results")),
         "repro": _reproducibility(run),
         "generated": fmt_time(datetime.now(UTC)),
     }

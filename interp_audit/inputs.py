@@ -7,6 +7,7 @@ is bad input: a SpecError (exit 2).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class InputsProbe:
     x: np.ndarray
     class_names: list[str] | None
     labelled: bool  # whether the data gives each sample a class label
+    feature_names: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,35 @@ class ConceptExamples:
     uri: str
     positions: list[int] | None
     fingerprint: str
+
+
+@dataclass(frozen=True)
+class ConceptInputs:
+    """The first ``count`` images of a concept set as model input, read a slice at a time (``x[start:stop]``) so a
+    pass over them holds one batch; ``fingerprint`` keys a task's cache on the set's content."""
+
+    uri: str
+    base_dir: str
+    fingerprint: str
+    count: int
+    input_spec: InputSpec
+    seed: int
+    field: str
+
+    def __len__(self) -> int:
+        return self.count
+
+    @functools.cached_property
+    def concepts(self):
+        """The concept set, read once per process (its index is parsed once, not once per slice)."""
+        return load_concepts(self.uri, Path(self.base_dir), self.seed, self.field)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.count)
+        images = self.concepts.images_at(list(range(start, stop)))
+        samples = Samples(ids=[str(i) for i in range(start, stop)], x=images, labels=None, masks=None, class_names=None)
+        spec = self.input_spec
+        return to_model_input(samples, tuple(spec.shape), tuple(spec.range), spec.mean, spec.std)
 
 
 def model_inputs(data_uri: str, base_dir: Path, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:
@@ -134,7 +165,11 @@ def inputs_probe(data_uri: str, base_dir: Path, seed: int, input_spec: InputSpec
         raise SpecError(str(exc)) from None
     x = _converted(preview.head, preview.ids, data_uri, input_spec)
     return InputsProbe(
-        preview.ids, x, input_spec.class_names or preview.head.class_names, preview.head.labels is not None
+        preview.ids,
+        x,
+        input_spec.class_names or preview.head.class_names,
+        preview.head.labels is not None,
+        preview.head.feature_names,
     )
 
 

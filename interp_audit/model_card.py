@@ -241,6 +241,20 @@ def _methods(table: Table) -> list[tuple[str, list[tuple[str, str]]]]:
                 or [("significant tests", f"none of {len(scores)}")],
             )
         )
+    probed = table("probe_results")
+    if not probed.empty:
+        methods.append(
+            (
+                "linear probes (selectivity: accuracy above the control task's)",
+                [
+                    (
+                        f"{text(row.attribute)} at {code(row.layer)}",
+                        f"accuracy {fmt(float(row.accuracy_mean))}, selectivity {fmt(float(row.selectivity))}",
+                    )
+                    for row in probed.sort_values(["attribute", "depth"]).itertuples()
+                ],
+            )
+        )
     units = table("dissection_units")
     if not units.empty:
         methods.append(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp_audit.errors import SpecError
-from interp_audit.inputs import ConceptExamples, concepts_error, inputs_probe, load_concepts
+from interp_audit.inputs import ConceptExamples, ConceptInputs, concepts_error, inputs_probe, load_concepts
 from interp_audit.intake import LayerShapes, ModelRef, check_model, resolve_model
 from interp_audit.spec import (
     UNITS_FIRST,
@@ -39,6 +39,7 @@ class Preflight:
     dissection_layers: list[str] = field(default_factory=list)
     concepts_fingerprint: str | None = None
     tcav: TcavPlan | None = None
+    probe_concepts: ConceptInputs | None = None  # the images concept:NAME attributes are probed on
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,51 @@ def preflight(
     tcav = None
     if spec.ops.tcav is not None:
         tcav = tcav_plan(loaded, len(inputs.ids), inputs.class_names, num_classes)
-    return Preflight(ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts, tcav)
+    probed_concepts = None
+    if spec.ops.probes is not None:
+        probed_concepts = check_probes(loaded, inputs)
+    return Preflight(
+        ref, len(inputs.ids), num_classes, resolved_device, units, dissected, concepts, tcav, probed_concepts
+    )
+
+
+def check_probes(loaded: LoadedSpec, inputs) -> ConceptInputs | None:
+    """Every attribute exists: labels in the data for class, the column for column:NAME, the label in the concept
+    source for concept:NAME; returns the concept source's images those are probed on (None without any)."""
+    params, base_dir, seed = loaded.spec.ops.probes, loaded.base_dir, loaded.spec.seed
+    if "class" in params.attributes and not inputs.labelled:
+        raise SpecError(
+            "ops.probes.attributes: class probes the data's labels, and the data gives none; give labelled data "
+            "or probe concept:NAME or column:NAME"
+        )
+    for name in params.attribute_names("column"):
+        if name not in (inputs.feature_names or []):
+            raise SpecError(
+                f"ops.probes.attributes: column:{name} is not a column of the data (its columns: "
+                f"{', '.join(inputs.feature_names or []) or 'none named'})"
+            )
+    names = params.attribute_names("concept")
+    if not names:
+        return None
+    from interp_ops.concepts import ConceptDataError, concepts_fingerprint
+
+    concepts = load_concepts(params.concept_source, base_dir, seed, "ops.probes.concept_source")
+    for name in names:
+        try:
+            concepts.known_label_ids(name)
+        except ConceptDataError as exc:
+            raise SpecError(
+                f"ops.probes.attributes: concept:{name}: {exc} (ops.probes.concept_source: {params.concept_source})"
+            ) from None
+    return ConceptInputs(
+        params.concept_source,
+        str(base_dir),
+        concepts_fingerprint(params.concept_source, base_dir, seed),
+        min(params.max_inputs or len(concepts), len(concepts)),
+        loaded.spec.model.input,
+        seed,
+        "ops.probes.concept_source",
+    )
 
 
 def tcav_plan(loaded: LoadedSpec, num_samples: int, class_names: list[str] | None, num_classes: int) -> TcavPlan:

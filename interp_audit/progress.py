@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 # wide when not a terminal, so that logs and captured output keep whole ids and paths
-console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+console = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 _started = time.monotonic()
 _log: Callable[[str], None] | None = None
 

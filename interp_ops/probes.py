@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from interp_ops import onnx_bundle
-from interp_ops.concepts import ConceptSet
+from interp_ops.concepts import ConceptDataError, ConceptSet
 
 # a column with at most this many distinct values is taken as categorical: its values are the classes
 MAX_COLUMN_VALUES = 10
@@ -154,21 +154,12 @@ def _checked(features: np.ndarray, labels: np.ndarray, folds: int) -> tuple[np.n
 def concept_presence(concepts: ConceptSet, label: str, batch_size: int = 256) -> np.ndarray:
     """(N,) int64: 1 where an image carries the concept ``label`` (a name in label.csv): a pixel of it in any of its
     masks, or the label among its image-level labels; 0 elsewhere. Reads the masks, not the images."""
-    ids = [number for number, name in concepts.labels.items() if name == label]
-    if not ids:
-        raise ProbeError(
-            f"probe attribute: concept '{label}' does not exist in {concepts.source} (its concepts: "
-            f"{_listed(sorted(set(concepts.labels.values())))}); name one of them"
-        )
-    present = [
-        np.any(
-            [np.isin(layers, ids).any(axis=(1, 2, 3)) for layers in batch.pixel_labels.values()]
-            + [[bool(set(ids) & set(image)) for image in images] for images in batch.image_labels.values()],
-            axis=0,
-        )
-        for batch in concepts.batches(batch_size, images=False)
-    ]
-    return np.concatenate(present).astype(np.int64)
+    try:
+        ids = concepts.known_label_ids(label)
+    except ConceptDataError as exc:
+        raise ProbeError(f"probe attribute: {exc}; name one of them") from None
+    batches = concepts.batches(batch_size, images=False)
+    return np.concatenate([concepts.present(batch, ids) for batch in batches]).astype(np.int64)
 
 
 def column_classes(x: np.ndarray, feature_names: Sequence[str], column: str, bins: int = 2) -> np.ndarray:

@@ -206,7 +206,9 @@ def test_concept_presence_reads_pixel_masks_and_image_level_labels(tmp_path):
     expected = {"sky": [1, 0, 0], "tree": [1, 1, 0], "wet": [1, 1, 0], "dry": [0, 1, 0]}
     for label, presence in expected.items():
         np.testing.assert_array_equal(concept_presence(concepts, label, batch_size=2), presence)
-    with pytest.raises(ProbeError, match=r"concept 'cloud' does not exist .* \(its concepts: dry, sky, tree, wet\)"):
+    with pytest.raises(
+        ProbeError, match=r"no concept named 'cloud' in the concept set; its concepts are: dry, sky, tree, wet"
+    ):
         concept_presence(concepts, "cloud")
 
 

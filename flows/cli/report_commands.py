@@ -246,6 +246,29 @@ def report_show(
                 f"{row.cav_accuracy_mean:.2f}",
             )
         console.print(table)
+    probed = load_table(opened, "probe_results", run_id=run_row["run_id"])
+    if len(probed):
+        table = Table(
+            "attribute",
+            "layer",
+            "accuracy",
+            "control",
+            "chance",
+            "selectivity",
+            "inputs",
+            title="linear probes: how readable each attribute is per layer (selectivity = accuracy - control task's)",
+        )
+        for row in probed.sort_values(["attribute", "depth"]).itertuples():
+            table.add_row(
+                row.attribute,
+                row.layer,
+                f"{row.accuracy_mean:.2f} ± {row.accuracy_std:.2f}",
+                f"{row.control_accuracy:.2f}",
+                f"{row.chance:.2f}",
+                f"{row.selectivity:.2f}",
+                f"{row.samples} ({row.inputs})",
+            )
+        console.print(table)
     gates = load_table(opened, "gate_results", run_id=run_row["run_id"])
     for row in gates.itertuples():
         colour = {"passed": "green", "failed": "red"}.get(row.outcome, "yellow")
@@ -285,6 +308,7 @@ SHOWN_TABLES = (
     "dissection_summary",
     "ablation_results",
     "tcav_scores",
+    "probe_results",
     "sanity_checks",
     "gate_results",
     "version_diffs",
@@ -396,6 +420,11 @@ def report_diff(
     if diff["ablation"]:
         table = Table("layer", "class, K", "drop before", "drop after", title="unit ablation, largest changes")
         for row in sorted(diff["ablation"]["classes"], key=lambda row: -abs(row["value"]))[:limit]:
+            table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
+        console.print(table)
+    if diff["probes"]:
+        table = Table("layer", "attribute", "selectivity before", "after", title="probes, largest changes")
+        for row in sorted(diff["probes"], key=lambda row: -abs(row["value"]))[:limit]:
             table.add_row(row["layer"], row["item"], f"{row['old_value']:.2f}", f"{row['new_value']:.2f}")
         console.print(table)
     if diff["tcav"]:

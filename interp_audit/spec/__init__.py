@@ -20,6 +20,7 @@ from interp_audit.spec.gates import (
     Gate,
     LimeRegionGate,
     LimeSanityGate,
+    ProbeGate,
     RegionSpec,
     TcavGate,
     gate_metrics,
@@ -51,6 +52,7 @@ from interp_audit.spec.ops import (
     DissectionSpec,
     LimeSpec,
     OpsSpec,
+    ProbesSpec,
     SegmentationSpec,
     TcavSpec,
 )
@@ -58,6 +60,7 @@ from interp_audit.spec.ops import (
 __all__ = [
     "AblationGate",
     "AblationSpec",
+    "ProbesSpec",
     "TcavSpec",
     "ActivationMaxSpec",
     "ActmaxGate",
@@ -72,6 +75,7 @@ __all__ = [
     "InputSpec",
     "LimeRegionGate",
     "LimeSanityGate",
+    "ProbeGate",
     "TcavGate",
     "LimeSpec",
     "LoadedSpec",

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from interp_audit.errors import SpecError
 from interp_audit.spec.fields import Float, PositiveInt, SafeName, Seed, StrictModel
-from interp_audit.spec.gates import AblationGate, DetectorsGate, Gate, LimeRegionGate, TcavGate
+from interp_audit.spec.gates import AblationGate, DetectorsGate, Gate, LimeRegionGate, ProbeGate, TcavGate
 from interp_audit.spec.model import ModelSpec
 from interp_audit.spec.ops import OpsSpec
 
@@ -215,6 +215,28 @@ class AuditSpec(StrictModel):
             self._require_image_model("tcav.concepts")
         return self
 
+    @model_validator(mode="after")
+    def _probes_fit_model(self) -> AuditSpec:
+        params = self.ops.probes
+        if params is None:
+            return self
+        if not params.layers and not self.model.layer_names:
+            raise ValueError("ops.probes.layers: no layer to probe; list one in model.layers")
+        self._require_model_layers("probes", params.layers, "its activations are what the probes read")
+        if params.attribute_names("concept"):
+            self._require_image_model("probes.attributes")
+        if params.attribute_names("column") and len(self.model.input.shape) != 1:
+            raise ValueError(
+                "ops.probes.attributes: column:NAME probes a column of tabular data, and this model takes images "
+                f"{self.model.input.shape}; probe class or concept:NAME"
+            )
+        return self
+
+    @property
+    def probe_layers(self) -> list[str]:
+        params = self.ops.probes
+        return [] if params is None else list(params.layers or self.model.layer_names)
+
     @property
     def tcav_layers(self) -> list[str]:
         params = self.ops.tcav
@@ -273,6 +295,14 @@ class AuditSpec(StrictModel):
                     )
                 if gate.layer is not None and gate.layer not in self.tcav_layers:
                     raise ValueError(f"gates[{index}].layer: {gate.layer!r} is not a tested layer {self.tcav_layers}")
+            if isinstance(gate, ProbeGate):
+                if gate.attribute not in self.ops.probes.attributes:
+                    raise ValueError(
+                        f"gates[{index}].attribute: {gate.attribute!r} is not one of ops.probes.attributes "
+                        f"{self.ops.probes.attributes}"
+                    )
+                if gate.layer is not None and gate.layer not in self.probe_layers:
+                    raise ValueError(f"gates[{index}].layer: {gate.layer!r} is not a probed layer {self.probe_layers}")
             if gate.label in seen:
                 raise ValueError(f"gates[{index}]: a second gate named {gate.label!r}; give each gate its own name")
             seen.add(gate.label)

@@ -119,9 +119,18 @@ class TcavGate(_GateBase):
     layer: str | None = Field(None, description="only this layer of ops.tcav.layers (default: the highest score)")
 
 
-GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate, LimeSanityGate, TcavGate)
+class ProbeGate(_GateBase):
+    metric: Literal["probes.selectivity"] = Field(
+        description="how readable the attribute is beyond the probe's control task: its selectivity at layer, or "
+        "the highest over the probed layers (max: an attribute the model must not encode; min: one it must)"
+    )
+    attribute: str = Field(description="one of ops.probes.attributes")
+    layer: str | None = Field(None, description="only this probed layer (default: the highest selectivity)")
+
+
+GATES = (DetectorsGate, LimeRegionGate, DiffGate, ActmaxGate, AblationGate, LimeSanityGate, TcavGate, ProbeGate)
 Gate = Annotated[
-    DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate | LimeSanityGate | TcavGate,
+    DetectorsGate | LimeRegionGate | DiffGate | ActmaxGate | AblationGate | LimeSanityGate | TcavGate | ProbeGate,
     Field(discriminator="metric"),
 ]
 

@@ -279,6 +279,50 @@ class TcavSpec(StrictModel):
         return (self.random_source or ("concept_source" if self.named_in_source else "data")) == "data"
 
 
+PROBE_ATTRIBUTE = re.compile(r"^(class|concept:(?P<concept>.+)|column:(?P<column>.+))$")
+
+
+class ProbesSpec(StrictModel):
+    """Linear probes (Alain & Bengio 2016) with control tasks (Hewitt & Liang 2019): how well a linear classifier
+    reads an attribute off each layer's pooled activations, beyond what it scores on labels unrelated to the input."""
+
+    layers: list[str] | None = Field(
+        None, min_length=1, description="layers probed, each one of model.layers (default: all of them, in order)"
+    )
+    attributes: list[Annotated[str, Field(pattern=PROBE_ATTRIBUTE.pattern)]] = Field(
+        ["class"],
+        min_length=1,
+        description="what is probed: class (the data's labels), concept:NAME (a label of concept_source present "
+        "or not, probed on its images), column:NAME (a column of tabular data: its values, or quantile bins)",
+    )
+    concept_source: str = Field(
+        "builtin:concepts",
+        description="images and labels for concept:NAME attributes: builtin:concepts?n=&size= or a Broden-format "
+        "folder",
+    )
+    max_inputs: PositiveInt | None = Field(
+        None, description="probe on at most the first N inputs (of the data, and of the concept source)"
+    )
+    folds: Annotated[Int, refuse_unless(lambda v: v >= 2, "must be at least 2 (cross-validation)")] = Field(
+        5, description="cross-validation folds (stratified, shuffled with the seed)"
+    )
+    bins: Annotated[Int, refuse_unless(lambda v: v >= 2, "must be at least 2")] = Field(
+        2, description="quantile bins of a numeric column with many values (2: above or below the median)"
+    )
+    batch_size: PositiveInt = Field(64, description="inputs per ONNX Runtime call")
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, attributes: list[str]) -> list[str]:
+        if len(set(attributes)) != len(attributes):
+            raise ValueError(f"each attribute once (got {attributes})")
+        return attributes
+
+    def attribute_names(self, kind: str) -> list[str]:
+        """The NAMEs of the concept:NAME or column:NAME attributes (``kind``: concept or column)."""
+        return [match[kind] for attribute in self.attributes if (match := PROBE_ATTRIBUTE.match(attribute))[kind]]
+
+
 class OpsSpec(StrictModel):
     """One block per interpretability method; each method issue adds its block here."""
 
@@ -287,3 +331,4 @@ class OpsSpec(StrictModel):
     dissection: DissectionSpec | None = None
     ablation: AblationSpec | None = None
     tcav: TcavSpec | None = None
+    probes: ProbesSpec | None = None

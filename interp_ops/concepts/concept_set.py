@@ -26,6 +26,7 @@ from interp_ops.concepts.decode import (
 )
 
 MAX_MASK_LABEL = 255 + 256 * 255  # R + 256*G
+LISTED_LABELS = 40  # how many label names an error about an unknown one lists
 REMOTE_READS_IN_FLIGHT = 16  # mask headers read at once from object stores, where each read is a round trip
 
 
@@ -141,32 +142,34 @@ class ConceptSet:
         for start in range(0, len(self._rows), batch_size):
             yield self._batch(range(start, min(start + batch_size, len(self._rows))), images, masks)
 
-    def label_ids(self, name: str) -> list[int]:
-        """The ids of the label called ``name`` (one, unless a data set lists it twice); [] when there is none."""
-        return [label for label, label_name in self.labels.items() if label_name == name]
+    def known_label_ids(self, name: str) -> list[int]:
+        """The ids of the label called ``name`` (one, unless a data set lists it twice); a name that is no label is a
+        ConceptDataError listing (some of) the labels."""
+        ids = [label for label, label_name in self.labels.items() if label_name == name]
+        if not ids:
+            known = sorted(set(self.labels.values()))
+            more = f" and {len(known) - LISTED_LABELS} more" if len(known) > LISTED_LABELS else ""
+            raise ConceptDataError(
+                f"no concept named {name!r} in the concept set; its concepts are: "
+                f"{', '.join(known[:LISTED_LABELS])}{more}"
+            )
+        return ids
 
     def images_with(self, names: list[str], count: int, batch_size: int = 256) -> dict[str, list[int]]:
         """For each label name, the positions of the first ``count`` images where the label is present (any pixel
         of its masks, or an image-level label): read from the masks only, stopping once every name has ``count``
         (fewer where the set holds fewer). A name that is no label is a ConceptDataError listing the labels."""
-        ids = {}
-        for name in names:
-            ids[name] = self.label_ids(name)
-            if not ids[name]:
-                known = sorted(set(self.labels.values()))
-                raise ConceptDataError(
-                    f"no concept named {name!r} in the concept set; its concepts are: {', '.join(known)}"
-                )
+        ids = {name: self.known_label_ids(name) for name in names}
         found: dict[str, list[int]] = {name: [] for name in names}
         for batch in self.batches(batch_size, images=False):
             for name in names:
-                present = self._present(batch, ids[name])
+                present = self.present(batch, ids[name])
                 found[name] += batch.indices[present][: count - len(found[name])].tolist()
             if all(len(positions) >= count for positions in found.values()):
                 break
         return found
 
-    def _present(self, batch: ConceptBatch, label_ids: list[int]) -> np.ndarray:
+    def present(self, batch: ConceptBatch, label_ids: list[int]) -> np.ndarray:
         """Whether each image holds one of ``label_ids`` in any category (a label may be listed in several)."""
         present = np.zeros(len(batch), dtype=bool)
         for labels in batch.pixel_labels.values():
