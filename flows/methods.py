@@ -6,6 +6,7 @@ a Ray cluster for."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -60,6 +61,9 @@ def method_tables(
         )
     # for parity and renders
     exports = fenced_by([export for export in (baseline_export, cascade_export) if export is not None])
+    # the random-init copy's bundle serves dissection's baseline and act-max's sanity check: shipped once, when the
+    # first of them needs it (waiting for the export then, not before the other tasks are submitted)
+    baseline_bytes = functools.cache(lambda: ship(baseline_export.result()))
     with task_resources(gpu=True):
         shipped_onnx, shipped_inputs = ship(onnx_bytes), ship(inputs)
         predictions = predict.submit(shipped_onnx, shipped_inputs, checked.device)
@@ -86,10 +90,10 @@ def method_tables(
             submit_actmax(spec, shipped_inputs, shipped_onnx, checked, exports) if "activation_max" in methods else None
         )
         dissected = (
-            submit_dissection(loaded, shipped_onnx, checked, baseline_export, ship) if "dissection" in methods else None
+            submit_dissection(loaded, shipped_onnx, checked, baseline_bytes) if "dissection" in methods else None
         )
         actmax_randomised = (
-            submit_actmax(spec, shipped_inputs, ship(baseline_export.result()), checked, exports, randomised=True)
+            submit_actmax(spec, shipped_inputs, baseline_bytes(), checked, exports, randomised=True)
             if "activation_max" in methods and spec.ops.activation_max.sanity
             else None
         )
@@ -324,9 +328,10 @@ def with_unit_effects(units: list[dict], effects: dict) -> list[dict]:
     return rows
 
 
-def submit_dissection(loaded, onnx_bytes, checked, baseline_export, ship) -> tuple[list, list | None]:
-    """One dissection task per layer, for the model and for its random-init baseline (whose export is waited for
-    here, so that its failure is raised as itself rather than as the unfinished dissections that need it)."""
+def submit_dissection(loaded, onnx_bytes, checked, baseline_bytes) -> tuple[list, list | None]:
+    """One dissection task per layer, for the model and for its random-init baseline (``baseline_bytes()``: its bundle,
+    whose export is waited for here, so that its failure is raised as itself rather than as the unfinished
+    dissections that need it)."""
     spec, params = loaded.spec, loaded.spec.ops.dissection
     concept_pass = dict(
         concepts_uri=params.concepts,
@@ -341,8 +346,9 @@ def submit_dissection(loaded, onnx_bytes, checked, baseline_export, ship) -> tup
     results = [dissect_layer.submit(onnx_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
     baselines = None
     if params.baseline == "random_init":
-        baseline_bytes = ship(baseline_export.result())
-        baselines = [dissect_layer.submit(baseline_bytes, layer, **concept_pass) for layer in checked.dissection_layers]
+        baselines = [
+            dissect_layer.submit(baseline_bytes(), layer, **concept_pass) for layer in checked.dissection_layers
+        ]
     return results, baselines
 
 
