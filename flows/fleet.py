@@ -1,6 +1,7 @@
 """``interp-audit fleet``: the production shape on one machine. A PostgreSQL (Prefect's recommended database; SQLite
 locks under concurrent runs), a Prefect server on it, a process work pool with workers, and the deployments they
-serve: those of deployments/prefect.yaml, and the registry watcher and its triggered audit for each spec watched.
+serve: those of deployments/prefect.yaml (the registry watcher of the demo spec and its triggered audit among them),
+and, for the specs named with ``--watch``, each one's triggered audit and a watcher of them all in its place.
 
 ``up`` records what it started (pids, ports, logs) in its state folder and stops it again if a later step fails,
 so nothing half-started keeps running; ``down`` stops exactly those processes (each checked to be the one started,
@@ -470,7 +471,7 @@ def _start_worker_processes(fleet: Fleet, names: list[str]) -> None:
 
 
 def _deploy(api_url: str, settings: FleetSettings) -> None:
-    """deployments/prefect.yaml's deployments, and the registry watcher and its audit for each watched spec."""
+    """deployments/prefect.yaml's deployments; then, for the watched specs, their audits and their watcher."""
     env = os.environ | {"PREFECT_API_URL": api_url, "INTERP_AUDIT_HOME": str(ROOT)}
     prefect = str(Path(sys.executable).parent / "prefect")
     command = [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", PREFECT_YAML]
@@ -487,7 +488,8 @@ def _deploy(api_url: str, settings: FleetSettings) -> None:
 
 def _deploy_watchers(api_url: str, settings: FleetSettings) -> list[str]:
     """Each spec's triggered audit, and one watcher for them all: one process per window (looking every interval),
-    however many specs.
+    however many specs. deployments/prefect.yaml cannot know these specs: the deployments are built here, with the
+    same triggers (``audit_triggers``) as the YAML's audit and under the YAML watcher's name, which they replace.
     Entry points as module paths: the pool's workers import them from the installed package."""
     from datetime import UTC, datetime, timedelta
 

@@ -233,20 +233,29 @@ def announce_new_versions(spec_path: str, store: str | None) -> list[str]:
     since = 0 if model.backfill else _watermark(model.name, loaded.sha256, versions)
     pending = [v for v in versions if int(v) > since and published_run(store_uri, model.name, v, loaded.sha256) is None]
     for version in pending:
-        emit_event(
-            event=EVENT,
-            resource={
-                "prefect.resource.id": f"mlflow.model-version.{model.name}.{version}",
-                "interp_audit.spec": loaded.sha256[:16],
-            },
-            payload={"name": model.name, "version": version, "spec_sha256": loaded.sha256},
-            id=uuid.uuid5(EVENT_NAMESPACE, audit_key(model.name, version, loaded.sha256)),
-        )
+        emit_event(**version_event(loaded, version))
     progress.step(
         f"watch {model.name}: versions {', '.join(versions) or 'none'}; "
         f"new for this spec: {', '.join(pending) or 'none'}"
     )
     return pending
+
+
+def version_event(loaded: LoadedSpec, version: str) -> dict:
+    """The watcher's announcement of a version (``emit_event``'s arguments). Its resource names the spec by its
+    ``name``, the one thing a trigger declared in YAML (deployments/prefect.yaml) can know of it: the audit deployment
+    of that spec (``audit_triggers``) runs on it. Its id names the spec by content, so that an edited spec announces
+    the version anew."""
+    model = loaded.spec.model
+    return {
+        "event": EVENT,
+        "resource": {
+            "prefect.resource.id": f"mlflow.model-version.{model.name}.{version}",
+            "interp_audit.spec": loaded.spec.name,
+        },
+        "payload": {"name": model.name, "version": version, "spec_sha256": loaded.sha256},
+        "id": uuid.uuid5(EVENT_NAMESPACE, audit_key(model.name, version, loaded.sha256)),
+    }
 
 
 def _watermark(model_name: str, spec_sha256: str, versions: list[str]) -> int:
@@ -280,34 +289,40 @@ def registry_deployments(
 
 
 def auditor_deployment(loaded: LoadedSpec, spec_path: Path, store: str | None, on: RunnerChoice, **options):
-    """The per-version audit of a spec, with two triggers: the watcher's events for that spec, and a crash of one of
-    its own runs (its worker or machine died; ``flows.fleet`` marks silent runs crashed), which runs the version
-    again: the new run reuses the crashed run's finished tasks from the result cache. ``on``: the runner of the
-    audits (parameters of the per-version flow); ``options`` go to ``to_deployment``."""
-    parameters = {"spec_path": str(spec_path), "store": store, **on.parameters()}
+    """The per-version audit of a spec, named after it, with its ``audit_triggers``. ``on``: the runner of the audits
+    (parameters of the per-version flow); ``options`` go to ``to_deployment``."""
+    return audit_registered_version.to_deployment(
+        name=loaded.spec.name,
+        triggers=audit_triggers(loaded.spec.name),
+        tags=["interp-audit"],
+        parameters={"spec_path": str(spec_path), "store": store, **on.parameters()},
+        description=f"audits each new version of {loaded.spec.model.name} once",
+        **options,
+    )
+
+
+def audit_triggers(spec_name: str) -> list[DeploymentEventTrigger]:
+    """The two triggers of the audit deployment named ``spec_name``: the watcher's events for that spec, and a crash
+    of one of its own runs (its worker or machine died; ``flows.fleet`` marks silent runs crashed), which runs the
+    version again: the new run reuses the crashed run's finished tasks from the result cache. They set the version
+    only; the run takes its other parameters from the deployment. deployments/prefect.yaml writes the same triggers
+    for its spec (tests/test_fleet.py holds the two equal)."""
     announced = DeploymentEventTrigger(
         name="new version",
         expect={EVENT},
-        match={"interp_audit.spec": loaded.sha256[:16]},
-        parameters=parameters | {"version": "{{ event.payload.version }}"},
+        match={"interp_audit.spec": spec_name},
+        parameters={"version": "{{ event.payload.version }}"},
     )
     crashed = DeploymentEventTrigger(
         name="re-run a crashed audit",
         expect={"prefect.flow-run.Crashed"},
         match_related=[
             {"prefect.resource.role": "flow", "prefect.resource.name": audit_registered_version.name},
-            {"prefect.resource.role": "deployment", "prefect.resource.name": loaded.spec.name},
+            {"prefect.resource.role": "deployment", "prefect.resource.name": spec_name},
         ],
-        parameters=parameters | {"version": "{{ flow_run.parameters.version }}"},
+        parameters={"version": "{{ flow_run.parameters.version }}"},
     )
-    return audit_registered_version.to_deployment(
-        name=loaded.spec.name,
-        triggers=[announced, crashed],
-        tags=["interp-audit"],
-        parameters=parameters,
-        description=f"audits each new version of {loaded.spec.model.name} once",
-        **options,
-    )
+    return [announced, crashed]
 
 
 def serve_watch(

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import free_port, save_state_dict
 
+from flows.fleet import PREFECT_YAML
 from interp_audit import report
 
 pytestmark = pytest.mark.slow
@@ -47,13 +49,19 @@ def pids_of(state: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def fleet():
-    """A fleet with one worker, in a folder the `postgres` user can enter (pytest's own temp folders are 0700)."""
+    """A fleet with one worker, in a folder the `postgres` user can enter (pytest's own temp folders are 0700). The
+    registry deployments/prefect.yaml's watcher looks at is an empty one of its own (MLFLOW_TRACKING_URI, which the
+    workers inherit), not one in the checkout's ./reports."""
     if not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")) and not shutil.which("postgres"):
         pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
     state = Path(tempfile.mkdtemp(prefix="interp-audit-fleet-"))
     state.chmod(0o711)
     port, postgres_port = free_port(), free_port()
-    started = fleet_command("up", "--state", state, "--workers", 1, "--port", port, "--postgres-port", postgres_port)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'registry.db'}")
+        started = fleet_command(
+            "up", "--state", state, "--workers", 1, "--port", port, "--postgres-port", postgres_port
+        )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield {"state": state, "api": f"http://127.0.0.1:{port}/api", "postgres_port": postgres_port, "up": started}
@@ -123,6 +131,74 @@ def test_an_audit_runs_through_the_pool_on_postgres_and_logs_to_its_run(fleet, g
             await connection.close()
 
     assert asyncio.run(stored_runs()) == 1
+
+
+def yaml_entries() -> dict[str, dict]:
+    return {entry["name"]: entry for entry in yaml.safe_load((ROOT / PREFECT_YAML).read_text())["deployments"]}
+
+
+def test_the_yaml_declares_the_triggers_that_the_python_path_builds():
+    """`fleet up --watch` and `interp-audit watch` deploy a spec's audit from Python; deployments/prefect.yaml
+    declares the demo spec's: both trigger alike."""
+    from prefect.cli.deploy._triggers import DeploymentTriggerAdapter  # what `prefect deploy` reads them with
+
+    from flows.registry import audit_triggers
+
+    declared = yaml_entries()["shapes-registry-demo"]["triggers"]
+    assert [DeploymentTriggerAdapter.validate_python(trigger) for trigger in declared] == audit_triggers(
+        "shapes-registry-demo"
+    )
+
+
+def test_the_yaml_registry_watcher_and_its_audit_are_deployed_and_an_announcement_runs_the_audit(fleet):
+    """`fleet up` deploys deployments/prefect.yaml with `prefect deploy --all`: the watcher has its schedule, queue
+    and one-run limit, and the audit its two triggers as automations. An announcement of a version, as the watcher
+    makes it, runs that audit on the pool's worker with the deployment's spec (a version of a model this
+    registry does not have: the run fails at once, naming it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.registry import audit_triggers, version_event
+    from interp_audit.spec import load_spec
+
+    with temporary_settings({PREFECT_API_URL: fleet["api"]}), get_client(sync_client=True) as client:
+        watcher = client.read_deployment_by_name("interp-audit-watch-all/registry-watch")
+        (schedule,) = watcher.schedules
+        assert schedule.schedule.interval.total_seconds() == 300 and schedule.active
+        assert watcher.work_queue_name == "registry-watch" and watcher.global_concurrency_limit.limit == 1
+        assert watcher.concurrency_options.collision_strategy == "CANCEL_NEW"
+        assert watcher.parameters["spec_paths"] == ["deployments/specs/shapes-registry-demo.yaml"]
+
+        audit = client.read_deployment_by_name("interp-audit-registry-version/shapes-registry-demo")
+        automations = client.read_resource_related_automations(f"prefect.deployment.{audit.id}")
+        by_name = {automation.name: automation for automation in automations}
+        for trigger in audit_triggers("shapes-registry-demo"):
+            automation = by_name.pop(trigger.name)
+            assert automation.trigger.expect == trigger.expect and automation.trigger.match == trigger.match
+            assert automation.trigger.match_related == trigger.match_related
+            (action,) = automation.actions
+            assert action.deployment_id == audit.id and action.parameters == trigger.parameters
+        assert not by_name, by_name
+
+        spec = load_spec(ROOT / audit.parameters["spec_path"])
+
+        async def announce() -> None:
+            async with PrefectEventsClient(fleet["api"]) as events:
+                await events.emit(Event(**version_event(spec, "7")))
+
+        asyncio.run(announce())
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[audit.id])))
+            if runs and runs[0].state.is_final():
+                break
+            time.sleep(2)
+    (run,) = runs
+    assert run.parameters == audit.parameters | {"version": "7"}
+    assert run.state.is_failed() and "no registered model 'shapes-cnn'" in run.state.message, run.state
 
 
 def test_a_pool_name_taken_by_another_kind_of_pool_is_refused_and_nothing_stays_up(fleet):

@@ -43,16 +43,22 @@ def fleet_up(
     ] = None,
     watch: Annotated[
         list[Path] | None,
-        typer.Option(help="A registry spec to watch (repeatable): its audit is deployed, and one watcher for all."),
+        typer.Option(
+            help="A registry spec to watch (repeatable), instead of deployments/prefect.yaml's demo spec: its audit is "
+            "deployed, and one watcher for all."
+        ),
     ] = None,
     store: Annotated[str | None, typer.Option(help="Report store of the watched specs' audits.")] = None,
-    interval: Annotated[int, typer.Option(help="Seconds between the watcher's looks at the registry.", min=5)] = 60,
+    interval: Annotated[
+        int, typer.Option(help="Seconds between the --watch specs' watcher's looks at the registry.", min=5)
+    ] = 60,
 ) -> None:
     """Start the fleet and print where each part runs; it keeps running until `interp-audit fleet down`.
 
     The first start creates PostgreSQL's data folder under --state (run as the `postgres` user when started by
-    root). deployments/prefect.yaml's deployments are deployed to the pool, each --watch spec's triggered audit,
-    and one registry watcher for them all."""
+    root). deployments/prefect.yaml's deployments are deployed to the pool (the demo registry spec's watcher and
+    audit among them); with --watch, each spec's triggered audit, and one registry watcher for them all in place of
+    the YAML's."""
     from flows.fleet import FleetSettings, up
 
     settings = FleetSettings(
