@@ -22,7 +22,7 @@ from rich.markup import escape
 import data_contracts
 from flows.methods import method_tables
 from flows.review import wait_for_sign_off
-from flows.runners import Runner, RunnerChoice
+from flows.runners import Runner, RunnerChoice, task_resources
 from interp_audit import progress
 from interp_audit.errors import AuditError
 from interp_audit.inputs import data_sha256
@@ -126,14 +126,11 @@ def audit(
 
     data_key = data_sha256(spec.data, loaded.base_dir)
     inputs = load_model_inputs(spec.data, str(loaded.base_dir), data_key, spec.seed, spec.model.input)
-    onnx_bytes = export_onnx(
-        checked.model, tuple(spec.model.input.shape), spec.model.layer_names, spec.model.token_grids
-    )
-    progress.step(
-        f"ONNX bundle ready: logits + {len(spec.model.layer_names)} layer(s), {len(inputs.ids)} samples; "
-        f"methods: {', '.join(methods) or 'none'}"
-    )
-    tables = method_tables(loaded, checked, inputs, onnx_bytes, methods, run_id, store_uri)
+    with task_resources(gpu=False):
+        onnx_export = export_onnx.submit(
+            checked.model, tuple(spec.model.input.shape), spec.model.layer_names, spec.model.token_grids
+        )
+    tables, onnx_bytes = method_tables(loaded, checked, inputs, onnx_export, methods, run_id, store_uri)
     diffs, baseline = compare_with_baseline(store_uri, spec.model.name, version, tables)
     if diffs:
         tables["version_diffs"] = data_contracts.conform("version_diffs", diff_table(run_id, baseline, diffs))

@@ -31,16 +31,24 @@ from tasks.tcav import load_concept_examples, tcav_layer, tcav_rows
 
 
 def method_tables(
-    loaded, checked, inputs, onnx_bytes: bytes, methods: list[str], run_id: str, store_uri: str
-) -> dict[str, pa.Table]:
-    """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables."""
+    loaded, checked, inputs, onnx_export, methods: list[str], run_id: str, store_uri: str
+) -> tuple[dict[str, pa.Table], bytes]:
+    """Every method's tasks submitted at once (they fan out), then their rows collected as the run's tables; returns
+    them with the audit's ONNX bundle. ``onnx_export``: the bundle's future. What needs only the torch model (the
+    exports of the re-drawn copies, act-max's renders) is submitted before the bundle is ready, so that on a
+    cluster it runs beside the export instead of after it."""
     spec = loaded.spec
     ship = shipping(store_uri)
     random_layers = random_init_layers(spec, checked, methods)
     with task_resources(gpu=False):
         baseline_export = (
             export_random_baseline.submit(
-                checked.model, tuple(spec.model.input.shape), random_layers, spec.model.token_grids, spec.seed
+                checked.model,
+                tuple(spec.model.input.shape),
+                random_layers,
+                spec.model.token_grids,
+                spec.seed,
+                wait_for=fenced_by([onnx_export]),  # one torch.export at a time
             )
             if random_layers
             else None
@@ -52,18 +60,28 @@ def method_tables(
                 tuple(spec.model.input.shape),
                 None if sanity.steps == "all" else sanity.steps,
                 spec.seed,
-                wait_for=fenced_by(
-                    [baseline_export] if baseline_export is not None else []
-                ),  # one torch.export at a time
+                wait_for=fenced_by([export for export in (onnx_export, baseline_export) if export is not None]),
             )
             if sanity is not None
             else None
         )
     # for parity and renders
-    exports = fenced_by([export for export in (baseline_export, cascade_export) if export is not None])
+    exports = fenced_by([export for export in (onnx_export, baseline_export, cascade_export) if export is not None])
     # the random-init copy's bundle serves dissection's baseline and act-max's sanity check: shipped once, when the
     # first of them needs it (waiting for the export then, not before the other tasks are submitted)
     baseline_bytes = functools.cache(lambda: ship(baseline_export.result()))
+    with task_resources(gpu=True):
+        renders = submit_renders(spec, checked, exports) if "activation_max" in methods else None
+        random_renders = (
+            submit_renders(spec, checked, exports, randomised=True)
+            if "activation_max" in methods and spec.ops.activation_max.sanity
+            else None
+        )
+    onnx_bytes = onnx_export.result()
+    progress.step(
+        f"ONNX bundle ready: logits + {len(spec.model.layer_names)} layer(s), {len(inputs.ids)} samples; "
+        f"methods: {', '.join(methods) or 'none'}"
+    )
     with task_resources(gpu=True):
         shipped_onnx, shipped_inputs = ship(onnx_bytes), ship(inputs)
         predictions = predict.submit(shipped_onnx, shipped_inputs, checked.device)
@@ -86,15 +104,13 @@ def method_tables(
             if sanity is not None
             else None
         )
-        actmax = (
-            submit_actmax(spec, shipped_inputs, shipped_onnx, checked, exports) if "activation_max" in methods else None
-        )
+        exemplars = submit_exemplars(spec, shipped_inputs, shipped_onnx, checked) if renders is not None else None
         dissected = (
             submit_dissection(loaded, shipped_onnx, checked, baseline_bytes) if "dissection" in methods else None
         )
-        actmax_randomised = (
-            submit_actmax(spec, shipped_inputs, baseline_bytes(), checked, exports, randomised=True)
-            if "activation_max" in methods and spec.ops.activation_max.sanity
+        random_exemplars = (
+            submit_exemplars(spec, shipped_inputs, baseline_bytes(), checked, randomised=True)
+            if random_renders is not None
             else None
         )
         ranks_all_units = "ablation" in methods and spec.ops.ablation.units != "detectors"
@@ -111,12 +127,8 @@ def method_tables(
     if sanity_checked is not None:
         rows["sanity_checks"] = sanity_checked.result()
         progress.step(sanity_headline(rows["sanity_checks"]))
-    if actmax is not None:
-        renders, exemplars = actmax
-        randomised = None
-        if actmax_randomised is not None:
-            random_renders, random_exemplars = actmax_randomised
-            randomised = resolved(random_renders), random_exemplars.result()
+    if renders is not None:
+        randomised = None if random_renders is None else (resolved(random_renders), random_exemplars.result())
         rows["actmax_units"], rows["actmax_exemplars"] = actmax_rows(
             resolved(renders), exemplars.result(), inputs, spec.model.input, randomised
         )
@@ -151,7 +163,7 @@ def method_tables(
     if parity is not None:
         rows["onnx_parity"] = parity.result()
         progress.step(f"parity: max abs diff {max(r['max_abs_diff'] for r in rows['onnx_parity']):.2e}")
-    return {name: data_contracts.run_table(name, run_id, table) for name, table in rows.items()}
+    return {name: data_contracts.run_table(name, run_id, table) for name, table in rows.items()}, onnx_bytes
 
 
 def submit_lime(spec, inputs, onnx_bytes, checked, ship) -> list:
@@ -222,12 +234,11 @@ def actmax_headline(rows: list[dict]) -> str:
     return line
 
 
-def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list, randomised: bool = False) -> tuple[list, object]:
-    """One render task per layer and batch of units (once the torch ``exports`` are done), and one exemplar pass
-    over the data, all at once. ``randomised``: the sanity check's, of the copy with re-drawn weights whose ONNX
-    bundle ``onnx_bytes`` is (its exemplar pass gives only the dataset maxima)."""
+def submit_exemplars(spec, inputs, onnx_bytes, checked, randomised: bool = False):
+    """One pass over the data for the most activating samples of every rendered unit. ``randomised``: the sanity
+    check's, on the bundle of the copy with re-drawn weights, for its dataset maxima only."""
     params = spec.ops.activation_max
-    exemplars = find_exemplars.submit(
+    return find_exemplars.submit(
         onnx_bytes,
         inputs,
         checked.actmax_units,
@@ -235,7 +246,13 @@ def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list, randomised: 
         params.objective,
         checked.device,
     )
-    renders = [
+
+
+def submit_renders(spec, checked, exports: list, randomised: bool = False) -> list:
+    """One render task per layer and batch of units, once the torch ``exports`` are done; they need the torch model
+    only. ``randomised``: the units of the copy with every weight re-drawn (the sanity check)."""
+    params = spec.ops.activation_max
+    return [
         render_unit_batch.submit(
             checked.model,
             layer,
@@ -251,7 +268,6 @@ def submit_actmax(spec, inputs, onnx_bytes, checked, exports: list, randomised: 
         for layer, units in checked.actmax_units.items()
         for start in range(0, len(units), params.batch_units)
     ]
-    return renders, exemplars
 
 
 def random_init_layers(spec, checked, methods: list[str]) -> list[str]:
