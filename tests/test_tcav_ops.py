@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from captum.concept import TCAV, Concept
-from captum.concept._utils.classifier import Classifier
 from safetensors.torch import load_file
+from tcav_reference import DEMO, CaptumCav, model_input, scenes, scenes_of_class, with_corner_patch
+from token_models import IMAGE, planted_vit
 
 from interp_ops import builtin_data, onnx_bundle
-from interp_ops.datasets import to_model_input
-from interp_ops.demo_models import DEMO_INPUT, shapes_cnn
-from interp_ops.samples import Samples
+from interp_ops.demo_models import shapes_cnn
+from interp_ops.layer_capture import LayerCapture
 from interp_ops.tcav import (
     TcavError,
     class_logit_gradients,
@@ -25,39 +25,11 @@ from interp_ops.tcav import (
     tcav_test,
     train_cav,
 )
+from interp_ops.token_grid import TokenGrid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GRAY_INPUT = dict(shape=(1, 28, 28), value_range=(0, 1), mean=[0.5], std=[0.5])
-DEMO = dict(
-    shape=tuple(DEMO_INPUT["shape"]),
-    value_range=tuple(DEMO_INPUT["range"]),
-    mean=DEMO_INPUT["mean"],
-    std=DEMO_INPUT["std"],
-)
 EXAMPLES, RANDOM_SETS, CLASS_INPUTS = 20, 3, 16
-
-
-def model_input(images: np.ndarray, shape, value_range, mean, std) -> np.ndarray:
-    samples = Samples(ids=[str(i) for i in range(len(images))], x=images, labels=None, masks=None, class_names=None)
-    return to_model_input(samples, shape, value_range, mean, std)
-
-
-def scenes(n: int, seed: int, **model_input_settings) -> np.ndarray:
-    return model_input(builtin_data.shapes("val", n, seed)[0], **model_input_settings)
-
-
-def with_corner_patch(images: np.ndarray, class_index: int) -> np.ndarray:
-    """The scenes with the colour that gives ``class_index`` away painted in the corner, as shapes-shortcut does."""
-    patched = images.copy()
-    patched[:, : builtin_data.PATCH_SIZE, : builtin_data.PATCH_SIZE] = builtin_data.PATCH_COLORS[class_index]
-    return patched
-
-
-def scenes_of_class(class_index: int, n: int, seed: int, patch: bool, **model_input_settings) -> np.ndarray:
-    images, _, labels = builtin_data.shapes("val", 8 * n, seed, patch=patch)
-    chosen = images[labels == class_index][:n]
-    assert len(chosen) == n
-    return model_input(chosen, **model_input_settings)
 
 
 def demo_model(weights_path: Path) -> torch.nn.Module:
@@ -68,32 +40,6 @@ def demo_model(weights_path: Path) -> torch.nn.Module:
 
 def session_of(model: torch.nn.Module, shape, layers: list[str]):
     return onnx_bundle.make_session(onnx_bundle.export_torch(model, shape, layers), "cpu")
-
-
-class CaptumCav(Classifier):
-    """Captum's classifier interface around ``train_cav``, so Captum's TCAV uses our CAVs: Captum hands over its
-    own (torch) activations, the concept's rows first (the experimental set's first concept)."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        self.cav = None
-        self.labels: list[int] = []
-
-    def train_and_eval(self, dataloader, **kwargs):
-        batches = list(dataloader)
-        x = torch.cat([inputs for inputs, _ in batches]).numpy()
-        y = torch.cat([labels for _, labels in batches]).numpy()
-        concept = int(y[0])
-        self.cav = train_cav(x[y == concept], x[y != concept], self.seed)
-        self.labels = [concept, int(y[y != concept][0])]
-        return {"accs": torch.tensor(self.cav.accuracy)}
-
-    def weights(self) -> torch.Tensor:
-        direction = torch.from_numpy(self.cav.direction).float()
-        return torch.stack([direction, -direction])
-
-    def classes(self) -> list[int]:
-        return self.labels
 
 
 def captum_scores(model, layer, concept_x, random_xs, class_x, class_index, seed, save_path) -> tuple:
@@ -214,6 +160,51 @@ def test_the_shortcut_models_corner_patch_is_significant_and_the_honest_models_i
     )
     assert not honest.significant, honest
     assert triangles.significant and triangles.score_mean >= 0.9, triangles  # what the honest model did learn
+
+
+def test_a_token_layers_gradients_lie_as_its_exported_activations():
+    """At a transformer block the gradient is laid out as the ONNX bundle lays out the block's tokens (the grid's
+    map): a direction in the activations' layout, put back onto the tokens through the exported activations'
+    layout, moves the class logit (central differences in float64) as fast as the gradient says. blocks.0, whose
+    patch tokens reach the class token through blocks.1's attention (blocks.1's do not reach the logits)."""
+    layer, grid = "blocks.0", TokenGrid(12, 12, skip=1)
+    model = planted_vit().eval()
+    session = onnx_bundle.make_session(
+        onnx_bundle.export_torch(model, (3, IMAGE, IMAGE), [layer], {layer: grid}), "cpu"
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, IMAGE, IMAGE)).astype(np.float32)
+    activations = layer_activations(session, x, layer)
+    gradients = class_logit_gradients(model, layer, x, 1, grid=grid)
+    assert gradients.shape == activations.shape == (4, 8 * 12 * 12)
+
+    def as_tokens(rows: np.ndarray) -> torch.Tensor:
+        """(N, dim x rows x cols), the exported layout, -> the block's patch tokens (N, rows x cols, dim)."""
+        return torch.from_numpy(rows.reshape(len(rows), 8, 12 * 12).transpose(0, 2, 1).astype(np.float64))
+
+    reference = model.double()
+    with LayerCapture(reference, [layer]) as capture, torch.no_grad():
+        reference(torch.from_numpy(x).double())
+    # the layout is the ONNX graph's: its activations, put back, are torch's patch tokens
+    np.testing.assert_allclose(as_tokens(activations), capture.outputs[layer][:, 1:], atol=1e-5)
+
+    direction = rng.standard_normal(gradients.shape[1])
+    eps = 1e-4
+
+    def logit(shift: float) -> np.ndarray:
+        def moved(module, inputs, output):
+            return torch.cat([output[:, :1], output[:, 1:] + shift * as_tokens(direction[None])], 1)
+
+        handle = reference.get_submodule(layer).register_forward_hook(moved)
+        try:
+            with torch.no_grad():
+                return reference(torch.from_numpy(x).double())[:, 1].numpy()
+        finally:
+            handle.remove()
+
+    expected = (logit(eps) - logit(-eps)) / (2 * eps)
+    assert np.abs(expected).min() > 1e-3  # the patch tokens do move the logit
+    np.testing.assert_allclose(gradients @ direction, expected, rtol=1e-4)
 
 
 # --- determinism, the model left as it was, bad input ------------------------------------------------------------
