@@ -24,7 +24,7 @@ from prefect.utilities.callables import get_call_parameters
 from flows.methods import method_tables
 from flows.runners import by_reference
 from interp_audit.cache_keys import content_key
-from interp_audit.inputs import model_inputs
+from interp_audit.inputs import data_sha256, model_inputs
 from interp_audit.preflight import preflight
 from interp_audit.spec import load_spec
 from tasks.intake import export_onnx
@@ -40,7 +40,7 @@ class AllSubmitted(Exception):
 @dataclasses.dataclass
 class RecordedFuture:
     """What a recorded submission returns: the real result of the tasks the fan-out itself waits on (the
-    baseline's export), else nothing."""
+    baseline's export; the audit's own export, made beforehand), else nothing."""
 
     value: object = None
 
@@ -55,8 +55,12 @@ def recorded_submissions(spec_path: Path, store: str) -> list[tuple[str, dict]]:
     loaded = load_spec(spec_path)
     spec = loaded.spec
     checked = preflight(loaded, "cpu", store, None)
-    inputs = model_inputs(spec.data, loaded.base_dir, spec.seed, spec.model.input)
-    onnx_bytes = export_onnx.fn(checked.model, tuple(spec.model.input.shape), spec.model.layers)
+    inputs = model_inputs(
+        spec.data, loaded.base_dir, data_sha256(spec.data, loaded.base_dir), spec.seed, spec.model.input
+    )
+    onnx_bytes = export_onnx.fn(
+        checked.model, tuple(spec.model.input.shape), spec.model.layer_names, spec.model.token_grids
+    )
     submissions = []
 
     def record(task, *args, wait_for=None, return_state=False, **kwargs):
@@ -67,7 +71,9 @@ def recorded_submissions(spec_path: Path, store: str) -> list[tuple[str, dict]]:
     original = Task.submit
     Task.submit = record
     try:
-        method_tables(loaded, checked, inputs, onnx_bytes, spec.selected_methods(None), "bytes-shipped", store)
+        method_tables(
+            loaded, checked, inputs, RecordedFuture(onnx_bytes), spec.selected_methods(None), "bytes-shipped", store
+        )
     except AllSubmitted:
         pass
     finally:

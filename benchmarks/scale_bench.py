@@ -74,16 +74,21 @@ class _Done:
 
 
 class _DirectTask:
-    """A Prefect task replaced by a plain call of its function: ``submit`` runs it at once."""
+    """A Prefect task replaced by a plain call of its function: ``submit`` runs it at once. Futures among the
+    arguments are passed as their results, as Prefect passes them."""
 
     def __init__(self, task):
         self.fn = task.fn
 
     def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+        return self.fn(*map(_resolved, args), **{key: _resolved(value) for key, value in kwargs.items()})
 
     def submit(self, *args, wait_for=None, **kwargs):
-        return _Done(self.fn(*args, **kwargs))
+        return _Done(self(*args, **kwargs))
+
+
+def _resolved(value):
+    return value.result() if isinstance(value, _Done) else value
 
 
 @contextlib.contextmanager
