@@ -260,45 +260,35 @@ def ablation_diff(old: RunTables, new: RunTables) -> list[dict]:
 
 def tcav_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Per concept, layer and class both runs tested: the change of the TCAV score."""
-    before, after = old("tcav_scores"), new("tcav_scores")
-    if before.empty or after.empty:
-        return []
-    columns = ["layer", "concept", "class_name", "score_mean"]
-    both = before[columns].merge(after[columns], on=["layer", "concept", "class_name"], suffixes=("_old", "_new"))
-    return [
-        _row(
-            "tcav",
-            "score",
-            "class",
-            row["layer"],
-            f"{row['concept']} -> {row['class_name']}",
-            row["score_mean_new"] - row["score_mean_old"],
-            row["score_mean_old"],
-            row["score_mean_new"],
-        )
-        for row in both.sort_values(["layer", "concept", "class_name"]).to_dict("records")
-    ]
+    scores = old("tcav_scores"), new("tcav_scores")
+    return _changes(*scores, ("tcav", "score", "class"), "score_mean", ["concept", "class_name"])
 
 
 def probes_diff(old: RunTables, new: RunTables) -> list[dict]:
     """Per layer and attribute both runs probed: the change of the probe's selectivity."""
-    before, after = old("probe_results"), new("probe_results")
+    results = old("probe_results"), new("probe_results")
+    return _changes(*results, ("probes", "selectivity", "attribute"), "selectivity", ["attribute"])
+
+
+def _changes(
+    before: pd.DataFrame, after: pd.DataFrame, kind: tuple[str, str, str], column: str, keys: list[str]
+) -> list[dict]:
+    """Rows (``kind``: method, metric, scope) of ``column``'s change per layer and ``keys`` both runs have, the keys
+    joined by ' -> ' as the item."""
     if before.empty or after.empty:
         return []
-    columns = ["layer", "attribute", "selectivity"]
-    both = before[columns].merge(after[columns], on=["layer", "attribute"], suffixes=("_old", "_new"))
+    on = ["layer", *keys]
+    both = before[[*on, column]].merge(after[[*on, column]], on=on, suffixes=("_old", "_new"))
     return [
         _row(
-            "probes",
-            "selectivity",
-            "attribute",
+            *kind,
             row["layer"],
-            row["attribute"],
-            row["selectivity_new"] - row["selectivity_old"],
-            row["selectivity_old"],
-            row["selectivity_new"],
+            " -> ".join(str(row[key]) for key in keys),
+            row[f"{column}_new"] - row[f"{column}_old"],
+            row[f"{column}_old"],
+            row[f"{column}_new"],
         )
-        for row in both.sort_values(["layer", "attribute"]).to_dict("records")
+        for row in both.sort_values(on).to_dict("records")
     ]
 
 

@@ -373,14 +373,16 @@ def _ablation(results: pd.DataFrame, units: pd.DataFrame) -> dict | None:
     }
 
 
+def _percent(share: float) -> float:
+    """A share in [0, 1] as a bar's width in percent (clipped)."""
+    return round(100 * min(max(float(share), 0.0), 1.0), 1)
+
+
 def _tcav(scores: pd.DataFrame) -> dict | None:
     """Per layer and class, a bar per concept on a 0-1 scale: its TCAV score, the random sets' null as mean +- std
     behind it, 0.5 (no direction preferred) marked, and whether the t-test found it significant."""
     if scores.empty:
         return None
-
-    def percent(value: float) -> float:
-        return round(100 * min(max(float(value), 0.0), 1.0), 1)
 
     layers = []
     for layer, group in scores.groupby("layer", sort=True):
@@ -389,10 +391,10 @@ def _tcav(scores: pd.DataFrame) -> dict | None:
             bars = [
                 {
                     **row,
-                    "width": percent(row["score_mean"]),
-                    "null_left": percent(row["random_score_mean"] - row["random_score_std"]),
-                    "null_width": percent(row["random_score_mean"] + row["random_score_std"])
-                    - percent(row["random_score_mean"] - row["random_score_std"]),
+                    "width": _percent(row["score_mean"]),
+                    "null_left": _percent(row["random_score_mean"] - row["random_score_std"]),
+                    "null_width": _percent(row["random_score_mean"] + row["random_score_std"])
+                    - _percent(row["random_score_mean"] - row["random_score_std"]),
                 }
                 for row in records(rows)
             ]
@@ -412,9 +414,6 @@ def _probes(results: pd.DataFrame) -> dict | None:
     if results.empty:
         return None
 
-    def percent(value: float) -> float:
-        return round(100 * min(max(float(value), 0.0), 1.0), 1)
-
     attributes = [
         {
             "attribute": attribute,
@@ -422,9 +421,9 @@ def _probes(results: pd.DataFrame) -> dict | None:
             "bars": [
                 {
                     **row,
-                    "width": percent(row["accuracy_mean"]),
-                    "control_width": percent(row["control_accuracy"]),
-                    "chance_left": percent(row["chance"]),
+                    "width": _percent(row["accuracy_mean"]),
+                    "control_width": _percent(row["control_accuracy"]),
+                    "chance_left": _percent(row["chance"]),
                 }
                 for row in records(rows.sort_values("depth"))
             ],

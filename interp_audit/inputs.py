@@ -82,10 +82,14 @@ class ConceptInputs:
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(self.count)
-        images = self.concepts.images_at(list(range(start, stop)))
-        samples = Samples(ids=[str(i) for i in range(start, stop)], x=images, labels=None, masks=None, class_names=None)
-        spec = self.input_spec
-        return to_model_input(samples, tuple(spec.shape), tuple(spec.range), spec.mean, spec.std)
+        return concept_images(self.concepts, list(range(start, stop)), self.input_spec)
+
+
+def concept_images(concepts, positions: list[int], input_spec: InputSpec) -> np.ndarray:
+    """The concept set's images at ``positions`` as model input."""
+    images = concepts.images_at(positions)
+    samples = Samples(ids=[str(p) for p in positions], x=images, labels=None, masks=None, class_names=None)
+    return to_model_input(samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean, input_spec.std)
 
 
 def model_inputs(data_uri: str, base_dir: Path, data_sha256: str, seed: int, input_spec: InputSpec) -> ModelInputs:

@@ -9,11 +9,11 @@ from prefect import task
 
 from interp_audit.blobs import materialized
 from interp_audit.errors import SpecError
-from interp_audit.inputs import ConceptExamples, load_concepts
+from interp_audit.inputs import ConceptExamples, concept_images, load_concepts
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.spec import InputSpec
 from interp_ops import onnx_bundle, tcav
-from interp_ops.datasets import DataError, Samples, preview_samples, to_model_input
+from interp_ops.datasets import DataError, preview_samples, to_model_input
 from interp_ops.token_grid import TokenGrid
 from tasks import CACHED
 from tasks.gpu import compute_share
@@ -30,15 +30,12 @@ def load_concept_examples(
         try:
             if source.positions is None:
                 samples = preview_samples(source.uri, Path(base_dir), seed, count).head
-            else:
-                images = load_concepts(source.uri, Path(base_dir), seed, "ops.tcav.concept_source").images_at(
-                    source.positions[:count]
+                examples[name] = to_model_input(
+                    samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean, input_spec.std
                 )
-                ids = [str(position) for position in source.positions[:count]]
-                samples = Samples(ids=ids, x=images, labels=None, masks=None, class_names=None)
-            examples[name] = to_model_input(
-                samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean, input_spec.std
-            )
+            else:
+                concepts = load_concepts(source.uri, Path(base_dir), seed, "ops.tcav.concept_source")
+                examples[name] = concept_images(concepts, source.positions[:count], input_spec)
         except DataError as exc:
             raise SpecError(f"ops.tcav.concepts.{name}: {str(exc).removeprefix('data: ')}") from None
     return examples

@@ -152,6 +152,30 @@ def demo_cnn_spec(
     return path
 
 
+def planted_mlp_spec(tmp_path: Path, weights: Path, data: str, ops: dict) -> Path:
+    """A spec of the planted tabular MLP (``weights``: tabular_trained["tabular-planted"]) on builtin ``data``."""
+    from interp_ops.demo_models import TABULAR_DEMO_FACTORY, TABULAR_DEMO_INPUT, TABULAR_DEMO_LAYERS
+
+    spec = {
+        "name": "planted",
+        "model": {
+            "source": "torch",
+            "name": "planted-mlp",
+            "version": "1",
+            "factory": TABULAR_DEMO_FACTORY["tabular-planted"],
+            "weights": str(weights),
+            "input": TABULAR_DEMO_INPUT["tabular-planted"],
+            "layers": TABULAR_DEMO_LAYERS,
+        },
+        "data": data,
+        "ops": ops,
+        "report": {"store": str(tmp_path / "reports")},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 # ----------------------------------------------------------------------- an S3-compatible server on 127.0.0.1
 
 CREDENTIALS = {

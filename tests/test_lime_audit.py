@@ -2,12 +2,11 @@
 
 import pyarrow.dataset as ds
 import pytest
-from conftest import store_is_empty
+from conftest import planted_mlp_spec, store_is_empty
 from typer.testing import CliRunner
 
 from flows.cli import app
 from interp_audit import report
-from interp_ops.demo_models import TABULAR_DEMO_FACTORY, TABULAR_DEMO_INPUT, TABULAR_DEMO_LAYERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
@@ -130,25 +129,13 @@ def test_lime_bad_input(lime_spec, tmp_path, lime, message):
 
 
 def test_lime_on_a_tabular_model(tmp_path, tabular_trained):
-    import yaml
-
-    spec = {
-        "name": "planted",
-        "model": {
-            "source": "torch",
-            "name": "planted-mlp",
-            "version": "1",
-            "factory": TABULAR_DEMO_FACTORY["tabular-planted"],
-            "weights": str(tabular_trained["tabular-planted"].weights_path),
-            "input": TABULAR_DEMO_INPUT["tabular-planted"],
-            "layers": TABULAR_DEMO_LAYERS,
-        },
-        "data": "builtin:tabular-planted?split=val&n=40",
-        "ops": {"lime": {"samples": 10, "num_samples": 500, "top_k": 2}},
-        "report": {"store": str(tmp_path / "reports")},
-    }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    code, output = cli("run", tmp_path / "spec.yaml")
+    spec = planted_mlp_spec(
+        tmp_path,
+        tabular_trained["tabular-planted"].weights_path,
+        "builtin:tabular-planted?split=val&n=40",
+        {"lime": {"samples": 10, "num_samples": 500, "top_k": 2}},
+    )
+    code, output = cli("run", spec)
     assert code == 0, output
     explanations = report.load_table(tmp_path / "reports", "lime_explanations")
     assert explanations.overlay_png.isna().all() and explanations.segments.isna().all()

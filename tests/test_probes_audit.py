@@ -3,13 +3,11 @@ are the ground truth, a tabular model's planted column, a version diff and a gat
 refusals of bad input."""
 
 import pytest
-import yaml
-from conftest import demo_cnn_spec, store_is_empty
+from conftest import demo_cnn_spec, planted_mlp_spec, store_is_empty
 from typer.testing import CliRunner
 
 from flows.cli import app
 from interp_audit import html_report, report
-from interp_ops.demo_models import TABULAR_DEMO_FACTORY, TABULAR_DEMO_INPUT, TABULAR_DEMO_LAYERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
@@ -63,24 +61,8 @@ def test_the_patch_is_readable_early_in_the_shortcut_model_and_the_shape_late_in
 
 
 def tabular_spec(tmp_path, tabular_trained, probes: dict) -> str:
-    spec = {
-        "name": "planted",
-        "model": {
-            "source": "torch",
-            "name": "planted-mlp",
-            "version": "1",
-            "factory": TABULAR_DEMO_FACTORY["tabular-planted"],
-            "weights": str(tabular_trained["tabular-planted"].weights_path),
-            "input": TABULAR_DEMO_INPUT["tabular-planted"],
-            "layers": TABULAR_DEMO_LAYERS,
-        },
-        "data": "builtin:tabular-planted?split=val&n=300",
-        "ops": {"probes": probes},
-        "report": {"store": str(tmp_path / "reports")},
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    weights = tabular_trained["tabular-planted"].weights_path
+    return planted_mlp_spec(tmp_path, weights, "builtin:tabular-planted?split=val&n=300", {"probes": probes})
 
 
 def test_a_tabular_models_planted_column_is_readable_off_its_hidden_layer(tmp_path, tabular_trained):
