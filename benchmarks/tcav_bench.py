@@ -53,7 +53,7 @@ def main() -> None:
 
     from interp_ops import builtin_data, onnx_bundle
     from interp_ops.demo_models import ensure_demo_models, shapes_cnn
-    from interp_ops.tcav import class_logit_gradients, concept_cavs, layer_activations, layer_tcav, null_cavs, tcav_test
+    from interp_ops.tcav import class_logit_gradients, layer_activations, layer_cavs, layer_tcav, tcav_test
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller work; writes no results file")
@@ -122,10 +122,7 @@ def main() -> None:
         cavs = {}
         for layer in layers:
             randoms_at_layer = [activations[layer]["pool"][rows] for rows in random_sets]
-            cavs[layer] = (
-                null_cavs(randoms_at_layer, seed=0),
-                {name: concept_cavs(activations[layer][name], randoms_at_layer, seed=0) for name in concepts},
-            )
+            cavs[layer] = layer_cavs({name: activations[layer][name] for name in concepts}, randoms_at_layer, seed=0)
         return cavs
 
     cavs = cav_fits()
@@ -134,8 +131,7 @@ def main() -> None:
         for layer in layers:
             null, by_concept = cavs[layer]
             for k in classes:
-                for concept in by_concept.values():
-                    tcav_test(concept, null, gradients[layer, k])
+                tcav_test(by_concept, null, gradients[layer, k])
 
     def captum(classifier) -> dict:
         sets = [(name, x) for name, x in concepts.items()] + [(f"random{i}", x) for i, x in enumerate(randoms)]

@@ -30,6 +30,7 @@ HELD_OUT = 0.33
 # the fewest examples per side for which the stratified split leaves both sides in training and in the held-out part
 MIN_EXAMPLES = 3
 MAX_NEWTON_STEPS, NEWTON_TOLERANCE = 100, 1e-10
+CONCEPT_SIDE, RANDOM_SIDE = 0, 1  # the sides of a (concept, random) pair
 
 
 class TcavError(ValueError):
@@ -38,8 +39,9 @@ class TcavError(ValueError):
 
 @dataclass(frozen=True)
 class Cav:
-    """A concept activation vector: the unit normal of the classifier, pointing towards the concept, and the
-    classifier's accuracy on its held-out examples (near 0.5: the layer does not tell the concept apart)."""
+    """A concept activation vector: the unit normal of the classifier, pointing towards the concept (float32, as the
+    activations and gradients it is dotted with), and the classifier's accuracy on its held-out examples (near 0.5:
+    the layer does not tell the concept apart)."""
 
     direction: np.ndarray
     accuracy: float
@@ -91,63 +93,176 @@ def layer_activations(session, x: np.ndarray, layer: str, batch_size: int = 64) 
 def train_cav(concept: np.ndarray, random: np.ndarray, seed: int) -> Cav:
     """A CAV from concept (n, D) against random (m, D) activations: L2-regularised logistic regression (the objective
     of liblinear's with C = 1, its intercept a regularised feature of 1s), whose optimum is unique, so a CAV moves
-    little when its activations move little (torch's against ONNX Runtime's).
+    little when its activations move little (torch's against ONNX Runtime's). :func:`train_cavs` for one pair."""
+    return train_cavs([concept, random], [(0, 1)], seed)[0]
 
-    The optimum lies in the span of the training rows (the representer theorem), so it is found on their
-    coordinates in an orthonormal basis of that span, from their Gram matrix: one product over the layer's width
-    (tens of thousands), then an (n, n) problem, solved to machine precision by :func:`_l2_logistic`."""
-    _check_widths(concept, [random])
-    if min(len(concept), len(random)) < MIN_EXAMPLES:
-        raise TcavError(
-            f"a CAV needs at least {MIN_EXAMPLES} examples on each side, got {len(concept)} concept and "
-            f"{len(random)} random ones; give more examples"
-        )
-    x = np.concatenate([concept, random])  # as given (float32 activations): products over the width in float32
-    y = np.concatenate([np.ones(len(concept), dtype=np.int64), np.zeros(len(random), dtype=np.int64)])
-    train, test = _held_out_split(len(concept), len(random), seed)
-    rows = x[train]
+
+def train_cavs(sets: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]], seed: int) -> list[Cav]:
+    """The CAV of ``sets[c]`` (the concept side) against ``sets[r]`` (the random side) for each ``(c, r)`` in ``pairs``,
+    in the order of ``pairs``; every fit holds out the same share of each side, drawn with ``seed``.
+
+    The optimum lies in the span of a fit's training rows (the representer theorem), so it is found on their
+    coordinates in an orthonormal basis of that span, from their Gram matrix: products over the layer's width (tens
+    of thousands), then a small (rows x rows) problem, solved to machine precision by :func:`_l2_logistic`. A layer's
+    CAVs share their sets (each concept meets every random set, each random set sits on both sides of the null),
+    so each set's rows on each side are gathered, and their Gram block computed, once; only the blocks between a
+    pair's two sides are a pair's own, and the pairs' small problems are solved as one batch. Training a layer's
+    CAVs one pair at a time spent most of its time copying and converting rows (benchmarks/tcav_bench.py)."""
+    _check_widths(sets[0], sets[1:])
+    for concept, random in pairs:
+        if min(len(sets[concept]), len(sets[random])) < MIN_EXAMPLES:
+            raise TcavError(
+                f"a CAV needs at least {MIN_EXAMPLES} examples on each side, got {len(sets[concept])} concept and "
+                f"{len(sets[random])} random ones; give more examples"
+            )
+    by_sizes: dict[tuple[int, int], list[int]] = {}  # pairs of one size share their held-out positions
+    for position, (concept, random) in enumerate(pairs):
+        by_sizes.setdefault((len(sets[concept]), len(sets[random])), []).append(position)
+    cavs: list[Cav] = [None] * len(pairs)  # type: ignore[list-item]
+    with _one_blas_thread():
+        for (concepts, randoms), positions in by_sizes.items():
+            fitted = _train_same_size(sets, [pairs[position] for position in positions], concepts, randoms, seed)
+            for position, cav in zip(positions, fitted):
+                cavs[position] = cav
+    return cavs
+
+
+def _train_same_size(
+    sets: Sequence[np.ndarray], pairs: list[tuple[int, int]], concepts: int, randoms: int, seed: int
+) -> list[Cav]:
+    from scipy.linalg import solve_triangular
+
+    train, held_out = _held_out_split(concepts, randoms, seed)
+    # each side's positions in its sets (training rows, held-out rows); the sets on each side; the pairs that use
+    # each set on each side; each set's training rows on each side, gathered once, in float32 (the activations'
+    # precision; products over the width in float64 cost twice as much)
+    positions = {
+        CONCEPT_SIDE: (np.sort(train[train < concepts]), np.sort(held_out[held_out < concepts])),
+        RANDOM_SIDE: (np.sort(train[train >= concepts]) - concepts, np.sort(held_out[held_out >= concepts]) - concepts),
+    }
+    members = {side: sorted({pair[side] for pair in pairs}) for side in (CONCEPT_SIDE, RANDOM_SIDE)}
+    users = {
+        (side, index): [i for i, pair in enumerate(pairs) if pair[side] == index]
+        for side in members
+        for index in members[side]
+    }
+    rows = {side: _gathered(sets, members[side], positions[side][0]) for side in members}
+    parts = {
+        CONCEPT_SIDE: slice(None, len(positions[CONCEPT_SIDE][0])),
+        RANDOM_SIDE: slice(len(positions[CONCEPT_SIDE][0]), None),
+    }
+    gram = np.empty((len(pairs), len(train), len(train)))
+    for side, part in parts.items():
+        for index, block in zip(members[side], rows[side]):
+            gram[users[side, index], part, part] = block @ block.T
+    random_height = len(positions[RANDOM_SIDE][0])
+    for concept, concept_rows in zip(members[CONCEPT_SIDE], rows[CONCEPT_SIDE]):
+        # a concept's random partners at once: one product is faster than one per partner
+        partners = [members[RANDOM_SIDE].index(pairs[i][RANDOM_SIDE]) for i in users[CONCEPT_SIDE, concept]]
+        crosses = concept_rows @ _stacked(rows[RANDOM_SIDE], partners).T
+        for k, i in enumerate(users[CONCEPT_SIDE, concept]):
+            cross = crosses[:, k * random_height : (k + 1) * random_height]
+            gram[i, parts[CONCEPT_SIDE], parts[RANDOM_SIDE]], gram[i, parts[RANDOM_SIDE], parts[CONCEPT_SIDE]] = (
+                cross,
+                cross.T,
+            )
     # one scale for all features keeps the direction's meaning and makes the fit independent of the layer's
-    # magnitude (the regularisation means the same at every layer)
-    scale = float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64)).mean())
-    if scale == 0:
+    # magnitude (the regularisation means the same at every layer): the rows' mean norm, from the Gram's diagonal
+    scales = np.sqrt(np.diagonal(gram, axis1=1, axis2=2)).mean(axis=1)
+    if not scales.all():
         raise TcavError("the layer's activations are all zero on these examples; no CAV separates them; pick a layer")
-    # the Gram matrix of the scaled rows with the intercept's 1s; with its eigenvectors V and eigenvalues L, the
-    # rows' coordinates in an orthonormal basis of their span are V * sqrt(L), and weights of that basis have the
-    # norm of their coordinates: the same regularisation as in the full space
-    eigenvalues, eigenvectors = np.linalg.eigh((rows @ rows.T).astype(np.float64) / scale**2 + 1.0)
-    kept = eigenvalues > eigenvalues[-1] * 1e-12  # the span's dimension: rows that repeat others add none
-    eigenvalues, eigenvectors = eigenvalues[kept], eigenvectors[:, kept]
-    coordinates = _l2_logistic(eigenvectors * np.sqrt(eigenvalues), np.where(y[train] == 1, 1.0, -1.0))
-    dual = eigenvectors @ (coordinates / np.sqrt(eigenvalues))  # the weights are the scaled rows' sum by these
-    normal, intercept = rows.T.astype(np.float64) @ dual / scale, dual.sum()
-    accuracy = np.mean((x[test] @ normal / scale + intercept > 0) == y[test])
-    return Cav(direction=normal / np.linalg.norm(normal), accuracy=float(accuracy))
+    signs = np.where(np.arange(len(train)) < len(positions[CONCEPT_SIDE][0]), 1.0, -1.0)
+    # the Gram matrix of the scaled rows with the intercept's 1s, K = F F^T with F from its pivoted Cholesky factor:
+    # F's rows are the rows' coordinates in an orthonormal basis of their span, and weights of that basis have the
+    # norm of their coordinates: the same regularisation as in the full space. Rows that repeat others add no
+    # dimension (the factor stops at the kernel's rank). 10x faster than the eigendecomposition it replaced.
+    factors = [_pivoted_cholesky(kernel) for kernel in gram / scales[:, None, None] ** 2 + 1.0]
+    features = np.zeros_like(gram)
+    for feature, (order, factor) in zip(features, factors):
+        feature[order, : factor.shape[1]] = factor
+    coordinates = _l2_logistic(features, signs)
+    # the weights of the scaled rows that make the solution: on the factor's leading rows, F^T dual = coordinates
+    dual = np.zeros((len(pairs), len(train)))
+    for weights, solution, (order, factor) in zip(dual, coordinates, factors):
+        rank = factor.shape[1]
+        weights[order[:rank]] = solve_triangular(factor[:rank], solution[:rank], lower=True, trans="T")
+    dual /= scales[:, None]
+    normals = np.zeros((len(pairs), sets[0].shape[1]), dtype=np.float32)
+    for side, part in parts.items():
+        for index, block in zip(members[side], rows[side]):
+            normals[users[side, index]] += dual[users[side, index], part].astype(np.float32) @ block
+    correct = np.zeros(len(pairs))
+    for (side, index), using in users.items():
+        held = np.asarray(sets[index][positions[side][1]], dtype=np.float32)
+        decisions = held @ normals[using].T / scales[using] + dual[using].sum(axis=1)
+        correct[using] += ((decisions > 0) == (side == CONCEPT_SIDE)).sum(axis=0)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return [Cav(direction=normal, accuracy=float(right / len(held_out))) for normal, right in zip(normals, correct)]
+
+
+def _pivoted_cholesky(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``order``, ``factor``: ``kernel[order][:, order] == factor @ factor.T``, ``factor`` lower-trapezoidal with as
+    many columns as the (positive semi-definite) kernel's rank (LAPACK's dpstrf, at its default tolerance)."""
+    from scipy.linalg import lapack
+
+    factor, pivots, rank, _ = lapack.dpstrf(kernel, lower=1)
+    return pivots - 1, np.tril(factor)[:, :rank]
+
+
+def _gathered(sets: Sequence[np.ndarray], indices: list[int], positions: np.ndarray) -> np.ndarray:
+    """(len(indices), len(positions), D): the rows at ``positions`` of each of the ``indices``' sets."""
+    gathered = np.empty((len(indices), len(positions), sets[indices[0]].shape[1]), dtype=np.float32)
+    for out, index in zip(gathered, indices):
+        out[:] = sets[index][positions]
+    return gathered
+
+
+def _stacked(blocks: np.ndarray, chosen: list[int]) -> np.ndarray:
+    """The ``chosen`` blocks' rows one after another: a view when they are consecutive, as a concept's partners
+    (every random set, in order) are."""
+    if chosen == list(range(chosen[0], chosen[0] + len(chosen))):
+        return blocks[chosen[0] : chosen[0] + len(chosen)].reshape(-1, blocks.shape[2])
+    return blocks[chosen].reshape(-1, blocks.shape[2])
 
 
 def _l2_logistic(features: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """argmin over g of sum_i log(1 + exp(-signs_i features_i . g)) + |g|^2 / 2, by Newton's method with a
-    backtracking line search (the objective is strongly convex: it converges in about ten steps, to machine
-    precision). Hand-written because the problem is tiny (n x n, n the examples): scikit-learn's liblinear took
-    5.6 ms a CAV on the demo CNN, mostly its checks and set-up, this takes a fraction of one
-    (benchmarks/tcav_bench.py, cav_fits)."""
+    """For each problem p: argmin over g of sum_i log(1 + exp(-signs_i features[p, i] . g)) + |g|^2 / 2, by Newton's
+    method with a backtracking line search, the problems in one batch (the objective is strongly convex: it converges
+    in about ten steps, to machine precision). Hand-written because the problems are tiny (n x n, n the examples):
+    scikit-learn's liblinear took 5.6 ms a CAV on the demo CNN, mostly its checks and set-up; the batch takes a
+    fraction of that (benchmarks/tcav_bench.py, cav_fits)."""
     from scipy.special import expit
 
-    def objective(g: np.ndarray) -> float:
-        return float(np.logaddexp(0.0, -signs * (features @ g)).sum() + g @ g / 2)
+    def objective(f: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return np.logaddexp(0.0, -signs * _apply(f, g)).sum(axis=1) + np.einsum("pi,pi->p", g, g) / 2
 
-    g = np.zeros(features.shape[1])
+    solution = np.zeros((features.shape[0], features.shape[2]))
+    active = np.arange(len(features))  # the problems not yet converged
     for _ in range(MAX_NEWTON_STEPS):
-        away = expit(-signs * (features @ g))  # each example's probability of the wrong side
-        gradient = g - features.T @ (signs * away)
-        if np.linalg.norm(gradient) <= NEWTON_TOLERANCE * max(1.0, np.linalg.norm(g)):
+        f, g = features[active], solution[active]
+        away = expit(-signs * _apply(f, g))  # each example's probability of the wrong side
+        gradient = g - (f.transpose(0, 2, 1) @ (signs * away)[..., None])[..., 0]
+        going = np.linalg.norm(gradient, axis=1) > NEWTON_TOLERANCE * np.maximum(1.0, np.linalg.norm(g, axis=1))
+        active, f, g, away, gradient = active[going], f[going], g[going], away[going], gradient[going]
+        if not len(active):
             break
-        hessian = np.eye(len(g)) + (features.T * (away * (1 - away))) @ features
-        step = np.linalg.solve(hessian, gradient)
-        size, before, slope = 1.0, objective(g), gradient @ step
-        while objective(g - size * step) > before - size * slope / 2 and size > 1e-10:
-            size /= 2
-        g = g - size * step
-    return g
+        hessian = np.eye(f.shape[2]) + (f.transpose(0, 2, 1) * (away * (1 - away))[:, None, :]) @ f
+        step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
+        size, before, slope = np.ones(len(active)), objective(f, g), np.einsum("pi,pi->p", gradient, step)
+        # a decrease this small (slope / 2 is the step's predicted decrease) is lost in the objective's rounding, which
+        # would decide the search: there the full step is taken, as Newton's method converges quadratically near the
+        # optimum (searching stalled a fit for 90 steps at a relative gradient of 3e-10)
+        searching = slope > 1e-10 * np.maximum(1.0, before)
+        while (shrink := searching & (objective(f, g - size[:, None] * step) > before - size * slope / 2)).any():
+            size[shrink] /= 2
+            searching &= size > 1e-10
+        solution[active] = g - size[:, None] * step
+    return solution
+
+
+def _apply(f: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """features[p] @ g[p] for each problem p."""
+    return (f @ g[..., None])[..., 0]
 
 
 @functools.cache
@@ -161,6 +276,15 @@ def _held_out_split(concepts: int, randoms: int, seed: int) -> tuple[np.ndarray,
     for part in rows:
         part.flags.writeable = False  # shared by every caller
     return tuple(rows)
+
+
+def _one_blas_thread():
+    """TCAV's products are small (tens of rows against a layer's width): one BLAS thread computes them as fast as
+    two, and leaves no BLAS threads spinning beside torch's and ONNX Runtime's, which on 2 shared cores made the
+    gradients and passes around them up to 2x slower (benchmarks/tcav_bench.py)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 @contextmanager
@@ -220,49 +344,59 @@ def directional_derivatives(
     return gradients @ direction
 
 
-def tcav_score(gradients: np.ndarray, direction: np.ndarray) -> float:
-    """The fraction of inputs whose directional derivative along ``direction`` is positive."""
-    return float(np.mean(gradients @ direction > 0))
-
-
-def concept_cavs(concept: np.ndarray, randoms: Sequence[np.ndarray], seed: int) -> list[Cav]:
-    """The concept's CAV against each random set. They serve every class: train them once per concept and layer."""
-    return [train_cav(concept, random, seed) for random in randoms]
-
-
-def null_cavs(randoms: Sequence[np.ndarray], seed: int) -> list[Cav]:
-    """The null: random set i's CAV against random set i+1, cyclically, so that each random set stands in for a
-    concept once (Kim et al. pair one random set with each of the others). Once per layer, for every concept."""
+def layer_cavs(
+    concepts: Mapping[str, np.ndarray], randoms: Sequence[np.ndarray], seed: int
+) -> tuple[list[Cav], dict[str, list[Cav]]]:
+    """At one layer, the null (random set i's CAV against random set i+1, cyclically, so that each random set stands
+    in for a concept once; Kim et al. pair one random set with each of the others) and each concept's CAV against
+    each random set, trained together (:func:`train_cavs`). They serve every class: train them once per layer."""
     _check_random_sets(randoms)
-    return [train_cav(random, randoms[(i + 1) % len(randoms)], seed) for i, random in enumerate(randoms)]
+    sets = len(randoms)
+    pairs = [(i, (i + 1) % sets) for i in range(sets)]
+    pairs += [(sets + j, i) for j in range(len(concepts)) for i in range(sets)]
+    cavs = train_cavs([*randoms, *concepts.values()], pairs, seed)
+    return cavs[:sets], {name: cavs[sets * (j + 1) : sets * (j + 2)] for j, name in enumerate(concepts)}
 
 
 def tcav_test(
-    cavs: Sequence[Cav], null: Sequence[Cav], gradients: np.ndarray, alpha: float = 0.05, comparisons: int = 1
-) -> TcavResult:
-    """Score the concept's CAVs and the null's on one class's ``gradients`` (N, D) and compare them by a two-sided
-    t-test (``scipy.stats.ttest_ind``): significant when p < alpha / comparisons (Bonferroni: ``comparisons``
-    counts the concepts x layers x classes tested)."""
+    cavs: Mapping[str, Sequence[Cav]],
+    null: Sequence[Cav],
+    gradients: np.ndarray,
+    alpha: float = 0.05,
+    comparisons: int = 1,
+) -> dict[str, TcavResult]:
+    """Score each concept's CAVs (``cavs``: name -> its CAVs) and the null's on one class's ``gradients`` (N, D),
+    and compare each concept's scores with the null's by a two-sided t-test (``scipy.stats.ttest_ind``): significant
+    when p < alpha / comparisons (Bonferroni: ``comparisons`` counts the concepts x layers x classes tested)."""
     from scipy.stats import ttest_ind
 
     _check_test_settings(alpha, comparisons)
     _check_random_sets(null)
-    _check_widths(gradients, [cav.direction[None, :] for cav in [*cavs, *null]])
-    scores = np.array([tcav_score(gradients, cav.direction) for cav in cavs])
-    random_scores = np.array([tcav_score(gradients, cav.direction) for cav in null])
-    with warnings.catch_warnings():  # scores that are all equal (often all 1.0) make scipy warn; the test holds
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p_value = float(ttest_ind(scores, random_scores).pvalue)
+    groups = [*cavs.values(), null]
+    directions = np.stack([cav.direction for group in groups for cav in group])
+    _check_widths(gradients, [directions])
+    # the fraction of inputs whose directional derivative along each CAV is positive, all CAVs in one product, in
+    # the gradients' float32 (as Captum computes it)
+    with _one_blas_thread():
+        derivatives = np.asarray(gradients, dtype=np.float32) @ directions.T
+    scores = np.split(np.mean(derivatives > 0, axis=0), np.cumsum([len(group) for group in groups])[:-1])
+    random_scores, random_accuracies = scores[-1], np.array([cav.accuracy for cav in null])
     threshold = alpha / comparisons
-    return TcavResult(
-        scores=scores,
-        accuracies=np.array([cav.accuracy for cav in cavs]),
-        random_scores=random_scores,
-        random_accuracies=np.array([cav.accuracy for cav in null]),
-        p_value=p_value,
-        threshold=threshold,
-        significant=bool(p_value < threshold),  # a NaN p (no variance on either side) is not significant
-    )
+    results = {}
+    for (name, concept), concept_scores in zip(cavs.items(), scores):
+        with warnings.catch_warnings():  # scores that are all equal (often all 1.0) make scipy warn; the test holds
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p_value = float(ttest_ind(concept_scores, random_scores).pvalue)
+        results[name] = TcavResult(
+            scores=concept_scores,
+            accuracies=np.array([cav.accuracy for cav in concept]),
+            random_scores=random_scores,
+            random_accuracies=random_accuracies,
+            p_value=p_value,
+            threshold=threshold,
+            significant=bool(p_value < threshold),  # a NaN p (no variance on either side) is not significant
+        )
+    return results
 
 
 def tcav_scores(
@@ -279,13 +413,14 @@ def tcav_scores(
     ``concept`` (n, D) and each of ``randoms`` (m, D): activations (:func:`layer_activations`); ``gradients``
     (N, D): the class's inputs' logit gradients at the layer (:func:`class_logit_gradients`). ``examples``: how
     many rows of the concept and of each random set to use (all when None). Every CAV is trained with ``seed``.
-    For several classes, train :func:`concept_cavs` and :func:`null_cavs` once and test each class's gradients."""
+    For several classes, train :func:`layer_cavs` once and test each class's gradients."""
     _check_random_sets(randoms)
     _check_test_settings(alpha, comparisons)  # before the CAVs are trained, not after
     _check_widths(concept, [*randoms, gradients])
     concept = _first_rows(concept, examples, "the concept")
     randoms = [_first_rows(random, examples, f"random set {i}") for i, random in enumerate(randoms)]
-    return tcav_test(concept_cavs(concept, randoms, seed), null_cavs(randoms, seed), gradients, alpha, comparisons)
+    null, cavs = layer_cavs({"concept": concept}, randoms, seed)
+    return tcav_test(cavs, null, gradients, alpha, comparisons)["concept"]
 
 
 def layer_tcav(
@@ -313,16 +448,14 @@ def layer_tcav(
     _check_test_settings(alpha, comparisons)
     pooled = layer_activations(session, pool, layer, batch_size)
     randoms = [pooled[rows] for rows in random_sets]
-    null = null_cavs(randoms, seed)
-    cavs = {
-        name: concept_cavs(layer_activations(session, x, layer, batch_size), randoms, seed)
-        for name, x in concepts.items()
-    }
+    null, cavs = layer_cavs(
+        {name: layer_activations(session, x, layer, batch_size) for name, x in concepts.items()}, randoms, seed
+    )
     results = {}
     for class_index, x in classes.items():
         gradients = class_logit_gradients(model, layer, x, class_index, batch_size, device, grid)
-        for name, concept in cavs.items():
-            results[name, class_index] = tcav_test(concept, null, gradients, alpha, comparisons)
+        for name, result in tcav_test(cavs, null, gradients, alpha, comparisons).items():
+            results[name, class_index] = result
     return results
 
 

@@ -17,10 +17,9 @@ from interp_ops.layer_capture import LayerCapture
 from interp_ops.tcav import (
     TcavError,
     class_logit_gradients,
-    concept_cavs,
     directional_derivatives,
     layer_activations,
-    null_cavs,
+    layer_cavs,
     tcav_scores,
     tcav_test,
     train_cav,
@@ -207,6 +206,54 @@ def test_a_token_layers_gradients_lie_as_its_exported_activations():
     np.testing.assert_allclose(gradients @ direction, expected, rtol=1e-4)
 
 
+# --- the CAV fit ----------------------------------------------------------------------------------------------
+
+
+def liblinear_direction(concept: np.ndarray, random: np.ndarray, seed: int) -> np.ndarray:
+    """The reference: scikit-learn's liblinear (L2 logistic, C = 1, its intercept a regularised feature of 1s) on the
+    same training rows, scaled by their mean norm as train_cav scales them, run to tol 1e-12."""
+    from sklearn.linear_model import LogisticRegression
+
+    from interp_ops.tcav import _held_out_split
+
+    x = np.concatenate([concept, random]).astype(np.float64)
+    y = np.r_[np.ones(len(concept)), np.zeros(len(random))]
+    train, _ = _held_out_split(len(concept), len(random), seed)
+    scale = np.linalg.norm(x[train], axis=1).mean()
+    fit = LogisticRegression(C=1.0, solver="liblinear", tol=1e-12, max_iter=100_000).fit(x[train] / scale, y[train])
+    return fit.coef_[0] / np.linalg.norm(fit.coef_[0])
+
+
+def test_a_cav_is_liblinears_l2_logistic_fit_also_when_rows_repeat(gray_activations):
+    """train_cav solves the L2 logistic problem on the training rows' Gram matrix, factored with pivots; rows that
+    repeat others (the same image twice, a concept example also drawn into a random set) make that matrix
+    singular, and the factor must stop at its rank rather than fail or blow up."""
+    concept, random = gray_activations["concept"], gray_activations["randoms"][0]
+    repeating = concept.copy()
+    repeating[1::2] = concept[0]  # half the concept's rows are one row
+    overlapping = np.concatenate([random[:6], concept[:6]])  # the random set holds concept examples
+    for concept_rows, random_rows in ((concept, random), (repeating, random), (concept, overlapping)):
+        direction = train_cav(concept_rows, random_rows, 3).direction
+        expected = liblinear_direction(concept_rows, random_rows, 3)
+        assert direction.dtype == np.float32 and np.linalg.norm(direction) == pytest.approx(1.0, abs=1e-6)
+        assert float(direction @ expected) > 1 - 1e-6
+
+
+def test_a_layers_cavs_trained_together_are_each_pair_trained_alone(gray_activations):
+    """train_cavs shares each set's Gram blocks between its pairs and solves the pairs in one batch: the same CAVs
+    as one pair at a time, in the order of the pairs, for sets of different sizes too."""
+    from interp_ops.tcav import train_cavs
+
+    randoms = gray_activations["randoms"]
+    sets = [gray_activations["concept"], *randoms, randoms[0][:7]]
+    pairs = [(0, 1), (0, 2), (1, 2), (2, 3), (3, 1), (0, 4), (4, 2), (0, 3)]
+    together = train_cavs(sets, pairs, 7)
+    for (concept, random), cav in zip(pairs, together):
+        alone = train_cav(sets[concept], sets[random], 7)
+        np.testing.assert_allclose(cav.direction, alone.direction, atol=1e-6)
+        assert cav.accuracy == alone.accuracy
+
+
 # --- determinism, the model left as it was, bad input ------------------------------------------------------------
 
 
@@ -230,11 +277,8 @@ def test_the_same_seed_gives_the_same_result(gray_activations):
     for field in ("scores", "accuracies", "random_scores", "random_accuracies"):
         np.testing.assert_array_equal(getattr(first, field), getattr(second, field))
     assert first.p_value == second.p_value or np.isnan(first.p_value) and np.isnan(second.p_value)
-    pieces = tcav_test(
-        concept_cavs(gray_activations["concept"], gray_activations["randoms"], 5),
-        null_cavs(gray_activations["randoms"], 5),
-        gray_activations["gradients"],
-    )  # trained once per concept and layer, tested per class: the same result
+    null, cavs = layer_cavs({"concept": gray_activations["concept"]}, gray_activations["randoms"], 5)
+    pieces = tcav_test(cavs, null, gray_activations["gradients"])["concept"]  # trained once, tested per class
     np.testing.assert_array_equal(pieces.scores, first.scores)
     np.testing.assert_array_equal(pieces.random_scores, first.random_scores)
     cav = train_cav(gray_activations["concept"], gray_activations["randoms"][0], 5)
