@@ -20,6 +20,7 @@ from interp_ops.tcav import (
     directional_derivatives,
     layer_activations,
     layer_cavs,
+    layer_tcav,
     tcav_scores,
     tcav_test,
     train_cav,
@@ -286,6 +287,28 @@ def test_the_same_seed_gives_the_same_result(gray_activations):
         cav.direction, train_cav(gray_activations["concept"], gray_activations["randoms"][0], 5).direction
     )
     assert np.linalg.norm(cav.direction) == pytest.approx(1.0)
+
+
+def test_a_concepts_result_does_not_depend_on_the_concepts_beside_it(gray_activations):
+    """The audit's tasks fan out per layer and batch of concepts (ops.tcav.concepts_per_task): each task trains the
+    null again and its concepts' CAVs in one batch, so a concept's result must be bit-identical whichever concepts
+    share its task."""
+    model, session, layer = gray_activations["model"], gray_activations["session"], "body.conv1"
+    concepts = {
+        "triangles": scenes_of_class(2, 12, seed=11, patch=False, **GRAY_INPUT),
+        "circles": scenes_of_class(0, 12, seed=12, patch=False, **GRAY_INPUT),
+    }
+    pool = np.concatenate([scenes(12, seed=20 + i, **GRAY_INPUT) for i in range(3)])
+    random_sets = [np.arange(i * 12, (i + 1) * 12) for i in range(3)]
+    classes = {3: scenes(8, seed=30, **GRAY_INPUT), 5: scenes(8, seed=31, **GRAY_INPUT)}
+    together = layer_tcav(session, model, layer, concepts, pool, random_sets, classes, seed=5)
+    for name, x in concepts.items():
+        alone = layer_tcav(session, model, layer, {name: x}, pool, random_sets, classes, seed=5)
+        for class_index in classes:
+            for field in ("scores", "accuracies", "random_scores", "random_accuracies"):
+                np.testing.assert_array_equal(
+                    getattr(together[name, class_index], field), getattr(alone[name, class_index], field)
+                )
 
 
 def test_directional_derivatives_are_the_heads_row_along_the_direction_and_leave_the_model_as_it_was():
