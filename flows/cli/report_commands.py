@@ -19,6 +19,7 @@ from flows.cli.options import (
     exits,
     print_json,
 )
+from flows.cli.shown_tables import METHODS, PARITY, ShownTable
 from interp_audit.progress import console
 
 report_app = typer.Typer(help="Read published reports: list, show, diff, html, query, card.", no_args_is_help=True)
@@ -81,7 +82,6 @@ def report_show(
     import pandas as pd
 
     from interp_audit.diff import headline, records, summarize
-    from interp_audit.readings import similarity_by_step, versus_random
     from interp_audit.report import find_run, load_table, review_state
 
     opened = existing_store(store)
@@ -110,18 +110,7 @@ def report_show(
     ):
         console.print(f"  {key:15} {run_row[key]}", markup=False)
     console.print(f"  {'ort_providers':15} {', '.join(run_row['ort_providers'])}", markup=False)
-    parity = load_table(opened, "onnx_parity", run_id=run_row["run_id"])
-    if len(parity):
-        table = Table("output", "shape", "max abs diff", "max rel diff", "argmax agreement", title="ONNX parity")
-        for row in parity.itertuples():
-            table.add_row(
-                row.output,
-                "x".join(map(str, row.shape)),
-                f"{row.max_abs_diff:.2e}",
-                f"{row.max_rel_diff:.2e}",
-                f"{row.argmax_agreement:.3f}",
-            )
-        console.print(table)
+    _print_shown(PARITY, opened, run_row["run_id"])
     results = load_table(opened, "contract_results", run_id=run_row["run_id"])
     failed = results[~results["success"]]
     console.print(f"contracts: {len(results) - len(failed)}/{len(results)} expectations met")
@@ -130,145 +119,8 @@ def report_show(
             f"  [red]failed[/] {row.table_name}: {row.expectation} on {row.column}: observed {row.observed_value}",
             markup=True,
         )
-    summary = load_table(opened, "dissection_summary", run_id=run_row["run_id"])
-    if len(summary):
-        table = Table(
-            "layer",
-            "category",
-            "detectors",
-            "unique concepts",
-            "beat the baseline",
-            "baseline detectors",
-            title="network dissection: detectors per category (random baseline)",
-        )
-        for row in summary.itertuples():
-            table.add_row(
-                row.layer,
-                row.category,
-                str(row.detectors),
-                str(row.unique_concepts),
-                *(
-                    ("-" if pd.isna(value) else str(int(value)))
-                    for value in (row.detectors_above_baseline, row.baseline_detectors)
-                ),
-            )
-        console.print(table)
-    checks = load_table(opened, "sanity_checks", run_id=run_row["run_id"])
-    if len(checks):
-        table = Table("step", "re-drawn through", "similarity", "highest", "of |weights|", title="LIME sanity check")
-        for row in similarity_by_step(checks).itertuples():
-            table.add_row(
-                str(row.step), row.randomised_through, f"{row.mean:.2f}", f"{row.max:.2f}", f"{row.mean_abs:.2f}"
-            )
-        console.print(table)
-    actmax = load_table(opened, "actmax_units", run_id=run_row["run_id"])
-    if len(actmax):
-        table = Table(
-            "layer",
-            "renders",
-            "beat every image",
-            "mean ratio",
-            "mean robustness",
-            title="activation maximization (ratio: render activation / dataset max)",
-        )
-        for layer, group in actmax.groupby("layer", sort=True):
-            table.add_row(
-                layer,
-                str(len(group)),
-                str(int((group.final_activation >= group.dataset_max).sum())),
-                f"{group.ratio.mean():.2f}",
-                f"{group.robustness.mean():.2f}",
-            )
-        console.print(table)
-    randomised = versus_random(actmax)
-    if len(randomised):
-        table = Table(
-            "layer",
-            "beat the copy's ratio",
-            "mean ratio",
-            "copy's",
-            "mean robustness",
-            "copy's",
-            title="activation maximization sanity check: against a copy with every weight re-drawn",
-        )
-        for row in randomised.itertuples():
-            table.add_row(
-                row.layer,
-                f"{row.beating} of {row.compared}",
-                *(f"{value:.2f}" for value in (row.ratio, row.random_ratio, row.robustness, row.random_robustness)),
-            )
-        console.print(table)
-    ablation = load_table(opened, "ablation_results", run_id=run_row["run_id"])
-    if len(ablation):
-        table = Table(
-            "layer",
-            "class",
-            "K",
-            "units zeroed",
-            "accuracy",
-            "drop",
-            "random drop",
-            title="unit ablation: each class's K most important units zeroed (balanced accuracy; K random units)",
-        )
-        for row in ablation.itertuples():
-            table.add_row(
-                row.layer,
-                row.class_name,
-                str(row.k),
-                ", ".join(map(str, row.units)),
-                f"{row.accuracy_before:.2f} -> {row.accuracy_after:.2f}",
-                f"{row.accuracy_drop:.2f}",
-                "-" if pd.isna(row.random_drop_mean) else f"{row.random_drop_mean:.2f} ± {row.random_drop_std:.2f}",
-            )
-        console.print(table)
-    scores = load_table(opened, "tcav_scores", run_id=run_row["run_id"])
-    if len(scores):
-        table = Table(
-            "layer",
-            "concept",
-            "class",
-            "score",
-            "random sets' null",
-            "p",
-            "significant",
-            "CAV accuracy",
-            title="TCAV: share of the class's inputs whose logit rises along the concept (0.5: none preferred)",
-        )
-        for row in scores.sort_values(["layer", "concept", "class_index"]).itertuples():
-            table.add_row(
-                row.layer,
-                row.concept,
-                row.class_name,
-                f"{row.score_mean:.2f} ± {row.score_std:.2f}",
-                f"{row.random_score_mean:.2f} ± {row.random_score_std:.2f}",
-                "-" if pd.isna(row.p_value) else f"{row.p_value:.2g}",
-                "[bold]yes[/]" if row.significant else "no",
-                f"{row.cav_accuracy_mean:.2f}",
-            )
-        console.print(table)
-    probed = load_table(opened, "probe_results", run_id=run_row["run_id"])
-    if len(probed):
-        table = Table(
-            "attribute",
-            "layer",
-            "accuracy",
-            "control",
-            "chance",
-            "selectivity",
-            "inputs",
-            title="linear probes: how readable each attribute is per layer (selectivity = accuracy - control task's)",
-        )
-        for row in probed.sort_values(["attribute", "depth"]).itertuples():
-            table.add_row(
-                row.attribute,
-                row.layer,
-                f"{row.accuracy_mean:.2f} ± {row.accuracy_std:.2f}",
-                f"{row.control_accuracy:.2f}",
-                f"{row.chance:.2f}",
-                f"{row.selectivity:.2f}",
-                f"{row.samples} ({row.inputs})",
-            )
-        console.print(table)
+    for shown in METHODS:
+        _print_shown(shown, opened, run_row["run_id"])
     gates = load_table(opened, "gate_results", run_id=run_row["run_id"])
     for row in gates.itertuples():
         colour = {"passed": "green", "failed": "red"}.get(row.outcome, "yellow")
@@ -313,6 +165,14 @@ SHOWN_TABLES = (
     "gate_results",
     "version_diffs",
 )
+
+
+def _print_shown(shown: ShownTable, opened, run_id: str) -> None:
+    from interp_audit.report import load_table
+
+    table = shown.render(load_table(opened, shown.source, run_id=run_id))
+    if table is not None:
+        console.print(table)
 
 
 def run_document(opened, run_row: dict) -> dict:
