@@ -126,10 +126,22 @@ DEMO_CLASSES = ["circle", "square", "triangle"]
 
 
 def demo_cnn_spec(
-    tmp_path: Path, weights: Path, version: str, data: str, ops: dict, layers: list[str], **top_level
+    tmp_path: Path,
+    weights: Path,
+    version: str,
+    data: str,
+    ops: dict,
+    layers: list[str],
+    *,
+    class_names: list[str] | None = DEMO_CLASSES,
+    **top_level,
 ) -> Path:
     """A spec of the demo shapes CNN (``weights``: a trained copy) on builtin ``data``, writing to tmp_path/reports;
-    ``top_level`` keys (gates, contracts, name...) are added or replace the defaults."""
+    ``top_level`` keys (gates, contracts, name...) are added or replace the defaults. ``class_names=None``: none
+    in model.input (then the data's names, if it has any, are used)."""
+    model_input = {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}
+    if class_names is not None:
+        model_input["class_names"] = class_names
     spec = {
         "name": f"demo-v{version}",
         "seed": 0,
@@ -139,7 +151,7 @@ def demo_cnn_spec(
             "version": version,
             "factory": "interp_ops.demo_models:shapes_cnn",
             "weights": str(weights),
-            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": DEMO_CLASSES},
+            "input": model_input,
             "layers": layers,
         },
         "data": data,

@@ -1,9 +1,10 @@
 """Unit ablation as an audit method (issue 20): real runs of the demo models, where dissection and the data give the
 ground truth, a user model of other shape, and the refusals of bad input."""
 
+from pathlib import Path
+
 import pytest
-import yaml
-from conftest import ASSETS, save_state_dict, store_is_empty
+from conftest import ASSETS, demo_cnn_spec, save_state_dict, store_is_empty
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -19,35 +20,13 @@ def cli(*args):
     return result.exit_code, " ".join(result.output.split())
 
 
-def demo_spec(tmp_path, weights, version: str, data: str, ablation: dict, gates: list) -> str:
-    spec = {
-        "name": f"ablation-v{version}",
-        "seed": 0,
-        "model": {
-            "source": "torch",
-            "name": "shapes-cnn",
-            "version": version,
-            "factory": "interp_ops.demo_models:shapes_cnn",
-            "weights": str(weights),
-            "input": {
-                "shape": [3, 64, 64],
-                "mean": [0.5] * 3,
-                "std": [0.25] * 3,
-                "class_names": ["circle", "square", "triangle"],
-            },
-            "layers": [LAYER],
-        },
-        "data": f"builtin:{data}?split=val&n=200",
-        "ops": {
-            "dissection": {"concepts": "builtin:concepts?n=150", "baseline": "none"},
-            "ablation": {"sizes": [4, 16], "random_draws": 10, **ablation},
-        },
-        "gates": gates,
-        "report": {"store": str(tmp_path / "reports")},
+def demo_spec(tmp_path, weights, version: str, data: str, ablation: dict, gates: list) -> Path:
+    ops = {
+        "dissection": {"concepts": "builtin:concepts?n=150", "baseline": "none"},
+        "ablation": {"sizes": [4, 16], "random_draws": 10, **ablation},
     }
-    path = tmp_path / f"spec-v{version}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    data = f"builtin:{data}?split=val&n=200"
+    return demo_cnn_spec(tmp_path, weights, version, data, ops, [LAYER], name=f"ablation-v{version}", gates=gates)
 
 
 def test_each_model_is_found_deciding_with_what_it_learned(tmp_path, trained):

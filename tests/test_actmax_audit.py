@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import demo_cnn_spec
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,27 +27,11 @@ def decode(png: bytes) -> np.ndarray:
 
 def test_demo_cnn_renders_outdo_the_data_on_the_last_conv_layer(tmp_path, trained):
     """Acceptance: for >= 90% of the last conv layer's units the render beats the best real image."""
-    import yaml
-
-    spec = {
-        "name": "actmax-demo",
-        "seed": 0,
-        "model": {
-            "source": "torch",
-            "name": "shapes-cnn",
-            "version": "1",
-            "factory": "interp_ops.demo_models:shapes_cnn",
-            "weights": str(trained["honest"].weights_path),
-            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-            "layers": ["features.8", "features.12"],
-        },
-        "data": "builtin:shapes?split=val&n=200",
-        "ops": {"activation_max": {"layers": ["features.12"], "exemplars": 5}},
-        "contracts": {"actmax.min_robustness": 0.0},
-        "report": {"store": str(tmp_path / "reports")},
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = demo_cnn_spec(
+        tmp_path, trained["honest"].weights_path, "1", "builtin:shapes?split=val&n=200",
+        {"activation_max": {"layers": ["features.12"], "exemplars": 5}}, ["features.8", "features.12"],
+        class_names=None, name="actmax-demo", contracts={"actmax.min_robustness": 0.0},
+    )  # fmt: skip
     code, output = cli("run", path)
     assert code == 0, output
     units = report.load_table(tmp_path / "reports", "actmax_units")

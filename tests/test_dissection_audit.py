@@ -1,8 +1,10 @@
 """Network dissection inside the audit flow: tables for the model and its random baseline, through real runs."""
 
+from pathlib import Path
+
 import pytest
 import yaml
-from conftest import store_is_empty
+from conftest import demo_cnn_spec, store_is_empty
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -17,28 +19,12 @@ def cli(*args):
     return result.exit_code, " ".join(result.output.split())
 
 
-def demo_spec(tmp_path, weights, **dissection) -> str:
-    spec = {
-        "name": "dissection-demo",
-        "seed": 0,
-        "model": {
-            "source": "torch",
-            "name": "shapes-cnn",
-            "version": "1",
-            "factory": "interp_ops.demo_models:shapes_cnn",
-            "weights": str(weights),
-            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-            "layers": ["features.8", "features.12", "classifier"],
-        },
-        "data": "builtin:shapes?split=val&n=8",
-        "ops": {
-            "dissection": {"layers": ["features.8", "features.12"], "concepts": "builtin:concepts?n=200", **dissection}
-        },
-        "report": {"store": str(tmp_path / "reports")},
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def demo_spec(tmp_path, weights, **dissection) -> Path:
+    ops = {"dissection": {"layers": ["features.8", "features.12"], "concepts": "builtin:concepts?n=200", **dissection}}
+    return demo_cnn_spec(
+        tmp_path, weights, "1", "builtin:shapes?split=val&n=8", ops, ["features.8", "features.12", "classifier"],
+        class_names=None, name="dissection-demo",
+    )  # fmt: skip
 
 
 def test_demo_cnn_is_dissected_next_to_its_random_baseline(tmp_path, trained):

@@ -2,7 +2,7 @@
 
 import pyarrow.dataset as ds
 import pytest
-from conftest import planted_mlp_spec, store_is_empty
+from conftest import demo_cnn_spec, planted_mlp_spec, store_is_empty
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -20,7 +20,6 @@ def cli(*args):
 @pytest.fixture
 def lime_spec(tmp_path, trained):
     """The honest demo CNN with a small LIME block; keyword changes go into ops.lime."""
-    import yaml
 
     def write(seed=0, store="reports", contracts=None, **lime):
         block = {
@@ -32,31 +31,11 @@ def lime_spec(tmp_path, trained):
             "segmentation": {"method": "slic", "n_segments": 30},
             **lime,
         }
-        spec = {
-            "name": "lime-audit",
-            "seed": seed,
-            "model": {
-                "source": "torch",
-                "name": "shapes-cnn",
-                "version": "1",
-                "factory": "interp_ops.demo_models:shapes_cnn",
-                "weights": str(trained["honest"].weights_path),
-                "input": {
-                    "shape": [3, 64, 64],
-                    "mean": [0.5] * 3,
-                    "std": [0.25] * 3,
-                    "class_names": ["circle", "square", "triangle"],
-                },
-                "layers": ["features.4"],
-            },
-            "data": "builtin:shapes?split=val&n=8",
-            "ops": {"lime": block},
-            "contracts": contracts or {},
-            "report": {"store": str(tmp_path / store)},
-        }
-        path = tmp_path / f"spec-{seed}-{store}.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        return path
+        return demo_cnn_spec(
+            tmp_path, trained["honest"].weights_path, "1", "builtin:shapes?split=val&n=8", {"lime": block},
+            ["features.4"], name="lime-audit", seed=seed, contracts=contracts or {},
+            report={"store": str(tmp_path / store)},
+        )  # fmt: skip
 
     return write
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from chromium import open_in_chromium
+from conftest import DEMO_CLASSES, demo_cnn_spec
 from test_html_report import ALL_SECTIONS, assert_clean, assert_self_contained
 from test_model_card import CARD, assert_the_approved_card_parses_back, assert_the_shortcut_card_names_its_failed_gates
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from data_contracts import conform
 from flows.cli import app
 from interp_audit import report
 from interp_audit.verdict import SCHEMA_PATH
+from interp_ops.demo_models import DEMO_INPUT
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
@@ -42,29 +44,21 @@ def retrained_honest(tmp_path_factory):
     return train_demo_model("honest", copy_shipped(tmp_path_factory.mktemp("retrained"), RESEEDED), seed=RESEEDED)
 
 
-def demo_spec(tmp_path, weights, version: str) -> str:
+def demo_spec(tmp_path, weights, version: str) -> Path:
     """`make demo`'s spec, gates included, with each version as a torch model and the methods made smaller."""
     spec = yaml.safe_load(DEMO_SPEC.read_text())
-    model = spec["model"]
-    spec["model"] = {
-        "source": "torch",
-        "name": model["name"],
-        "version": version,
-        "input": model["input"],
-        "layers": model["layers"],
-        "factory": "interp_ops.demo_models:shapes_cnn",
-        "weights": str(weights),
-    }
-    spec["data"] = spec["data"].replace("n=64", "n=16")  # the same patched scenes for every version
-    spec["ops"]["lime"].update(stability_seeds=1)
-    spec["ops"]["activation_max"].update(units="first:16", steps=16, exemplars=2)
-    spec["ops"]["dissection"].update(baseline="none")
+    model = spec.pop("model")
+    # its model is the demo CNN as demo_cnn_spec writes it (range [0, 1] is the default)
+    assert model["name"] == "shapes-cnn" and model["input"] == {**DEMO_INPUT, "class_names": DEMO_CLASSES}, model
+    data = spec.pop("data").replace("n=64", "n=16")  # the same patched scenes for every version
+    ops = spec.pop("ops")
+    ops["lime"].update(stability_seeds=1)
+    ops["activation_max"].update(units="first:16", steps=16, exemplars=2)
+    ops["dissection"].update(baseline="none")
     spec["contracts"].pop("actmax.min_robustness")  # 16 steps make rough renders: not what this test is about
-    spec["report"]["store"] = str(tmp_path / "reports")
+    spec.pop("report")  # the store: tmp_path / "reports"
     spec["card"] = CARD  # what the model card's intended-use section shows
-    path = tmp_path / f"spec-v{version}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return demo_cnn_spec(tmp_path, weights, version, data, ops, model["layers"], **spec)
 
 
 def gates_of(store, version: str) -> dict:
@@ -177,25 +171,11 @@ def promotion_check(store, version: str):
     return promote()
 
 
-def sign_off_spec(tmp_path, weights, timeout_seconds: int) -> str:
-    spec = {
-        "name": "sign-off",
-        "seed": 0,
-        "model": {
-            "source": "torch",
-            "name": "shapes-cnn",
-            "version": "1",
-            "factory": "interp_ops.demo_models:shapes_cnn",
-            "weights": str(weights),
-            "input": {"shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3},
-        },
-        "data": "builtin:shapes?split=val&n=4",
-        "review": {"wait_for_sign_off": True, "timeout_seconds": timeout_seconds},
-        "report": {"store": str(tmp_path / "reports")},
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def sign_off_spec(tmp_path, weights, timeout_seconds: int) -> Path:
+    return demo_cnn_spec(
+        tmp_path, weights, "1", "builtin:shapes?split=val&n=4", {}, [], class_names=None, name="sign-off",
+        review={"wait_for_sign_off": True, "timeout_seconds": timeout_seconds},
+    )  # fmt: skip
 
 
 def run_in_thread(spec) -> tuple:

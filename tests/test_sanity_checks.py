@@ -2,11 +2,13 @@
 the same samples explained again. Ground truth: the reference is LIME's own explanation, bit for bit; an explainer
 that ignores the model is flagged by the contract, and LIME on the honest demo model is not."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import store_is_empty
+from conftest import demo_cnn_spec, store_is_empty
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -121,36 +123,23 @@ def test_rank_similarity_is_spearman_per_label_and_zero_for_a_constant_ranking()
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_the_sanity_check_runs_inside_the_audit_and_is_refused_for_an_onnx_model(tmp_path, trained):
-    spec = {
-        "name": "sanity-demo",
-        "seed": 0,
-        "model": {
-            "source": "torch",
-            "name": "shapes-cnn",
-            "version": "1",
-            "factory": "interp_ops.demo_models:shapes_cnn",
-            "weights": str(trained["honest"].weights_path),
-            "input": {"shape": list(SHAPE), "mean": [0.5] * 3, "std": [0.25] * 3},
-            "layers": ["features.12"],
-        },
-        "data": "builtin:shapes?split=val&n=8",
-        "ops": {
-            "lime": {
-                "samples": 4,
-                "num_samples": 300,
-                "hide": 0.0,
-                "segmentation": {"method": "slic", "n_segments": 30},
-                "stability_seeds": 1,
-                "heldout_samples": 20,
-                "sanity": {"samples": 3, "steps": 3},
-            }
-        },
-        "contracts": {"lime.max_randomised_similarity": 0.7},
-        "gates": [{"metric": "lime.randomised_similarity", "max": 0.5}],
-        "report": {"store": str(tmp_path / "reports")},
+    ops = {
+        "lime": {
+            "samples": 4,
+            "num_samples": 300,
+            "hide": 0.0,
+            "segmentation": {"method": "slic", "n_segments": 30},
+            "stability_seeds": 1,
+            "heldout_samples": 20,
+            "sanity": {"samples": 3, "steps": 3},
+        }
     }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = demo_cnn_spec(
+        tmp_path, trained["honest"].weights_path, "1", "builtin:shapes?split=val&n=8", ops, ["features.12"],
+        class_names=None, name="sanity-demo", contracts={"lime.max_randomised_similarity": 0.7},
+        gates=[{"metric": "lime.randomised_similarity", "max": 0.5}],
+    )  # fmt: skip
+    spec = yaml.safe_load(path.read_text())
     code, output = cli("run", path)
     assert code == 0 and "LIME sanity: rank similarity" in output, output
     assert "gate lime.randomised_similarity: passed" in output, output
@@ -202,24 +191,15 @@ def test_the_sanity_check_runs_inside_the_audit_and_is_refused_for_an_onnx_model
 # ------------------------------------------------------------------------------------------ activation maximization
 
 
-def actmax_sanity_spec(tmp_path, weights, **actmax) -> dict:
-    return {
-        "name": "actmax-sanity",
-        "seed": 0,
-        "model": {
-            "source": "torch",
-            "name": "shapes-cnn",
-            "version": "1",
-            "factory": "interp_ops.demo_models:shapes_cnn",
-            "weights": str(weights),
-            "input": {"shape": list(SHAPE), "mean": [0.5] * 3, "std": [0.25] * 3},
-            "layers": ["features.12"],
-        },
-        "data": "builtin:shapes?split=val&n=48",
-        "ops": {"activation_max": {"steps": 32, "exemplars": 2, "sanity": True, **actmax}},
-        "gates": [{"metric": "activation_max.share_beating_random", "min": 0.6}],
-        "report": {"store": str(tmp_path / "reports")},
-    }
+ACTMAX_SANITY_DATA = "builtin:shapes?split=val&n=48"
+
+
+def actmax_sanity_spec(tmp_path, weights, **actmax) -> Path:
+    ops = {"activation_max": {"steps": 32, "exemplars": 2, "sanity": True, **actmax}}
+    return demo_cnn_spec(
+        tmp_path, weights, "1", ACTMAX_SANITY_DATA, ops, ["features.12"], class_names=None, name="actmax-sanity",
+        gates=[{"metric": "activation_max.share_beating_random", "min": 0.6}],
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -230,9 +210,7 @@ def test_actmax_sanity_renders_the_redrawn_copy_and_the_trained_units_beat_it(tm
     from interp_ops import actmax
     from interp_ops.randomisation import random_init_copy
 
-    spec = actmax_sanity_spec(tmp_path, trained["honest"].weights_path)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = actmax_sanity_spec(tmp_path, trained["honest"].weights_path)
     code, output = cli("run", path)
     assert code == 0 and "gate activation_max.share_beating_random: passed" in output, output
     units = report.load_table(tmp_path / "reports", "actmax_units").sort_values("unit")
@@ -243,7 +221,7 @@ def test_actmax_sanity_renders_the_redrawn_copy_and_the_trained_units_beat_it(tm
     model = shapes_cnn()
     model.load_state_dict(load_file(trained["honest"].weights_path))
     randomised = random_init_copy(model.eval(), seed=0)
-    samples = datasets.load_samples(spec["data"], tmp_path, 0)
+    samples = datasets.load_samples(ACTMAX_SANITY_DATA, tmp_path, 0)
     x = torch.from_numpy(datasets.to_model_input(samples, SHAPE, (0, 1), DEMO_INPUT["mean"], DEMO_INPUT["std"]))
     captured = {}
     randomised.features[12].register_forward_hook(lambda module, args, out: captured.update(out=out))
@@ -269,16 +247,14 @@ def test_actmax_sanity_renders_the_redrawn_copy_and_the_trained_units_beat_it(tm
 
 
 def test_the_gate_against_the_redrawn_copy_needs_the_sanity_check(tmp_path, trained, capsys):
-    spec = actmax_sanity_spec(tmp_path, trained["honest"].weights_path, sanity=False)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = actmax_sanity_spec(tmp_path, trained["honest"].weights_path, sanity=False)
     code, output = cli("run", path)
     assert code == 2 and "set ops.activation_max.sanity: true" in output, output
     assert store_is_empty(tmp_path / "reports")
 
     onnx_path = tmp_path / "m.onnx"  # a model given as ONNX has neither gradients nor weights to re-draw
     onnx_path.write_bytes(onnx_bundle.export_torch(shapes_cnn().eval(), SHAPE, ["features.12"]))
-    spec = actmax_sanity_spec(tmp_path, trained["honest"].weights_path)
+    spec = yaml.safe_load(actmax_sanity_spec(tmp_path, trained["honest"].weights_path).read_text())
     spec["model"] = {"source": "onnx", "name": "m", "version": "1", "path": str(onnx_path),
                      "input": spec["model"]["input"], "layers": ["features.12"]}  # fmt: skip
     path.write_text(yaml.safe_dump(spec))
