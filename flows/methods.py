@@ -470,7 +470,7 @@ def submit_probes(loaded, checked, inputs, shipped_inputs, onnx_bytes) -> list[t
     names = params.attribute_names("concept")
     if names:
         images = checked.probe_concepts
-        sets.append(("concept_source", images, images.count, concept_labels.submit(images, names).result()))
+        sets.append(("concept_source", images, len(images), concept_labels.submit(images, names).result()))
     return [
         (
             layer,

@@ -49,31 +49,21 @@ class InputsProbe:
 
 
 @dataclass(frozen=True)
-class ConceptExamples:
-    """Where a TCAV concept's examples are read: the positions of the concept source's images that hold it (a
-    concept named in ``ops.tcav.concept_source``), or the first of a data URI's samples (``positions`` None).
-    ``fingerprint``: the content read, the key of the cached read."""
-
-    uri: str
-    positions: list[int] | None
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class ConceptInputs:
-    """The first ``count`` images of a concept set as model input, read a slice at a time (``x[start:stop]``) so a
-    pass over them holds one batch; ``fingerprint`` keys a task's cache on the set's content."""
+class ConceptImages:
+    """The images at ``positions`` of a concept set as model input (TCAV's concept examples and random pool, the
+    probes' concept inputs), read a slice at a time (``x[start:stop]``) so a pass over them holds one batch.
+    ``fingerprint``: the set's content, the key of a task's cache; ``field``: the spec field naming the set."""
 
     uri: str
     base_dir: str
     fingerprint: str
-    count: int
+    positions: tuple[int, ...]
     input_spec: InputSpec
     seed: int
     field: str
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.positions)
 
     @functools.cached_property
     def concepts(self):
@@ -81,8 +71,16 @@ class ConceptInputs:
         return load_concepts(self.uri, Path(self.base_dir), self.seed, self.field)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, _ = rows.indices(self.count)
-        return concept_images(self.concepts, list(range(start, stop)), self.input_spec)
+        return concept_images(self.concepts, list(self.positions[rows]), self.input_spec)
+
+
+@dataclass(frozen=True)
+class ConceptData:
+    """A TCAV concept given as a data URI of its own (a folder of images, .npy/.npz, builtin:): its first samples
+    are the examples. ``fingerprint``: its content, the key of the cached read."""
+
+    uri: str
+    fingerprint: str
 
 
 def concept_images(concepts, positions: list[int], input_spec: InputSpec) -> np.ndarray:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interp_audit.errors import SpecError
-from interp_audit.inputs import ConceptExamples, ConceptInputs, concepts_error, inputs_probe, load_concepts
+from interp_audit.inputs import ConceptData, ConceptImages, concepts_error, inputs_probe, load_concepts
 from interp_audit.intake import LayerShapes, ModelRef, check_model, resolve_model
 from interp_audit.spec import (
     UNITS_FIRST,
     AblationSpec,
     ActivationMaxSpec,
     DissectionSpec,
+    InputSpec,
     LimeSpec,
     LoadedSpec,
     TcavGate,
@@ -39,7 +40,7 @@ class Preflight:
     dissection_layers: list[str] = field(default_factory=list)
     concepts_fingerprint: str | None = None
     tcav: TcavPlan | None = None
-    probe_concepts: ConceptInputs | None = None  # the images concept:NAME attributes are probed on
+    probe_concepts: ConceptImages | None = None  # the images concept:NAME attributes are probed on
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ class TcavPlan:
     they draw (``random_pool``) and each set's positions among them (for random sets of the data: None, drawn by
     the flow, which knows every sample's label)."""
 
-    concepts: dict[str, ConceptExamples]
+    concepts: dict[str, ConceptImages | ConceptData]
     classes: list[int]
-    random_pool: ConceptExamples | None = None
+    random_pool: ConceptImages | None = None
     random_sets: list[list[int]] | None = None
 
 
@@ -103,7 +104,7 @@ def preflight(
     )
 
 
-def check_probes(loaded: LoadedSpec, inputs) -> ConceptInputs | None:
+def check_probes(loaded: LoadedSpec, inputs) -> ConceptImages | None:
     """Every attribute exists: labels in the data for class, the column for column:NAME, the label in the concept
     source for concept:NAME; returns the concept source's images those are probed on (None without any)."""
     params, base_dir, seed = loaded.spec.ops.probes, loaded.base_dir, loaded.spec.seed
@@ -131,11 +132,11 @@ def check_probes(loaded: LoadedSpec, inputs) -> ConceptInputs | None:
             raise SpecError(
                 f"ops.probes.attributes: concept:{name}: {exc} (ops.probes.concept_source: {params.concept_source})"
             ) from None
-    return ConceptInputs(
+    return ConceptImages(
         params.concept_source,
         str(base_dir),
         concepts_fingerprint(params.concept_source, base_dir, seed),
-        min(params.max_inputs or len(concepts), len(concepts)),
+        tuple(range(min(params.max_inputs or len(concepts), len(concepts)))),  # the set's first images
         loaded.spec.model.input,
         seed,
         "ops.probes.concept_source",
@@ -153,7 +154,7 @@ def tcav_plan(loaded: LoadedSpec, num_samples: int, class_names: list[str] | Non
             f"{num_samples}; ask for fewer examples or give more data"
         )
     concepts = (
-        named_concepts(params, loaded.base_dir, spec.seed)
+        named_concepts(params, loaded.base_dir, spec.seed, spec.model.input)
         if params.named_in_source
         else {
             name: concept_folder(name, uri, count, loaded.base_dir, spec.seed) for name, uri in params.concepts.items()
@@ -161,7 +162,7 @@ def tcav_plan(loaded: LoadedSpec, num_samples: int, class_names: list[str] | Non
     )
     random_pool, random_sets = None, None
     if not params.randoms_from_data:
-        random_pool, random_sets = concept_source_randoms(params, loaded.base_dir, spec.seed)
+        random_pool, random_sets = concept_source_randoms(params, loaded.base_dir, spec.seed, spec.model.input)
     classes = (
         list(range(num_classes))
         if params.classes == "all"
@@ -175,7 +176,9 @@ def tcav_plan(loaded: LoadedSpec, num_samples: int, class_names: list[str] | Non
     return TcavPlan(concepts, classes, random_pool, random_sets)
 
 
-def concept_source_randoms(params: TcavSpec, base_dir: Path, seed: int) -> tuple[ConceptExamples, list[list[int]]]:
+def concept_source_randoms(
+    params: TcavSpec, base_dir: Path, seed: int, input_spec: InputSpec
+) -> tuple[ConceptImages, list[list[int]]]:
     """Random sets of the concept source's images: the images drawn (each once) and each set's positions among
     them."""
     import numpy as np
@@ -190,11 +193,19 @@ def concept_source_randoms(params: TcavSpec, base_dir: Path, seed: int) -> tuple
     except TcavError as exc:
         raise SpecError(f"ops.tcav.random_source: concept_source {uri}: {exc}") from None
     images = np.unique(np.concatenate(drawn))
-    pool = ConceptExamples(uri, images.tolist(), concepts_fingerprint(uri, base_dir, seed))
+    pool = ConceptImages(
+        uri,
+        str(base_dir),
+        concepts_fingerprint(uri, base_dir, seed),
+        tuple(images.tolist()),
+        input_spec,
+        seed,
+        "ops.tcav.concept_source",
+    )
     return pool, [np.searchsorted(images, rows).tolist() for rows in drawn]
 
 
-def named_concepts(params: TcavSpec, base_dir: Path, seed: int) -> dict[str, ConceptExamples]:
+def named_concepts(params: TcavSpec, base_dir: Path, seed: int, input_spec: InputSpec) -> dict[str, ConceptImages]:
     """The concept source's images holding each named concept: the first ``examples_per_concept`` of each (read
     from the masks, which are decoded until every concept has them)."""
     from interp_ops.concepts import ConceptDataError, concepts_fingerprint
@@ -212,10 +223,15 @@ def named_concepts(params: TcavSpec, base_dir: Path, seed: int) -> dict[str, Con
                 f"fewer than the {count} asked for; ask for fewer or give a concept source with more"
             )
     fingerprint = concepts_fingerprint(uri, base_dir, seed)
-    return {name: ConceptExamples(uri, found, fingerprint) for name, found in positions.items()}
+    return {
+        name: ConceptImages(
+            uri, str(base_dir), fingerprint, tuple(found[:count]), input_spec, seed, "ops.tcav.concept_source"
+        )
+        for name, found in positions.items()
+    }
 
 
-def concept_folder(name: str, uri: str, count: int, base_dir: Path, seed: int) -> ConceptExamples:
+def concept_folder(name: str, uri: str, count: int, base_dir: Path, seed: int) -> ConceptData:
     """A concept given as a folder of images (or any data URI) with at least ``count`` of them."""
     from interp_ops.datasets import DataError, data_fingerprint, preview_samples
 
@@ -230,7 +246,7 @@ def concept_folder(name: str, uri: str, count: int, base_dir: Path, seed: int) -
             f"{field}: {uri} holds {held} example(s), fewer than ops.tcav.examples_per_concept ({count}); "
             "give more or ask for fewer"
         )
-    return ConceptExamples(uri, None, fingerprint)
+    return ConceptData(uri, fingerprint)
 
 
 def check_needs_torch(spec, what: str) -> None:

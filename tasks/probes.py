@@ -8,16 +8,17 @@ from prefect import task
 
 from interp_audit.blobs import materialized, materialized_inputs
 from interp_audit.errors import SpecError
-from interp_audit.inputs import ConceptInputs, ModelInputs
+from interp_audit.inputs import ConceptImages, ModelInputs
 from interp_ops import onnx_bundle, probes
 from tasks import CACHED
 from tasks.gpu import compute_share
 
 
 @task(name="probe-concept-labels", **CACHED)
-def concept_labels(images: ConceptInputs, names: list[str]) -> dict[str, np.ndarray]:
-    """``concept:NAME`` -> whether each of the concept source's first images holds the concept (from its masks)."""
-    concepts = images.concepts.head(images.count)
+def concept_labels(images: ConceptImages, names: list[str]) -> dict[str, np.ndarray]:
+    """``concept:NAME`` -> whether each of the concept source's first images (the probes' ``images``) holds the
+    concept (from its masks)."""
+    concepts = images.concepts.head(len(images))
     try:
         return {f"concept:{name}": probes.concept_presence(concepts, name) for name in names}
     except probes.ProbeError as exc:
@@ -28,7 +29,7 @@ def concept_labels(images: ConceptInputs, names: list[str]) -> dict[str, np.ndar
 def probe_layer(
     onnx_bytes: bytes,
     layer: str,
-    inputs: ModelInputs | ConceptInputs,
+    inputs: ModelInputs | ConceptImages,
     count: int,
     labels: dict[str, np.ndarray],
     folds: int,

@@ -9,7 +9,7 @@ from prefect import task
 
 from interp_audit.blobs import materialized
 from interp_audit.errors import SpecError
-from interp_audit.inputs import ConceptExamples, concept_images, load_concepts
+from interp_audit.inputs import ConceptData, ConceptImages
 from interp_audit.intake import ModelRef, build_torch_model
 from interp_audit.spec import InputSpec
 from interp_ops import onnx_bundle, tcav
@@ -21,21 +21,20 @@ from tasks.gpu import compute_share
 
 @task(name="tcav-concepts", **CACHED)
 def load_concept_examples(
-    concepts: dict[str, ConceptExamples], count: int, base_dir: str, input_spec: InputSpec, seed: int
+    concepts: dict[str, ConceptImages | ConceptData], count: int, base_dir: str, input_spec: InputSpec, seed: int
 ) -> dict[str, np.ndarray]:
     """Each concept's first ``count`` examples as model input: images of the concept source that hold it, or the
-    first samples of its own folder."""
+    first samples of its own data URI."""
     examples = {}
     for name, source in concepts.items():
         try:
-            if source.positions is None:
+            if isinstance(source, ConceptImages):
+                examples[name] = source[:count]
+            else:
                 samples = preview_samples(source.uri, Path(base_dir), seed, count).head
                 examples[name] = to_model_input(
                     samples, tuple(input_spec.shape), tuple(input_spec.range), input_spec.mean, input_spec.std
                 )
-            else:
-                concepts = load_concepts(source.uri, Path(base_dir), seed, "ops.tcav.concept_source")
-                examples[name] = concept_images(concepts, source.positions[:count], input_spec)
         except DataError as exc:
             raise SpecError(f"ops.tcav.concepts.{name}: {str(exc).removeprefix('data: ')}") from None
     return examples
