@@ -9,6 +9,7 @@ everything before the layer for every set, and it needs no torch, so ONNX-only m
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -150,10 +151,10 @@ class UnitAblation:
         return self.all_labels[self.selected]
 
     def rows(self, rows: np.ndarray) -> UnitAblation:
-        """The same ablation on some of these rows (positions among them)."""
-        return UnitAblation(
-            self.session, self.activations, self.all_labels, self.num_classes, self.batch_size, self.selected[rows]
-        )
+        """The same ablation on some of these rows (positions among them); the unit count is not resolved again."""
+        subset = copy.copy(self)
+        subset.selected = self.selected[rows]
+        return subset
 
     def _check(self, sets: Sequence[Sequence[int]]) -> None:
         bad = sorted({unit for removed in sets for unit in removed if not 0 <= unit < self.num_units})
