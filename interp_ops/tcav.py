@@ -448,6 +448,7 @@ def layer_tcav(
     _check_test_settings(alpha, comparisons)
     pooled = layer_activations(session, pool, layer, batch_size)
     randoms = [pooled[rows] for rows in random_sets]
+    del pooled  # the sets hold every row the fits need; the fits gather theirs, so two copies at most, not three
     null, cavs = layer_cavs(
         {name: layer_activations(session, x, layer, batch_size) for name, x in concepts.items()}, randoms, seed
     )
