@@ -130,8 +130,6 @@ def train_cavs(sets: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]], see
 def _train_same_size(
     sets: Sequence[np.ndarray], pairs: list[tuple[int, int]], concepts: int, randoms: int, seed: int
 ) -> list[Cav]:
-    from scipy.linalg import solve_triangular
-
     train, held_out = _held_out_split(concepts, randoms, seed)
     # each side's positions in its sets (training rows, held-out rows); the sets on each side; the pairs that use
     # each set on each side; each set's training rows on each side, gathered once, in float32 (the activations'
@@ -151,53 +149,67 @@ def _train_same_size(
         CONCEPT_SIDE: slice(None, len(positions[CONCEPT_SIDE][0])),
         RANDOM_SIDE: slice(len(positions[CONCEPT_SIDE][0]), None),
     }
-    gram = np.empty((len(pairs), len(train), len(train)))
-    for side, part in parts.items():
-        for index, block in zip(members[side], rows[side]):
-            gram[users[side, index], part, part] = block @ block.T
-    random_height = len(positions[RANDOM_SIDE][0])
-    for concept, concept_rows in zip(members[CONCEPT_SIDE], rows[CONCEPT_SIDE]):
-        # a concept's random partners at once: one product is faster than one per partner
-        partners = [members[RANDOM_SIDE].index(pairs[i][RANDOM_SIDE]) for i in users[CONCEPT_SIDE, concept]]
-        crosses = concept_rows @ _stacked(rows[RANDOM_SIDE], partners).T
-        for k, i in enumerate(users[CONCEPT_SIDE, concept]):
-            cross = crosses[:, k * random_height : (k + 1) * random_height]
-            gram[i, parts[CONCEPT_SIDE], parts[RANDOM_SIDE]], gram[i, parts[RANDOM_SIDE], parts[CONCEPT_SIDE]] = (
-                cross,
-                cross.T,
-            )
+    gram = _pair_grams(pairs, members, users, rows, parts)
     # one scale for all features keeps the direction's meaning and makes the fit independent of the layer's
     # magnitude (the regularisation means the same at every layer): the rows' mean norm, from the Gram's diagonal
     scales = np.sqrt(np.diagonal(gram, axis1=1, axis2=2)).mean(axis=1)
     if not scales.all():
         raise TcavError("the layer's activations are all zero on these examples; no CAV separates them; pick a layer")
     signs = np.where(np.arange(len(train)) < len(positions[CONCEPT_SIDE][0]), 1.0, -1.0)
-    # the Gram matrix of the scaled rows with the intercept's 1s, K = F F^T with F from its pivoted Cholesky factor:
-    # F's rows are the rows' coordinates in an orthonormal basis of their span, and weights of that basis have the
-    # norm of their coordinates: the same regularisation as in the full space. Rows that repeat others add no
-    # dimension (the factor stops at the kernel's rank). 10x faster than the eigendecomposition it replaced.
-    factors = [_pivoted_cholesky(kernel) for kernel in gram / scales[:, None, None] ** 2 + 1.0]
-    features = np.zeros_like(gram)
-    for feature, (order, factor) in zip(features, factors):
-        feature[order, : factor.shape[1]] = factor
-    coordinates = _l2_logistic(features, signs)
-    # the weights of the scaled rows that make the solution: on the factor's leading rows, F^T dual = coordinates
-    dual = np.zeros((len(pairs), len(train)))
-    for weights, solution, (order, factor) in zip(dual, coordinates, factors):
-        rank = factor.shape[1]
-        weights[order[:rank]] = solve_triangular(factor[:rank], solution[:rank], lower=True, trans="T")
-    dual /= scales[:, None]
+    # the weights of the rows (scaled, with the intercept's 1s) whose sum is each pair's solution: the normal is
+    # the rows' sum by weight / scale, the intercept the weights' sum
+    dual = _dual_weights(gram / scales[:, None, None] ** 2 + 1.0, signs)
+    weights, intercepts = (dual / scales[:, None]).astype(np.float32), dual.sum(axis=1)
     normals = np.zeros((len(pairs), sets[0].shape[1]), dtype=np.float32)
     for side, part in parts.items():
         for index, block in zip(members[side], rows[side]):
-            normals[users[side, index]] += dual[users[side, index], part].astype(np.float32) @ block
+            normals[users[side, index]] += weights[users[side, index], part] @ block
     correct = np.zeros(len(pairs))
     for (side, index), using in users.items():
         held = np.asarray(sets[index][positions[side][1]], dtype=np.float32)
-        decisions = held @ normals[using].T / scales[using] + dual[using].sum(axis=1)
+        decisions = held @ normals[using].T / scales[using] + intercepts[using]
         correct[using] += ((decisions > 0) == (side == CONCEPT_SIDE)).sum(axis=0)
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     return [Cav(direction=normal, accuracy=float(right / len(held_out))) for normal, right in zip(normals, correct)]
+
+
+def _pair_grams(pairs, members, users, rows, parts) -> np.ndarray:
+    """(pairs, n, n) float64: each pair's Gram matrix of its training rows (its concept side's, then its random
+    side's), from each set's own block (computed once) and the blocks between a pair's sides (one product per
+    concept-side set against all its partners, which is faster than one per partner)."""
+    height = {side: rows[side].shape[1] for side in rows}
+    gram = np.empty((len(pairs), *(2 * [height[CONCEPT_SIDE] + height[RANDOM_SIDE]])))
+    for side, part in parts.items():
+        for index, block in zip(members[side], rows[side]):
+            gram[users[side, index], part, part] = block @ block.T
+    top, bottom = parts[CONCEPT_SIDE], parts[RANDOM_SIDE]
+    for concept, concept_rows in zip(members[CONCEPT_SIDE], rows[CONCEPT_SIDE]):
+        partners = [members[RANDOM_SIDE].index(pairs[i][RANDOM_SIDE]) for i in users[CONCEPT_SIDE, concept]]
+        crosses = concept_rows @ _stacked(rows[RANDOM_SIDE], partners).T
+        for k, i in enumerate(users[CONCEPT_SIDE, concept]):
+            cross = crosses[:, k * height[RANDOM_SIDE] : (k + 1) * height[RANDOM_SIDE]]
+            gram[i, top, bottom], gram[i, bottom, top] = cross, cross.T
+    return gram
+
+
+def _dual_weights(kernels: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """(problems, n): for each kernel K (the Gram matrix of the scaled rows with the intercept's 1s), the weights of
+    the rows whose sum is the L2 logistic optimum. K = F F^T with F from K's pivoted Cholesky factor: F's rows are
+    the rows' coordinates in an orthonormal basis of their span, and weights of that basis have the norm of their
+    coordinates, so the regularisation is the full space's. Rows that repeat others add no dimension (the factor
+    stops at K's rank). 10x faster than the eigendecomposition it replaced."""
+    from scipy.linalg import solve_triangular
+
+    factors = [_pivoted_cholesky(kernel) for kernel in kernels]
+    features = np.zeros_like(kernels)
+    for feature, (order, factor) in zip(features, factors):
+        feature[order, : factor.shape[1]] = factor
+    coordinates = _l2_logistic(features, signs)
+    dual = np.zeros(kernels.shape[:2])
+    for weights, solution, (order, factor) in zip(dual, coordinates, factors):
+        rank = factor.shape[1]  # on the factor's leading rows, F^T weights = coordinates
+        weights[order[:rank]] = solve_triangular(factor[:rank], solution[:rank], lower=True, trans="T")
+    return dual
 
 
 def _pivoted_cholesky(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

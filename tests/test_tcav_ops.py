@@ -210,19 +210,20 @@ def test_a_token_layers_gradients_lie_as_its_exported_activations():
 # --- the CAV fit ----------------------------------------------------------------------------------------------
 
 
-def liblinear_direction(concept: np.ndarray, random: np.ndarray, seed: int) -> np.ndarray:
+def liblinear_cav(concept: np.ndarray, random: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
     """The reference: scikit-learn's liblinear (L2 logistic, C = 1, its intercept a regularised feature of 1s) on the
-    same training rows, scaled by their mean norm as train_cav scales them, run to tol 1e-12."""
+    same training rows, scaled by their mean norm as train_cav scales them, run to tol 1e-12; its unit normal and
+    its accuracy on the held-out rows."""
     from sklearn.linear_model import LogisticRegression
 
     from interp_ops.tcav import _held_out_split
 
     x = np.concatenate([concept, random]).astype(np.float64)
     y = np.r_[np.ones(len(concept)), np.zeros(len(random))]
-    train, _ = _held_out_split(len(concept), len(random), seed)
+    train, held_out = _held_out_split(len(concept), len(random), seed)
     scale = np.linalg.norm(x[train], axis=1).mean()
     fit = LogisticRegression(C=1.0, solver="liblinear", tol=1e-12, max_iter=100_000).fit(x[train] / scale, y[train])
-    return fit.coef_[0] / np.linalg.norm(fit.coef_[0])
+    return fit.coef_[0] / np.linalg.norm(fit.coef_[0]), fit.score(x[held_out] / scale, y[held_out])
 
 
 def test_a_cav_is_liblinears_l2_logistic_fit_also_when_rows_repeat(gray_activations):
@@ -234,10 +235,11 @@ def test_a_cav_is_liblinears_l2_logistic_fit_also_when_rows_repeat(gray_activati
     repeating[1::2] = concept[0]  # half the concept's rows are one row
     overlapping = np.concatenate([random[:6], concept[:6]])  # the random set holds concept examples
     for concept_rows, random_rows in ((concept, random), (repeating, random), (concept, overlapping)):
-        direction = train_cav(concept_rows, random_rows, 3).direction
-        expected = liblinear_direction(concept_rows, random_rows, 3)
-        assert direction.dtype == np.float32 and np.linalg.norm(direction) == pytest.approx(1.0, abs=1e-6)
-        assert float(direction @ expected) > 1 - 1e-6
+        cav = train_cav(concept_rows, random_rows, 3)
+        direction, accuracy = liblinear_cav(concept_rows, random_rows, 3)
+        assert cav.direction.dtype == np.float32 and np.linalg.norm(cav.direction) == pytest.approx(1.0, abs=1e-6)
+        assert float(cav.direction @ direction) > 1 - 1e-6
+        assert cav.accuracy == pytest.approx(accuracy)
 
 
 def test_a_layers_cavs_trained_together_are_each_pair_trained_alone(gray_activations):
