@@ -402,7 +402,7 @@ def submit_tcav(loaded, checked, inputs, onnx_bytes, ship, predictions) -> tuple
     else:
         pooled = load_concept_examples.submit(
             {"random": plan.random_pool},
-            len(plan.random_pool.positions),
+            len(plan.random_pool),
             str(loaded.base_dir),
             spec.model.input,
             spec.seed,

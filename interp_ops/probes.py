@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from interp_ops import onnx_bundle
+from interp_ops.blas import one_blas_thread
 from interp_ops.concepts import ConceptDataError, ConceptSet
 
 # a column with at most this many distinct values is taken as categorical: its values are the classes
@@ -95,14 +96,13 @@ def probe(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 
     probe can score only by memorising types; with one feature vector per input, the input is the type, and the
     labels permuted once with ``seed`` are that control, learnt and scored on the same folds."""
     from sklearn.model_selection import StratifiedKFold
-    from threadpoolctl import threadpool_limits
 
     x, y = _checked(features, labels, folds)
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
     control = np.random.default_rng(seed).permutation(y)
     # one BLAS thread: the fits are small, and on 2 shared cores two threads made them 3-5x slower (an audit runs
     # probes side by side as tasks instead); and sums taken in one order whatever the machine's core count
-    with threadpool_limits(1):
+    with one_blas_thread():
         accuracies, control_accuracies = (_fold_accuracies(x, target, splits) for target in (y, control))
     return ProbeResult(
         accuracies=accuracies,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from interp_ops import onnx_bundle
+from interp_ops.blas import one_blas_thread
 from interp_ops.layer_capture import LayerCapture
 from interp_ops.token_grid import TokenGrid
 
@@ -119,7 +120,7 @@ def train_cavs(sets: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]], see
     for position, (concept, random) in enumerate(pairs):
         by_sizes.setdefault((len(sets[concept]), len(sets[random])), []).append(position)
     cavs: list[Cav] = [None] * len(pairs)  # type: ignore[list-item]
-    with _one_blas_thread():
+    with one_blas_thread():
         for (concepts, randoms), positions in by_sizes.items():
             fitted = _train_same_size(sets, [pairs[position] for position in positions], concepts, randoms, seed)
             for position, cav in zip(positions, fitted):
@@ -290,15 +291,6 @@ def _held_out_split(concepts: int, randoms: int, seed: int) -> tuple[np.ndarray,
     return tuple(rows)
 
 
-def _one_blas_thread():
-    """TCAV's products are small (tens of rows against a layer's width): one BLAS thread computes them as fast as
-    two, and leaves no BLAS threads spinning beside torch's and ONNX Runtime's, which on 2 shared cores made the
-    gradients and passes around them up to 2x slower (benchmarks/tcav_bench.py)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 @contextmanager
 def _evaluating(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode for the gradients (batch norm from its running statistics, which stay untouched), then every
@@ -389,7 +381,7 @@ def tcav_test(
     _check_widths(gradients, [directions])
     # the fraction of inputs whose directional derivative along each CAV is positive, all CAVs in one product, in
     # the gradients' float32 (as Captum computes it)
-    with _one_blas_thread():
+    with one_blas_thread():
         derivatives = np.asarray(gradients, dtype=np.float32) @ directions.T
     scores = np.split(np.mean(derivatives > 0, axis=0), np.cumsum([len(group) for group in groups])[:-1])
     random_scores, random_accuracies = scores[-1], np.array([cav.accuracy for cav in null])

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from interp_ops.blas import one_blas_thread
 from interp_ops.lime.batching import GivenRows, Predict, predict_in_batches
 from interp_ops.lime.errors import LimeInputError
 from interp_ops.lime.perturb import Perturbation
@@ -182,7 +182,7 @@ def explain_samples(
     ]
     predicted = predict_in_batches(predict, [hood.inputs for run in runs for hood in run], input_shape, batch_size)
     # One BLAS thread: these solves are tiny, and woken BLAS threads spin on the cores the model needs next.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         surrogates = [
             [
                 fit_surrogate(
@@ -248,7 +248,7 @@ class FixedSurrogates:
 
     def __call__(self, predict: Predict) -> list[np.ndarray]:
         predicted = predict_in_batches(predict, [hood.inputs for hood in self.hoods], self.input_shape, self.batch_size)
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             return [
                 fit_surrogate(hood.binary, predicted[i][:, self.labels[i]], self.kernels[i], self.num_samples)[0]
                 for i, hood in enumerate(self.hoods)
